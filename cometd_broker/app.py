@@ -1,0 +1,73 @@
+"""The aiohttp application: the Bayeux endpoint mounted on a path, and the broker's lifetime."""
+
+from __future__ import annotations
+
+from aiohttp import hdrs, web
+
+from .broker import Broker
+from .config import BrokerConfig
+from .security import Authenticator, Authorizer
+from .transports.http import HttpTransport
+from .transports.websocket import WebSocketTransport
+
+BROKER = web.AppKey("broker", Broker)
+
+
+class BayeuxEndpoint:
+    """Dispatches any request under a mount to the right transport."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.http = HttpTransport(broker)
+        self.websocket = WebSocketTransport(broker)
+        self.allowed = broker.transports
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        if request.method == hdrs.METH_GET:
+            if request.headers.get(hdrs.UPGRADE, "").lower() == "websocket" and "websocket" in self.allowed:
+                return await self.websocket.handle(request)
+            if "callback-polling" in self.allowed and "message" in request.query:
+                return await self.http.callback_polling(request)
+        elif request.method == hdrs.METH_POST and "long-polling" in self.allowed:
+            return await self.http.long_polling(request)
+        raise web.HTTPMethodNotAllowed(request.method, self._methods(),
+                                       text="Bayeux endpoint: POST for long-polling, GET with message= for "
+                                            "callback-polling, or a websocket upgrade")
+
+    def _methods(self) -> list[str]:
+        methods = []
+        if "long-polling" in self.allowed:
+            methods.append(hdrs.METH_POST)
+        if {"websocket", "callback-polling"} & set(self.allowed):
+            methods.append(hdrs.METH_GET)
+        return methods
+
+
+def add_bayeux_endpoint(app: web.Application, broker: Broker, *mounts: str) -> BayeuxEndpoint:
+    """Serve the broker at each mount and at every path below it; own the broker's lifetime."""
+    endpoint = BayeuxEndpoint(broker)
+    for mount in mounts:
+        base = mount.rstrip("/")
+        app.router.add_route("*", base, endpoint)
+        app.router.add_route("*", base + "/{tail:.*}", endpoint)
+
+    async def start(_: web.Application) -> None:
+        await broker.start()
+
+    async def stop(_: web.Application) -> None:
+        # Answer parked connects first, then let websocket writers send those answers.
+        await broker.close()
+        await endpoint.websocket.close_all()
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(stop)
+    return endpoint
+
+
+def create_app(config: BrokerConfig | None = None, *, authenticator: Authenticator | None = None,
+               authorizer: Authorizer | None = None, broker: Broker | None = None) -> web.Application:
+    broker = broker or Broker(config, authenticator=authenticator, authorizer=authorizer)
+    # The transports bound bodies themselves (max_message_size); keep aiohttp's own limit above it.
+    app = web.Application(client_max_size=broker.config.max_message_size + 1024)
+    app[BROKER] = broker
+    add_bayeux_endpoint(app, broker, broker.config.mount)
+    return app

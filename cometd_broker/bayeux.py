@@ -1,0 +1,242 @@
+"""Bayeux 1.0 protocol rules as pure functions: no I/O, no asyncio, no aiohttp.
+
+Decoding turns a parsed JSON body into a list of message dicts or a `BodyError`;
+validation checks each message against the spec's field table and returns an
+error string (never raises); the reply builders produce the exact reply fields
+the spec requires. Error strings follow the spec grammar `code:args:message`
+and reuse the CometD reference server's tokens so clients that log them see
+familiar text.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from typing import Any
+
+from .channel import channel_error, is_meta, is_wildcard
+
+VERSION = "1.0"
+MINIMUM_VERSION = "1.0"
+
+HANDSHAKE = "/meta/handshake"
+CONNECT = "/meta/connect"
+SUBSCRIBE = "/meta/subscribe"
+UNSUBSCRIBE = "/meta/unsubscribe"
+DISCONNECT = "/meta/disconnect"
+META_CHANNELS = frozenset({HANDSHAKE, CONNECT, SUBSCRIBE, UNSUBSCRIBE, DISCONNECT})
+
+# The channel used for replies to bodies that could not be read at all, where
+# no request channel is known (CometD's clients treat it as a failure).
+UNSUCCESSFUL = "/meta/unsuccessful"
+
+RETRY = "retry"
+HANDSHAKE_ADVICE = "handshake"
+NONE = "none"
+
+Message = dict[str, Any]
+
+
+class BodyError(ValueError):
+    """A request body that is not a Bayeux message list; `error` is the Bayeux error string."""
+
+    def __init__(self, error: str, http_status: int = 400) -> None:
+        super().__init__(error)
+        self.error = error
+        self.http_status = http_status
+
+
+def error(code: int, message: str, *args: str) -> str:
+    """Format a Bayeux error string: `code:arg1,arg2:message`."""
+    return f"{code}:{','.join(args)}:{message}"
+
+
+# Error strings shared with the CometD reference server (clients key on advice,
+# humans on these tokens).
+SESSION_UNKNOWN = error(402, "session_unknown")
+HANDSHAKE_DENIED = error(403, "handshake_denied")
+CHANNEL_MISSING = error(400, "channel_missing")
+
+
+def new_client_id() -> str:
+    """A clientId with 160 random bits, alphanumeric as the spec requires."""
+    return secrets.token_hex(20)
+
+
+def decode_body(parsed: Any) -> list[Message]:
+    """Turn a parsed JSON body (array or single object) into a list of messages.
+
+    An empty array is valid and yields no messages (Faye clients send `[]` as a
+    keep-alive). Elements that are not objects make the whole body invalid,
+    because a reply cannot be correlated with them.
+    """
+    if isinstance(parsed, dict):
+        return [parsed]
+    if not isinstance(parsed, list):
+        raise BodyError(
+            error(400, f"body must be a JSON array of messages or one message object, got {_json_type(parsed)}")
+        )
+    for index, item in enumerate(parsed):
+        if not isinstance(item, dict):
+            raise BodyError(
+                error(400, f"message {index} must be a JSON object, got {_json_type(item)}")
+            )
+    return parsed
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def validate_message(message: Message) -> str | None:
+    """Check the fields the spec requires of a request; return an error string or None."""
+    channel = message.get("channel")
+    if channel is None:
+        return CHANNEL_MISSING
+    if not isinstance(channel, str):
+        return error(400, "channel must be a string")
+    message_id = message.get("id")
+    if message_id is not None and not isinstance(message_id, (str, int)):
+        return error(405, "message_id_invalid")
+    ext = message.get("ext")
+    if ext is not None and not isinstance(ext, dict):
+        return error(400, "ext must be an object")
+    if channel.startswith("/meta/"):
+        return _validate_meta(channel, message)
+    bad = channel_error(channel)
+    if bad is not None:
+        return error(405, f"channel_invalid ({bad})", channel)
+    if is_wildcard(channel):
+        return error(405, "channel_invalid (cannot publish to a wildcard channel)", channel)
+    if "data" not in message:
+        return error(400, "data_missing (a publish must carry data)", channel)
+    client_id = message.get("clientId")
+    if client_id is not None and not isinstance(client_id, str):
+        return error(400, "clientId must be a string")
+    return None
+
+
+def _validate_meta(channel: str, message: Message) -> str | None:
+    if channel not in META_CHANNELS:
+        return error(405, "channel_invalid (unknown meta channel)", channel)
+    if channel == HANDSHAKE:
+        if "version" not in message:
+            return error(400, "version_missing")
+        types = message.get("supportedConnectionTypes")
+        if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types):
+            return error(400, "supportedConnectionTypes must be a non-empty array of strings")
+        return None
+    client_id = message.get("clientId")
+    if not isinstance(client_id, str) or not client_id:
+        return error(401, "clientId_missing")
+    if channel == CONNECT:
+        if not isinstance(message.get("connectionType"), str):
+            return error(400, "connectionType_missing")
+        advice = message.get("advice")
+        if advice is not None and not isinstance(advice, dict):
+            return error(400, "advice must be an object")
+    elif channel in (SUBSCRIBE, UNSUBSCRIBE) and subscriptions_of(message) is None:
+        return error(403, "subscription_missing")
+    return None
+
+
+def subscriptions_of(message: Message) -> list[str] | None:
+    """The subscription field as a list of names, or None when missing or malformed."""
+    subscription = message.get("subscription")
+    if isinstance(subscription, str):
+        return [subscription]
+    if isinstance(subscription, list) and subscription and all(isinstance(s, str) for s in subscription):
+        return subscription
+    return None
+
+
+def subscription_error(name: str) -> str | None:
+    """Why a client may not subscribe to `name`, or None."""
+    bad = channel_error(name)
+    if bad is not None:
+        return error(405, f"channel_invalid ({bad})", name)
+    if is_meta(name):
+        return error(403, "subscription_invalid (meta channels cannot be subscribed)", name)
+    return None
+
+
+def common_transports(requested: Iterable[str], allowed: Iterable[str]) -> list[str]:
+    """Transports offered by both sides, in the server's order of preference."""
+    wanted = set(requested)
+    return [t for t in allowed if t in wanted]
+
+
+def advice(reconnect: str, interval: int, timeout: int | None = None, **extra: Any) -> dict[str, Any]:
+    result: dict[str, Any] = {"reconnect": reconnect, "interval": interval}
+    if timeout is not None:
+        result["timeout"] = timeout
+    result.update(extra)
+    return result
+
+
+def reply_to(message: Message, successful: bool = True) -> Message:
+    """Start a reply with the request's channel, `successful`, and its `id` echoed."""
+    reply: Message = {"channel": message.get("channel") if isinstance(message.get("channel"), str) else UNSUCCESSFUL,
+                      "successful": successful}
+    message_id = message.get("id")
+    if message_id is not None:
+        reply["id"] = message_id
+    return reply
+
+
+def error_reply(message: Message, error_string: str, advice_: dict[str, Any] | None = None) -> Message:
+    reply = reply_to(message, successful=False)
+    reply["error"] = error_string
+    client_id = message.get("clientId")
+    if isinstance(client_id, str):
+        reply["clientId"] = client_id
+    if message.get("channel") in (SUBSCRIBE, UNSUBSCRIBE) and "subscription" in message:
+        reply["subscription"] = message["subscription"]
+    if advice_ is not None:
+        reply["advice"] = advice_
+    return reply
+
+
+def unknown_session_reply(message: Message, detail: str | None = None) -> Message:
+    """The reply for an unknown or expired clientId: re-handshake at once."""
+    text = SESSION_UNKNOWN if detail is None else error(402, f"session_unknown ({detail})")
+    return error_reply(message, text, advice(HANDSHAKE_ADVICE, 0))
+
+
+def handshake_reply(message: Message, client_id: str, transports: list[str],
+                    advice_: dict[str, Any]) -> Message:
+    reply = reply_to(message)
+    reply.update(
+        version=VERSION,
+        minimumVersion=MINIMUM_VERSION,
+        supportedConnectionTypes=transports,
+        clientId=client_id,
+        advice=advice_,
+    )
+    return reply
+
+
+def body_error_reply(error_string: str) -> list[Message]:
+    """The reply array for a body that could not be decoded into messages."""
+    return [{"channel": UNSUCCESSFUL, "successful": False, "error": error_string,
+             "advice": advice(RETRY, 0)}]
+
+
+def delivered(channel: str, data: Any, message_id: Any = None, ext: dict[str, Any] | None = None) -> Message:
+    """The message as subscribers receive it: never carries the publisher's clientId."""
+    message: Message = {"channel": channel, "data": data}
+    if message_id is not None:
+        message["id"] = message_id
+    if ext:
+        message["ext"] = ext
+    return message

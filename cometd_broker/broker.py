@@ -1,0 +1,570 @@
+"""The Broker: sessions, the five meta channels, publish routing and per-user channels.
+
+Transports decode a body into messages and call `Broker.handle`; the result
+holds the replies, whose session's queue to drain into the response, and
+possibly a connect to park. Everything protocol-specific is decided here or in
+`bayeux.py`; transports only move bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from . import bayeux
+from .bayeux import Message
+from .channel import Pattern, SubscriptionIndex, channel_error, is_meta, is_service, is_wildcard
+from .config import BrokerConfig
+from .security import (
+    AuthenticationError,
+    Authenticator,
+    Authorizer,
+    ChannelAuthorizer,
+    CredentialsAuthenticator,
+    HandshakeRequest,
+    Principal,
+)
+from .session import (
+    DROP_OLDEST_POLICY,
+    MESSAGES,
+    REMOVED,
+    SHUTDOWN,
+    SUPERSEDED,
+    ParkedConnect,
+    ServerSession,
+    SessionQueue,
+    Sink,
+)
+
+log = logging.getLogger("cometd_broker")
+
+HTTP_TRANSPORTS = ("long-polling", "callback-polling")
+_TOMBSTONES = 10_000  # recently ended sessions remembered so their next message gets a specific error
+
+# Listeners are plain functions called synchronously; they must not block.
+SessionListener = Callable[[ServerSession], None]
+RemovalListener = Callable[[ServerSession, str], None]
+ServiceHandler = Callable[[ServerSession, Message], "Awaitable[Any] | Any"]
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Where a batch of messages came from."""
+
+    transport: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    cookies: Mapping[str, str] = field(default_factory=dict)
+    remote: str | None = None
+    browser_id: str | None = None
+    sink: Sink | None = None  # the websocket connection, for websocket batches
+
+
+@dataclass(slots=True)
+class PendingConnect:
+    """A /meta/connect the transport must park with `Broker.park`."""
+
+    session: ServerSession
+    reply: Message
+    timeout: float  # seconds
+
+
+@dataclass(slots=True)
+class HandleResult:
+    replies: list[Message]
+    deliver_to: ServerSession | None = None  # drain this session's queue into the response
+    park: PendingConnect | None = None
+    new_browser_id: str | None = None  # set the browser cookie to this
+
+
+@dataclass(slots=True)
+class ConnectOutcome:
+    """What to send for a connect that was parked, once released."""
+
+    status: int
+    replies: list[Message]
+    events: list[bytes]
+
+
+@dataclass(slots=True)
+class _Ended:
+    error: str
+    reconnect: str
+
+
+class Broker:
+    """A Bayeux server without I/O of its own: transports feed it, `publish` routes events."""
+
+    def __init__(self, config: BrokerConfig | None = None, *, authenticator: Authenticator | None = None,
+                 authorizer: Authorizer | None = None) -> None:
+        self.config = config or BrokerConfig()
+        self.config.validate()
+        cfg = self.config
+        self.authenticator: Authenticator = authenticator or CredentialsAuthenticator(
+            cfg.user_map, allow_anonymous=cfg.allow_anonymous)
+        self.authorizer: Authorizer = authorizer or ChannelAuthorizer(cfg.personal_prefix, cfg.rule_list)
+        self.personal = Pattern.parse(cfg.personal_prefix)
+        self.transports = cfg.transport_list
+        self.sessions: dict[str, ServerSession] = {}
+        self._users: dict[str, set[ServerSession]] = {}
+        self._index: SubscriptionIndex[ServerSession] = SubscriptionIndex()
+        self._user_index: dict[str, SubscriptionIndex[ServerSession]] = {}
+        self._browser_parked: dict[str, int] = {}
+        self._ended: OrderedDict[str, _Ended] = OrderedDict()
+        self._services: list[tuple[Pattern, ServiceHandler]] = []
+        self._added_listeners: list[SessionListener] = []
+        self._removed_listeners: list[RemovalListener] = []
+        self._expiry_window = (cfg.interval + cfg.max_interval) / 1000
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closing = False
+        self._connect_advice = bayeux.advice(bayeux.RETRY, cfg.interval, cfg.timeout)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="session-sweeper")
+
+    async def close(self) -> None:
+        """Answer every parked connect with re-handshake advice, end every session, stop the sweeper."""
+        self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
+            self._sweeper = None
+        for session in list(self.sessions.values()):
+            session.unpark(SHUTDOWN)
+            self._remove(session, bayeux.error(503, "server_shutdown (the broker is stopping)"),
+                         bayeux.HANDSHAKE_ADVICE)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_period)
+            self.sweep(time.monotonic())
+
+    def sweep(self, now: float) -> int:
+        """End sessions whose expiry passed; returns how many ended."""
+        expired = [s for s in self.sessions.values() if s.expires_at < now]
+        for session in expired:
+            self._remove(session, bayeux.error(402, "session_unknown (expired: no /meta/connect within "
+                                                    f"{self.config.max_interval} ms)"), bayeux.HANDSHAKE_ADVICE)
+        return len(expired)
+
+    # ----------------------------------------------------------------- public API
+
+    def on_session_added(self, listener: SessionListener) -> None:
+        self._added_listeners.append(listener)
+
+    def on_session_removed(self, listener: RemovalListener) -> None:
+        """`listener(session, reason)` runs after a session ended (disconnect, expiry, slow consumer...)."""
+        self._removed_listeners.append(listener)
+
+    def on_service(self, pattern: str, handler: ServiceHandler) -> None:
+        """Handle client publishes on a /service channel; a non-None result is sent back to the caller only."""
+        if channel_error(pattern) or not is_service(pattern):
+            raise ValueError(f"{pattern!r} is not a valid /service channel or pattern")
+        self._services.append((Pattern.parse(pattern), handler))
+
+    def session(self, client_id: str) -> ServerSession | None:
+        return self.sessions.get(client_id)
+
+    def principal_of(self, client_id: str) -> Principal | None:
+        session = self.sessions.get(client_id)
+        return session.principal if session else None
+
+    def sessions_of(self, user_id: str) -> list[ServerSession]:
+        return list(self._users.get(user_id, ()))
+
+    def is_personal(self, channel: str) -> bool:
+        return Pattern.parse(channel).within(self.personal)
+
+    async def publish(self, channel: str, data: Any, *, ext: dict[str, Any] | None = None) -> int:
+        """Publish to every session subscribed to a shared channel; returns how many received it."""
+        self._check_server_channel(channel)
+        if self.is_personal(channel):
+            raise ValueError(f"{channel} is a per-user channel: use publish_to_user")
+        return self._deliver(self._index, channel, bayeux.delivered(channel, data, ext=ext))
+
+    async def publish_to_user(self, user_id: str, channel: str, data: Any, *,
+                              ext: dict[str, Any] | None = None) -> int:
+        """Publish on a per-user channel: only `user_id`'s sessions (all of them) can receive it."""
+        self._check_server_channel(channel)
+        if not self.is_personal(channel):
+            raise ValueError(f"{channel} is not under the per-user prefix {self.config.personal_prefix}")
+        index = self._user_index.get(user_id)
+        if index is None:
+            return 0
+        return self._deliver(index, channel, bayeux.delivered(channel, data, ext=ext))
+
+    @staticmethod
+    def _check_server_channel(channel: str) -> None:
+        problem = channel_error(channel)
+        if problem is None and (is_wildcard(channel) or is_meta(channel) or is_service(channel)):
+            problem = "server publishes go to a broadcast channel, not a wildcard, /meta or /service channel"
+        if problem:
+            raise ValueError(f"cannot publish to {channel!r}: {problem}")
+
+    def _deliver(self, index: SubscriptionIndex[ServerSession], channel: str, message: Message) -> int:
+        targets = index.match(channel)
+        if not targets:
+            return 0
+        payload = orjson.dumps(message)  # serialized once, shared by every queue
+        delivered = 0
+        slow: list[ServerSession] = []
+        for session in targets:
+            if session.enqueue(payload):
+                delivered += 1
+            else:
+                slow.append(session)
+        for session in slow:
+            self._slow_consumer(session)
+        return delivered
+
+    def _slow_consumer(self, session: ServerSession) -> None:
+        queue = session.queue
+        log.warning("session %s of %r is too slow: queue full at %d events / %d bytes; disconnecting",
+                    session.client_id, session.user_id, len(queue), queue.size_bytes)
+        self._remove(session, bayeux.error(
+            402, f"session_unknown (disconnected as a slow consumer: its queue reached {len(queue)} events "
+                 f"/ {queue.size_bytes} bytes; limits are {queue.max_messages} events / {queue.max_bytes} bytes)"),
+            bayeux.HANDSHAKE_ADVICE)
+
+    # ----------------------------------------------------------------- message handling
+
+    async def handle(self, messages: list[Message], ctx: RequestContext) -> HandleResult:
+        """Process one batch from a client, in order; replies keep the request order."""
+        result = HandleResult([])
+        if not messages:
+            return result
+        first = messages[0]
+        if first.get("channel") == bayeux.HANDSHAKE:
+            # The spec: other messages batched with a handshake are ignored.
+            result.replies.append(await self._handshake(first, ctx, result))
+            return result
+        alone = len(messages) == 1
+        for message in messages:
+            problem = bayeux.validate_message(message)
+            if problem is not None:
+                result.replies.append(bayeux.error_reply(message, problem))
+                continue
+            channel = message["channel"]
+            if channel == bayeux.HANDSHAKE:
+                result.replies.append(bayeux.error_reply(message, bayeux.error(
+                    400, "handshake_not_first (a handshake must be sent alone, or first in its batch)")))
+                continue
+            session = self._session_for(message, ctx)
+            if session is None:
+                result.replies.append(self._unknown_session_reply(message))
+                continue
+            if session.parked is None:
+                session.expires_at = max(session.expires_at, time.monotonic() + self._expiry_window)
+            if channel == bayeux.CONNECT:
+                result.replies.append(self._connect(session, message, ctx, alone, result))
+            elif channel == bayeux.SUBSCRIBE:
+                result.replies.append(self._subscribe(session, message))
+            elif channel == bayeux.UNSUBSCRIBE:
+                result.replies.append(self._unsubscribe(session, message))
+            elif channel == bayeux.DISCONNECT:
+                result.replies.append(self._disconnect(session, message))
+            else:
+                result.replies.append(await self._client_publish(session, message))
+        return result
+
+    def _session_for(self, message: Message, ctx: RequestContext) -> ServerSession | None:
+        client_id = message.get("clientId")
+        session = self.sessions.get(client_id) if isinstance(client_id, str) else None
+        if session is None:
+            return None
+        # A request from another browser must not drive this session (clientId hijack protection).
+        if ctx.browser_id is not None and session.browser_id is not None and ctx.browser_id != session.browser_id:
+            return None
+        return session
+
+    def _unknown_session_reply(self, message: Message) -> Message:
+        client_id = message.get("clientId")
+        ended = self._ended.get(client_id) if isinstance(client_id, str) else None
+        if ended is not None:
+            return bayeux.error_reply(message, ended.error, bayeux.advice(ended.reconnect, 0))
+        if client_id is None:
+            return bayeux.unknown_session_reply(message, "this message needs the clientId of a handshaken session")
+        return bayeux.unknown_session_reply(message)
+
+    async def _handshake(self, message: Message, ctx: RequestContext, result: HandleResult) -> Message:
+        problem = bayeux.validate_message(message)
+        if problem is not None:
+            return bayeux.error_reply(message, problem, bayeux.advice(bayeux.NONE, 0))
+        if self._closing:
+            return bayeux.error_reply(message, bayeux.error(503, "server_shutdown (the broker is stopping)"),
+                                      bayeux.advice(bayeux.HANDSHAKE_ADVICE, 1000))
+        common = bayeux.common_transports(message["supportedConnectionTypes"], self.transports)
+        if not common:
+            reply = bayeux.error_reply(message, bayeux.error(
+                400, "no common connection type: this server supports " + ", ".join(self.transports)),
+                bayeux.advice(bayeux.NONE, 0))
+            reply["supportedConnectionTypes"] = self.transports
+            return reply
+        try:
+            principal = await self.authenticator.authenticate(
+                HandshakeRequest(ctx.headers, ctx.cookies, message, ctx.remote))
+        except AuthenticationError as exc:
+            log.info("handshake denied from %s: %s", ctx.remote, exc)
+            reply = bayeux.error_reply(message, bayeux.HANDSHAKE_DENIED, bayeux.advice(bayeux.NONE, 0))
+            reply["ext"] = {"authentication": {"failureReason": str(exc)}}
+            return reply
+        browser_id = None
+        if ctx.transport in HTTP_TRANSPORTS or ctx.browser_id is not None:
+            browser_id = ctx.browser_id
+            if browser_id is None:
+                browser_id = result.new_browser_id = secrets.token_hex(16)
+        cfg = self.config
+        session = ServerSession(
+            bayeux.new_client_id(), principal, browser_id,
+            SessionQueue(cfg.max_queue, cfg.max_queue_bytes, cfg.queue_full == DROP_OLDEST_POLICY),
+            ctx.transport)
+        session.expires_at = time.monotonic() + self._expiry_window
+        self.sessions[session.client_id] = session
+        if principal.user_id is not None:
+            self._users.setdefault(principal.user_id, set()).add(session)
+        log.debug("handshake %s user=%r transport=%s", session.client_id, principal.user_id, ctx.transport)
+        for listener in self._added_listeners:
+            listener(session)
+        return bayeux.handshake_reply(message, session.client_id, self.transports, dict(self._connect_advice))
+
+    def _connect(self, session: ServerSession, message: Message, ctx: RequestContext, alone: bool,
+                 result: HandleResult) -> Message:
+        if message["connectionType"] not in self.transports:
+            return bayeux.error_reply(message, bayeux.error(
+                400, f"connection type {message['connectionType']!r} is not offered; use one of "
+                     + ", ".join(self.transports)), bayeux.advice(bayeux.RETRY, self.config.interval))
+        session.transport = ctx.transport
+        if ctx.sink is not None:
+            session.sink = ctx.sink
+        elif session.sink is not None:
+            session.sink = None  # the client switched from websocket to HTTP
+        reply = bayeux.reply_to(message)
+        reply["clientId"] = session.client_id
+        reply["advice"] = self._connect_advice
+        timeout = self._hold_time(message)
+        may_park = alone and session.connected and timeout > 0 and not len(session.queue)
+        if may_park and ctx.sink is None and not self._browser_allows_park(session, ctx):
+            reply["advice"] = bayeux.advice(bayeux.RETRY, self.config.multi_session_interval,
+                                            self.config.timeout, **{"multiple-clients": True})
+            may_park = False
+        if may_park:
+            result.park = PendingConnect(session, reply, timeout)
+            return reply
+        if session.parked is not None:
+            session.unpark(SUPERSEDED)
+        session.connected = True
+        session.expires_at = time.monotonic() + self._expiry_window
+        result.deliver_to = session
+        return reply
+
+    def _hold_time(self, message: Message) -> float:
+        """Seconds to hold this connect: the server timeout, or less when the client asks (advice.timeout)."""
+        timeout = self.config.timeout
+        advice = message.get("advice")
+        if isinstance(advice, dict):
+            asked = advice.get("timeout")
+            if isinstance(asked, (int, float)) and not isinstance(asked, bool) and 0 <= asked < timeout:
+                timeout = asked
+        return timeout / 1000
+
+    def _browser_allows_park(self, session: ServerSession, ctx: RequestContext) -> bool:
+        browser = session.browser_id
+        if browser is None:
+            return True
+        if session.parked is not None:
+            return True  # it replaces its own parked connect: the browser's count does not grow
+        return self._browser_parked.get(browser, 0) < self.config.max_sessions_per_browser
+
+    def park(self, pending: PendingConnect, release: Callable[[str], None]) -> None:
+        """Hold a connect; `release(reason)` is called once when it must be answered."""
+        session = pending.session
+        if session.client_id not in self.sessions:
+            release(REMOVED)
+            return
+        if len(session.queue):
+            release(MESSAGES)
+            return
+        browser = session.browser_id if session.sink is None else None
+        if browser is not None:
+            counts = self._browser_parked
+
+            def release_and_count(reason: str) -> None:
+                left = counts.get(browser, 1) - 1
+                if left > 0:
+                    counts[browser] = left
+                else:
+                    counts.pop(browser, None)
+                release(reason)
+
+            parked = ParkedConnect(pending.reply, release_and_count, browser)
+            if session.parked is not None:
+                session.unpark(SUPERSEDED)
+            counts[browser] = counts.get(browser, 0) + 1
+        else:
+            parked = ParkedConnect(pending.reply, release, None)
+        session.park(parked, pending.timeout, asyncio.get_running_loop())
+
+    def complete_connect(self, session: ServerSession, reply: Message, reason: str,
+                         deliverable: bool = True) -> ConnectOutcome:
+        """The response for a released connect. `deliverable` is False when the client went away,
+        so queued events stay queued for its next connect."""
+        if reason == SUPERSEDED:
+            return ConnectOutcome(self.config.duplicate_connect_status, [bayeux.error_reply(
+                reply, bayeux.error(409, "connect_superseded (a newer /meta/connect of this session replaced it)"),
+                bayeux.advice(bayeux.RETRY, self.config.interval))], [])
+        alive = self.sessions.get(session.client_id) is session
+        events = session.queue.drain() if deliverable and (alive or reason == SHUTDOWN) else []
+        if reason == SHUTDOWN:
+            return ConnectOutcome(200, [bayeux.error_reply(
+                reply, bayeux.error(503, "server_shutdown (the broker is stopping)"),
+                bayeux.advice(bayeux.HANDSHAKE_ADVICE, 0))], events)
+        if not alive:
+            ended = self._ended.get(session.client_id)
+            error = ended.error if ended else bayeux.SESSION_UNKNOWN
+            reconnect = ended.reconnect if ended else bayeux.HANDSHAKE_ADVICE
+            return ConnectOutcome(200, [bayeux.error_reply(reply, error, bayeux.advice(reconnect, 0))], [])
+        session.connected = True
+        if session.parked is None:
+            session.expires_at = time.monotonic() + self._expiry_window
+        return ConnectOutcome(200, [reply], events)
+
+    def detach(self, session: ServerSession, sink: Sink) -> None:
+        """A websocket closed: its session stays until expiry so the client can reconnect."""
+        if session.sink is sink:
+            session.sink = None
+            if session.parked is not None:
+                parked, session.parked = session.parked, None
+                if parked.timer is not None:
+                    parked.timer.cancel()
+            session.expires_at = time.monotonic() + self._expiry_window
+
+    def _subscribe(self, session: ServerSession, message: Message) -> Message:
+        names = bayeux.subscriptions_of(message) or []
+        for name in names:
+            problem = bayeux.subscription_error(name)
+            if problem is None:
+                denied = self.authorizer.subscribe_denied(session.principal, name)
+                if denied is not None:
+                    problem = bayeux.error(403, f"subscribe_denied ({denied})", session.client_id, name)
+            if problem is not None:
+                return bayeux.error_reply(message, problem)
+        for name in names:
+            if is_service(name) or name in session.subscriptions:
+                continue  # service channels are request/response: nothing to record
+            session.subscriptions.add(name)
+            self._index_subscription(session, name, add=True)
+        reply = bayeux.reply_to(message)
+        reply["clientId"] = session.client_id
+        reply["subscription"] = message["subscription"]
+        return reply
+
+    def _unsubscribe(self, session: ServerSession, message: Message) -> Message:
+        names = bayeux.subscriptions_of(message) or []
+        for name in names:
+            problem = bayeux.subscription_error(name)
+            if problem is not None:
+                return bayeux.error_reply(message, problem)
+        for name in names:
+            if name in session.subscriptions:
+                session.subscriptions.discard(name)
+                self._index_subscription(session, name, add=False)
+        reply = bayeux.reply_to(message)
+        reply["clientId"] = session.client_id
+        reply["subscription"] = message["subscription"]
+        return reply
+
+    def _index_subscription(self, session: ServerSession, name: str, *, add: bool) -> None:
+        """A pattern reaching shared channels goes in the shared index; one reaching per-user
+        channels goes in the subscriber's own index, so it can only ever see its own events."""
+        pattern = Pattern.parse(name)
+        if not pattern.within(self.personal):
+            (self._index.add if add else self._index.remove)(name, session)
+        user = session.user_id
+        if user is not None and pattern.overlaps(self.personal):
+            if add:
+                self._user_index.setdefault(user, SubscriptionIndex()).add(name, session)
+            else:
+                index = self._user_index.get(user)
+                if index is not None:
+                    index.remove(name, session)
+                    if not len(index):
+                        del self._user_index[user]
+
+    def _disconnect(self, session: ServerSession, message: Message) -> Message:
+        self._remove(session, bayeux.error(402, "session_unknown (disconnected by the client)"), bayeux.NONE)
+        reply = bayeux.reply_to(message)
+        reply["clientId"] = session.client_id
+        return reply
+
+    async def _client_publish(self, session: ServerSession, message: Message) -> Message:
+        channel = message["channel"]
+        denied = self.authorizer.publish_denied(session.principal, channel)
+        if denied is not None:
+            return bayeux.error_reply(message, bayeux.error(403, f"publish_denied ({denied})",
+                                                            session.client_id, channel))
+        reply = bayeux.reply_to(message)
+        if is_service(channel):
+            await self._call_services(session, message)
+            return reply
+        self._deliver(self._index, channel,
+                      bayeux.delivered(channel, message["data"], message.get("id"), None))
+        return reply
+
+    async def _call_services(self, session: ServerSession, message: Message) -> None:
+        channel = message["channel"]
+        for pattern, handler in self._services:
+            if Pattern.parse(channel).within(pattern):
+                answer = await _call(handler, session, message)
+                if answer is not None:
+                    payload = orjson.dumps(bayeux.delivered(channel, answer, message.get("id")))
+                    if not session.enqueue(payload):
+                        self._slow_consumer(session)
+
+    def _remove(self, session: ServerSession, error: str, reconnect: str) -> None:
+        if self.sessions.pop(session.client_id, None) is None:
+            return
+        self._ended[session.client_id] = _Ended(error, reconnect)
+        while len(self._ended) > _TOMBSTONES:
+            self._ended.popitem(last=False)
+        for name in list(session.subscriptions):
+            self._index_subscription(session, name, add=False)
+        session.subscriptions.clear()
+        user = session.user_id
+        if user is not None:
+            mine = self._users.get(user)
+            if mine is not None:
+                mine.discard(session)
+                if not mine:
+                    del self._users[user]
+        session.unpark(REMOVED)
+        sink = session.sink
+        session.sink = None
+        if sink is not None:
+            sink.wake()
+        log.debug("session %s removed: %s", session.client_id, error)
+        for listener in self._removed_listeners:
+            try:
+                listener(session, error)
+            except Exception:  # a listener's bug must not break session removal
+                log.exception("session-removed listener failed")
+
+
+async def _call(function: Callable[..., Any], *args: Any) -> Any:
+    outcome = function(*args)
+    if inspect.isawaitable(outcome):
+        outcome = await outcome
+    return outcome

@@ -1,0 +1,78 @@
+"""`cometd-broker serve`: run the broker with options from flags and environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from . import __version__
+from .app import create_app
+from .config import ENV_PREFIX, BrokerConfig, load, options
+
+
+def _add_option_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = BrokerConfig()
+    for f in options():
+        flag = "--" + f.name.replace("_", "-")
+        env = ENV_PREFIX + f.name.upper()
+        text = f"{f.metadata['doc']} (env {env}; default: {getattr(defaults, f.name)!r})"
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=text)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cometd-broker", description="Bayeux/CometD push broker")
+    parser.add_argument("--version", action="version", version=f"cometd-broker {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the Bayeux endpoint",
+                                description="Serve the Bayeux endpoint. Every option can also be set with "
+                                            f"an environment variable {ENV_PREFIX}<OPTION>; flags win.")
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _add_option_flags(serve)
+    return parser
+
+
+def _use_uvloop() -> bool:
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+def serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {f.name: getattr(args, f.name) for f in options()}
+    try:
+        config = load(**overrides)
+    except (ValueError, OSError) as exc:
+        print(f"cometd-broker: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(config)
+    loop_name = "uvloop" if _use_uvloop() else "asyncio"
+    auth = "anonymous allowed" if config.allow_anonymous else f"{len(config.user_map)} configured user(s)"
+    url = f"http://{config.host}:{config.port}{config.mount}"
+
+    def announce(_: str) -> None:
+        print(f"cometd-broker {__version__} listening on {url} "
+              f"(transports: {', '.join(config.transport_list)}; {auth}; {loop_name})", flush=True)
+
+    web.run_app(app, host=config.host, port=config.port, print=announce, access_log=None,
+                shutdown_timeout=5.0)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2

@@ -1,0 +1,147 @@
+"""Every broker option in one table: name, type, default and why, read from flags and environment.
+
+Precedence: command-line flag, then the `COMETD_BROKER_<NAME>` environment
+variable, then the default below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .channel import Pattern, channel_error
+from .security import ChannelRule
+from .session import QUEUE_POLICIES
+
+ALL_TRANSPORTS = ("websocket", "long-polling", "callback-polling")
+ENV_PREFIX = "COMETD_BROKER_"
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass
+class BrokerConfig:
+    host: str = field(default="127.0.0.1", metadata=_doc("interface to listen on"))
+    port: int = field(default=8080, metadata=_doc("TCP port"))
+    mount: str = field(default="/cometd", metadata=_doc(
+        "URL path of the Bayeux endpoint; any path below it is accepted (/cometd/connect ...)"))
+    timeout: int = field(default=25000, metadata=_doc(
+        "ms a /meta/connect is held when there is nothing to deliver (below common 30 s proxy limits)"))
+    interval: int = field(default=0, metadata=_doc("ms a client waits between connects"))
+    max_interval: int = field(default=10000, metadata=_doc(
+        "ms the server waits for the next /meta/connect before the session expires"))
+    transports: str = field(default=",".join(ALL_TRANSPORTS), metadata=_doc(
+        "transports offered, in order of preference"))
+    max_sessions_per_browser: int = field(default=1, metadata=_doc(
+        "parked long-polls per BAYEUX_BROWSER cookie; extra tabs are told multiple-clients"))
+    multi_session_interval: int = field(default=2000, metadata=_doc(
+        "ms polling interval advised to extra tabs of one browser"))
+    browser_cookie: str = field(default="BAYEUX_BROWSER", metadata=_doc(
+        "name of the HttpOnly cookie that identifies a browser"))
+    duplicate_connect_status: int = field(default=500, metadata=_doc(
+        "HTTP status of a /meta/connect superseded by a newer one of the same session (>= 400)"))
+    max_queue: int = field(default=10000, metadata=_doc("events queued per session before the queue is full"))
+    max_queue_bytes: int = field(default=4 * 1024 * 1024, metadata=_doc(
+        "bytes queued per session before the queue is full"))
+    queue_full: str = field(default="disconnect", metadata=_doc(
+        "when a session's queue is full: disconnect (the slow session must re-handshake) or drop-oldest"))
+    max_message_size: int = field(default=256 * 1024, metadata=_doc(
+        "largest inbound HTTP body or websocket frame, in bytes"))
+    allow_anonymous: bool = field(default=False, metadata=_doc(
+        "let clients handshake without credentials (development); they cannot use per-user channels"))
+    users: str = field(default="", metadata=_doc(
+        "credentials as user:secret,user:secret (or a file with one user:secret per line via @path)"))
+    personal_prefix: str = field(default="/v2/me/**", metadata=_doc(
+        "channels resolved per authenticated user: each user sees only their own events"))
+    channel_rules: str = field(default="", metadata=_doc(
+        "extra channel rules separated by ';', each 'PATTERN subscribe=ACCESS publish=ACCESS' with "
+        "ACCESS one of anyone, authenticated, nobody, role:NAME; first containing rule wins"))
+    sweep_period: float = field(default=1.0, metadata=_doc("seconds between expiry sweeps"))
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first option that is out of range."""
+        if not self.mount.startswith("/"):
+            raise ValueError(f"mount must start with /, got {self.mount!r}")
+        for name in ("timeout", "interval", "max_interval", "multi_session_interval"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in ("max_queue", "max_queue_bytes", "max_message_size", "max_sessions_per_browser"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.duplicate_connect_status < 400 or self.duplicate_connect_status > 599:
+            raise ValueError("duplicate_connect_status must be an HTTP error status (400-599)")
+        if self.queue_full not in QUEUE_POLICIES:
+            raise ValueError(f"queue_full must be one of {', '.join(QUEUE_POLICIES)}")
+        unknown = [t for t in self.transport_list if t not in ALL_TRANSPORTS]
+        if unknown or not self.transport_list:
+            raise ValueError(f"transports must be a non-empty subset of {', '.join(ALL_TRANSPORTS)}")
+        if channel_error(self.personal_prefix) or Pattern.parse(self.personal_prefix).kind != "many":
+            raise ValueError("personal_prefix must be a valid pattern ending in /**")
+        self.rule_list  # parses and validates  # noqa: B018
+        self.user_map  # noqa: B018
+        if self.sweep_period <= 0:
+            raise ValueError("sweep_period must be > 0")
+
+    @property
+    def transport_list(self) -> list[str]:
+        return [t.strip() for t in self.transports.split(",") if t.strip()]
+
+    @property
+    def rule_list(self) -> list[ChannelRule]:
+        return [ChannelRule.parse(text.strip()) for text in self.channel_rules.split(";") if text.strip()]
+
+    @property
+    def user_map(self) -> dict[str, str]:
+        text = self.users.strip()
+        if text.startswith("@"):
+            with open(text[1:], encoding="utf-8") as handle:
+                entries = [line.strip() for line in handle if line.strip() and not line.startswith("#")]
+        else:
+            entries = [entry.strip() for entry in text.split(",") if entry.strip()]
+        result = {}
+        for entry in entries:
+            user, sep, secret = entry.partition(":")
+            if not sep or not user or not secret:
+                raise ValueError(f"users entry {entry!r} must be user:secret")
+            result[user] = secret
+        return result
+
+
+def options() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(BrokerConfig))
+
+
+def _convert(f: dataclasses.Field, text: str) -> object:
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{ENV_PREFIX}{f.name.upper()} must be true or false, got {text!r}")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{f.name.upper()} must be {kind.__name__}, got {text!r}") from None
+
+
+def from_env(environ: Mapping[str, str], **overrides: object) -> BrokerConfig:
+    """Defaults, overridden by environment variables, overridden by explicit values (flags)."""
+    values: dict[str, object] = {}
+    for f in options():
+        text = environ.get(ENV_PREFIX + f.name.upper())
+        if text is not None:
+            values[f.name] = _convert(f, text)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = BrokerConfig(**values)
+    config.validate()
+    return config
+
+
+def load(**overrides: object) -> BrokerConfig:
+    return from_env(os.environ, **overrides)

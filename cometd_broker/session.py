@@ -1,0 +1,137 @@
+"""A server session: its bounded event queue, the parked /meta/connect and its expiry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .security import Principal
+
+# Why a parked /meta/connect was answered.
+TIMEOUT = "timeout"          # the hold time passed: answer with an empty successful reply
+MESSAGES = "messages"        # events are queued: answer with them
+SUPERSEDED = "superseded"    # a newer connect of the same session replaced it
+REMOVED = "removed"          # the session ended (disconnect, expiry, slow consumer)
+SHUTDOWN = "shutdown"        # the server is stopping
+
+DISCONNECT_POLICY = "disconnect"
+DROP_OLDEST_POLICY = "drop-oldest"
+QUEUE_POLICIES = (DISCONNECT_POLICY, DROP_OLDEST_POLICY)
+
+
+class SessionQueue:
+    """Serialized events waiting for a session, bounded in count and bytes.
+
+    Items are the shared bytes of a published message: the same object sits in
+    every matching session's queue, so a fan-out costs one serialization.
+    """
+
+    __slots__ = ("_items", "size_bytes", "max_messages", "max_bytes", "drop_oldest", "dropped")
+
+    def __init__(self, max_messages: int, max_bytes: int, drop_oldest: bool) -> None:
+        self._items: deque[bytes] = deque()
+        self.size_bytes = 0
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.drop_oldest = drop_oldest
+        self.dropped = 0
+
+    def push(self, item: bytes) -> bool:
+        """Append; False when the queue is full and the policy is to refuse (disconnect)."""
+        size = len(item)
+        if len(self._items) >= self.max_messages or self.size_bytes + size > self.max_bytes:
+            if not self.drop_oldest or size > self.max_bytes:
+                return False
+            while self._items and (len(self._items) >= self.max_messages
+                                   or self.size_bytes + size > self.max_bytes):
+                self.size_bytes -= len(self._items.popleft())
+                self.dropped += 1
+        self._items.append(item)
+        self.size_bytes += size
+        return True
+
+    def drain(self) -> list[bytes]:
+        items = list(self._items)
+        self._items.clear()
+        self.size_bytes = 0
+        return items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Sink(Protocol):
+    """A transport connection that writes a session's events as soon as they are queued."""
+
+    def wake(self) -> None: ...
+
+
+Release = Callable[[str], None]
+
+
+class ParkedConnect:
+    """A /meta/connect held open until events arrive or its timeout passes."""
+
+    __slots__ = ("reply", "release", "timer", "browser_id")
+
+    def __init__(self, reply: dict[str, Any], release: Release, browser_id: str | None) -> None:
+        self.reply = reply
+        self.release = release
+        self.timer: asyncio.TimerHandle | None = None
+        self.browser_id = browser_id
+
+
+class ServerSession:
+    """One handshaken client. Owned by the Broker; transports only read the queue."""
+
+    __slots__ = ("client_id", "principal", "browser_id", "queue", "subscriptions", "connected",
+                 "parked", "expires_at", "sink", "transport")
+
+    def __init__(self, client_id: str, principal: Principal, browser_id: str | None,
+                 queue: SessionQueue, transport: str) -> None:
+        self.client_id = client_id
+        self.principal = principal
+        self.browser_id = browser_id
+        self.queue = queue
+        self.subscriptions: set[str] = set()
+        self.connected = False  # True once the first /meta/connect was answered
+        self.parked: ParkedConnect | None = None
+        self.expires_at = float("inf")
+        self.sink: Sink | None = None
+        self.transport = transport
+
+    @property
+    def user_id(self) -> str | None:
+        return self.principal.user_id
+
+    def enqueue(self, item: bytes) -> bool:
+        """Queue an event and wake whoever delivers it; False if the queue refused it."""
+        if not self.queue.push(item):
+            return False
+        if self.sink is not None:
+            self.sink.wake()
+        elif self.parked is not None:
+            self.unpark(MESSAGES)
+        return True
+
+    def park(self, parked: ParkedConnect, timeout: float, loop: asyncio.AbstractEventLoop) -> None:
+        """Hold a connect; a previously parked one is answered as superseded (newest wins)."""
+        if self.parked is not None:
+            self.unpark(SUPERSEDED)
+        self.parked = parked
+        parked.timer = loop.call_later(timeout, self.unpark, TIMEOUT)
+        self.expires_at = float("inf")  # a parked connect proves the client is alive
+
+    def unpark(self, reason: str) -> None:
+        parked = self.parked
+        if parked is None:
+            return
+        self.parked = None
+        if parked.timer is not None:
+            parked.timer.cancel()
+        parked.release(reason)
+
+    def __repr__(self) -> str:
+        return f"<ServerSession {self.client_id[:8]} user={self.user_id!r} transport={self.transport}>"

@@ -1,0 +1,1 @@
+"""aiohttp transports: they decode bytes into messages for the Broker and write its replies."""

@@ -1,0 +1,144 @@
+"""Long-polling (JSON or form-encoded POST) and callback-polling (JSONP GET) over aiohttp.
+
+Thin: read and bound the body, decode it, hand the messages to the broker,
+park a connect if the broker says so, and write the reply array.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable
+from urllib.parse import parse_qs
+
+import orjson
+from aiohttp import web
+
+from .. import bayeux
+from ..bayeux import BodyError, Message
+from ..broker import Broker, HandleResult, RequestContext
+
+JSON = "application/json"
+_CALLBACK = re.compile(r"[A-Za-z_$][\w$.]{0,127}\Z")
+_BROWSER_ID = re.compile(r"[0-9a-f]{32}\Z")
+
+
+def encode(replies: Iterable[Message], events: Iterable[bytes] = ()) -> bytes:
+    """One JSON array of replies then events; events are already-serialized shared bytes."""
+    return b"[" + b",".join([*map(orjson.dumps, replies), *events]) + b"]"
+
+
+def parse_json(text: bytes | str) -> list[Message]:
+    try:
+        parsed = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise BodyError(bayeux.error(400, f"body is not valid JSON ({exc})")) from None
+    return bayeux.decode_body(parsed)
+
+
+def parse_message_params(values: list[str]) -> list[Message]:
+    """The `message` parameter(s) of a form or query string: each a message or an array of them."""
+    if not values:
+        raise BodyError(bayeux.error(400, "missing the message parameter"))
+    messages: list[Message] = []
+    for value in values:
+        messages.extend(parse_json(value))
+    return messages
+
+
+def context_for(request: web.Request, transport: str, cookie_name: str) -> RequestContext:
+    browser_id = request.cookies.get(cookie_name)
+    if browser_id is not None and not _BROWSER_ID.match(browser_id):
+        browser_id = None  # not one we issued: ignore it rather than trust it
+    return RequestContext(transport, request.headers, request.cookies, request.remote, browser_id)
+
+
+class HttpTransport:
+    """Serves long-polling and callback-polling on every path under the mount."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.max_size = broker.config.max_message_size
+        self.cookie_name = broker.config.browser_cookie
+
+    async def long_polling(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await self._read_body(request)
+            if request.content_type == "application/x-www-form-urlencoded":
+                form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+                messages = parse_message_params(form.get("message", []))
+            else:
+                messages = parse_json(body)
+        except BodyError as exc:
+            return web.Response(status=exc.http_status, body=encode(bayeux.body_error_reply(exc.error)),
+                                content_type=JSON)
+        status, body = await self._process(request, messages, "long-polling")
+        return self._respond(request, status, body, JSON)
+
+    async def callback_polling(self, request: web.Request) -> web.StreamResponse:
+        callback = request.query.get("jsonp", "jsonpcallback")
+        if not _CALLBACK.match(callback):
+            return web.Response(status=400, content_type=JSON, body=encode(bayeux.body_error_reply(
+                bayeux.error(400, "jsonp must be a JavaScript identifier of at most 128 characters"))))
+        try:
+            messages = parse_message_params(request.query.getall("message", []))
+            status, body = await self._process(request, messages, "callback-polling")
+        except BodyError as exc:
+            status, body = 200, encode(bayeux.body_error_reply(exc.error))
+        # Script tags cannot read an HTTP status, so JSONP errors travel inside the callback.
+        wrapped = callback.encode() + b"(" + body + b");"
+        return self._respond(request, 200 if status < 500 else status, wrapped, "text/javascript")
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self.max_size
+        too_large = BodyError(bayeux.error(
+            413, f"message_too_large (the body exceeds max_message_size of {limit} bytes)"), 413)
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(65536):
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        return bytes(body)
+
+    async def _process(self, request: web.Request, messages: list[Message], transport: str) -> tuple[int, bytes]:
+        broker = self.broker
+        ctx = context_for(request, transport, self.cookie_name)
+        result = await broker.handle(messages, ctx)
+        if result.new_browser_id is not None:
+            request["bayeux_browser_id"] = result.new_browser_id
+        if result.park is not None:
+            return await self._hold(request, result)
+        events: list[bytes] = []
+        session = result.deliver_to
+        if session is not None and broker.sessions.get(session.client_id) is session:
+            events = session.queue.drain()
+        return 200, encode(result.replies, events)
+
+    async def _hold(self, request: web.Request, result: HandleResult) -> tuple[int, bytes]:
+        pending = result.park
+        assert pending is not None
+        released: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        def release(reason: str) -> None:
+            if not released.done():
+                released.set_result(reason)
+
+        self.broker.park(pending, release)
+        try:
+            reason = await released
+        finally:
+            if not released.done():  # cancelled: stop holding so the browser's slot is freed
+                pending.session.unpark("abandoned")
+        transport = request.transport
+        deliverable = transport is not None and not transport.is_closing()
+        outcome = self.broker.complete_connect(pending.session, pending.reply, reason, deliverable)
+        return outcome.status, encode(outcome.replies, outcome.events)
+
+    def _respond(self, request: web.Request, status: int, body: bytes, content_type: str) -> web.Response:
+        response = web.Response(status=status, body=body, content_type=content_type)
+        browser_id = request.get("bayeux_browser_id")
+        if browser_id is not None:
+            response.set_cookie(self.cookie_name, browser_id, httponly=True, path="/")
+        return response

@@ -1,0 +1,93 @@
+"""Shared fixtures: an in-process broker behind aiohttp's test server, and a real broker subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from cometd_broker import BrokerConfig, create_app
+
+# Credentials used by every test that authenticates.
+USERS = {"alice": "alice-secret", "bob": "bob-secret", "carol": "carol-secret"}
+USERS_OPTION = ",".join(f"{user}:{secret}" for user, secret in USERS.items())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def make_client(aiohttp_client) -> Callable:
+    """`await make_client(**config)` -> an aiohttp TestClient for a fresh broker app."""
+
+    async def make(**options):
+        options.setdefault("users", USERS_OPTION)
+        return await aiohttp_client(create_app(BrokerConfig(**options)))
+
+    return make
+
+
+@dataclass
+class RunningBroker:
+    url: str  # the Bayeux endpoint, e.g. http://127.0.0.1:PORT/cometd
+    port: int
+    process: subprocess.Popen
+    output: list[str]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def start_broker(*args: str, env: dict[str, str] | None = None, timeout: float = 15.0) -> RunningBroker:
+    """Start `python -m cometd_broker serve` on a free loopback port and wait until it listens."""
+    port = free_port()
+    command = [sys.executable, "-m", "cometd_broker", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
+    process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"broker exited with {process.returncode}: {process.stdout.read()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        process.kill()
+        raise RuntimeError("broker did not start listening in time")
+    mount = "/cometd"
+    for i, arg in enumerate(args):
+        if arg == "--mount":
+            mount = args[i + 1]
+    return RunningBroker(f"http://127.0.0.1:{port}{mount}", port, process, [])
+
+
+@pytest.fixture
+def broker_process() -> Iterator[Callable[..., RunningBroker]]:
+    """`broker_process(*flags, env=...)` starts a real broker subprocess, stopped after the test."""
+    started: list[RunningBroker] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> RunningBroker:
+        running = start_broker(*args, env=env)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
