@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,7 +42,12 @@ class RunningBroker:
     url: str  # the Bayeux endpoint, e.g. http://127.0.0.1:PORT/cometd
     port: int
     process: subprocess.Popen
-    output: list[str]
+    log_path: str
+
+    def log(self) -> str:
+        """Everything the broker printed so far (for assertions and failure messages)."""
+        with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -57,12 +63,15 @@ def start_broker(*args: str, env: dict[str, str] | None = None, timeout: float =
     """Start `python -m cometd_broker serve` on a free loopback port and wait until it listens."""
     port = free_port()
     command = [sys.executable, "-m", "cometd_broker", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
-    process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    # A file, not a pipe: a chatty broker must never block on a full pipe.
+    with tempfile.NamedTemporaryFile(prefix=f"broker-{port}-", suffix=".log", delete=False) as log_file:
+        process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=log_file,
+                                   stderr=subprocess.STDOUT)
+    running = RunningBroker("", port, process, log_file.name)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"broker exited with {process.returncode}: {process.stdout.read()}")
+            raise RuntimeError(f"broker exited with {process.returncode}: {running.log()}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 break
@@ -75,7 +84,8 @@ def start_broker(*args: str, env: dict[str, str] | None = None, timeout: float =
     for i, arg in enumerate(args):
         if arg == "--mount":
             mount = args[i + 1]
-    return RunningBroker(f"http://127.0.0.1:{port}{mount}", port, process, [])
+    running.url = f"http://127.0.0.1:{port}{mount}"
+    return running
 
 
 @pytest.fixture
