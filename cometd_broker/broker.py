@@ -109,7 +109,7 @@ class Broker:
         self.config.validate()
         cfg = self.config
         self.authenticator: Authenticator = authenticator or CredentialsAuthenticator(
-            cfg.user_map, allow_anonymous=cfg.allow_anonymous)
+            cfg.user_map, allow_anonymous=cfg.allow_anonymous, roles=cfg.role_map)
         self.authorizer: Authorizer = authorizer or ChannelAuthorizer(cfg.personal_prefix, cfg.rule_list)
         self.personal = Pattern.parse(cfg.personal_prefix)
         self.transports = cfg.transport_list

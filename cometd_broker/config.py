@@ -55,6 +55,8 @@ class BrokerConfig:
         "let clients handshake without credentials (development); they cannot use per-user channels"))
     users: str = field(default="", metadata=_doc(
         "credentials as user:secret,user:secret (or a file with one user:secret per line via @path)"))
+    roles: str = field(default="", metadata=_doc(
+        "roles of configured users for role:NAME channel rules, as user=role+role,user=role"))
     personal_prefix: str = field(default="/v2/me/**", metadata=_doc(
         "channels resolved per authenticated user: each user sees only their own events"))
     channel_rules: str = field(default="", metadata=_doc(
@@ -83,6 +85,7 @@ class BrokerConfig:
             raise ValueError("personal_prefix must be a valid pattern ending in /**")
         self.rule_list  # parses and validates  # noqa: B018
         self.user_map  # noqa: B018
+        self.role_map  # noqa: B018
         if self.sweep_period <= 0:
             raise ValueError("sweep_period must be > 0")
 
@@ -108,6 +111,20 @@ class BrokerConfig:
             if not sep or not user or not secret:
                 raise ValueError(f"users entry {entry!r} must be user:secret")
             result[user] = secret
+        return result
+
+
+    @property
+    def role_map(self) -> dict[str, frozenset[str]]:
+        result = {}
+        for entry in (e.strip() for e in self.roles.split(",")):
+            if not entry:
+                continue
+            user, sep, names = entry.partition("=")
+            roles = frozenset(r.strip() for r in names.split("+") if r.strip())
+            if not sep or not user.strip() or not roles:
+                raise ValueError(f"roles entry {entry!r} must be user=role+role")
+            result[user.strip()] = roles
         return result
 
 

@@ -120,8 +120,11 @@ class HttpTransport:
         pending = result.park
         assert pending is not None
         released: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        answered = False
 
         def release(reason: str) -> None:
+            nonlocal answered
+            answered = True
             if not released.done():
                 released.set_result(reason)
 
@@ -129,7 +132,7 @@ class HttpTransport:
         try:
             reason = await released
         finally:
-            if not released.done():  # cancelled: stop holding so the browser's slot is freed
+            if not answered:  # cancelled: stop holding so the browser's slot is freed now
                 pending.session.unpark("abandoned")
         transport = request.transport
         deliverable = transport is not None and not transport.is_closing()
