@@ -21,7 +21,7 @@ class BayeuxEndpoint:
         self.websocket = WebSocketTransport(broker)
         self.allowed = broker.transports
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.method == hdrs.METH_GET:
             if request.headers.get(hdrs.UPGRADE, "").lower() == "websocket" and "websocket" in self.allowed:
                 return await self.websocket.handle(request)
@@ -47,8 +47,8 @@ def add_bayeux_endpoint(app: web.Application, broker: Broker, *mounts: str) -> B
     endpoint = BayeuxEndpoint(broker)
     for mount in mounts:
         base = mount.rstrip("/")
-        app.router.add_route("*", base, endpoint)
-        app.router.add_route("*", base + "/{tail:.*}", endpoint)
+        app.router.add_route("*", base, endpoint.handle)
+        app.router.add_route("*", base + "/{tail:.*}", endpoint.handle)
 
     async def start(_: web.Application) -> None:
         await broker.start()

@@ -47,8 +47,13 @@ class BodyError(ValueError):
 
 
 def error(code: int, message: str, *args: str) -> str:
-    """Format a Bayeux error string: `code:arg1,arg2:message`."""
-    return f"{code}:{','.join(args)}:{message}"
+    """Format a Bayeux error string: `code:arg1,arg2:message`.
+
+    `%`, `:` and `,` inside an argument are percent-encoded so that splitting
+    on the grammar's separators always finds the code, the args and the message.
+    """
+    escaped = (arg.replace("%", "%25").replace(":", "%3A").replace(",", "%2C") for arg in args)
+    return f"{code}:{','.join(escaped)}:{message}"
 
 
 # Error strings shared with the CometD reference server (clients key on advice,
@@ -106,12 +111,12 @@ def validate_message(message: Message) -> str | None:
     if not isinstance(channel, str):
         return error(400, "channel must be a string")
     message_id = message.get("id")
-    if message_id is not None and not isinstance(message_id, (str, int)):
+    if message_id is not None and (not isinstance(message_id, (str, int)) or isinstance(message_id, bool)):
         return error(405, "message_id_invalid")
     ext = message.get("ext")
     if ext is not None and not isinstance(ext, dict):
         return error(400, "ext must be an object")
-    if channel.startswith("/meta/"):
+    if is_meta(channel):
         return _validate_meta(channel, message)
     bad = channel_error(channel)
     if bad is not None:

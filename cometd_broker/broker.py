@@ -109,7 +109,7 @@ class Broker:
         self.config.validate()
         cfg = self.config
         self.authenticator: Authenticator = authenticator or CredentialsAuthenticator(
-            cfg.user_map, allow_anonymous=cfg.allow_anonymous, roles=cfg.role_map)
+            cfg.user_map, tokens=cfg.token_map, allow_anonymous=cfg.allow_anonymous, roles=cfg.role_map)
         self.authorizer: Authorizer = authorizer or ChannelAuthorizer(cfg.personal_prefix, cfg.rule_list)
         self.personal = Pattern.parse(cfg.personal_prefix)
         self.transports = cfg.transport_list
@@ -442,6 +442,13 @@ class Broker:
             session.expires_at = time.monotonic() + self._expiry_window
         return ConnectOutcome(200, [reply], events)
 
+    def abandon(self, session: ServerSession) -> None:
+        """The client of a held connect went away: stop holding it and let the session expire
+        normally unless the client comes back."""
+        session.unpark("abandoned")
+        if session.parked is None:
+            session.expires_at = time.monotonic() + self._expiry_window
+
     def detach(self, session: ServerSession, sink: Sink) -> None:
         """A websocket closed: its session stays until expiry so the client can reconnect."""
         if session.sink is sink:
@@ -505,6 +512,7 @@ class Broker:
                         del self._user_index[user]
 
     def _disconnect(self, session: ServerSession, message: Message) -> Message:
+        # reconnect "none": the client asked to end; its parked connect must not make it come back.
         self._remove(session, bayeux.error(402, "session_unknown (disconnected by the client)"), bayeux.NONE)
         reply = bayeux.reply_to(message)
         reply["clientId"] = session.client_id

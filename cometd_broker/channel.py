@@ -83,7 +83,7 @@ class Pattern:
 
     def matches(self, channel: str) -> bool:
         """Whether this pattern matches the (non-wildcard) channel."""
-        return self.within(Pattern.parse(channel))
+        return Pattern.parse(channel).within(self)
 
     def overlaps(self, other: Pattern) -> bool:
         """Whether some channel is matched by both patterns."""

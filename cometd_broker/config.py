@@ -54,7 +54,9 @@ class BrokerConfig:
     allow_anonymous: bool = field(default=False, metadata=_doc(
         "let clients handshake without credentials (development); they cannot use per-user channels"))
     users: str = field(default="", metadata=_doc(
-        "credentials as user:secret,user:secret (or a file with one user:secret per line via @path)"))
+        "passwords as user:password,user:password (or @path: a file with one user:password per line)"))
+    tokens: str = field(default="", metadata=_doc(
+        "bearer tokens as token=user,token=user (or @path: a file with one token=user per line)"))
     roles: str = field(default="", metadata=_doc(
         "roles of configured users for role:NAME channel rules, as user=role+role,user=role"))
     personal_prefix: str = field(default="/v2/me/**", metadata=_doc(
@@ -85,6 +87,7 @@ class BrokerConfig:
             raise ValueError("personal_prefix must be a valid pattern ending in /**")
         self.rule_list  # parses and validates  # noqa: B018
         self.user_map  # noqa: B018
+        self.token_map  # noqa: B018
         self.role_map  # noqa: B018
         if self.sweep_period <= 0:
             raise ValueError("sweep_period must be > 0")
@@ -99,19 +102,13 @@ class BrokerConfig:
 
     @property
     def user_map(self) -> dict[str, str]:
-        text = self.users.strip()
-        if text.startswith("@"):
-            with open(text[1:], encoding="utf-8") as handle:
-                entries = [line.strip() for line in handle if line.strip() and not line.startswith("#")]
-        else:
-            entries = [entry.strip() for entry in text.split(",") if entry.strip()]
-        result = {}
-        for entry in entries:
-            user, sep, secret = entry.partition(":")
-            if not sep or not user or not secret:
-                raise ValueError(f"users entry {entry!r} must be user:secret")
-            result[user] = secret
-        return result
+        """user -> password."""
+        return _pairs(self.users, ":", "users entry {!r} must be user:password")
+
+    @property
+    def token_map(self) -> dict[str, str]:
+        """token -> user."""
+        return _pairs(self.tokens, "=", "tokens entry {!r} must be token=user")
 
 
     @property
@@ -126,6 +123,23 @@ class BrokerConfig:
                 raise ValueError(f"roles entry {entry!r} must be user=role+role")
             result[user.strip()] = roles
         return result
+
+
+def _pairs(text: str, separator: str, problem: str) -> dict[str, str]:
+    """Parse `key<sep>value,key<sep>value`, or `@path` to a file of one pair per line (# comments)."""
+    text = text.strip()
+    if text.startswith("@"):
+        with open(text[1:], encoding="utf-8") as handle:
+            entries = [line.strip() for line in handle if line.strip() and not line.startswith("#")]
+    else:
+        entries = [entry.strip() for entry in text.split(",") if entry.strip()]
+    result = {}
+    for entry in entries:
+        key, sep, value = entry.partition(separator)
+        if not sep or not key or not value:
+            raise ValueError(problem.format(entry))
+        result[key] = value
+    return result
 
 
 def options() -> list[dataclasses.Field]:

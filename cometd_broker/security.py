@@ -58,18 +58,22 @@ def _digest(secret: str) -> bytes:
 
 class CredentialsAuthenticator:
     """Authenticates a handshake from, in order: `ext.authentication`, the `Authorization`
-    header (Bearer token or Basic user:secret), or an application session cookie.
+    header (Bearer token or Basic user:password), or an application session cookie.
 
-    Secrets are kept only as SHA-256 digests and compared in constant time.
-    Credentials that are presented but wrong are refused even when anonymous
-    access is allowed, so a typo is reported instead of silently downgrading.
+    Passwords (`users`, user -> password) are only accepted together with their
+    user name; tokens (`tokens`, token -> user) stand alone, so one kind can
+    never be used as the other. Both are kept only as SHA-256 digests and
+    compared in constant time. Credentials that are presented but wrong are
+    refused even when anonymous access is allowed, so a typo is reported
+    instead of silently downgrading.
     """
 
-    def __init__(self, users: Mapping[str, str] | None = None, *, allow_anonymous: bool = False,
-                 session_cookie: str | None = None, session_resolver: SessionResolver | None = None,
+    def __init__(self, users: Mapping[str, str] | None = None, *, tokens: Mapping[str, str] | None = None,
+                 allow_anonymous: bool = False, session_cookie: str | None = None,
+                 session_resolver: SessionResolver | None = None,
                  roles: Mapping[str, Iterable[str]] | None = None) -> None:
         self._secrets = {user: _digest(secret) for user, secret in (users or {}).items()}
-        self._by_token = {digest: user for user, digest in self._secrets.items()}
+        self._by_token = {_digest(token): user for token, user in (tokens or {}).items()}
         self._roles = {user: frozenset(r) for user, r in (roles or {}).items()}
         self.allow_anonymous = allow_anonymous
         self.session_cookie = session_cookie
@@ -114,11 +118,12 @@ class CredentialsAuthenticator:
     def _from_ext(self, auth: Any) -> Principal:
         if not isinstance(auth, Mapping):
             raise AuthenticationError("ext.authentication must be an object")
-        secret = auth.get("password", auth.get("token"))
-        user = auth.get("user")
-        if not isinstance(secret, str) or (user is not None and not isinstance(user, str)):
-            raise AuthenticationError("ext.authentication needs a string token, or user and password")
-        return self._check(user, secret)
+        token, user, password = auth.get("token"), auth.get("user"), auth.get("password")
+        if isinstance(token, str) and user is None and password is None:
+            return self._check(None, token)
+        if isinstance(user, str) and isinstance(password, str) and token is None:
+            return self._check(user, password)
+        raise AuthenticationError("ext.authentication needs either a string token, or a string user and password")
 
     def _from_header(self, header: str) -> Principal:
         scheme, _, value = header.partition(" ")
@@ -175,6 +180,8 @@ class ChannelRule:
     @classmethod
     def parse(cls, text: str) -> ChannelRule:
         """Parse `PATTERN subscribe=ACCESS publish=ACCESS` (either part optional)."""
+        if not text.split():
+            raise ValueError("channel rule is empty: expected 'PATTERN subscribe=ACCESS publish=ACCESS'")
         pattern, *parts = text.split()
         values: dict[str, str] = {}
         for part in parts:

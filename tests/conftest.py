@@ -18,6 +18,8 @@ from cometd_broker import BrokerConfig, create_app
 # Credentials used by every test that authenticates.
 USERS = {"alice": "alice-secret", "bob": "bob-secret", "carol": "carol-secret"}
 USERS_OPTION = ",".join(f"{user}:{secret}" for user, secret in USERS.items())
+TOKENS = {"alice": "alice-token", "bob": "bob-token", "carol": "carol-token"}  # user -> bearer token
+TOKENS_OPTION = ",".join(f"{token}={user}" for user, token in TOKENS.items())
 
 
 def free_port() -> int:
@@ -32,6 +34,7 @@ def make_client(aiohttp_client) -> Callable:
 
     async def make(**options):
         options.setdefault("users", USERS_OPTION)
+        options.setdefault("tokens", TOKENS_OPTION)
         return await aiohttp_client(create_app(BrokerConfig(**options)))
 
     return make

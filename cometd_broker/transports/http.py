@@ -72,22 +72,23 @@ class HttpTransport:
         except BodyError as exc:
             return web.Response(status=exc.http_status, body=encode(bayeux.body_error_reply(exc.error)),
                                 content_type=JSON)
-        status, body = await self._process(request, messages, "long-polling")
-        return self._respond(request, status, body, JSON)
+        status, body, browser_id = await self._process(request, messages, "long-polling")
+        return self._respond(status, body, JSON, browser_id)
 
     async def callback_polling(self, request: web.Request) -> web.StreamResponse:
         callback = request.query.get("jsonp", "jsonpcallback")
         if not _CALLBACK.match(callback):
             return web.Response(status=400, content_type=JSON, body=encode(bayeux.body_error_reply(
                 bayeux.error(400, "jsonp must be a JavaScript identifier of at most 128 characters"))))
+        browser_id = None
         try:
             messages = parse_message_params(request.query.getall("message", []))
-            status, body = await self._process(request, messages, "callback-polling")
+            status, body, browser_id = await self._process(request, messages, "callback-polling")
         except BodyError as exc:
             status, body = 200, encode(bayeux.body_error_reply(exc.error))
         # Script tags cannot read an HTTP status, so JSONP errors travel inside the callback.
         wrapped = callback.encode() + b"(" + body + b");"
-        return self._respond(request, 200 if status < 500 else status, wrapped, "text/javascript")
+        return self._respond(200 if status < 500 else status, wrapped, "text/javascript", browser_id)
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.max_size
@@ -102,19 +103,20 @@ class HttpTransport:
                 raise too_large
         return bytes(body)
 
-    async def _process(self, request: web.Request, messages: list[Message], transport: str) -> tuple[int, bytes]:
+    async def _process(self, request: web.Request, messages: list[Message],
+                       transport: str) -> tuple[int, bytes, str | None]:
+        """Handle a batch: the HTTP status, the body, and a browser id to set as cookie (or None)."""
         broker = self.broker
         ctx = context_for(request, transport, self.cookie_name)
         result = await broker.handle(messages, ctx)
-        if result.new_browser_id is not None:
-            request["bayeux_browser_id"] = result.new_browser_id
         if result.park is not None:
-            return await self._hold(request, result)
+            status, body = await self._hold(request, result)
+            return status, body, result.new_browser_id
         events: list[bytes] = []
         session = result.deliver_to
         if session is not None and broker.sessions.get(session.client_id) is session:
             events = session.queue.drain()
-        return 200, encode(result.replies, events)
+        return 200, encode(result.replies, events), result.new_browser_id
 
     async def _hold(self, request: web.Request, result: HandleResult) -> tuple[int, bytes]:
         pending = result.park
@@ -132,16 +134,15 @@ class HttpTransport:
         try:
             reason = await released
         finally:
-            if not answered:  # cancelled: stop holding so the browser's slot is freed now
-                pending.session.unpark("abandoned")
+            if not answered:  # cancelled: free the browser's slot now and let the session expire
+                self.broker.abandon(pending.session)
         transport = request.transport
         deliverable = transport is not None and not transport.is_closing()
         outcome = self.broker.complete_connect(pending.session, pending.reply, reason, deliverable)
         return outcome.status, encode(outcome.replies, outcome.events)
 
-    def _respond(self, request: web.Request, status: int, body: bytes, content_type: str) -> web.Response:
+    def _respond(self, status: int, body: bytes, content_type: str, browser_id: str | None) -> web.Response:
         response = web.Response(status=status, body=body, content_type=content_type)
-        browser_id = request.get("bayeux_browser_id")
         if browser_id is not None:
             response.set_cookie(self.cookie_name, browser_id, httponly=True, path="/")
         return response
