@@ -295,10 +295,15 @@ class Broker:
         client_id = message.get("clientId")
         ended = self._ended.get(client_id) if isinstance(client_id, str) else None
         if ended is not None:
-            return bayeux.error_reply(message, ended.error, bayeux.advice(ended.reconnect, 0))
-        if client_id is None:
-            return bayeux.unknown_session_reply(message, "this message needs the clientId of a handshaken session")
-        return bayeux.unknown_session_reply(message)
+            reply = bayeux.error_reply(message, ended.error, bayeux.advice(ended.reconnect, 0))
+        elif client_id is None:
+            reply = bayeux.unknown_session_reply(message, "this message needs the clientId of a handshaken session")
+        else:
+            reply = bayeux.unknown_session_reply(message)
+        # Without `subscription` in the reply: aiocometd forgets any subscription named in a
+        # failed reply, so after a restart it would not re-subscribe on its new session.
+        reply.pop("subscription", None)
+        return reply
 
     async def _handshake(self, message: Message, ctx: RequestContext, result: HandleResult) -> Message:
         problem = bayeux.validate_message(message)
@@ -306,7 +311,7 @@ class Broker:
             return bayeux.error_reply(message, problem, bayeux.advice(bayeux.NONE, 0))
         if self._closing:
             return bayeux.error_reply(message, bayeux.error(503, "server_shutdown (the broker is stopping)"),
-                                      bayeux.advice(bayeux.HANDSHAKE_ADVICE, 1000))
+                                      bayeux.advice(bayeux.HANDSHAKE_ADVICE, 0))
         common = bayeux.common_transports(message["supportedConnectionTypes"], self.transports)
         if not common:
             reply = bayeux.error_reply(message, bayeux.error(
@@ -528,8 +533,9 @@ class Broker:
         if is_service(channel):
             await self._call_services(session, message)
             return reply
-        self._deliver(self._index, channel,
-                      bayeux.delivered(channel, message["data"], message.get("id"), None))
+        # The publisher's id is not forwarded (as CometD does): over websocket a subscriber
+        # would take an event carrying its own pending request's id for that request's reply.
+        self._deliver(self._index, channel, bayeux.delivered(channel, message["data"]))
         return reply
 
     async def _call_services(self, session: ServerSession, message: Message) -> None:
