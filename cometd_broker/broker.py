@@ -343,7 +343,10 @@ class Broker:
             self._users.setdefault(principal.user_id, set()).add(session)
         log.debug("handshake %s user=%r transport=%s", session.client_id, principal.user_id, ctx.transport)
         for listener in self._added_listeners:
-            listener(session)
+            try:
+                listener(session)
+            except Exception:  # a listener's bug must not break the handshake
+                log.exception("session-added listener failed")
         return bayeux.handshake_reply(message, session.client_id, self.transports, dict(self._connect_advice))
 
     def _connect(self, session: ServerSession, message: Message, ctx: RequestContext, alone: bool,
@@ -531,7 +534,12 @@ class Broker:
                                                             session.client_id, channel))
         reply = bayeux.reply_to(message)
         if is_service(channel):
-            await self._call_services(session, message)
+            try:
+                await self._call_services(session, message)
+            except Exception:  # the handler's bug fails this publish only, not the batch
+                log.exception("service handler for %s failed", channel)
+                return bayeux.error_reply(message, bayeux.error(
+                    500, "service_failed (the server's handler for this channel failed)", channel))
             return reply
         # The publisher's id is not forwarded (as CometD does): over websocket a subscriber
         # would take an event carrying its own pending request's id for that request's reply.

@@ -21,6 +21,8 @@ from .http import context_for, parse_json
 
 log = logging.getLogger("cometd_broker.websocket")
 
+HEARTBEAT_SECONDS = 30.0
+
 
 class WebSocketConnection:
     """A session's sink while its client is connected over this websocket."""
@@ -85,11 +87,13 @@ class WebSocketConnection:
         while not ws.closed:
             await self._wake.wait()
             self._wake.clear()
+            if ws.closed:
+                break  # leave queued events for the client's next connection
             parts, self._pending = self._pending, []
             session = self.session
             if session is not None and session.sink is self and len(session.queue):
                 parts.extend(session.queue.drain())
-            if parts and not ws.closed:
+            if parts:
                 await ws.send_frame(b"[" + b",".join(parts) + b"]", WSMsgType.TEXT)
 
     async def flush_and_close(self) -> None:
@@ -121,7 +125,10 @@ class WebSocketTransport:
         self.connections: set[WebSocketConnection] = set()
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=self.broker.config.max_message_size, autoping=True)
+        # The heartbeat pings find connections whose network died silently; the session
+        # then lives on until expiry so the client can come back.
+        ws = web.WebSocketResponse(max_msg_size=self.broker.config.max_message_size, autoping=True,
+                                   heartbeat=HEARTBEAT_SECONDS)
         await ws.prepare(request)
         connection = WebSocketConnection(self.broker, ws)
         self.connections.add(connection)
