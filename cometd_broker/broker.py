@@ -119,6 +119,8 @@ class Broker:
         self._user_index: dict[str, SubscriptionIndex[ServerSession]] = {}
         self._browser_parked: dict[str, int] = {}
         self._ended: OrderedDict[str, _Ended] = OrderedDict()
+        # Browser cookies issued to cookie-less handshakes in the last expiry window.
+        self._fresh_browser_ids: dict[str, tuple[float, Principal]] = {}
         self._services: list[tuple[Pattern, ServiceHandler]] = []
         self._added_listeners: list[SessionListener] = []
         self._removed_listeners: list[RemovalListener] = []
@@ -155,6 +157,10 @@ class Broker:
 
     def sweep(self, now: float) -> int:
         """End sessions whose expiry passed; returns how many ended."""
+        issued_before = now - self._expiry_window
+        stale = [b for b, (issued, _) in self._fresh_browser_ids.items() if issued < issued_before]
+        for browser_id in stale:
+            del self._fresh_browser_ids[browser_id]
         expired = [s for s in self.sessions.values() if s.expires_at < now]
         for session in expired:
             self._remove(session, bayeux.error(402, "session_unknown (expired: no /meta/connect within "
@@ -286,10 +292,20 @@ class Broker:
         session = self.sessions.get(client_id) if isinstance(client_id, str) else None
         if session is None:
             return None
-        # A request from another browser must not drive this session (clientId hijack protection).
-        if ctx.browser_id is not None and session.browser_id is not None and ctx.browser_id != session.browser_id:
-            return None
+        presented = ctx.browser_id
+        if presented is not None and presented != session.browser_id:
+            if session.browser_id is not None and not self._sibling_tab_cookie(session, presented):
+                return None  # another browser must not drive this session (clientId hijack protection)
+            session.browser_id = presented
         return session
+
+    def _sibling_tab_cookie(self, session: ServerSession, presented: str) -> bool:
+        """Tabs of one browser that handshake at the same moment each get a new cookie, and the
+        browser keeps only the last, which all of them then send. A session bound to a just-issued
+        cookie may move to another cookie just issued to a handshake of the same principal."""
+        fresh = self._fresh_browser_ids
+        mine, theirs = fresh.get(session.browser_id or ""), fresh.get(presented)
+        return mine is not None and theirs is not None and mine[1] == theirs[1] == session.principal
 
     def _unknown_session_reply(self, message: Message) -> Message:
         client_id = message.get("clientId")
@@ -327,11 +343,12 @@ class Broker:
             reply = bayeux.error_reply(message, bayeux.HANDSHAKE_DENIED, bayeux.advice(bayeux.NONE, 0))
             reply["ext"] = {"authentication": {"failureReason": str(exc)}}
             return reply
-        browser_id = None
-        if ctx.transport in HTTP_TRANSPORTS or ctx.browser_id is not None:
-            browser_id = ctx.browser_id
-            if browser_id is None:
-                browser_id = result.new_browser_id = secrets.token_hex(16)
+        # A handshake with no browser cookie gets one, but its session is bound to whichever
+        # cookie its first later request carries (see _session_for).
+        browser_id = ctx.browser_id
+        if browser_id is None and ctx.transport in HTTP_TRANSPORTS:
+            browser_id = result.new_browser_id = secrets.token_hex(16)
+            self._fresh_browser_ids[browser_id] = (time.monotonic(), principal)
         cfg = self.config
         session = ServerSession(
             bayeux.new_client_id(), principal, browser_id,

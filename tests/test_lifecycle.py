@@ -7,6 +7,7 @@ import asyncio
 import time
 import warnings
 
+import aiohttp
 import pytest
 from bayeux_helpers import (
     broker_of,
@@ -24,6 +25,7 @@ from bayeux_helpers import (
     wait_parked,
     wait_until,
 )
+from conftest import USERS
 
 ANON = {"allow_anonymous": True}
 HANDSHAKE_ADVICE = {"reconnect": "handshake", "interval": 0}
@@ -299,3 +301,30 @@ async def test_session_whose_client_vanished_mid_poll_still_expires(make_client)
                          what="the abandoned session to expire (max_interval=200 ms)")
     reply = reply_to(await connect(client, client_id), "/meta/connect")
     assert reply["error"].startswith("402::session_unknown")
+
+
+async def test_tabs_handshaking_at_once_keep_their_sessions_under_the_last_cookie(make_client):
+    """A browser restoring tabs: each cookie-less handshake gets its own cookie and the browser keeps
+    the last. Every tab's session must accept that cookie; another user's fresh cookie must not."""
+    client = await make_client()
+    url = client.make_url("/cometd")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        async def handshake_as(user: str) -> tuple[str, str]:
+            body = [{"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"],
+                     "ext": {"authentication": {"user": user, "password": USERS[user]}}}]
+            async with http.post(url, json=body) as response:
+                reply = (await response.json())[0]
+                return reply["clientId"], response.cookies["BAYEUX_BROWSER"].value
+
+        tabs = [await handshake_as("alice") for _ in range(3)]
+        last_cookie = tabs[-1][1]
+        for client_id, _ in tabs:
+            connect = [{"channel": "/meta/connect", "clientId": client_id, "connectionType": "long-polling"}]
+            async with http.post(url, json=connect, headers={"Cookie": f"BAYEUX_BROWSER={last_cookie}"}) as response:
+                assert (await response.json())[0]["successful"] is True
+
+        _, bobs_cookie = await handshake_as("bob")
+        connect = [{"channel": "/meta/connect", "clientId": tabs[0][0], "connectionType": "long-polling"}]
+        async with http.post(url, json=connect, headers={"Cookie": f"BAYEUX_BROWSER={bobs_cookie}"}) as response:
+            reply = (await response.json())[0]
+        assert reply["successful"] is False and reply["error"].startswith("402::session_unknown"), reply

@@ -34,6 +34,8 @@ class WebSocketConnection:
         self._pending: list[bytes] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._handling = False  # inside broker.handle for a frame of this connection
+        self._deferred: list[bytes] = []
 
     def wake(self) -> None:
         self._wake.set()
@@ -52,7 +54,16 @@ class WebSocketConnection:
                     self._send([orjson.dumps(m) for m in bayeux.body_error_reply(exc.error)])
                     continue
                 if messages:
-                    self._accept(await self.broker.handle(messages, ctx))
+                    self._handling = True
+                    try:
+                        result = await self.broker.handle(messages, ctx)
+                    finally:
+                        self._handling = False
+                    self._accept(result)
+                    # Connects released by this batch (a disconnect answers the held connect)
+                    # are answered after the batch's own replies.
+                    self._send(self._deferred)
+                    self._deferred = []
         finally:
             if self.session is not None:
                 self.broker.detach(self.session, self)
@@ -75,7 +86,11 @@ class WebSocketConnection:
     def _released(self, pending: PendingConnect, reason: str) -> None:
         outcome = self.broker.complete_connect(pending.session, pending.reply, reason,
                                                deliverable=not self.ws.closed)
-        self._send([*map(orjson.dumps, outcome.replies), *outcome.events])
+        parts = [*map(orjson.dumps, outcome.replies), *outcome.events]
+        if self._handling:
+            self._deferred.extend(parts)
+        else:
+            self._send(parts)
 
     def _send(self, parts: list[bytes]) -> None:
         if parts:
