@@ -43,8 +43,21 @@ def _node_problem() -> str | None:
     return None
 
 
+def _install_node_packages() -> None:
+    """`npm ci` from the lock file, once, when node is here but the packages are not."""
+    if shutil.which("node") is None or shutil.which("npm") is None or _node_problem() is None:
+        return
+    command = ["npm", "ci", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund"]
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        output = getattr(exc, "stderr", "") or ""
+        pytest.fail(f"`{' '.join(command)}` failed: {exc}\n{output[-2000:]}")
+
+
 @pytest.fixture(scope="session")
 def node_ready() -> None:
+    _install_node_packages()
     problem = _node_problem()
     if problem is not None:
         if os.environ.get("CI"):
