@@ -499,10 +499,7 @@ class Broker:
                 continue  # service channels are request/response: nothing to record
             session.subscriptions.add(name)
             self._index_subscription(session, name, add=True)
-        reply = bayeux.reply_to(message)
-        reply["clientId"] = session.client_id
-        reply["subscription"] = message["subscription"]
-        return reply
+        return _subscription_reply(session, message)
 
     def _unsubscribe(self, session: ServerSession, message: Message) -> Message:
         names = bayeux.subscriptions_of(message) or []
@@ -514,10 +511,7 @@ class Broker:
             if name in session.subscriptions:
                 session.subscriptions.discard(name)
                 self._index_subscription(session, name, add=False)
-        reply = bayeux.reply_to(message)
-        reply["clientId"] = session.client_id
-        reply["subscription"] = message["subscription"]
-        return reply
+        return _subscription_reply(session, message)
 
     def _index_subscription(self, session: ServerSession, name: str, *, add: bool) -> None:
         """A pattern reaching shared channels goes in the shared index; one reaching per-user
@@ -600,6 +594,13 @@ class Broker:
                 listener(session, error)
             except Exception:  # a listener's bug must not break session removal
                 log.exception("session-removed listener failed")
+
+
+def _subscription_reply(session: ServerSession, message: Message) -> Message:
+    reply = bayeux.reply_to(message)
+    reply["clientId"] = session.client_id
+    reply["subscription"] = message["subscription"]
+    return reply
 
 
 async def _call(function: Callable[..., Any], *args: Any) -> Any:

@@ -62,6 +62,21 @@ class RunningBroker:
                 self.process.wait(timeout=5)
 
 
+def wait_listening(running: RunningBroker, timeout: float = 15.0) -> None:
+    """Block until the broker subprocess accepts connections on its port; fail if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if running.process.poll() is not None:
+            raise RuntimeError(f"broker exited with {running.process.returncode}: {running.log()}")
+        try:
+            with socket.create_connection(("127.0.0.1", running.port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    running.process.kill()
+    raise RuntimeError(f"broker did not listen on port {running.port} in time")
+
+
 def start_broker(*args: str, env: dict[str, str] | None = None, timeout: float = 15.0) -> RunningBroker:
     """Start `python -m cometd_broker serve` on a free loopback port and wait until it listens."""
     port = free_port()
@@ -71,18 +86,7 @@ def start_broker(*args: str, env: dict[str, str] | None = None, timeout: float =
         process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=log_file,
                                    stderr=subprocess.STDOUT)
     running = RunningBroker("", port, process, log_file.name)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"broker exited with {process.returncode}: {running.log()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        process.kill()
-        raise RuntimeError("broker did not start listening in time")
+    wait_listening(running, timeout)
     mount = "/cometd"
     for i, arg in enumerate(args):
         if arg == "--mount":

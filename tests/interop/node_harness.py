@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -28,6 +27,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from conftest import wait_listening
 
 NODE_DIR = Path(__file__).parent / "node"
 Event = dict[str, Any]
@@ -205,20 +205,6 @@ async def node_client(node_ready: None) -> AsyncIterator[Callable[..., Any]]:
             os.unlink(path)
 
 
-def _wait_listening(port: int, process: subprocess.Popen, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"restarted broker exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"restarted broker did not listen on {port} in time")
-
-
 @pytest.fixture
 def restart_broker() -> Iterator[Callable[..., Any]]:
     """`restart_broker(running, crash=True)` stops a `broker_process` broker (SIGKILL when
@@ -237,7 +223,7 @@ def restart_broker() -> Iterator[Callable[..., Any]]:
             process = subprocess.Popen(running.process.args, stdout=log_file, stderr=subprocess.STDOUT)
         again = type(running)(running.url, running.port, process, log_file.name)
         started.append(again)
-        _wait_listening(running.port, process)
+        wait_listening(again)
         return again
 
     yield restart
