@@ -42,13 +42,23 @@ class BayeuxEndpoint:
         return methods
 
 
+ENDPOINT = web.AppKey("bayeux_endpoint", BayeuxEndpoint)
+
+
+def add_mount(app: web.Application, mount: str) -> None:
+    """Serve the app's Bayeux endpoint on one more path (and every path below it)."""
+    endpoint = app[ENDPOINT]
+    base = mount.rstrip("/")
+    app.router.add_route("*", base, endpoint.handle)
+    app.router.add_route("*", base + "/{tail:.*}", endpoint.handle)
+
+
 def add_bayeux_endpoint(app: web.Application, broker: Broker, *mounts: str) -> BayeuxEndpoint:
     """Serve the broker at each mount and at every path below it; own the broker's lifetime."""
     endpoint = BayeuxEndpoint(broker)
+    app[ENDPOINT] = endpoint
     for mount in mounts:
-        base = mount.rstrip("/")
-        app.router.add_route("*", base, endpoint.handle)
-        app.router.add_route("*", base + "/{tail:.*}", endpoint.handle)
+        add_mount(app, mount)
 
     async def start(_: web.Application) -> None:
         await broker.start()

@@ -7,12 +7,26 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
+from typing import Any
 
 from aiohttp import web
 
 from . import __version__
-from .app import create_app
+from .app import BROKER, create_app
 from .config import ENV_PREFIX, BrokerConfig, load, options
+
+# Applications built on the broker (the contact-center API) register here, so the core never
+# imports them: an entry point in this group names an object with `add_arguments(parser)`,
+# `install(app, broker, args)` and, optionally, `add_commands(subparsers)`.
+PLUGIN_GROUP = "cometd_broker.apps"
+
+
+def plugins() -> list[Any]:
+    found = []
+    for entry in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        found.append(entry.load())
+    return found
 
 
 def _add_option_flags(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                                             f"an environment variable {ENV_PREFIX}<OPTION>; flags win.")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     _add_option_flags(serve)
+    for plugin in plugins():
+        plugin.add_arguments(serve)
+        if hasattr(plugin, "add_commands"):
+            plugin.add_commands(commands)
     return parser
 
 
@@ -58,6 +76,12 @@ def serve(args: argparse.Namespace) -> int:
         print(f"cometd-broker: invalid configuration: {exc}", file=sys.stderr)
         return 2
     app = create_app(config)
+    for plugin in plugins():
+        try:
+            plugin.install(app, app[BROKER], args)
+        except (ValueError, OSError) as exc:
+            print(f"cometd-broker: invalid configuration: {exc}", file=sys.stderr)
+            return 2
     loop_name = "uvloop" if _use_uvloop() else "asyncio"
     auth = "anonymous allowed" if config.allow_anonymous else f"{len(config.user_map)} configured user(s)"
     url = f"http://{config.host}:{config.port}{config.mount}"
@@ -75,4 +99,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
-    return 2
+    return args.run(args)  # a plugin's command
