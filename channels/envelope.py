@@ -1,0 +1,125 @@
+"""The GWS reply envelope: `statusCode` 0 on success; otherwise `statusMessage` and nothing else.
+
+Handlers raise `GwsError` for any failure; `envelope_middleware` turns it (and anything unexpected)
+into the envelope, so a client never sees a traceback and a failed request never half-applies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from enum import IntEnum
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+log = logging.getLogger("channels")
+
+
+class Status(IntEnum):
+    """GWS statusCode values (docs.genesys.com ReturnValues)."""
+
+    OK = 0
+    MISSING_PARAMETER = 1
+    INVALID_STATE = 2
+    FORBIDDEN = 3
+    INTERNAL_ERROR = 4
+    NO_PERMISSION = 5
+    NOT_FOUND = 6
+    PARTIAL_SUCCESS = 7
+    VALIDATION_ERROR = 10
+    ALREADY_EXISTS = 18
+    IN_USE = 19
+    NOT_AUTHENTICATED = 20
+
+
+# The HTTP status that goes with each failure; GWS answers most failures with 200 and the code.
+_HTTP_STATUS = {
+    Status.NOT_AUTHENTICATED: 401,
+    Status.NOT_FOUND: 404,
+    Status.NO_PERMISSION: 403,
+    Status.INTERNAL_ERROR: 500,
+}
+
+
+class GwsError(Exception):
+    """A request that failed with a GWS statusCode; nothing was changed."""
+
+    def __init__(self, status: Status, message: str, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.http_status = http_status if http_status is not None else _HTTP_STATUS.get(status, 400)
+
+
+def json_response(payload: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json",
+                        headers=headers)
+
+
+def ok(**fields: Any) -> web.Response:
+    """`{"statusCode": 0, ...fields}`."""
+    return json_response({"statusCode": Status.OK.value, **fields})
+
+
+def failure(status: Status, message: str, http_status: int = 400) -> web.Response:
+    return json_response({"statusCode": status.value, "statusMessage": message}, status=http_status)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def envelope_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure under the REST API leaves as the envelope, with a specific message."""
+    try:
+        return await handler(request)
+    except GwsError as exc:
+        return failure(exc.status, exc.message, exc.http_status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        status = {401: Status.NOT_AUTHENTICATED, 403: Status.FORBIDDEN, 404: Status.NOT_FOUND}.get(
+            exc.status, Status.VALIDATION_ERROR)
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        return failure(status, message, exc.status)
+    except Exception:
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return failure(Status.INTERNAL_ERROR, "internal error: the request was not applied", 500)
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a GwsError saying what is wrong with it."""
+    body = await request.read()
+    if not body:
+        raise GwsError(Status.MISSING_PARAMETER, "request body is empty: expected a JSON object")
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise GwsError(Status.VALIDATION_ERROR, f"request body is not valid JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise GwsError(Status.VALIDATION_ERROR, "request body must be a JSON object")
+    return parsed
+
+
+def param(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = True,
+          default: Any = None) -> Any:
+    """A typed body parameter: statusCode 1 when missing, 10 when of the wrong type."""
+    if name not in body or body[name] is None:
+        if required:
+            raise GwsError(Status.MISSING_PARAMETER, f"missing parameter '{name}'")
+        return default
+    value = body[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise GwsError(Status.VALIDATION_ERROR, f"parameter '{name}' must be {_names(kinds)}")
+    if not isinstance(value, kinds):
+        raise GwsError(Status.VALIDATION_ERROR, f"parameter '{name}' must be {_names(kinds)}")
+    return value
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    words = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", dict: "an object",
+             list: "an array"}
+    return " or ".join(words.get(k, k.__name__) for k in kinds)
