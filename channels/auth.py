@@ -34,8 +34,6 @@ from .envelope import GwsError, Status, failure
 
 ROLES = frozenset({"agent", "supervisor", "admin"})
 
-USER_KEY = "gws.user"
-SESSION_KEY = "gws.session"
 
 _USER_ID = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 _DIGITS = re.compile(r"[0-9]{1,6}")
@@ -277,6 +275,10 @@ class HttpSession:
     created: float
     last_seen: float
     roles: frozenset[str] = field(default_factory=frozenset)  # the user's roles at login, for the principal
+
+
+USER_KEY = web.RequestKey("gws.user", User)
+SESSION_KEY = web.RequestKey("gws.session", HttpSession)
 
 
 class HttpSessions:
