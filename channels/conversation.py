@@ -1,0 +1,627 @@
+"""The chat/SMS conversation engine: every agent operation of issue 3 and the customer-facing side.
+
+Each operation runs in three steps under one lock, so that a failed request never half-applies and two
+requests never interleave their notifications:
+
+1. find the caller's leg (unknown interaction, other media, or no leg of the caller -> 6, the same message
+   either way so nobody learns of others' interactions) and check the leg's capabilities (-> 2);
+2. validate the parameters (missing -> 1, wrong type or malformed -> 10, unknown user or queue -> 6);
+   each `_op_*` method does only this and returns the change to apply;
+3. take a referenceId, apply the change (state and notifications to an outbox), let routing offer
+   whatever became offerable, then publish the outbox in order.
+
+Notifications go to agents through `publish(user_id, topic, data)` (the broker's `publish_to_user`).
+`referenceId` appears only on notifications that the caller's operation caused for the caller (and on an
+`Error` telling a requester that their Invite/Consult/Transfer failed, as in seed 000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Protocol, TypeVar
+
+from .envelope import GwsError, Status, param
+from .model import (
+    MESSAGE_LOG_TYPE,
+    Interaction,
+    Leg,
+    LegState,
+    MediaKind,
+    Message,
+    MessageType,
+    Participant,
+    Role,
+    Visibility,
+    new_interaction_id,
+    new_participant_id,
+    permits,
+)
+from .routing import OfferRequest, Routing
+
+Publish = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
+Apply = Callable[[int], None]
+T = TypeVar("T")
+
+DEFAULT_DISPOSITION_KEY = "DispositionCode"
+
+OPERATIONS = ("Accept", "Reject", "Invite", "Consult", "Transfer", "Leave", "Complete", "SendMessage",
+              "SendStartTypingNotification", "SendStopTypingNotification", "SendToAgents",
+              "SendStartTypingToAgentsNotification", "SendStopTypingToAgentsNotification", "SetInFocus",
+              "SetDisposition", "AttachUserData", "UpdateUserData", "DeleteUserData",
+              "RemoveParticipantFromConference")
+
+# RemoveParticipantFromConference is in no documented capabilities list; it is allowed to whoever may
+# shape the conference (holds Invite), rather than adding a name to the seed-000 list.
+_CAPABILITY_OF = {"RemoveParticipantFromConference": "Invite"}
+
+_USER_PATH = re.compile(r"(?:.*/api/v2)?/users/([^/?#]+)/?")
+_QUEUE_PATH = re.compile(r"(?:.*/api/v2)?/queues/([^/?#]+)/?")
+
+
+class UserLookup(Protocol):
+    def get(self, user_id: str) -> Any:
+        """The user (anything with optional first_name/last_name) or None."""
+
+
+class Conversations:
+    """All chat and SMS interactions of one server, and the operations on them."""
+
+    def __init__(self, publish: Publish, routing: Routing, users: UserLookup, *,
+                 base_url: str = "http://localhost:8080", reference_ids: Iterator[int] | None = None,
+                 clock_ms: Callable[[], int] | None = None) -> None:
+        """`reference_ids` may be shared with other modules so referenceIds are unique per server."""
+        self._publish = publish
+        self.routing = routing
+        self.users = users
+        self.base_url = base_url
+        self._refs = reference_ids or itertools.count(1)
+        self._now = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self._interactions: dict[str, Interaction] = {}
+        self.last_agent: dict[str, str] = {}  # contact id -> user id (saveLAR)
+        self._outbox: list[tuple[str, str, dict[str, Any]]] = []
+        self._lock = asyncio.Lock()
+        self._ops: dict[str, Callable[[Interaction, Leg, dict[str, Any]], Apply]] = {
+            name: getattr(self, "_op_" + name) for name in OPERATIONS}
+        routing.attach(self, self._dispatch_waiting)
+
+    async def close(self) -> None:
+        await self.routing.close()
+
+    # --- queries -------------------------------------------------------------------------------------------
+
+    def interaction(self, interaction_id: str) -> Interaction | None:
+        return self._interactions.get(interaction_id)
+
+    def leg_of(self, user_id: str, media: MediaKind, interaction_id: str) -> tuple[Interaction, Leg]:
+        ix = self._interactions.get(interaction_id)
+        leg = ix.legs.get(user_id) if ix is not None and ix.media == media else None
+        if ix is None or leg is None:
+            raise GwsError(Status.NOT_FOUND, f"{media.resource_key} {interaction_id} not found")
+        return ix, leg
+
+    def resource(self, user_id: str, media: MediaKind, interaction_id: str) -> dict[str, Any]:
+        ix, leg = self.leg_of(user_id, media, interaction_id)
+        return ix.view(leg, self.base_url)
+
+    def active(self, user_id: str, media: MediaKind) -> list[dict[str, Any]]:
+        """Views of the agent's interactions of this media that are not finished for them."""
+        return [ix.view(leg, self.base_url) for ix in self._interactions.values()
+                if ix.media == media and (leg := ix.legs.get(user_id)) is not None and leg.state.active]
+
+    def transcript(self, media: MediaKind, interaction_id: str) -> list[dict[str, Any]]:
+        return self._customer_side(media, interaction_id, allow_ended=True).transcript()
+
+    # --- routing's Offerer -------------------------------------------------------------------------------
+
+    def load(self, user_id: str, channel: str) -> int:
+        return sum(1 for ix in self._interactions.values() if ix.media.name == channel
+                   and (leg := ix.legs.get(user_id)) is not None and leg.state.active)
+
+    def members(self, interaction_id: str) -> set[str]:
+        ix = self._interactions.get(interaction_id)
+        return {leg.user_id for leg in ix.active_legs()} if ix else set()
+
+    def offer(self, request: OfferRequest, user_id: str) -> None:
+        ix = self._interactions[request.interaction_id]
+        leg = Leg(user_id, LegState.INVITED, request.role, offer=request)
+        ix.legs[user_id] = leg
+        self._notify(ix, leg, "StatusChange")
+        self.routing.start_timer((ix.id, user_id), lambda: self._offer_timed_out(ix, leg))
+
+    async def _dispatch_waiting(self) -> None:
+        await self._run(lambda: None)
+
+    async def _offer_timed_out(self, ix: Interaction, leg: Leg) -> None:
+        def expire() -> None:
+            if ix.legs.get(leg.user_id) is not leg or leg.state is not LegState.INVITED:
+                return  # answered in the meantime
+            leg.state = LegState.REVOKED
+            self._notify(ix, leg, "StatusChange")
+            self._offer_failed(ix, leg, "did not answer in time")
+
+        await self._run(expire)
+
+    async def _run(self, change: Callable[[], T]) -> T:
+        """One change at a time: apply it, let routing offer what became offerable, publish in order.
+        `change` validates before it mutates, so a GwsError leaves state as it was (and the outbox is
+        reset by the next run)."""
+        async with self._lock:
+            self._outbox = []
+            result = change()
+            self.routing.dispatch()
+            await self._flush()
+            return result
+
+    # --- agent operations --------------------------------------------------------------------------------
+
+    async def operate(self, user_id: str, media: MediaKind, interaction_id: str, operation: str,
+                      params: dict[str, Any]) -> int:
+        """Run one operation for `user_id`; returns its referenceId or raises GwsError with nothing changed."""
+        if operation not in self._ops:
+            raise GwsError(Status.VALIDATION_ERROR,
+                           f"unknown operationName {operation!r}; valid: {', '.join(OPERATIONS)}")
+
+        def run() -> int:
+            ix, leg = self.leg_of(user_id, media, interaction_id)
+            if not permits(ix.capabilities_of(leg), _CAPABILITY_OF.get(operation, operation)):
+                raise GwsError(Status.INVALID_STATE,
+                               f"operation {operation} is not valid in state {leg.state.value}")
+            apply = self._ops[operation](ix, leg, params)
+            reference_id = next(self._refs)
+            apply(reference_id)
+            return reference_id
+
+        return await self._run(run)
+
+    def _op_Accept(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        nickname = param(params, "nickname", str, required=False) or self._default_nickname(leg.user_id)
+        save_lar = param(params, "saveLAR", bool, required=False, default=False)
+
+        def apply(ref: int) -> None:
+            self.routing.cancel_timer((ix.id, leg.user_id))
+            request: OfferRequest | None = leg.offer
+            leg.offer = None
+            leg.state = LegState.CHATTING
+            leg.participant = Participant(nickname, "Agent", new_participant_id())
+            # Seed 001: the StatusChange comes before the agent has joined, so its participant list is empty.
+            self._notify(ix, leg, "StatusChange", ref=ref, participants=[])
+            joined = self._log(ix, MessageType.PARTICIPANT_JOINED, leg.participant, _visibility(leg))
+            self._notify(ix, leg, "ParticipantsUpdated")
+            self._messages(ix, leg.user_id, ix.messages_for_agents(upto=joined.index))
+            self._tell_others(ix, leg, joined)
+            if save_lar:
+                self.last_agent[ix.contact_id] = leg.user_id
+            if request is not None and request.role is Role.OWNER and request.requester:
+                # A transfer to a user is done when the target accepts: the transferrer goes.
+                self._finish_requester(ix, request)
+
+        return apply
+
+    def _op_Reject(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        def apply(ref: int) -> None:
+            self.routing.cancel_timer((ix.id, leg.user_id))
+            leg.state = LegState.COMPLETED
+            self._notify(ix, leg, "StatusChange", ref=ref)
+            self._offer_failed(ix, leg, "rejected")
+
+        return apply
+
+    def _op_Invite(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        return self._invite(ix, leg, params, Role.CONFERENCE)
+
+    def _op_Consult(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        return self._invite(ix, leg, params, Role.CONSULT)
+
+    def _invite(self, ix: Interaction, leg: Leg, params: dict[str, Any], role: Role) -> Apply:
+        kind, target = self._target(params, leg)
+        consultant = self._member(ix, target) if kind == "user" else None
+        promote = (role is Role.CONFERENCE and consultant is not None and consultant.role is Role.CONSULT
+                   and consultant.state is LegState.CHATTING)
+        if kind == "user" and consultant is not None and not promote:
+            raise GwsError(Status.IN_USE, f"user {target} is already in {ix.media.resource_key} {ix.id}")
+
+        def apply(ref: int) -> None:
+            if promote:
+                self._promote(ix, consultant, Role.CONFERENCE)
+                return
+            request = OfferRequest(ix.id, ix.media.name, role, reference_id=ref, requester=leg.user_id)
+            self._route(ix, request, kind, target)
+
+        return apply
+
+    def _op_Transfer(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        if ix.ended:
+            raise GwsError(Status.INVALID_STATE, f"{ix.media.resource_key} {ix.id} has ended: Complete it instead")
+        queue_name = param(params, "queueName", str, required=False)
+        if queue_name is not None and not any(k in params for k in ("targetUri", "targetPath")):
+            kind, target = "queue", self._known_queue(queue_name)
+        else:
+            kind, target = self._target(params, leg)
+        text = param(params, "text", str, required=False)
+        member = self._member(ix, target) if kind == "user" else None
+        to_consultant = member is not None and member.role is Role.CONSULT and member.state is LegState.CHATTING
+        if member is not None and not to_consultant:
+            raise GwsError(Status.IN_USE, f"user {target} is already in {ix.media.resource_key} {ix.id}")
+
+        def apply(ref: int) -> None:
+            self._farewell(ix, leg, text)
+            if to_consultant:
+                self._promote(ix, member, Role.OWNER)
+                self._leave(ix, leg, LegState.COMPLETED, ref)
+            elif kind == "queue":
+                # Into a queue: the caller is done at once; it must not come straight back to them.
+                request = OfferRequest(ix.id, ix.media.name, Role.OWNER, queue=target, declined={leg.user_id})
+                self.routing.enqueue(request)
+                self._leave(ix, leg, LegState.COMPLETED, ref)
+            else:
+                request = OfferRequest(ix.id, ix.media.name, Role.OWNER, reference_id=ref, requester=leg.user_id)
+                self._route(ix, request, kind, target)
+            self._end_if_unheld(ix)
+
+        return apply
+
+    def _op_Leave(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        text = param(params, "text", str, required=False)
+
+        def apply(ref: int) -> None:
+            self._farewell(ix, leg, text)
+            others = [o for o in ix.visible_agents_chatting() if o is not leg]
+            # Outside a conference the owner keeps the interaction for wrap-up (LeftChat); a consultant,
+            # a conference member, or an agent already in LeftChat is simply done.
+            stays = leg.state is LegState.CHATTING and leg.role is not Role.CONSULT and not others
+            self._leave(ix, leg, LegState.LEFT_CHAT if stays else LegState.COMPLETED, ref)
+            self._end_if_unheld(ix)
+
+        return apply
+
+    def _op_Complete(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        queue_name = param(params, "queueName", str, required=False)
+        if queue_name is not None:
+            self._known_queue(queue_name)
+            if ix.ended:
+                raise GwsError(Status.INVALID_STATE, f"{ix.media.resource_key} {ix.id} has ended: "
+                                                     "it cannot be placed in a queue")
+        save_lar = param(params, "saveLAR", bool, required=False, default=False)
+        text = param(params, "text", str, required=False)
+
+        def apply(ref: int) -> None:
+            self._farewell(ix, leg, text)
+            if queue_name is not None:
+                self.routing.enqueue(OfferRequest(ix.id, ix.media.name, Role.OWNER, queue=queue_name,
+                                                  declined={leg.user_id}))
+            if save_lar:
+                self.last_agent[ix.contact_id] = leg.user_id
+            self._leave(ix, leg, LegState.COMPLETED, ref)
+            self._end_if_unheld(ix)
+
+        return apply
+
+    def _op_SendMessage(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        return self._say(ix, leg, MessageType.TEXT, Visibility.ALL, param(params, "text", str))
+
+    def _op_SendStartTypingNotification(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        return self._say(ix, leg, MessageType.TYPING_STARTED, Visibility.ALL)
+
+    def _op_SendStopTypingNotification(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        return self._say(ix, leg, MessageType.TYPING_STOPPED, Visibility.ALL)
+
+    def _op_SendToAgents(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        return self._say(ix, leg, MessageType.TEXT, Visibility.AGENTS, param(params, "text", str))
+
+    def _op_SendStartTypingToAgentsNotification(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        return self._say(ix, leg, MessageType.TYPING_STARTED, Visibility.AGENTS)
+
+    def _op_SendStopTypingToAgentsNotification(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        return self._say(ix, leg, MessageType.TYPING_STOPPED, Visibility.AGENTS)
+
+    def _op_SetInFocus(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        # Focus changes nothing in the resource; the caller still gets a notification carrying its
+        # referenceId so a client that waits for its referenceId is not left hanging.
+        def apply(ref: int) -> None:
+            self._notify(ix, leg, "PropertiesUpdated", ref=ref)
+
+        return apply
+
+    def _op_SetDisposition(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        disposition = param(params, "disposition", str)
+        key = param(params, "dispositionKey", str, required=False, default=DEFAULT_DISPOSITION_KEY)
+        if not key:
+            raise GwsError(Status.VALIDATION_ERROR, "parameter 'dispositionKey' must not be empty")
+        return self._change_data(ix, leg, lambda data: data.__setitem__(key, disposition))
+
+    def _op_AttachUserData(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        user_data = param(params, "userData", dict)
+        return self._change_data(ix, leg, lambda data: data.update(user_data))
+
+    def _op_UpdateUserData(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        user_data = param(params, "userData", dict)
+        return self._change_data(ix, leg, lambda data: data.update(user_data))
+
+    def _op_DeleteUserData(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        keys = param(params, "keys", list)
+        if not all(isinstance(k, str) for k in keys):
+            raise GwsError(Status.VALIDATION_ERROR, "parameter 'keys' must be an array of strings")
+
+        def delete(data: dict[str, Any]) -> None:
+            for key in keys:
+                data.pop(key, None)
+
+        return self._change_data(ix, leg, delete)
+
+    def _op_RemoveParticipantFromConference(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        kind, target = self._target(params, leg)
+        if kind != "user":
+            raise GwsError(Status.VALIDATION_ERROR, "targetUri must name a user, not a queue")
+        removed = self._member(ix, target)
+        if removed is None or removed.state is not LegState.CHATTING:
+            raise GwsError(Status.NOT_FOUND, f"user {target} is not chatting in {ix.media.resource_key} {ix.id}")
+
+        def apply(ref: int) -> None:
+            notice = self._log(ix, MessageType.NOTICE, leg.participant, Visibility.AGENTS,
+                               text=f"REMOVE_PARTICIPANT_FROM_CONFERENCE{target}")
+            self._publish_message(ix, notice, caller=leg.user_id, ref=ref)
+            self._leave(ix, removed, LegState.COMPLETED, None)
+            self._end_if_unheld(ix)
+
+        return apply
+
+    # --- customer side (media.py) ---------------------------------------------------------------------
+
+    async def create_inbound(self, media: MediaKind, nickname: str, *, text: str | None = None,
+                             queue: str = "default", contact_id: str | None = None) -> Interaction:
+        """A customer starts a chat/SMS: it joins the log and waits in `queue` for a Ready agent."""
+        self._known_queue(queue)
+
+        def create() -> Interaction:
+            now = self._now()
+            interaction_id = new_interaction_id()
+            while interaction_id in self._interactions:
+                interaction_id = new_interaction_id()
+            customer = Participant(nickname, "Customer", new_participant_id())
+            ix = Interaction(interaction_id, media, customer, queue, contact_id or nickname, now)
+            self._interactions[ix.id] = ix
+            ix.append(MessageType.PARTICIPANT_JOINED, customer, Visibility.ALL, now)
+            if text:
+                ix.append(MessageType.TEXT, customer, Visibility.ALL, now, text=text)
+            self.routing.enqueue(OfferRequest(ix.id, media.name, Role.OWNER, queue=queue,
+                                              preferred=self.last_agent.get(ix.contact_id)))
+            return ix
+
+        return await self._run(create)
+
+    async def customer_message(self, media: MediaKind, interaction_id: str, text: str) -> None:
+        await self._customer_says(media, interaction_id, MessageType.TEXT, text)
+
+    async def customer_typing(self, media: MediaKind, interaction_id: str, started: bool) -> None:
+        await self._customer_says(media, interaction_id,
+                                  MessageType.TYPING_STARTED if started else MessageType.TYPING_STOPPED)
+
+    async def customer_left(self, media: MediaKind, interaction_id: str) -> None:
+        """The customer ended the chat: agents chatting go to LeftChat for wrap-up, offers are withdrawn."""
+        def leave() -> None:
+            ix = self._customer_side(media, interaction_id)
+            ix.customer_present = False
+            left = self._log(ix, MessageType.PARTICIPANT_LEFT, ix.customer, Visibility.ALL)
+            self._publish_message(ix, left)
+            for leg in ix.chatting():
+                if leg.role is Role.CONSULT:
+                    self._leave(ix, leg, LegState.COMPLETED, None)
+                else:
+                    leg.state = LegState.LEFT_CHAT
+                    self._notify(ix, leg, "StatusChange")
+            self._end(ix)
+
+        await self._run(leave)
+
+    async def _customer_says(self, media: MediaKind, interaction_id: str, kind: MessageType,
+                             text: str | None = None) -> None:
+        def say() -> None:
+            ix = self._customer_side(media, interaction_id)
+            self._publish_message(ix, self._log(ix, kind, ix.customer, Visibility.ALL, text=text))
+
+        await self._run(say)
+
+    def _customer_side(self, media: MediaKind, interaction_id: str, *, allow_ended: bool = False) -> Interaction:
+        ix = self._interactions.get(interaction_id)
+        if ix is None or ix.media != media:
+            raise GwsError(Status.NOT_FOUND, f"{media.resource_key} {interaction_id} not found")
+        if not allow_ended and (ix.ended or not ix.customer_present):
+            raise GwsError(Status.INVALID_STATE, f"{media.resource_key} {interaction_id} has ended")
+        return ix
+
+    # --- validation helpers ---------------------------------------------------------------------------------
+
+    def _target(self, params: dict[str, Any], leg: Leg) -> tuple[str, str]:
+        """("user", id) or ("queue", name) from targetUri / targetPath; unknown ones are 6."""
+        uri = param(params, "targetUri", str, required=False)
+        path = param(params, "targetPath", str, required=False)
+        if uri is None and path is None:
+            raise GwsError(Status.MISSING_PARAMETER, "missing parameter 'targetUri' (or 'targetPath')")
+        where = uri if uri is not None else path
+        name = "targetUri" if uri is not None else "targetPath"
+        if (found := _USER_PATH.fullmatch(where)) is not None:
+            user_id = found.group(1)
+            if self.users.get(user_id) is None:
+                raise GwsError(Status.NOT_FOUND, f"user {user_id} not found")
+            if user_id == leg.user_id:
+                raise GwsError(Status.VALIDATION_ERROR, f"{name} names yourself")
+            return "user", user_id
+        if (found := _QUEUE_PATH.fullmatch(where)) is not None:
+            return "queue", self._known_queue(found.group(1))
+        raise GwsError(Status.VALIDATION_ERROR,
+                       f"{name} must name a user (/users/{{id}}) or a queue (/queues/{{name}}), got {where!r}")
+
+    def _known_queue(self, name: str) -> str:
+        if not self.routing.has_queue(name):
+            raise GwsError(Status.NOT_FOUND, f"queue {name} not found")
+        return name
+
+    @staticmethod
+    def _member(ix: Interaction, user_id: str) -> Leg | None:
+        leg = ix.legs.get(user_id)
+        return leg if leg is not None and leg.state.active else None
+
+    def _default_nickname(self, user_id: str) -> str:
+        user = self.users.get(user_id)
+        first, last = getattr(user, "first_name", ""), getattr(user, "last_name", "")
+        return f"{first} {last[:1]}".strip() if first else user_id
+
+    # --- changes ---------------------------------------------------------------------------------------------
+
+    def _route(self, ix: Interaction, request: OfferRequest, kind: str, target: str) -> None:
+        """Offer to a user now (they must be Ready on the channel) or wait in a queue."""
+        if kind == "queue":
+            request.queue = target
+            self.routing.enqueue(request)
+            return
+        request.target = target
+        if self.routing.is_ready(target, ix.media.name):
+            self.routing.mark_offered(target, ix.media.name)
+            self.offer(request, target)
+        else:
+            self._error(ix, request, f"user {target} cannot be reached: not Ready for {ix.media.name}")
+
+    def _offer_failed(self, ix: Interaction, leg: Leg, why: str) -> None:
+        """An offer was rejected or timed out: the next agent from the queue, or tell the requester."""
+        request: OfferRequest | None = leg.offer
+        leg.offer = None
+        if request is None:
+            return
+        if request.target is None:
+            request.declined.add(leg.user_id)
+            self.routing.enqueue(request)
+        elif self._member(ix, request.requester or "") is not None:
+            self._error(ix, request, f"user {leg.user_id} {why}")
+        elif request.role is Role.OWNER and not ix.ended:
+            # The transferrer is gone already: the customer must not be left with nobody.
+            self.routing.enqueue(OfferRequest(ix.id, ix.media.name, Role.OWNER, queue=ix.queue,
+                                              declined={leg.user_id}))
+        self._end_if_unheld(ix)
+
+    def _error(self, ix: Interaction, request: OfferRequest, message: str) -> None:
+        requester = self._member(ix, request.requester or "")
+        if requester is None:
+            return
+        data = self._state_data(ix, requester, "Error", ref=request.reference_id)
+        data["errorMessage"] = message
+        self._outbox.append((requester.user_id, ix.media.topic, data))
+
+    def _finish_requester(self, ix: Interaction, request: OfferRequest) -> None:
+        requester = self._member(ix, request.requester or "")
+        if requester is not None:
+            self._leave(ix, requester, LegState.COMPLETED, request.reference_id)
+
+    def _promote(self, ix: Interaction, leg: Leg, role: Role) -> None:
+        """A consultant joins the conference (or takes the transfer): now the customer sees them."""
+        leg.role = role
+        joined = self._log(ix, MessageType.PARTICIPANT_JOINED, leg.participant, Visibility.ALL)
+        for other in ix.chatting():
+            self._notify(ix, other, "ParticipantsUpdated")
+            self._messages(ix, other.user_id, [joined.as_dict()])
+
+    def _leave(self, ix: Interaction, leg: Leg, state: LegState, ref: int | None) -> None:
+        """`leg` leaves the chat session (if in it) and ends in `state`; the others are told."""
+        was_chatting = leg.state is LegState.CHATTING
+        leg.state = state
+        self._notify(ix, leg, "StatusChange", ref=ref)
+        if was_chatting and leg.participant is not None:
+            left = self._log(ix, MessageType.PARTICIPANT_LEFT, leg.participant, _visibility(leg))
+            self._tell_others(ix, leg, left)
+
+    def _end_if_unheld(self, ix: Interaction) -> None:
+        """End the customer's side when no agent holds the interaction and none is on the way."""
+        if ix.ended:
+            return
+        holding = any((leg.state in (LegState.CHATTING, LegState.LEFT_CHAT) and leg.role is not Role.CONSULT)
+                      or (leg.state is LegState.INVITED and leg.role is Role.OWNER) for leg in ix.legs.values())
+        queued = any(r.interaction_id == ix.id and r.role is Role.OWNER for r in self.routing.waiting())
+        if not holding and not queued:
+            self._end(ix)
+
+    def _end(self, ix: Interaction) -> None:
+        ix.ended = True
+        self.routing.withdraw(ix.id)
+        for leg in list(ix.legs.values()):
+            if leg.state is LegState.INVITED:
+                self.routing.cancel_timer((ix.id, leg.user_id))
+                leg.state, leg.offer = LegState.REVOKED, None
+                self._notify(ix, leg, "StatusChange")
+            elif leg.state is LegState.CHATTING and leg.role is Role.CONSULT:
+                self._leave(ix, leg, LegState.COMPLETED, None)
+
+    def _farewell(self, ix: Interaction, leg: Leg, text: str | None) -> None:
+        if text and leg.state is LegState.CHATTING and leg.participant is not None:
+            self._publish_message(ix, self._log(ix, MessageType.TEXT, leg.participant, _visibility(leg), text=text))
+
+    def _say(self, ix: Interaction, leg: Leg, kind: MessageType, visibility: Visibility,
+             text: str | None = None) -> Apply:
+        def apply(ref: int) -> None:
+            message = self._log(ix, kind, leg.participant, visibility, text=text)
+            self._publish_message(ix, message, caller=leg.user_id, ref=ref)
+
+        return apply
+
+    def _change_data(self, ix: Interaction, leg: Leg, change: Callable[[dict[str, Any]], None]) -> Apply:
+        def apply(ref: int) -> None:
+            change(ix.user_data)
+            for other in ix.legs.values():
+                if other.state in (LegState.CHATTING, LegState.LEFT_CHAT):
+                    self._notify(ix, other, "PropertiesUpdated", ref=ref if other is leg else None,
+                                 with_user_data=True)
+
+        return apply
+
+    # --- notifications -----------------------------------------------------------------------------------
+
+    def _log(self, ix: Interaction, kind: MessageType, sender: Participant | None, visibility: Visibility, *,
+             text: str | None = None) -> Message:
+        assert sender is not None, "only participants of the chat session write to its log"
+        return ix.append(kind, sender, visibility, self._now(), text=text)
+
+    def _state_data(self, ix: Interaction, leg: Leg, notification_type: str, *, ref: int | None = None,
+                    participants: list[dict[str, str]] | None = None,
+                    with_user_data: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {"messageType": ix.media.message_type, "notificationType": notification_type,
+                                ix.media.resource_key: ix.view(leg, self.base_url, participants=participants,
+                                                               with_user_data=with_user_data)}
+        if ref is not None:
+            data["referenceId"] = ref
+        return data
+
+    def _notify(self, ix: Interaction, leg: Leg, notification_type: str, **kwargs: Any) -> None:
+        self._outbox.append((leg.user_id, ix.media.topic, self._state_data(ix, leg, notification_type, **kwargs)))
+
+    def _messages(self, ix: Interaction, user_id: str, messages: list[dict[str, Any]],
+                  ref: int | None = None) -> None:
+        data: dict[str, Any] = {"messageType": MESSAGE_LOG_TYPE, "notificationType": "NewMessages",
+                                "messages": messages, ix.media.uri_key: ix.media.uri(self.base_url, ix.id)}
+        if ref is not None:
+            data["referenceId"] = ref
+        self._outbox.append((user_id, ix.media.topic, data))
+
+    def _publish_message(self, ix: Interaction, message: Message, *, caller: str | None = None,
+                         ref: int | None = None) -> None:
+        """Every agent in the chat session sees the new message (agents see All and Agents messages)."""
+        for leg in ix.chatting():
+            self._messages(ix, leg.user_id, [message.as_dict()], ref if leg.user_id == caller else None)
+
+    def _tell_others(self, ix: Interaction, leg: Leg, message: Message) -> None:
+        """Seed 000: every other agent in the session gets ParticipantsUpdated, then the message."""
+        for other in ix.chatting():
+            if other is not leg:
+                self._notify(ix, other, "ParticipantsUpdated")
+                self._messages(ix, other.user_id, [message.as_dict()])
+
+    async def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        for user_id, topic, data in outbox:
+            await self._publish(user_id, topic, data)
+
+
+def _visibility(leg: Leg) -> Visibility:
+    """A consultant's comings and goings are for agents only: the customer is unaware of them."""
+    return Visibility.AGENTS if leg.role is Role.CONSULT else Visibility.ALL

@@ -1,0 +1,245 @@
+"""The chat/SMS interaction model shared by both media: participants, the message log, per-agent legs,
+states and capabilities, and the resource view each agent sees. Pure data: no I/O, no aiohttp.
+
+GWS gives chat and SMS the same operations and notification shapes; only the names differ
+(resource key, collection, topic, messageType, message-log uri key), so one model serves both and a
+`MediaKind` carries the names.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MediaKind:
+    """The names one medium uses on the wire."""
+
+    name: str  # also the agent's routing channel ("chat", "sms")
+    resource_key: str  # key of the resource in a notification: {"chat": {...}}
+    collection: str  # /api/v2/me/<collection>
+    topic: str  # CometD channel
+    message_type: str  # messageType of state notifications
+    uri_key: str  # key of the resource uri in MessageLogUpdated
+
+    def uri(self, base_url: str, interaction_id: str) -> str:
+        return f"{base_url.rstrip('/')}/api/v2/{self.collection}/{interaction_id}"
+
+
+CHAT = MediaKind("chat", "chat", "chats", "/v2/me/chats", "ChatStateChangeMessage", "chatUri")
+SMS = MediaKind("sms", "smssession", "smssessions", "/v2/me/smssessions", "SMSsessionStateChangeMessage",
+                "smssessionUri")
+MEDIA: dict[str, MediaKind] = {CHAT.name: CHAT, SMS.name: SMS}
+
+MESSAGE_LOG_TYPE = "MessageLogUpdated"
+
+
+class LegState(StrEnum):
+    """One agent's state in an interaction (domain.md 3.5)."""
+
+    INVITED = "Invited"  # offered, not yet accepted
+    CHATTING = "Chatting"
+    LEFT_CHAT = "LeftChat"  # left the session but still owns the interaction (wrap-up)
+    COMPLETED = "Completed"
+    REVOKED = "Revoked"  # offer withdrawn: timed out, or the interaction ended first
+
+    @property
+    def active(self) -> bool:
+        """The leg still holds the interaction (and a unit of the agent's capacity)."""
+        return self in (LegState.INVITED, LegState.CHATTING, LegState.LEFT_CHAT)
+
+
+class Role(StrEnum):
+    """How an agent came into the interaction; decides what the customer sees and what the agent may do."""
+
+    OWNER = "Owner"  # routed inbound, or transferred to
+    CONFERENCE = "Conference"  # joined through Invite: the customer sees them
+    CONSULT = "Consult"  # joined through Consult: agents only, the customer is unaware
+
+
+class Visibility(StrEnum):
+    ALL = "All"
+    AGENTS = "Agents"
+
+
+class MessageType(StrEnum):
+    TEXT = "Text"
+    TYPING_STARTED = "TypingStarted"
+    TYPING_STOPPED = "TypingStopped"
+    PARTICIPANT_JOINED = "ParticipantJoined"
+    PARTICIPANT_LEFT = "ParticipantLeft"
+    PUSH_URL = "PushUrl"
+    NOTICE = "Notice"
+    CUSTOM_NOTICE = "CustomNotice"
+
+
+# --- capabilities ------------------------------------------------------------------------------------
+
+INVITED_CAPS = ("Accept", "Reject")
+# Seed 000 / domain.md 2.2, in their order.
+CHATTING_CAPS = ("Transfer", "Leave", "Invite", "Consult", "SetInFocus", "SetDisposition", "AttachUserData",
+                 "DeleteUserData", "UpdateUserData", "Complete", "SendMessage", "SendStartTypingNotification",
+                 "SendStopTypingNotification")
+AGENTS_ONLY_CAPS = ("SendToAgents", "SendStartTypingToAgentsNotification", "SendStopTypingToAgentsNotification")
+# Seed 000 inserts the agents-only operations right after UpdateUserData once 2+ agents are chatting.
+CONFERENCE_CAPS = (*CHATTING_CAPS[:CHATTING_CAPS.index("UpdateUserData") + 1], *AGENTS_ONLY_CAPS,
+                   *CHATTING_CAPS[CHATTING_CAPS.index("UpdateUserData") + 1:])
+# A consultant helps the agents; the customer does not know they are there. So no customer-facing
+# operations (SendMessage, customer typing) and nothing that decides the interaction's fate (Transfer,
+# Invite, Consult, Complete, SetDisposition): the consultant talks to the agents, may annotate user data,
+# and Leaves when done.
+CONSULT_CAPS = ("Leave", "SetInFocus", "AttachUserData", "DeleteUserData", "UpdateUserData", *AGENTS_ONLY_CAPS)
+# Documented LeftChat list (ChatLeave). "InFocus" is that page's spelling of SetInFocus: the SetInFocus
+# operation is accepted in LeftChat (see FOCUS_ALIASES), because focusing a chat in wrap-up is harmless and
+# the documented capability plainly means it. SetDisposition/user data are not listed, so they are refused.
+LEFT_CHAT_CAPS = ("Transfer", "Complete", "Leave", "InFocus")
+
+# Operation name -> capability names that permit it.
+FOCUS_ALIASES = {"SetInFocus": ("SetInFocus", "InFocus")}
+
+
+def capabilities(state: LegState, role: Role, agents_chatting: int) -> list[str]:
+    """The operations an agent may perform on their leg now, in documented order."""
+    if state is LegState.INVITED:
+        return list(INVITED_CAPS)
+    if state is LegState.LEFT_CHAT:
+        return list(LEFT_CHAT_CAPS)
+    if state is not LegState.CHATTING:
+        return []
+    if role is Role.CONSULT:
+        return list(CONSULT_CAPS)
+    return list(CONFERENCE_CAPS if agents_chatting >= 2 else CHATTING_CAPS)
+
+
+def permits(caps: list[str], operation: str) -> bool:
+    return any(name in caps for name in FOCUS_ALIASES.get(operation, (operation,)))
+
+
+# --- ids and time --------------------------------------------------------------------------------------
+
+
+def new_interaction_id() -> str:
+    """16 characters like GWS's `0000Na9B26EF006E`."""
+    return "0000" + secrets.token_hex(6).upper()
+
+
+def new_participant_id() -> str:
+    return secrets.token_hex(8).upper()
+
+
+def format_timestamp(epoch_ms: int) -> str:
+    """`2014-01-02T14:23:18.109+0000`: ISO 8601 with milliseconds and a numeric offset, as GWS prints it."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{epoch_ms % 1000:03d}+0000"
+
+
+# --- participants and messages --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Participant:
+    nickname: str
+    type: str  # "Agent" | "Customer"
+    participant_id: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"nickname": self.nickname, "type": self.type, "participantId": self.participant_id}
+
+
+@dataclass(frozen=True)
+class Message:
+    index: int
+    type: MessageType
+    sender: Participant
+    visibility: Visibility
+    timestamp_ms: int
+    text: str | None = None
+    url: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        item: dict[str, Any] = {"index": self.index, "type": self.type.value, "from": self.sender.as_dict(),
+                                "visibility": self.visibility.value,
+                                "timestamp": format_timestamp(self.timestamp_ms),
+                                "timestampSeconds": self.timestamp_ms}
+        if self.text is not None:
+            item["noticeText" if self.type is MessageType.CUSTOM_NOTICE else "text"] = self.text
+        if self.url is not None:
+            item["url"] = self.url
+        return item
+
+
+@dataclass
+class Leg:
+    """One agent's part in one interaction. A new offer to the same agent replaces an ended leg."""
+
+    user_id: str
+    state: LegState
+    role: Role
+    participant: Participant | None = None  # set when the agent joins the chat session
+    offer: Any = None  # the routing request this leg answers while Invited
+
+
+@dataclass
+class Interaction:
+    id: str
+    media: MediaKind
+    customer: Participant
+    queue: str
+    contact_id: str  # whom saveLAR records the last agent for
+    created_ms: int
+    legs: dict[str, Leg] = field(default_factory=dict)
+    log: list[Message] = field(default_factory=list)
+    user_data: dict[str, Any] = field(default_factory=dict)
+    customer_present: bool = True
+    ended: bool = False  # the customer's side is over; no more messages either way
+
+    def append(self, type: MessageType, sender: Participant, visibility: Visibility, now_ms: int, *,
+               text: str | None = None, url: str | None = None) -> Message:
+        """Add to the log with the next index: gap-free, starting at 1."""
+        message = Message(len(self.log) + 1, type, sender, visibility, now_ms, text, url)
+        self.log.append(message)
+        return message
+
+    def chatting(self) -> list[Leg]:
+        return [leg for leg in self.legs.values() if leg.state is LegState.CHATTING]
+
+    def visible_agents_chatting(self) -> list[Leg]:
+        """Agents the customer knows about: everyone chatting except consultants."""
+        return [leg for leg in self.chatting() if leg.role is not Role.CONSULT]
+
+    def active_legs(self) -> list[Leg]:
+        return [leg for leg in self.legs.values() if leg.state.active]
+
+    def participants(self) -> list[dict[str, str]]:
+        """Chatting agents in join order, then the customer while present (seed 001 order)."""
+        people = [leg.participant.as_dict() for leg in self.chatting() if leg.participant is not None]
+        if self.customer_present:
+            people.append(self.customer.as_dict())
+        return people
+
+    def capabilities_of(self, leg: Leg) -> list[str]:
+        return capabilities(leg.state, leg.role, len(self.chatting()))
+
+    def view(self, leg: Leg, base_url: str, *, participants: list[dict[str, str]] | None = None,
+             with_user_data: bool = False) -> dict[str, Any]:
+        """The resource as `leg`'s agent sees it. Ended legs see no participants (seed: Reject -> [])."""
+        if participants is None:
+            participants = self.participants() if leg.state.active else []
+        resource: dict[str, Any] = {"id": self.id, "state": leg.state.value,
+                                    "capabilities": self.capabilities_of(leg), "participants": participants,
+                                    "uri": self.media.uri(base_url, self.id)}
+        if with_user_data or self.user_data:
+            resource["userData"] = dict(self.user_data)
+        return resource
+
+    def messages_for_agents(self, upto: int | None = None) -> list[dict[str, Any]]:
+        """Agents see All and Agents messages."""
+        return [m.as_dict() for m in self.log[:upto]]
+
+    def transcript(self) -> list[dict[str, Any]]:
+        """What the customer sees: only messages with visibility All."""
+        return [m.as_dict() for m in self.log if m.visibility is Visibility.ALL]
