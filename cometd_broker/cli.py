@@ -18,7 +18,8 @@ from .config import ENV_PREFIX, BrokerConfig, load, options
 
 # Applications built on the broker (the contact-center API) register here, so the core never
 # imports them: an entry point in this group names an object with `add_arguments(parser)`,
-# `install(app, broker, args)` and, optionally, `add_commands(subparsers)`.
+# `install(app, broker, args)` and, optionally, `add_commands(subparsers)` whose parsers
+# set `func` (called with the parsed args, returning the exit code).
 PLUGIN_GROUP = "cometd_broker.apps"
 
 
@@ -99,4 +100,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
-    return args.run(args)  # a plugin's command
+    return args.func(args)  # a plugin's command sets func

@@ -142,6 +142,25 @@ class CredentialsAuthenticator:
         raise AuthenticationError(f"unsupported Authorization scheme {scheme!r}")
 
 
+class ChainedAuthenticator:
+    """Tries each authenticator in turn; the first principal wins. Lets an application's own
+    users (say, a session cookie) sit beside the broker's configured credentials."""
+
+    def __init__(self, *authenticators: Authenticator) -> None:
+        if not authenticators:
+            raise ValueError("ChainedAuthenticator needs at least one authenticator")
+        self.authenticators = authenticators
+
+    async def authenticate(self, request: HandshakeRequest) -> Principal:
+        reasons = []
+        for authenticator in self.authenticators:
+            try:
+                return await authenticator.authenticate(request)
+            except AuthenticationError as exc:
+                reasons.append(str(exc))
+        raise AuthenticationError("; ".join(dict.fromkeys(reasons)))
+
+
 # Access levels of a channel rule.
 ANYONE, AUTHENTICATED, NOBODY = "anyone", "authenticated", "nobody"
 

@@ -481,3 +481,22 @@ def test_wildcard_subscription_never_escalates(rules, principal, pattern):
     for channel in UNIVERSE:
         if ref_matches(pattern, channel) and not ref_matches("/me/**", channel):
             assert authorizer.subscribe_denied(principal, channel) is None, (pattern, channel)
+
+
+class TestChainedAuthenticator:
+    async def test_first_success_wins_and_failures_are_combined(self, auth):
+        from cometd_broker.security import ChainedAuthenticator
+
+        sessions = {"cookie-1": Principal("dave")}
+        by_cookie = CredentialsAuthenticator(session_cookie="APPSESSION", session_resolver=sessions.get)
+        chain = ChainedAuthenticator(by_cookie, auth)
+        assert await chain.authenticate(request(cookies={"APPSESSION": "cookie-1"})) == Principal("dave")
+        assert await chain.authenticate(request(headers=basic("alice", "alice-secret"))) == ALICE
+        with pytest.raises(AuthenticationError, match="invalid user or secret"):
+            await chain.authenticate(request(headers=basic("alice", "wrong")))
+
+    def test_needs_one_authenticator(self):
+        from cometd_broker.security import ChainedAuthenticator
+
+        with pytest.raises(ValueError):
+            ChainedAuthenticator()

@@ -1,0 +1,109 @@
+"""/api/v2/me: the agent's own resource, the contact-center session and channel readiness.
+
+State changes of a channel are published by routing on /v2/me/channels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from .auth import HttpSessions, User, current_session, current_user
+from .envelope import GwsError, Status, ok, param, read_json_object
+from .routing import ROUTED_CHANNELS, Routing
+
+CHANNEL_OPERATIONS = ("Ready", "NotReady")
+ME_OPERATIONS = ("StartContactCenterSession", "EndContactCenterSession")
+
+
+class AgentApi:
+    """Who is logged in to which channels; Ready/NotReady only inside a contact-center session."""
+
+    def __init__(self, routing: Routing, sessions: HttpSessions, base_url: str) -> None:
+        self.routing = routing
+        self.sessions = sessions
+        self.base_url = base_url
+        self._logged_in: dict[str, list[str]] = {}  # user -> channels of its contact-center session
+
+    def user_view(self, user: User, subresources: bool) -> dict[str, Any]:
+        view: dict[str, Any] = {
+            "id": user.user_id, "userName": user.user_id, "firstName": user.first_name,
+            "lastName": user.last_name, "roles": sorted(user.roles),
+            "uri": f"{self.base_url}/api/v2/users/{user.user_id}", "path": f"/users/{user.user_id}",
+        }
+        if user.agent_id is not None:
+            view["employeeId"] = user.agent_id
+        if subresources:
+            view["channels"] = self.routing.channels_view(user.user_id)
+            view["devices"] = []  # no voice devices in this product
+        return view
+
+    async def get_me(self, request: web.Request) -> web.Response:
+        user = current_user(request)
+        return ok(user=self.user_view(user, request.query.get("subresources") == "*"))
+
+    async def post_me(self, request: web.Request) -> web.Response:
+        user = current_user(request)
+        body = await read_json_object(request)
+        operation = param(body, "operationName", str)
+        if operation == "StartContactCenterSession":
+            return await self._start(user, body)
+        if operation == "EndContactCenterSession":
+            await self._end(user, request)
+            return ok()
+        raise GwsError(Status.VALIDATION_ERROR,
+                       f"unknown operationName {operation!r} on /me: use one of {', '.join(ME_OPERATIONS)}")
+
+    async def _start(self, user: User, body: dict[str, Any]) -> web.Response:
+        channels = param(body, "channels", list)
+        if not channels or not all(isinstance(c, str) for c in channels):
+            raise GwsError(Status.VALIDATION_ERROR, "parameter 'channels' must be a non-empty array of channel names")
+        unknown = [c for c in channels if c not in ROUTED_CHANNELS]
+        known = [c for c in dict.fromkeys(channels) if c in ROUTED_CHANNELS]
+        if not known:
+            raise GwsError(Status.VALIDATION_ERROR,
+                           f"unknown channel {unknown[0]!r}: this server routes {', '.join(ROUTED_CHANNELS)}")
+        self._logged_in[user.user_id] = known
+        for channel in known:
+            await self.routing.set_not_ready(user.user_id, channel, "LoggedIn")
+        if unknown:
+            # GWS: some channels failed -> 7 with a status per channel.
+            return ok(statusCode=Status.PARTIAL_SUCCESS.value, channels=[
+                {"channel": c, "statusCode": 0} if c in known else
+                {"channel": c, "statusCode": Status.VALIDATION_ERROR.value, "statusMessage": f"unknown channel {c!r}"}
+                for c in channels])
+        return ok()
+
+    async def _end(self, user: User, request: web.Request) -> None:
+        for channel in self._logged_in.pop(user.user_id, []):
+            await self.routing.set_not_ready(user.user_id, channel, "LoggedOut")
+        session = current_session(request)
+        if session is not None:
+            self.sessions.end(session.session_id)  # GWS: ending the session invalidates the HTTP session
+
+    async def post_channel(self, request: web.Request) -> web.Response:
+        user = current_user(request)
+        channel = request.match_info["channel"]
+        if channel not in ROUTED_CHANNELS:
+            raise GwsError(Status.NOT_FOUND, f"unknown channel {channel!r}: use one of {', '.join(ROUTED_CHANNELS)}")
+        body = await read_json_object(request)
+        operation = param(body, "operationName", str)
+        if operation not in CHANNEL_OPERATIONS:
+            raise GwsError(Status.VALIDATION_ERROR, f"unknown operationName {operation!r} on a channel: "
+                                                    f"use one of {', '.join(CHANNEL_OPERATIONS)}")
+        if channel not in self._logged_in.get(user.user_id, ()):
+            raise GwsError(Status.INVALID_STATE, f"channel {channel!r} is not in your contact-center session: "
+                                                 "call StartContactCenterSession with it first")
+        if operation == "Ready":
+            await self.routing.set_ready(user.user_id, channel)
+        else:
+            reason = param(body, "reason", str, required=False)
+            await self.routing.set_not_ready(user.user_id, channel, reason)
+        return ok()
+
+
+def add_routes(app: web.Application, api: AgentApi) -> None:
+    app.router.add_get("/api/v2/me", api.get_me)
+    app.router.add_post("/api/v2/me", api.post_me)
+    app.router.add_post("/api/v2/me/channels/{channel}", api.post_channel)

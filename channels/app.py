@@ -1,0 +1,159 @@
+"""The contact-center application on the broker: options, wiring and lifetime.
+
+Registered as the `cometd_broker.apps` entry point `contact-center`, so `cometd-broker serve`
+serves the GWS-style REST API beside the Bayeux endpoint without the broker importing this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from cometd_broker import Broker
+from cometd_broker.app import add_mount
+from cometd_broker.security import ChainedAuthenticator
+
+from . import agent, chats, media, smssessions, users_cli
+from .auth import GwsAuthenticator, HttpSessions, UserDirectory, auth_middleware
+from .conversation import Conversations
+from .envelope import Handler, envelope_middleware
+from .routing import Routing
+
+log = logging.getLogger("channels")
+
+API_PREFIX = "/api/v2"
+NOTIFICATIONS = "/api/v2/notifications"  # where GWS clients find the CometD endpoint
+MEDIA_PREFIX = "/api/v2/media"  # the media gateway's own bearer-token API
+
+
+@dataclass
+class ContactCenterConfig:
+    users_file: str | None = None
+    csrf: bool = True
+    media_token: str | None = None
+    base_url: str = "http://127.0.0.1:8080"
+    offer_timeout: float = 30.0
+    queues: list[str] = field(default_factory=lambda: ["default"])
+
+
+@dataclass
+class ContactCenter:
+    """Everything the REST API shares; owned by the aiohttp app."""
+
+    users: UserDirectory
+    sessions: HttpSessions
+    routing: Routing
+    conversations: Conversations
+    agent_api: agent.AgentApi
+
+
+def scoped(middleware: Callable[..., Any], prefix: str, exempt: tuple[str, ...]) -> Callable[..., Any]:
+    """Apply `middleware` only under `prefix`, never under `exempt` (the Bayeux endpoint keeps its
+    own error format, the media gateway its own authentication)."""
+
+    @web.middleware
+    async def only_api(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path.startswith(prefix) and not any(path == e or path.startswith(e + "/") for e in exempt):
+            return await middleware(request, handler)
+        return await handler(request)
+
+    return only_api
+
+
+def install_contact_center(app: web.Application, broker: Broker, config: ContactCenterConfig,
+                           users: UserDirectory | None = None) -> ContactCenter:
+    """Add the REST API, its middlewares and the /api/v2/notifications mount to a broker app."""
+    users = users if users is not None else (
+        UserDirectory.load(config.users_file) if config.users_file else UserDirectory())
+    sessions = HttpSessions()
+    # The desktop's CometD handshake is authenticated by the same login as its REST calls.
+    broker.authenticator = ChainedAuthenticator(GwsAuthenticator(users, sessions), broker.authenticator)
+
+    async def publish(user_id: str, channel: str, data: dict[str, Any]) -> None:
+        await broker.publish_to_user(user_id, channel, data)
+
+    routing = Routing(publish, queues=config.queues, offer_timeout=config.offer_timeout)
+    conversations = Conversations(publish, routing, users, base_url=config.base_url,
+                                  reference_ids=itertools.count(1))
+    center = ContactCenter(users, sessions, routing, conversations,
+                           agent.AgentApi(routing, sessions, config.base_url))
+
+    exempt = (NOTIFICATIONS, MEDIA_PREFIX)
+    app.middlewares.append(scoped(envelope_middleware, API_PREFIX, (NOTIFICATIONS,)))
+    app.middlewares.append(auth_middleware(users, sessions, csrf=config.csrf, prefixes=(API_PREFIX,),
+                                           exempt=exempt))
+    add_mount(app, NOTIFICATIONS)
+    agent.add_routes(app, center.agent_api)
+    smssessions.add_routes(app, conversations)
+    chats.add_routes(app, conversations)
+    if config.media_token:
+        media.add_routes(app, conversations, config.media_token)
+
+    async def close(_: web.Application) -> None:
+        await conversations.close()
+        await routing.close()
+
+    app.on_cleanup.append(close)
+    app[CENTER] = center
+    return center
+
+
+CENTER = web.AppKey("contact_center", ContactCenter)
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get("COMETD_BROKER_" + name, default)
+
+
+class ContactCenterPlugin:
+    """The `cometd_broker.apps` entry point: options, the `users` command and installation."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("contact center (GWS v2 agent API)")
+        group.add_argument("--users-file", default=_env("USERS_FILE"),
+                           help="JSON file of agents and supervisors (see `cometd-broker users add`); "
+                                "env COMETD_BROKER_USERS_FILE; default: none, nobody can log in")
+        group.add_argument("--no-csrf", dest="csrf", action="store_false",
+                           default=_env("CSRF", "true").lower() not in ("0", "false", "no", "off"),
+                           help="do not require the X-CSRF-TOKEN header on POST/PUT/DELETE "
+                                "(env COMETD_BROKER_CSRF=false); default: required")
+        group.add_argument("--media-token", default=_env("MEDIA_TOKEN"),
+                           help="bearer token of the media gateway API under /api/v2/media "
+                                "(env COMETD_BROKER_MEDIA_TOKEN); default: none, the API is off")
+        group.add_argument("--base-url", default=_env("BASE_URL"),
+                           help="external URL used in resource uris (env COMETD_BROKER_BASE_URL); "
+                                "default: http://HOST:PORT")
+        group.add_argument("--offer-timeout", type=float, default=float(_env("OFFER_TIMEOUT", "30")),
+                           help="seconds an offered interaction waits for Accept/Reject before the next "
+                                "agent (env COMETD_BROKER_OFFER_TIMEOUT); default: 30")
+        group.add_argument("--queues", default=_env("QUEUES", "default"),
+                           help="comma-separated queue names (env COMETD_BROKER_QUEUES); default: default")
+
+    def add_commands(self, subparsers: Any) -> None:
+        users_cli.add_subcommand(subparsers)
+
+    def install(self, app: web.Application, broker: Broker, args: argparse.Namespace) -> None:
+        if args.offer_timeout <= 0:
+            raise ValueError("offer-timeout must be > 0")
+        queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+        if not queues:
+            raise ValueError("queues must name at least one queue")
+        config = ContactCenterConfig(
+            users_file=args.users_file, csrf=args.csrf, media_token=args.media_token,
+            base_url=args.base_url or f"http://{broker.config.host}:{broker.config.port}",
+            offer_timeout=args.offer_timeout, queues=queues)
+        center = install_contact_center(app, broker, config)
+        log.info("contact center: %d user(s), queues %s, CSRF %s, media gateway API %s, also at %s",
+                 len(center.users), ", ".join(queues), "on" if config.csrf else "off",
+                 "on" if config.media_token else "off", NOTIFICATIONS)
+
+
+plugin = ContactCenterPlugin()

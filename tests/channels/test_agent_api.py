@@ -1,0 +1,214 @@
+"""/api/v2/me and channel readiness through the real product wiring (install_contact_center):
+one login (Basic -> JSESSIONID + CSRF token) drives both the REST API and the CometD handshake."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import aiohttp
+import pytest
+
+from channels.app import ContactCenterConfig, install_contact_center
+from channels.auth import User, UserDirectory, hash_password
+from cometd_broker import BrokerConfig, create_app
+from cometd_broker.app import BROKER
+
+PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw"}
+WAIT = 3.0
+
+
+def basic(user: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{PASSWORDS[user]}".encode()).decode()}
+
+
+@pytest.fixture
+async def server(aiohttp_server):
+    users = UserDirectory(User(name, hash_password(pw, iterations=1), first_name=name.capitalize(),
+                               agent_id=str(101 + i)) for i, (name, pw) in enumerate(PASSWORDS.items()))
+    app = create_app(BrokerConfig())
+    install_contact_center(app, app[BROKER], ContactCenterConfig(csrf=True), users=users)
+    return await aiohttp_server(app)
+
+
+class Desktop:
+    """One browser: a cookie jar shared by its REST calls and its CometD session."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        self.csrf = ""
+        self.client_id = ""
+
+    def url(self, path: str) -> str:
+        return str(self.server.make_url(path))
+
+    async def login(self, user: str) -> dict[str, Any]:
+        async with self.http.get(self.url("/api/v2/me"), headers=basic(user)) as response:
+            assert response.status == 200
+            self.csrf = response.headers["X-CSRF-TOKEN"]
+            assert response.headers["X-CSRF-HEADER"] == "X-CSRF-TOKEN"
+            return await response.json()
+
+    async def rest(self, method: str, path: str, body: Any = None, *, csrf: bool = True) -> tuple[int, Any]:
+        headers = {"X-CSRF-TOKEN": self.csrf} if csrf else {}
+        async with self.http.request(method, self.url(path), json=body, headers=headers) as response:
+            return response.status, await response.json()
+
+    async def bayeux(self, messages: list[dict[str, Any]], mount: str = "/api/v2/notifications") -> list[dict]:
+        async with self.http.post(self.url(mount), json=messages) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+    async def listen(self, *channels: str) -> None:
+        """Handshake with the login cookie only (no credentials) and subscribe."""
+        [reply] = await self.bayeux([{"channel": "/meta/handshake", "version": "1.0",
+                                      "supportedConnectionTypes": ["long-polling"]}])
+        assert reply["successful"] is True, reply
+        self.client_id = reply["clientId"]
+        await self.bayeux([{"channel": "/meta/connect", "clientId": self.client_id, "connectionType": "long-polling"}])
+        replies = await self.bayeux([{"channel": "/meta/subscribe", "clientId": self.client_id,
+                                      "subscription": list(channels)}])
+        assert replies[0]["successful"] is True, replies
+
+    async def events(self) -> list[dict[str, Any]]:
+        async with asyncio.timeout(WAIT):
+            replies = await self.bayeux([{"channel": "/meta/connect", "clientId": self.client_id,
+                                          "connectionType": "long-polling", "advice": {"timeout": 1000}}])
+        return [m for m in replies if not m["channel"].startswith("/meta/")]
+
+    async def close(self) -> None:
+        await self.http.close()
+
+
+@pytest.fixture
+async def desktops(server):
+    opened: list[Desktop] = []
+
+    def open_desktop() -> Desktop:
+        desktop = Desktop(server)
+        opened.append(desktop)
+        return desktop
+
+    yield open_desktop
+    for desktop in opened:
+        await desktop.close()
+
+
+async def test_get_me_with_and_without_subresources(desktops):
+    alice = desktops()
+    me = await alice.login("alice")
+    user = dict(me["user"])
+    assert user.pop("uri").endswith("/api/v2/users/alice")
+    assert me["statusCode"] == 0
+    assert user == {"id": "alice", "userName": "alice", "firstName": "Alice", "lastName": "", "roles": ["agent"],
+                    "path": "/users/alice", "employeeId": "101"}
+    status, full = await alice.rest("GET", "/api/v2/me?subresources=*")
+    assert status == 200 and full["user"]["channels"] == [] and full["user"]["devices"] == []
+
+
+async def test_ready_needs_a_contact_center_session_and_is_published_on_channels(desktops):
+    alice = desktops()
+    await alice.login("alice")
+    await alice.listen("/v2/me/channels")
+    status, reply = await alice.rest("POST", "/api/v2/me/channels/sms", {"operationName": "Ready"})
+    assert reply["statusCode"] == 2 and "StartContactCenterSession" in reply["statusMessage"]
+    assert set(reply) == {"statusCode", "statusMessage"}
+
+    status, reply = await alice.rest("POST", "/api/v2/me", {"operationName": "StartContactCenterSession",
+                                                            "channels": ["sms", "chat"]})
+    assert (status, reply) == (200, {"statusCode": 0})
+    status, reply = await alice.rest("POST", "/api/v2/me/channels/sms", {"operationName": "Ready"})
+    assert reply == {"statusCode": 0}
+    states = [(c["channel"], c["userState"]["state"]) for e in await alice.events()
+              for c in e["data"]["channels"]]
+    assert states == [("sms", "NotReady"), ("chat", "NotReady"), ("sms", "Ready")]
+
+    status, reply = await alice.rest("POST", "/api/v2/me/channels/sms", {"operationName": "NotReady",
+                                                                         "reason": "Lunch"})
+    assert reply == {"statusCode": 0}
+    [event] = await alice.events()
+    assert event["channel"] == "/v2/me/channels"
+    assert event["data"]["channels"][0]["userState"]["state"] == "NotReady"
+    status, me = await alice.rest("GET", "/api/v2/me?subresources=*")
+    assert {c["channel"]: c["userState"]["state"] for c in me["user"]["channels"]} == {
+        "sms": "NotReady", "chat": "NotReady"}
+
+
+async def test_other_agents_never_see_my_channel_events(desktops):
+    alice, bob = desktops(), desktops()
+    await alice.login("alice")
+    await bob.login("bob")
+    await bob.listen("/v2/me/channels", "/**")
+    await alice.rest("POST", "/api/v2/me", {"operationName": "StartContactCenterSession", "channels": ["chat"]})
+    await alice.rest("POST", "/api/v2/me/channels/chat", {"operationName": "Ready"})
+    assert await bob.events() == []
+
+
+@pytest.mark.parametrize(("body", "code", "text"), [
+    ({"operationName": "StartContactCenterSession", "channels": ["voice"]}, 10, "unknown channel 'voice'"),
+    ({"operationName": "StartContactCenterSession", "channels": "sms"}, 10, "'channels' must be an array"),
+    ({"operationName": "StartContactCenterSession"}, 1, "missing parameter 'channels'"),
+    ({"operationName": "Dance"}, 10, "unknown operationName 'Dance'"),
+    ({}, 1, "missing parameter 'operationName'"),
+])
+async def test_bad_session_requests_are_specific(desktops, body, code, text):
+    alice = desktops()
+    await alice.login("alice")
+    _, reply = await alice.rest("POST", "/api/v2/me", body)
+    assert reply["statusCode"] == code and text in reply["statusMessage"], reply
+
+
+async def test_partial_start_reports_each_channel(desktops):
+    alice = desktops()
+    await alice.login("alice")
+    _, reply = await alice.rest("POST", "/api/v2/me", {"operationName": "StartContactCenterSession",
+                                                       "channels": ["sms", "voice"]})
+    assert reply["statusCode"] == 7
+    assert [(c["channel"], c["statusCode"]) for c in reply["channels"]] == [("sms", 0), ("voice", 10)]
+
+
+async def test_unknown_channel_and_operation(desktops):
+    alice = desktops()
+    await alice.login("alice")
+    status, reply = await alice.rest("POST", "/api/v2/me/channels/fax", {"operationName": "Ready"})
+    assert (status, reply["statusCode"]) == (404, 6)
+    await alice.rest("POST", "/api/v2/me", {"operationName": "StartContactCenterSession", "channels": ["sms"]})
+    _, reply = await alice.rest("POST", "/api/v2/me/channels/sms", {"operationName": "Dance"})
+    assert reply["statusCode"] == 10 and "Ready, NotReady" in reply["statusMessage"]
+
+
+async def test_csrf_token_is_required_on_post(desktops):
+    alice = desktops()
+    await alice.login("alice")
+    status, reply = await alice.rest("POST", "/api/v2/me", {"operationName": "EndContactCenterSession"},
+                                     csrf=False)
+    assert status == 403 and reply == {"statusCode": 3, "statusMessage": "Missing or invalid Csrf token"}
+
+
+async def test_end_session_invalidates_the_login(desktops):
+    alice = desktops()
+    await alice.login("alice")
+    _, reply = await alice.rest("POST", "/api/v2/me", {"operationName": "EndContactCenterSession"})
+    assert reply == {"statusCode": 0}
+    status, reply = await alice.rest("GET", "/api/v2/me")
+    assert status == 401 and reply["statusCode"] == 20
+
+
+async def test_bayeux_errors_keep_their_own_format_on_both_mounts(desktops):
+    alice = desktops()
+    for mount in ("/cometd", "/api/v2/notifications"):
+        async with alice.http.post(alice.url(mount), data=b"{not json",
+                                   headers={"Content-Type": "application/json"}) as response:
+            assert response.status == 400
+            [reply] = await response.json()
+        assert reply["channel"] == "/meta/unsuccessful" and reply["error"].startswith("400::body is not valid JSON")
+
+
+async def test_handshake_without_login_is_denied(desktops):
+    stranger = desktops()
+    [reply] = await stranger.bayeux([{"channel": "/meta/handshake", "version": "1.0",
+                                      "supportedConnectionTypes": ["long-polling"]}])
+    assert reply["successful"] is False and reply["error"] == "403::handshake_denied"
+    assert reply["advice"]["reconnect"] == "none"
