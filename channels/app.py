@@ -21,6 +21,7 @@ from cometd_broker.app import add_mount
 from cometd_broker.security import ChainedAuthenticator
 
 from . import agent, chats, media, smssessions, users_cli
+from .agentgateway import MIRROR_CHANNEL, AgentGateway
 from .auth import GwsAuthenticator, HttpSessions, UserDirectory, auth_middleware
 from .conversation import Conversations
 from .envelope import Handler, envelope_middleware
@@ -41,6 +42,7 @@ class ContactCenterConfig:
     base_url: str = "http://127.0.0.1:8080"
     offer_timeout: float = 30.0
     queues: list[str] = field(default_factory=lambda: ["default"])
+    gateway_poll_wait: float = 10.0  # Huawei: an idle event poll is answered after 10 s
 
 
 @dataclass
@@ -52,6 +54,7 @@ class ContactCenter:
     routing: Routing
     conversations: Conversations
     agent_api: agent.AgentApi
+    gateway: AgentGateway
 
 
 def scoped(middleware: Callable[..., Any], prefix: str, exempt: tuple[str, ...]) -> Callable[..., Any]:
@@ -83,8 +86,12 @@ def install_contact_center(app: web.Application, broker: Broker, config: Contact
     routing = Routing(publish, queues=config.queues, offer_timeout=config.offer_timeout)
     conversations = Conversations(publish, routing, users, base_url=config.base_url,
                                   reference_ids=itertools.count(1))
+    async def mirror(user_id: str, event: dict[str, Any]) -> None:
+        await broker.publish_to_user(user_id, MIRROR_CHANNEL, event)
+
+    gateway = AgentGateway(users, poll_wait=config.gateway_poll_wait, mirror=mirror)
     center = ContactCenter(users, sessions, routing, conversations,
-                           agent.AgentApi(routing, sessions, config.base_url))
+                           agent.AgentApi(routing, sessions, config.base_url), gateway)
 
     exempt = (NOTIFICATIONS, MEDIA_PREFIX)
     app.middlewares.append(scoped(envelope_middleware, API_PREFIX, (NOTIFICATIONS,)))
@@ -96,6 +103,7 @@ def install_contact_center(app: web.Application, broker: Broker, config: Contact
     chats.add_routes(app, conversations)
     if config.media_token:
         media.add_routes(app, conversations, config.media_token)
+    gateway.add_routes(app)  # the Huawei agent gateway: its own Guid authentication
 
     async def close(_: web.Application) -> None:
         await conversations.close()
