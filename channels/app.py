@@ -20,7 +20,7 @@ from cometd_broker import Broker
 from cometd_broker.app import add_mount
 from cometd_broker.security import ChainedAuthenticator
 
-from . import agent, chats, media, smssessions, users_cli
+from . import agent, chats, interactions, media, smssessions, users_cli, workbins
 from .agentgateway import MIRROR_CHANNEL, AgentGateway
 from .auth import GwsAuthenticator, HttpSessions, UserDirectory, auth_middleware
 from .conversation import Conversations
@@ -55,6 +55,7 @@ class ContactCenter:
     conversations: Conversations
     agent_api: agent.AgentApi
     gateway: AgentGateway
+    workbins: workbins.Workbins
 
 
 def scoped(middleware: Callable[..., Any], prefix: str, exempt: tuple[str, ...]) -> Callable[..., Any]:
@@ -84,14 +85,15 @@ def install_contact_center(app: web.Application, broker: Broker, config: Contact
         await broker.publish_to_user(user_id, channel, data)
 
     routing = Routing(publish, queues=config.queues, offer_timeout=config.offer_timeout)
-    conversations = Conversations(publish, routing, users, base_url=config.base_url,
-                                  reference_ids=itertools.count(1))
+    reference_ids = itertools.count(1)  # shared: a referenceId is unique across every API
+    conversations = Conversations(publish, routing, users, base_url=config.base_url, reference_ids=reference_ids)
+    bins = workbins.Workbins(conversations, publish, reference_ids=reference_ids)
     async def mirror(user_id: str, event: dict[str, Any]) -> None:
         await broker.publish_to_user(user_id, MIRROR_CHANNEL, event)
 
     gateway = AgentGateway(users, poll_wait=config.gateway_poll_wait, mirror=mirror)
     center = ContactCenter(users, sessions, routing, conversations,
-                           agent.AgentApi(routing, sessions, config.base_url), gateway)
+                           agent.AgentApi(routing, sessions, config.base_url), gateway, bins)
 
     exempt = (NOTIFICATIONS, MEDIA_PREFIX)
     app.middlewares.append(scoped(envelope_middleware, API_PREFIX, (NOTIFICATIONS,)))
@@ -101,6 +103,8 @@ def install_contact_center(app: web.Application, broker: Broker, config: Contact
     agent.add_routes(app, center.agent_api)
     smssessions.add_routes(app, conversations)
     chats.add_routes(app, conversations)
+    interactions.add_routes(app, conversations, bins)
+    workbins.add_routes(app, bins)
     if config.media_token:
         media.add_routes(app, conversations, config.media_token)
     gateway.add_routes(app)  # the Huawei agent gateway: its own Guid authentication

@@ -44,6 +44,9 @@ from .routing import OfferRequest, Routing
 
 Publish = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
 Apply = Callable[[int], None]
+# (interaction, the agent's leg, the state notification queued for that agent) -> (topic, data) to publish
+# to the same agent right after it, or None.
+StateListener = Callable[[Interaction, Leg, dict[str, Any]], tuple[str, dict[str, Any]] | None]
 T = TypeVar("T")
 
 DEFAULT_DISPOSITION_KEY = "DispositionCode"
@@ -84,12 +87,42 @@ class Conversations:
         self.last_agent: dict[str, str] = {}  # contact id -> user id (saveLAR)
         self._outbox: list[tuple[str, str, dict[str, Any]]] = []
         self._lock = asyncio.Lock()
+        self._listeners: list[StateListener] = []
+        self._holders: list[Callable[[str], bool]] = []
         self._ops: dict[str, Callable[[Interaction, Leg, dict[str, Any]], Apply]] = {
             name: getattr(self, "_op_" + name) for name in OPERATIONS}
         routing.attach(self, self._dispatch_waiting)
 
     async def close(self) -> None:
         await self.routing.close()
+
+    # --- hooks for other APIs over the same interactions (interactions.py, workbins.py) --------------------
+
+    def add_listener(self, listener: StateListener) -> None:
+        """`listener` sees every state notification (StatusChange, ParticipantsUpdated, PropertiesUpdated,
+        Error) queued for an agent; what it returns is queued for the same agent right behind it, so a
+        mirror (the generic /v2/me/interactions topic) keeps the order and the referenceId of the original."""
+        self._listeners.append(listener)
+
+    def add_holder(self, holds: Callable[[str], bool]) -> None:
+        """`holds(interaction_id)` true keeps the customer's side open with no agent on it (a workbin)."""
+        self._holders.append(holds)
+
+    def all_interactions(self) -> list[Interaction]:
+        return list(self._interactions.values())
+
+    async def offer_to(self, user_id: str, interaction_id: str) -> None:
+        """Offer the interaction straight to `user_id` (Invited), whatever their readiness: an agent takes it
+        back out of a workbin. Declined or unanswered, it goes to its queue like any failed offer."""
+        def run() -> None:
+            ix = self._interactions.get(interaction_id)
+            if ix is None:
+                raise GwsError(Status.NOT_FOUND, f"interaction {interaction_id} not found")
+            if self._member(ix, user_id) is not None:
+                raise GwsError(Status.IN_USE, f"user {user_id} is already in {ix.media.resource_key} {ix.id}")
+            self.offer(OfferRequest(ix.id, ix.media.name, Role.OWNER, target=user_id), user_id)
+
+        await self._run(run)
 
     # --- queries -------------------------------------------------------------------------------------------
 
@@ -508,7 +541,7 @@ class Conversations:
             return
         data = self._state_data(ix, requester, "Error", ref=request.reference_id)
         data["errorMessage"] = message
-        self._outbox.append((requester.user_id, ix.media.topic, data))
+        self._queue_state(ix, requester, data)
 
     def _finish_requester(self, ix: Interaction, request: OfferRequest) -> None:
         requester = self._member(ix, request.requester or "")
@@ -539,7 +572,8 @@ class Conversations:
         holding = any((leg.state in (LegState.CHATTING, LegState.LEFT_CHAT) and leg.role is not Role.CONSULT)
                       or (leg.state is LegState.INVITED and leg.role is Role.OWNER) for leg in ix.legs.values())
         queued = any(r.interaction_id == ix.id and r.role is Role.OWNER for r in self.routing.waiting())
-        if not holding and not queued:
+        held = any(holds(ix.id) for holds in self._holders)
+        if not holding and not queued and not held:
             self._end(ix)
 
     def _end(self, ix: Interaction) -> None:
@@ -593,7 +627,14 @@ class Conversations:
         return data
 
     def _notify(self, ix: Interaction, leg: Leg, notification_type: str, **kwargs: Any) -> None:
-        self._outbox.append((leg.user_id, ix.media.topic, self._state_data(ix, leg, notification_type, **kwargs)))
+        self._queue_state(ix, leg, self._state_data(ix, leg, notification_type, **kwargs))
+
+    def _queue_state(self, ix: Interaction, leg: Leg, data: dict[str, Any]) -> None:
+        self._outbox.append((leg.user_id, ix.media.topic, data))
+        for listener in self._listeners:
+            mirrored = listener(ix, leg, data)
+            if mirrored is not None:
+                self._outbox.append((leg.user_id, *mirrored))
 
     def _messages(self, ix: Interaction, user_id: str, messages: list[dict[str, Any]],
                   ref: int | None = None) -> None:
