@@ -24,6 +24,8 @@ from . import bayeux
 from .bayeux import Message
 from .channel import Pattern, SubscriptionIndex, channel_error, is_meta, is_service, is_wildcard
 from .config import BrokerConfig
+from .extensions import ack
+from .extensions.ack import AckState
 from .security import (
     AuthenticationError,
     Authenticator,
@@ -80,7 +82,8 @@ class PendingConnect:
 @dataclass(slots=True)
 class HandleResult:
     replies: list[Message]
-    deliver_to: ServerSession | None = None  # drain this session's queue into the response
+    deliver_to: ServerSession | None = None  # this session's events go in the response ...
+    connect_reply: Message | None = None  # ... with this connect reply (see Broker.take_events)
     park: PendingConnect | None = None
     new_browser_id: str | None = None  # set the browser cookie to this
 
@@ -358,13 +361,18 @@ class Broker:
         self.sessions[session.client_id] = session
         if principal.user_id is not None:
             self._users.setdefault(principal.user_id, set()).add(session)
+        if ack.requested(message):
+            session.ack = AckState()
         log.debug("handshake %s user=%r transport=%s", session.client_id, principal.user_id, ctx.transport)
         for listener in self._added_listeners:
             try:
                 listener(session)
             except Exception:  # a listener's bug must not break the handshake
                 log.exception("session-added listener failed")
-        return bayeux.handshake_reply(message, session.client_id, self.transports, dict(self._connect_advice))
+        reply = bayeux.handshake_reply(message, session.client_id, self.transports, dict(self._connect_advice))
+        if session.ack is not None:
+            reply["ext"] = {"ack": True}
+        return reply
 
     def _connect(self, session: ServerSession, message: Message, ctx: RequestContext, alone: bool,
                  result: HandleResult) -> Message:
@@ -377,6 +385,9 @@ class Broker:
             session.sink = ctx.sink
         elif session.sink is not None:
             session.sink = None  # the client switched from websocket to HTTP
+        if session.ack is not None:
+            # Whatever the client has not acknowledged goes out again, ahead of newer events.
+            session.queue.requeue(session.ack.acknowledge(ack.connect_batch(message)))
         reply = bayeux.reply_to(message)
         reply["clientId"] = session.client_id
         reply["advice"] = self._connect_advice
@@ -394,6 +405,7 @@ class Broker:
         session.connected = True
         session.expires_at = time.monotonic() + self._expiry_window
         result.deliver_to = session
+        result.connect_reply = reply
         return reply
 
     def _hold_time(self, message: Message) -> float:
@@ -452,7 +464,7 @@ class Broker:
                 reply, bayeux.error(409, "connect_superseded (a newer /meta/connect of this session replaced it)"),
                 bayeux.advice(bayeux.RETRY, self.config.interval))], [])
         alive = self.sessions.get(session.client_id) is session
-        events = session.queue.drain() if deliverable and (alive or reason == SHUTDOWN) else []
+        events = self.take_events(session, reply) if deliverable and (alive or reason == SHUTDOWN) else []
         if reason == SHUTDOWN:
             return ConnectOutcome(200, [bayeux.error_reply(
                 reply, bayeux.error(503, "server_shutdown (the broker is stopping)"),
@@ -466,6 +478,14 @@ class Broker:
         if session.parked is None:
             session.expires_at = time.monotonic() + self._expiry_window
         return ConnectOutcome(200, [reply], events)
+
+    def take_events(self, session: ServerSession, connect_reply: Message | None) -> list[bytes]:
+        """The session's queued events, to send now with `connect_reply`; with acknowledgements
+        they become the reply's numbered batch, kept until the client acknowledges it."""
+        events = session.queue.drain()
+        if session.ack is not None and connect_reply is not None:
+            connect_reply["ext"] = {"ack": session.ack.send(events)}
+        return events
 
     def abandon(self, session: ServerSession) -> None:
         """The client of a held connect went away: stop holding it and let the session expire

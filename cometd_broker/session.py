@@ -7,6 +7,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from .extensions.ack import AckState
 from .security import Principal
 
 # Why a parked /meta/connect was answered.
@@ -52,6 +53,12 @@ class SessionQueue:
         self.size_bytes += size
         return True
 
+    def requeue(self, items: list[bytes]) -> None:
+        """Put events that were sent but not acknowledged back in front, in order. They were
+        admitted once already, so the limits do not refuse them; newer events meet the limits."""
+        self._items.extendleft(reversed(items))
+        self.size_bytes += sum(map(len, items))
+
     def drain(self) -> list[bytes]:
         items = list(self._items)
         self._items.clear()
@@ -87,7 +94,7 @@ class ServerSession:
     """One handshaken client. Owned by the Broker; transports only read the queue."""
 
     __slots__ = ("client_id", "principal", "browser_id", "queue", "subscriptions", "connected",
-                 "parked", "expires_at", "sink", "transport")
+                 "parked", "expires_at", "sink", "transport", "ack")
 
     def __init__(self, client_id: str, principal: Principal, browser_id: str | None,
                  queue: SessionQueue, transport: str) -> None:
@@ -101,6 +108,7 @@ class ServerSession:
         self.expires_at = float("inf")
         self.sink: Sink | None = None
         self.transport = transport
+        self.ack: AckState | None = None  # set when the client handshook with ext.ack
 
     @property
     def user_id(self) -> str | None:
@@ -110,8 +118,8 @@ class ServerSession:
         """Queue an event and wake whoever delivers it; False if the queue refused it."""
         if not self.queue.push(item):
             return False
-        if self.sink is not None:
-            self.sink.wake()
+        if self.sink is not None and self.ack is None:
+            self.sink.wake()  # websocket: push now; with acks, events travel only in connect replies
         elif self.parked is not None:
             self.unpark(MESSAGES)
         return True

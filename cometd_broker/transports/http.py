@@ -115,7 +115,7 @@ class HttpTransport:
         events: list[bytes] = []
         session = result.deliver_to
         if session is not None and broker.sessions.get(session.client_id) is session:
-            events = session.queue.drain()
+            events = broker.take_events(session, result.connect_reply)
         return 200, encode(result.replies, events), result.new_browser_id
 
     async def _hold(self, request: web.Request, result: HandleResult) -> tuple[int, bytes]:

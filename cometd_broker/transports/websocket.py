@@ -34,8 +34,7 @@ class WebSocketConnection:
         self._pending: list[bytes] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
-        self._handling = False  # inside broker.handle for a frame of this connection
-        self._deferred: list[bytes] = []
+        self._released_connects: list[tuple[PendingConnect, str]] = []
 
     def wake(self) -> None:
         self._wake.set()
@@ -54,16 +53,7 @@ class WebSocketConnection:
                     self._send([orjson.dumps(m) for m in bayeux.body_error_reply(exc.error)])
                     continue
                 if messages:
-                    self._handling = True
-                    try:
-                        result = await self.broker.handle(messages, ctx)
-                    finally:
-                        self._handling = False
-                    self._accept(result)
-                    # Connects released by this batch (a disconnect answers the held connect)
-                    # are answered after the batch's own replies.
-                    self._send(self._deferred)
-                    self._deferred = []
+                    self._accept(await self.broker.handle(messages, ctx))
         finally:
             if self.session is not None:
                 self.broker.detach(self.session, self)
@@ -75,22 +65,19 @@ class WebSocketConnection:
             self.session = pending.session
             self.broker.park(pending, lambda reason: self._released(pending, reason))
             return
-        parts = [orjson.dumps(reply) for reply in result.replies]
         session = result.deliver_to
+        events: list[bytes] = []
         if session is not None and session.sink is self:
             self.session = session
             if self.broker.sessions.get(session.client_id) is session:
-                parts.extend(session.queue.drain())
-        self._send(parts)
+                events = self.broker.take_events(session, result.connect_reply)
+        self._send([*map(orjson.dumps, result.replies), *events])
 
     def _released(self, pending: PendingConnect, reason: str) -> None:
-        outcome = self.broker.complete_connect(pending.session, pending.reply, reason,
-                                               deliverable=not self.ws.closed)
-        parts = [*map(orjson.dumps, outcome.replies), *outcome.events]
-        if self._handling:
-            self._deferred.extend(parts)
-        else:
-            self._send(parts)
+        # Answered by the writer, so events queued in the same tick travel with the reply, and
+        # a connect released while a batch is handled (by a disconnect) follows that batch's replies.
+        self._released_connects.append((pending, reason))
+        self._wake.set()
 
     def _send(self, parts: list[bytes]) -> None:
         if parts:
@@ -105,8 +92,14 @@ class WebSocketConnection:
             if ws.closed:
                 break  # leave queued events for the client's next connection
             parts, self._pending = self._pending, []
+            released, self._released_connects = self._released_connects, []
+            for pending, reason in released:
+                outcome = self.broker.complete_connect(pending.session, pending.reply, reason)
+                parts.extend([*map(orjson.dumps, outcome.replies), *outcome.events])
             session = self.session
-            if session is not None and session.sink is self and len(session.queue):
+            # Pushed as they come, unless the session acknowledges batches: then they wait for
+            # a connect reply (see Broker.take_events).
+            if session is not None and session.sink is self and session.ack is None and len(session.queue):
                 parts.extend(session.queue.drain())
             if parts:
                 await ws.send_frame(b"[" + b",".join(parts) + b"]", WSMsgType.TEXT)
@@ -115,7 +108,7 @@ class WebSocketConnection:
         """Let the writer send what is pending (the final connect replies), then close."""
         self._wake.set()
         for _ in range(100):  # bounded: at most ~1 s for a stuck peer
-            if not self._pending:
+            if not self._pending and not self._released_connects:
                 break
             await asyncio.sleep(0.01)
         await asyncio.sleep(0)  # let the writer finish the frame it took

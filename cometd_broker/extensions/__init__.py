@@ -1,0 +1,1 @@
+"""Bayeux extensions implemented by the server: message acknowledgement (ack) and replay."""
