@@ -8,6 +8,11 @@ Authentication is the static mode (AUTHMODE 1): the Guid handed out by sign-in s
 agent signs out or stops polling for `idle_signout` seconds. A request either fails before anything
 changes or is applied whole: handlers validate everything first and only then mutate, with no await
 between the two.
+
+Persistence (given a `StateStore`): conferences (chairperson, participants) and the conference-id counter
+are written at the end of each change, before the handler yields, so before any event leaves the process
+(events reach desktops only through a later poll or the mirror flush). Sign-in sessions and their Guids are
+not persisted: they expire by design, so after a restart agents sign in again and find their conferences.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import orjson
 from aiohttp import web
 
 from .auth import User, UserDirectory
+from .store import Change, Document, StateStore
 
 log = logging.getLogger("channels.agentgateway")
 
@@ -393,6 +399,18 @@ class Conference:
     chair: str
     participants: dict[Address, Participant] = field(default_factory=dict)  # insertion order = join order
 
+    def to_document(self) -> Document:
+        return {"confId": self.conf_id, "chair": self.chair,
+                "participants": [{"addressType": p.address_type, "address": p.address,
+                                  "deviceCallType": p.device_call_type, "deviceType": p.device_type}
+                                 for p in self.participants.values()]}
+
+    @classmethod
+    def from_document(cls, doc: Document) -> Conference:
+        participants = [Participant(p["addressType"], p["address"], p["deviceCallType"], p["deviceType"])
+                        for p in doc["participants"]]
+        return cls(doc["confId"], doc["chair"], {p.key: p for p in participants})
+
 
 # The CometD channel on which a desktop can follow its agent's gateway events (per user).
 MIRROR_CHANNEL = "/v2/me/agentevents"
@@ -404,9 +422,10 @@ class AgentGateway:
 
     def __init__(self, users: UserDirectory, *, poll_wait: float = 10.0, idle_signout: float = 120.0,
                  max_events: int = 1000, clock: Callable[[], float] = time.monotonic,
-                 mirror: Mirror | None = None) -> None:
+                 mirror: Mirror | None = None, store: StateStore | None = None) -> None:
         """`mirror(user_id, event)`, when given, also receives every event queued for a signed-in
-        agent, so a desktop can follow the gateway over CometD (see `MIRROR_CHANNEL`)."""
+        agent, so a desktop can follow the gateway over CometD (see `MIRROR_CHANNEL`). `store` None keeps
+        nothing; otherwise the conferences in it are loaded now."""
         if poll_wait < 0 or idle_signout <= 0 or max_events < 1:
             raise ValueError("poll_wait must be >= 0, idle_signout > 0 and max_events >= 1")
         self.users = users
@@ -423,6 +442,33 @@ class AgentGateway:
         self._routes_added = False
         self.mirror = mirror
         self._mirror_outbox: list[tuple[str, Json]] = []
+        self.store = store
+        if store is not None:
+            self._restore(store)
+
+    # ------------------------------------------------------------ persistence
+
+    def _restore(self, store: StateStore) -> None:
+        for doc in store.load("conference").values():
+            conference = Conference.from_document(doc)
+            self.conferences[conference.conf_id] = conference
+            self._conference_of[conference.chair] = conference.conf_id
+            for participant in conference.participants.values():
+                if participant.address_type == AGENT_ADDRESS:
+                    self._conference_of[participant.address] = conference.conf_id
+        counter = store.load("counter").get("confId")
+        highest = max(self.conferences, default=0)
+        self._next_conf_id = max(counter["next"] if counter is not None else 1, highest + 1)
+
+    def _save(self, conference: Conference) -> None:
+        """Write the conference as it is now (deleted once it has ended) with the id counter, in one
+        transaction."""
+        if self.store is None:
+            return
+        alive = self.conferences.get(conference.conf_id) is conference
+        changes: list[Change] = [("conference", str(conference.conf_id), conference.to_document() if alive else None),
+                                 ("counter", "confId", {"next": self._next_conf_id})]
+        self.store.apply(changes)
 
     # ------------------------------------------------------------ wiring and lifetime
 
@@ -617,6 +663,7 @@ class AgentGateway:
         self._next_conf_id += 1
         self.conferences[conference.conf_id] = conference
         self._conference_of[agent_id] = conference.conf_id
+        self._save(conference)
         # Huawei's order (cec_07_1283): the chair joins, then the conference may be used.
         self.send(agent_id, "AgentConf_SelfJoinResult", {"result": 0, "confId": conference.conf_id})
         self.send(agent_id, "AgentConf_RequestSuccess", {"result": 0, "confId": conference.conf_id})
@@ -639,6 +686,7 @@ class AgentGateway:
             conference.participants[participant.key] = participant
             if participant.address_type == AGENT_ADDRESS:
                 self._conference_of[participant.address] = conference.conf_id
+        self._save(conference)
         for participant in batch.participants:
             self._announce(conference, participant, CHANGE_JOIN)
         return reply()
@@ -669,6 +717,7 @@ class AgentGateway:
                                                          f"participant of conference {conference.conf_id}")
         for key in keys:
             self._remove_participant(conference, key, REASON_REMOVED_BY_CHAIR)
+        self._save(conference)  # events only queued so far: nothing has left the process yet
         return reply()
 
     def _remove_participant(self, conference: Conference, key: Address, reason: int) -> None:
@@ -703,8 +752,10 @@ class AgentGateway:
             return
         if conference.chair != agent_id:
             self._remove_participant(conference, (AGENT_ADDRESS, agent_id), REASON_SIGNED_OUT)
+            self._save(conference)
             return
         for key in list(conference.participants):
             self._remove_participant(conference, key, REASON_CONFERENCE_ENDED)
         del self.conferences[conference.conf_id]
         del self._conference_of[agent_id]
+        self._save(conference)

@@ -7,7 +7,6 @@ serves the GWS-style REST API beside the Bayeux endpoint without the broker impo
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import os
 from collections.abc import Callable
@@ -23,15 +22,18 @@ from cometd_broker.security import ChainedAuthenticator
 from . import agent, chats, interactions, media, smssessions, users_cli, workbins
 from .agentgateway import MIRROR_CHANNEL, AgentGateway
 from .auth import GwsAuthenticator, HttpSessions, UserDirectory, auth_middleware
-from .conversation import Conversations
+from .conversation import Conversations, ReferenceIds
+from .demo import install_demo
 from .envelope import Handler, envelope_middleware
 from .routing import Routing
+from .store import StateStore
 
 log = logging.getLogger("channels")
 
 API_PREFIX = "/api/v2"
 NOTIFICATIONS = "/api/v2/notifications"  # where GWS clients find the CometD endpoint
 MEDIA_PREFIX = "/api/v2/media"  # the media gateway's own bearer-token API
+STATE_DB = "cometd-broker-state.db"  # what `cometd-broker serve` persists to unless told otherwise
 
 
 @dataclass
@@ -43,6 +45,9 @@ class ContactCenterConfig:
     offer_timeout: float = 30.0
     queues: list[str] = field(default_factory=lambda: ["default"])
     gateway_poll_wait: float = 10.0  # Huawei: an idle event poll is answered after 10 s
+    # ":memory:" keeps nothing: code that builds a config (tests, embedding) never writes files unasked.
+    # `cometd-broker serve` defaults to the file STATE_DB instead (--state-db).
+    state_db: str = ":memory:"
 
 
 @dataclass
@@ -56,6 +61,7 @@ class ContactCenter:
     agent_api: agent.AgentApi
     gateway: AgentGateway
     workbins: workbins.Workbins
+    store: StateStore
 
 
 def scoped(middleware: Callable[..., Any], prefix: str, exempt: tuple[str, ...]) -> Callable[..., Any]:
@@ -85,15 +91,19 @@ def install_contact_center(app: web.Application, broker: Broker, config: Contact
         await broker.publish_to_user(user_id, channel, data)
 
     routing = Routing(publish, queues=config.queues, offer_timeout=config.offer_timeout)
-    reference_ids = itertools.count(1)  # shared: a referenceId is unique across every API
-    conversations = Conversations(publish, routing, users, base_url=config.base_url, reference_ids=reference_ids)
+    store = StateStore(config.state_db)
+    reference_ids = ReferenceIds()  # shared: a referenceId is unique across every API (and persisted)
+    # The engine loads first: workbins refer to its interactions.
+    conversations = Conversations(publish, routing, users, base_url=config.base_url, reference_ids=reference_ids,
+                                  store=store)
     bins = workbins.Workbins(conversations, publish, reference_ids=reference_ids)
+
     async def mirror(user_id: str, event: dict[str, Any]) -> None:
         await broker.publish_to_user(user_id, MIRROR_CHANNEL, event)
 
-    gateway = AgentGateway(users, poll_wait=config.gateway_poll_wait, mirror=mirror)
+    gateway = AgentGateway(users, poll_wait=config.gateway_poll_wait, mirror=mirror, store=store)
     center = ContactCenter(users, sessions, routing, conversations,
-                           agent.AgentApi(routing, sessions, config.base_url), gateway, bins)
+                           agent.AgentApi(routing, sessions, config.base_url), gateway, bins, store)
 
     exempt = (NOTIFICATIONS, MEDIA_PREFIX)
     app.middlewares.append(scoped(envelope_middleware, API_PREFIX, (NOTIFICATIONS,)))
@@ -112,6 +122,7 @@ def install_contact_center(app: web.Application, broker: Broker, config: Contact
     async def close(_: web.Application) -> None:
         await conversations.close()
         await routing.close()
+        store.close()  # last: every write above has been committed
 
     app.on_cleanup.append(close)
     app[CENTER] = center
@@ -148,6 +159,18 @@ class ContactCenterPlugin:
                                 "agent (env COMETD_BROKER_OFFER_TIMEOUT); default: 30")
         group.add_argument("--queues", default=_env("QUEUES", "default"),
                            help="comma-separated queue names (env COMETD_BROKER_QUEUES); default: default")
+        group.add_argument("--demo", action="store_true",
+                           default=_env("DEMO", "false").lower() in ("1", "true", "yes", "on"),
+                           help="add demo agents (agent1-3, supervisor; passwords printed at start) and "
+                                "simulated SMS and chat customers (env COMETD_BROKER_DEMO=true)")
+        group.add_argument("--demo-interval", type=float, default=float(_env("DEMO_INTERVAL", "8")),
+                           help="seconds between simulated customers in --demo (env COMETD_BROKER_DEMO_INTERVAL); "
+                                "default: 8")
+        group.add_argument("--state-db", default=_env("STATE_DB", STATE_DB), metavar="PATH",
+                           help="SQLite file where interactions, queues, workbins and conferences are kept "
+                                "across restarts; ':memory:' keeps nothing (env COMETD_BROKER_STATE_DB); "
+                                f"default: {STATE_DB} in the working directory (only the command line "
+                                "defaults to a file: ContactCenterConfig in code defaults to ':memory:')")
 
     def add_commands(self, subparsers: Any) -> None:
         users_cli.add_subcommand(subparsers)
@@ -155,17 +178,22 @@ class ContactCenterPlugin:
     def install(self, app: web.Application, broker: Broker, args: argparse.Namespace) -> None:
         if args.offer_timeout <= 0:
             raise ValueError("offer-timeout must be > 0")
+        if args.demo_interval <= 0:
+            raise ValueError("demo-interval must be > 0")
         queues = [q.strip() for q in args.queues.split(",") if q.strip()]
         if not queues:
             raise ValueError("queues must name at least one queue")
         config = ContactCenterConfig(
             users_file=args.users_file, csrf=args.csrf, media_token=args.media_token,
             base_url=args.base_url or f"http://{broker.config.host}:{broker.config.port}",
-            offer_timeout=args.offer_timeout, queues=queues)
+            offer_timeout=args.offer_timeout, queues=queues, state_db=args.state_db)
         center = install_contact_center(app, broker, config)
-        log.info("contact center: %d user(s), queues %s, CSRF %s, media gateway API %s, also at %s",
+        if args.demo:
+            for user, password in install_demo(app, center, interval=args.demo_interval):
+                print(f"demo user {user} password {password}", flush=True)
+        log.info("contact center: %d user(s), queues %s, CSRF %s, media gateway API %s, state in %s, also at %s",
                  len(center.users), ", ".join(queues), "on" if config.csrf else "off",
-                 "on" if config.media_token else "off", NOTIFICATIONS)
+                 "on" if config.media_token else "off", config.state_db, NOTIFICATIONS)
 
 
 plugin = ContactCenterPlugin()

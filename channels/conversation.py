@@ -13,12 +13,19 @@ requests never interleave their notifications:
 Notifications go to agents through `publish(user_id, topic, data)` (the broker's `publish_to_user`).
 `referenceId` appears only on notifications that the caller's operation caused for the caller (and on an
 `Error` telling a requester that their Invite/Consult/Transfer failed, as in seed 000).
+
+Persistence (given a `StateStore`): step 3 also writes, in ONE `store.apply` between applying the change and
+publishing the outbox, every interaction the run touched (with the routing requests that wait for it or that
+its Invited legs answer), changed saveLAR contacts, the referenceId counter and whatever other modules staged
+(workbins). So whatever a client was told is on disk, and a crash loses at most an operation nobody heard of.
+Nothing is deleted: the engine keeps finished interactions in memory too (their views and transcripts stay
+readable), and the store mirrors exactly that; pruning them would have to happen in both places at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -41,6 +48,9 @@ from .model import (
     permits,
 )
 from .routing import OfferRequest, Routing
+from .store import Change, Document, StateStore
+
+log = logging.getLogger("channels.conversation")
 
 Publish = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
 Apply = Callable[[int], None]
@@ -65,6 +75,21 @@ _USER_PATH = re.compile(r"(?:.*/api/v2)?/users/([^/?#]+)/?")
 _QUEUE_PATH = re.compile(r"(?:.*/api/v2)?/queues/([^/?#]+)/?")
 
 
+class ReferenceIds:
+    """The referenceId counter, shared by every API of a server so referenceIds are unique per server; the
+    engine stores its value with each operation, so referenceIds keep increasing across restarts."""
+
+    def __init__(self, last: int = 0) -> None:
+        self.last = last
+
+    def __iter__(self) -> ReferenceIds:
+        return self
+
+    def __next__(self) -> int:
+        self.last += 1
+        return self.last
+
+
 class UserLookup(Protocol):
     def get(self, user_id: str) -> Any:
         """The user (anything with optional first_name/last_name) or None."""
@@ -75,13 +100,20 @@ class Conversations:
 
     def __init__(self, publish: Publish, routing: Routing, users: UserLookup, *,
                  base_url: str = "http://localhost:8080", reference_ids: Iterator[int] | None = None,
-                 clock_ms: Callable[[], int] | None = None) -> None:
-        """`reference_ids` may be shared with other modules so referenceIds are unique per server."""
+                 clock_ms: Callable[[], int] | None = None, store: StateStore | None = None) -> None:
+        """`reference_ids` may be shared with other modules so referenceIds are unique per server; only a
+        `ReferenceIds` is persisted. `store` None keeps nothing; otherwise the state in it is loaded now."""
         self._publish = publish
         self.routing = routing
         self.users = users
         self.base_url = base_url
-        self._refs = reference_ids or itertools.count(1)
+        self._refs = reference_ids or ReferenceIds()
+        self.store = store
+        # What the current run changed, written by _persist (kept if a write fails, so the next run retries).
+        self._dirty: dict[str, Interaction] = {}
+        self._dirty_contacts: set[str] = set()
+        self._staged: dict[tuple[str, str], Callable[[], Document | None]] = {}
+        self._saved_ref: int | None = None
         self._now = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._interactions: dict[str, Interaction] = {}
         self.last_agent: dict[str, str] = {}  # contact id -> user id (saveLAR)
@@ -92,6 +124,8 @@ class Conversations:
         self._ops: dict[str, Callable[[Interaction, Leg, dict[str, Any]], Apply]] = {
             name: getattr(self, "_op_" + name) for name in OPERATIONS}
         routing.attach(self, self._dispatch_waiting)
+        if store is not None:
+            self._restore(store)
 
     async def close(self) -> None:
         await self.routing.close()
@@ -107,6 +141,18 @@ class Conversations:
     def add_holder(self, holds: Callable[[str], bool]) -> None:
         """`holds(interaction_id)` true keeps the customer's side open with no agent on it (a workbin)."""
         self._holders.append(holds)
+
+    def stage(self, kind: str, key: str, render: Callable[[], Document | None]) -> None:
+        """Write `render()` (None deletes) as (kind, key) with the next run's changes, in the same transaction.
+        Rendered at write time, so staging the same document twice writes its latest state once."""
+        self._staged[(kind, key)] = render
+
+    async def save(self) -> None:
+        """Write what was staged (and the referenceId counter) now, for a change that is not an engine run."""
+        if self.store is None:
+            self._staged.clear()
+            return
+        await self._run(lambda: None)
 
     def all_interactions(self) -> list[Interaction]:
         return list(self._interactions.values())
@@ -160,6 +206,7 @@ class Conversations:
 
     def offer(self, request: OfferRequest, user_id: str) -> None:
         ix = self._interactions[request.interaction_id]
+        self._touch(ix)  # routing offers interactions other than the one an operation is about
         leg = Leg(user_id, LegState.INVITED, request.role, offer=request)
         ix.legs[user_id] = leg
         self._notify(ix, leg, "StatusChange")
@@ -172,6 +219,7 @@ class Conversations:
         def expire() -> None:
             if ix.legs.get(leg.user_id) is not leg or leg.state is not LegState.INVITED:
                 return  # answered in the meantime
+            self._touch(ix)
             leg.state = LegState.REVOKED
             self._notify(ix, leg, "StatusChange")
             self._offer_failed(ix, leg, "did not answer in time")
@@ -186,6 +234,7 @@ class Conversations:
             self._outbox = []
             result = change()
             self.routing.dispatch()
+            self._persist()  # before anyone is told: what a client hears of is on disk
             await self._flush()
             return result
 
@@ -200,6 +249,7 @@ class Conversations:
 
         def run() -> int:
             ix, leg = self.leg_of(user_id, media, interaction_id)
+            self._touch(ix)
             if not permits(ix.capabilities_of(leg), _CAPABILITY_OF.get(operation, operation)):
                 raise GwsError(Status.INVALID_STATE,
                                f"operation {operation} is not valid in state {leg.state.value}")
@@ -227,7 +277,7 @@ class Conversations:
             self._messages(ix, leg.user_id, ix.messages_for_agents(upto=joined.index))
             self._tell_others(ix, leg, joined)
             if save_lar:
-                self.last_agent[ix.contact_id] = leg.user_id
+                self._save_lar(ix, leg.user_id)
             if request is not None and request.role is Role.OWNER and request.requester:
                 # A transfer to a user is done when the target accepts: the transferrer goes.
                 self._finish_requester(ix, request)
@@ -327,7 +377,7 @@ class Conversations:
                 self.routing.enqueue(OfferRequest(ix.id, ix.media.name, Role.OWNER, queue=queue_name,
                                                   declined={leg.user_id}))
             if save_lar:
-                self.last_agent[ix.contact_id] = leg.user_id
+                self._save_lar(ix, leg.user_id)
             self._leave(ix, leg, LegState.COMPLETED, ref)
             self._end_if_unheld(ix)
 
@@ -417,6 +467,7 @@ class Conversations:
             customer = Participant(nickname, "Customer", new_participant_id())
             ix = Interaction(interaction_id, media, customer, queue, contact_id or nickname, now)
             self._interactions[ix.id] = ix
+            self._touch(ix)
             ix.append(MessageType.PARTICIPANT_JOINED, customer, Visibility.ALL, now)
             if text:
                 ix.append(MessageType.TEXT, customer, Visibility.ALL, now, text=text)
@@ -437,6 +488,7 @@ class Conversations:
         """The customer ended the chat: agents chatting go to LeftChat for wrap-up, offers are withdrawn."""
         def leave() -> None:
             ix = self._customer_side(media, interaction_id)
+            self._touch(ix)
             ix.customer_present = False
             left = self._log(ix, MessageType.PARTICIPANT_LEFT, ix.customer, Visibility.ALL)
             self._publish_message(ix, left)
@@ -454,6 +506,7 @@ class Conversations:
                              text: str | None = None) -> None:
         def say() -> None:
             ix = self._customer_side(media, interaction_id)
+            self._touch(ix)
             self._publish_message(ix, self._log(ix, kind, ix.customer, Visibility.ALL, text=text))
 
         await self._run(say)
@@ -577,6 +630,7 @@ class Conversations:
             self._end(ix)
 
     def _end(self, ix: Interaction) -> None:
+        self._touch(ix)
         ix.ended = True
         self.routing.withdraw(ix.id)
         for leg in list(ix.legs.values()):
@@ -614,6 +668,7 @@ class Conversations:
     def _log(self, ix: Interaction, kind: MessageType, sender: Participant | None, visibility: Visibility, *,
              text: str | None = None) -> Message:
         assert sender is not None, "only participants of the chat session write to its log"
+        self._touch(ix)
         return ix.append(kind, sender, visibility, self._now(), text=text)
 
     def _state_data(self, ix: Interaction, leg: Leg, notification_type: str, *, ref: int | None = None,
@@ -630,6 +685,7 @@ class Conversations:
         self._queue_state(ix, leg, self._state_data(ix, leg, notification_type, **kwargs))
 
     def _queue_state(self, ix: Interaction, leg: Leg, data: dict[str, Any]) -> None:
+        self._touch(ix)  # every state notification reports a change of this interaction
         self._outbox.append((leg.user_id, ix.media.topic, data))
         for listener in self._listeners:
             mirrored = listener(ix, leg, data)
@@ -656,6 +712,81 @@ class Conversations:
             if other is not leg:
                 self._notify(ix, other, "ParticipantsUpdated")
                 self._messages(ix, other.user_id, [message.as_dict()])
+
+    # --- persistence -----------------------------------------------------------------------------------------
+
+    def _touch(self, ix: Interaction) -> None:
+        """`ix` changed in this run: write it before the run's notifications go out."""
+        self._dirty[ix.id] = ix
+
+    def _save_lar(self, ix: Interaction, user_id: str) -> None:
+        self.last_agent[ix.contact_id] = user_id
+        self._dirty_contacts.add(ix.contact_id)
+
+    def _document(self, ix: Interaction) -> Document:
+        """The interaction plus the routing requests about it: those waiting in queues, and those its
+        Invited legs answer (an offer in flight is in no queue, yet must not be lost)."""
+        offers = {user_id: leg.offer.to_document() for user_id, leg in ix.legs.items() if leg.offer is not None}
+        waiting = [request.to_document() for request in self.routing.waiting_for(ix.id)]
+        return {**ix.to_document(), "offers": offers, "waiting": waiting}
+
+    def _persist(self) -> None:
+        """One transaction with everything this run changed. A failed write raises (the caller gets an error,
+        nobody is notified) and keeps the changes pending, so the next run writes them."""
+        last_ref = self._refs.last if isinstance(self._refs, ReferenceIds) else None
+        if self.store is not None:
+            changes: list[Change] = [("interaction", ix.id, self._document(ix)) for ix in self._dirty.values()]
+            changes += [("contact", contact, {"lastAgent": self.last_agent[contact]})
+                        for contact in self._dirty_contacts]
+            changes += [(kind, key, render()) for (kind, key), render in self._staged.items()]
+            if last_ref is not None and last_ref != self._saved_ref:
+                changes.append(("counter", "referenceId", {"last": last_ref}))
+            self.store.apply(changes)
+        self._dirty.clear()
+        self._dirty_contacts.clear()
+        self._staged.clear()
+        self._saved_ref = last_ref
+
+    def _restore(self, store: StateStore) -> None:
+        """Load the state a previous server wrote. Agents' readiness is not persisted: after a restart every
+        agent is NotReady until their desktop logs in and goes Ready again, as after a desktop restart. So an
+        offer that was pending at the crash is treated like one that timed out: a routed request goes back to
+        its queue (offered when agents are Ready again), an owner offer nobody else holds (a workbin pull, a
+        transfer whose transferrer is gone) goes to the interaction's queue, a failed Invite/Consult leaves
+        the requester as they were. Chatting and LeftChat legs come back as they were."""
+        counter = store.load("counter").get("referenceId")
+        if counter is not None and isinstance(self._refs, ReferenceIds):
+            self._refs.last = max(self._refs.last, counter["last"])
+            self._saved_ref = self._refs.last
+        self.last_agent.update({contact: doc["lastAgent"] for contact, doc in store.load("contact").items()})
+        # Creation order is the order agents' lists show; ids break ties within a millisecond.
+        docs = sorted(store.load("interaction").values(), key=lambda doc: (doc["createdMs"], doc["id"]))
+        pending: list[tuple[Interaction, Leg]] = []
+        for doc in docs:
+            ix = Interaction.from_document(doc)
+            self._interactions[ix.id] = ix
+            requests = [OfferRequest.from_document(r) for r in doc.get("waiting", ())]
+            for user_id, offered in doc.get("offers", {}).items():
+                leg = ix.legs.get(user_id)
+                if leg is not None and leg.state is LegState.INVITED:
+                    leg.offer = OfferRequest.from_document(offered)
+                    pending.append((ix, leg))
+            for queue in {ix.queue, *(r.queue for r in requests if r.queue is not None)}:
+                if not self.routing.has_queue(queue):
+                    # Removed from the configuration since: keep routing what waits in it rather than drop it.
+                    log.warning("queue %s is not configured but interaction %s uses it: queue kept", queue, ix.id)
+                    self.routing.add_queue(queue)
+            for request in requests:
+                self.routing.enqueue(request)
+        for ix, leg in pending:
+            leg.state = LegState.REVOKED
+            self._offer_failed(ix, leg, "was offered it when the server restarted")
+            self._touch(ix)
+        self._outbox = []  # nobody is connected yet to be told; the views show the outcome
+        self._persist()  # disk and memory agree again before the first run
+        if docs:
+            log.info("restored %d interaction(s), %d queued, %d pending offer(s) re-routed",
+                     len(docs), len(self.routing.waiting()), len(pending))
 
     async def _flush(self) -> None:
         outbox, self._outbox = self._outbox, []

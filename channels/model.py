@@ -149,6 +149,11 @@ class Participant:
     def as_dict(self) -> dict[str, str]:
         return {"nickname": self.nickname, "type": self.type, "participantId": self.participant_id}
 
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> Participant:
+        """The inverse of `as_dict` (which is also the stored form)."""
+        return cls(doc["nickname"], doc["type"], doc["participantId"])
+
 
 @dataclass(frozen=True)
 class Message:
@@ -171,6 +176,21 @@ class Message:
             item["url"] = self.url
         return item
 
+    def to_document(self) -> dict[str, Any]:
+        """The stored form: the epoch milliseconds, not the formatted timestamp derived from them."""
+        doc: dict[str, Any] = {"index": self.index, "type": self.type.value, "from": self.sender.as_dict(),
+                               "visibility": self.visibility.value, "timestampMs": self.timestamp_ms}
+        if self.text is not None:
+            doc["text"] = self.text
+        if self.url is not None:
+            doc["url"] = self.url
+        return doc
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> Message:
+        return cls(doc["index"], MessageType(doc["type"]), Participant.from_document(doc["from"]),
+                   Visibility(doc["visibility"]), doc["timestampMs"], doc.get("text"), doc.get("url"))
+
 
 @dataclass
 class Leg:
@@ -181,6 +201,17 @@ class Leg:
     role: Role
     participant: Participant | None = None  # set when the agent joins the chat session
     offer: Any = None  # the routing request this leg answers while Invited
+
+    def to_document(self) -> dict[str, Any]:
+        """Without `offer`: it belongs to routing, which stores it beside the interaction (conversation.py)."""
+        return {"userId": self.user_id, "state": self.state.value, "role": self.role.value,
+                "participant": None if self.participant is None else self.participant.as_dict()}
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> Leg:
+        participant = doc.get("participant")
+        return cls(doc["userId"], LegState(doc["state"]), Role(doc["role"]),
+                   None if participant is None else Participant.from_document(participant))
 
 
 @dataclass
@@ -203,6 +234,28 @@ class Interaction:
         message = Message(len(self.log) + 1, type, sender, visibility, now_ms, text, url)
         self.log.append(message)
         return message
+
+    def to_document(self) -> dict[str, Any]:
+        """Everything needed to resume the interaction, as JSON-ready data. Legs keep their insertion order
+        (it is the join order the participants list shows). Which workbin holds the interaction and which
+        routing requests wait for it are stored by their owners (workbins.py, conversation.py)."""
+        return {"id": self.id, "media": self.media.name, "customer": self.customer.as_dict(),
+                "queue": self.queue, "contactId": self.contact_id, "createdMs": self.created_ms,
+                "legs": [leg.to_document() for leg in self.legs.values()],
+                "log": [message.to_document() for message in self.log],
+                "userData": dict(self.user_data), "customerPresent": self.customer_present, "ended": self.ended}
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> Interaction:
+        """The inverse of `to_document`; unknown keys are ignored (owners add their own). A log whose indices
+        are not 1..n is refused: `append` numbers the next message from the log's length."""
+        log = [Message.from_document(m) for m in doc["log"]]
+        if [m.index for m in log] != list(range(1, len(log) + 1)):
+            raise ValueError(f"interaction {doc['id']}: message log indices are not 1..{len(log)}")
+        legs = [Leg.from_document(leg) for leg in doc["legs"]]
+        return cls(doc["id"], MEDIA[doc["media"]], Participant.from_document(doc["customer"]), doc["queue"],
+                   doc["contactId"], doc["createdMs"], legs={leg.user_id: leg for leg in legs}, log=log,
+                   user_data=dict(doc["userData"]), customer_present=doc["customerPresent"], ended=doc["ended"])
 
     def chatting(self) -> list[Leg]:
         return [leg for leg in self.legs.values() if leg.state is LegState.CHATTING]

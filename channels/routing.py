@@ -49,6 +49,18 @@ class OfferRequest:
     declined: set[str] = field(default_factory=set)
     seq: int = 0  # position in the queues: first come, first offered
 
+    def to_document(self) -> dict[str, Any]:
+        return {"interactionId": self.interaction_id, "channel": self.channel, "role": self.role.value,
+                "queue": self.queue, "target": self.target, "referenceId": self.reference_id,
+                "requester": self.requester, "preferred": self.preferred, "declined": sorted(self.declined),
+                "seq": self.seq}
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> OfferRequest:
+        return cls(doc["interactionId"], doc["channel"], Role(doc["role"]), queue=doc["queue"],
+                   target=doc["target"], reference_id=doc["referenceId"], requester=doc["requester"],
+                   preferred=doc["preferred"], declined=set(doc["declined"]), seq=doc["seq"])
+
 
 @dataclass
 class ChannelState:
@@ -97,7 +109,7 @@ class Routing:
         self._queues: dict[str, list[OfferRequest]] = {name: [] for name in queues}
         self._agents: dict[str, dict[str, ChannelState]] = {}
         self._tick = itertools.count(1)
-        self._seq = itertools.count(1)
+        self._last_seq = 0  # a plain int: requests restored after a restart move it past their seq
         self._offerer: Offerer | None = None
         self._available: list[Callable[[], Awaitable[None]]] = []
         self._timers: dict[Hashable, asyncio.Task[None]] = {}
@@ -171,7 +183,10 @@ class Routing:
         if request.queue not in self._queues:
             raise UnknownQueue(request.queue)
         if not request.seq:
-            request.seq = next(self._seq)
+            self._last_seq += 1
+            request.seq = self._last_seq
+        else:
+            self._last_seq = max(self._last_seq, request.seq)
         waiting = self._queues[request.queue]
         waiting.append(request)
         waiting.sort(key=lambda r: r.seq)
@@ -180,6 +195,10 @@ class Routing:
         if queue is not None:
             return list(self._queues.get(queue, ()))
         return sorted((r for q in self._queues.values() for r in q), key=lambda r: r.seq)
+
+    def waiting_for(self, interaction_id: str) -> list[OfferRequest]:
+        """The requests waiting for one interaction, in queue order."""
+        return [r for r in self.waiting() if r.interaction_id == interaction_id]
 
     def withdraw(self, interaction_id: str) -> list[OfferRequest]:
         """Remove every waiting request for the interaction (it ended)."""

@@ -18,6 +18,11 @@ Notifications on `/v2/me/workbins` (owner only): `ItemAdded`/`ItemRemoved` while
 subscribed to their own workbins from the start: GWS makes clients subscribe because workbins are shared
 by groups and places, an Agent workbin only ever interests its owner) and
 `WorkbinSubscriptionStateChangeMessage` for Subscribe/Unsubscribe.
+
+Persistence: workbins (items, subscription) live in the engine's store and are written through the engine
+(`Conversations.stage`), so placing or pulling an interaction is one transaction with the interaction's own
+change: on disk an interaction is never both out of the agent's hands and out of the workbin. Which workbin
+holds an interaction is stored only here (the items), never a second time on the interaction.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from .auth import current_user
 from .conversation import Conversations
 from .envelope import GwsError, Status, ok, param, read_json_object
 from .model import Interaction
+from .store import Document, StateStore
 
 Publish = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
 
@@ -56,6 +62,14 @@ class Workbin:
         return {"id": self.id, "workbinName": self.name, "displayName": self.display_name, "type": "Agent",
                 "uri": f"{base_url.rstrip('/')}/api/v2/me/workbins/{self.id}"}
 
+    def to_document(self) -> Document:
+        return {"id": self.id, "name": self.name, "displayName": self.display_name, "owner": self.owner,
+                "items": list(self.items), "subscribed": self.subscribed}
+
+    @classmethod
+    def from_document(cls, doc: Document) -> Workbin:
+        return cls(doc["id"], doc["name"], doc["displayName"], doc["owner"], list(doc["items"]), doc["subscribed"])
+
 
 def interaction_uri(base_url: str, interaction_id: str) -> str:
     return f"{base_url.rstrip('/')}/api/v2/interactions/{interaction_id}"
@@ -72,6 +86,21 @@ class Workbins:
         self._bins: dict[str, dict[str, Workbin]] = {}  # user -> workbin id -> workbin
         self._holder: dict[str, Workbin] = {}  # interaction id -> the workbin holding it
         conversations.add_holder(lambda interaction_id: interaction_id in self._holder)
+        if conversations.store is not None:
+            self._restore(conversations.store)
+
+    def _restore(self, store: StateStore) -> None:
+        """The stored workbins over the defaults; construct after the engine has loaded its interactions."""
+        for doc in store.load("workbin").values():
+            workbin = Workbin.from_document(doc)
+            self._own(workbin.owner)[workbin.id] = workbin
+            workbin.items = [i for i in workbin.items if self.conversations.interaction(i) is not None]
+            for interaction_id in workbin.items:
+                self._holder[interaction_id] = workbin
+
+    def _stage(self, workbin: Workbin) -> None:
+        """Write the workbin with the engine's next run (the operation that goes with this change)."""
+        self.conversations.stage("workbin", workbin.id, workbin.to_document)
 
     @property
     def base_url(self) -> str:
@@ -113,8 +142,7 @@ class Workbins:
         """Move the agent's interaction into their workbin; the referenceId of the change."""
         ix = self._placeable(user_id, interaction_id)
         # Hold first: the engine's Complete must see the workbin holding it, or it would end the customer's side.
-        self._holder[ix.id] = workbin
-        workbin.items.append(ix.id)
+        self._hold(ix.id, workbin)
         try:
             reference_id = await self.conversations.operate(user_id, ix.media, ix.id, "Complete", {})
         except GwsError:
@@ -135,8 +163,7 @@ class Workbins:
         try:
             await self.conversations.offer_to(user_id, ix.id)
         except GwsError:
-            self._holder[ix.id] = workbin
-            workbin.items.append(ix.id)
+            self._hold(ix.id, workbin)
             raise
         await self._item_event(workbin, "ItemRemoved", item, reference_id)
         return reference_id
@@ -144,6 +171,8 @@ class Workbins:
     async def subscribe(self, workbin: Workbin, subscribed: bool) -> int:
         workbin.subscribed = subscribed
         reference_id = next(self._refs)
+        self._stage(workbin)
+        await self.conversations.save()
         await self._publish(workbin.owner, TOPIC, {
             "messageType": SUBSCRIPTION_MESSAGE, "stateResource": "Subscribed" if subscribed else "Unsubscribed",
             "id": workbin.id, "referenceId": reference_id})
@@ -152,6 +181,7 @@ class Workbins:
     async def send_content(self, user_id: str, workbin: Workbin, topic: str) -> int:
         """GetWorkbinContent: the content arrives as a notification on `topic`."""
         reference_id = next(self._refs)
+        await self.conversations.save()  # the referenceId counter: ids never repeat after a restart
         await self._publish(user_id, topic, {"messageType": "WorkbinContentMessage",
                                              "notificationType": "WorkbinContent",
                                              "workbin": self.content(workbin), "referenceId": reference_id})
@@ -173,9 +203,15 @@ class Workbins:
                            f"interaction {ix.id} has other agents in it: only an agent alone in it may place it")
         return ix
 
+    def _hold(self, interaction_id: str, workbin: Workbin) -> None:
+        self._holder[interaction_id] = workbin
+        workbin.items.append(interaction_id)
+        self._stage(workbin)
+
     def _release(self, interaction_id: str) -> None:
         workbin = self._holder.pop(interaction_id)
         workbin.items.remove(interaction_id)
+        self._stage(workbin)
 
     async def _item_event(self, workbin: Workbin, action: str, item: dict[str, Any], reference_id: int) -> None:
         if workbin.subscribed:

@@ -84,7 +84,7 @@ def serve(args: argparse.Namespace) -> int:
             print(f"cometd-broker: invalid configuration: {exc}", file=sys.stderr)
             return 2
     loop_name = "uvloop" if _use_uvloop() else "asyncio"
-    auth = "anonymous allowed" if config.allow_anonymous else f"{len(config.user_map)} configured user(s)"
+    auth = "anonymous allowed" if config.allow_anonymous else "authentication required"
     url = f"http://{config.host}:{config.port}{config.mount}"
 
     def announce(_: str) -> None:

@@ -15,6 +15,10 @@ import pytest
 
 from cometd_broker import BrokerConfig, create_app
 
+# Every broker subprocess a test starts keeps contact-center state in memory unless the test passes
+# --state-db: brokers must not share (or leave behind) a state file in the working directory.
+os.environ.setdefault("COMETD_BROKER_STATE_DB", ":memory:")
+
 # Credentials used by every test that authenticates.
 USERS = {"alice": "alice-secret", "bob": "bob-secret", "carol": "carol-secret"}
 USERS_OPTION = ",".join(f"{user}:{secret}" for user, secret in USERS.items())
