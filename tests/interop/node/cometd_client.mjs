@@ -19,6 +19,11 @@
 //              exit 0 when its outcome is --expect.
 //   tabs       --clients CometD objects sharing one cookie jar (tabs of one browser), each
 //              receiving --count messages; --stagger=true opens them one after the other.
+//   ack-listen the official AckExtension registered (`cometd.registerExtension("ack", ...)`),
+//              subscribe from the /meta/handshake listener, print "message" {seq} for every
+//              message received; after --count messages print "done" {seqs, handshakes}, keep
+//              listening --linger-ms (default 500) so late duplicates would show, then exit 0
+//              without a disconnect (the network may be failing on purpose).
 //
 // cometd-nodejs-client 2.x and cometd 9.x are ES modules only, hence `import`, as in the
 // adapter's README (`require()` of them works only on Node >= 20.19 / 22.12).
@@ -43,6 +48,7 @@ adapt();
 // CometD logs through window.console; keep stdout for our JSON lines.
 window.console = new Console({stdout: process.stderr, stderr: process.stderr});
 const {CometD} = await import("cometd");
+const {AckExtension} = await import("cometd");
 
 /** A CometD object restricted to --transport. All share the adapter's cookie jar, like the
  * tabs of one browser share its cookies (and so the broker's BAYEUX_BROWSER cookie). */
@@ -290,6 +296,36 @@ const scenarios = {
             }
         });
     },
+};
+
+// Acknowledged delivery (tests/interop/test_ack_chaos.py): the connection is cut while
+// messages flow; what arrives here must be every seq exactly once, in order.
+scenarios["ack-listen"] = function ackListen() {
+    cometd.registerExtension("ack", new AckExtension());
+    const seqs = [];
+    let handshakes = 0;
+    let done = false;
+    cometd.addListener("/meta/handshake", (reply) => {
+        emit("handshake", {...summary(reply), transport: currentTransport()});
+        if (!reply.successful) {
+            return;
+        }
+        const number = ++handshakes;
+        cometd.subscribe(channel, (message) => {
+            const seq = message.data && message.data.seq;
+            seqs.push(seq);
+            emit("message", {seq, handshake: number});
+            if (!done && seqs.length >= count) {
+                done = true;
+                emit("done", {seqs, handshakes});
+                setTimeout(() => finish(0, {received: seqs.length, handshakes}),
+                    integer(options, "linger-ms", 500));
+            }
+        }, (subscribeReply) => {
+            emit("subscribe", {...summary(subscribeReply), handshake: number, transport: currentTransport()});
+        });
+    });
+    cometd.handshake();
 };
 
 const run = scenarios[scenario];
