@@ -1,0 +1,53 @@
+"""The durable record of published events: one small interface, several stores.
+
+Like Faye's engines, the broker talks only to `EventLog`; `open_event_log`
+picks the store from a URL so the choice is configuration, not code.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .base import KEEP_ALL, UNKNOWN_BOUNDS, Bounds, Event, EventLog, EventLogClosed, Retention
+from .memory import MemoryEventLog
+from .retention import RetentionTask
+from .sqlite import SqliteEventLog
+
+__all__ = [
+    "KEEP_ALL",
+    "UNKNOWN_BOUNDS",
+    "Bounds",
+    "Event",
+    "EventLog",
+    "EventLogClosed",
+    "MemoryEventLog",
+    "Retention",
+    "RetentionTask",
+    "SqliteEventLog",
+    "open_event_log",
+]
+
+
+def open_event_log(url_or_path: str | os.PathLike[str], retention: Retention = KEEP_ALL, **options: Any) -> EventLog:
+    """Open the store named by `url_or_path`.
+
+    - "memory:" (or "memory://"): MemoryEventLog, lost on restart.
+    - "sqlite:///abs/path.db", "sqlite:relative.db" or a plain file path: SqliteEventLog.
+    `options` go to the store's constructor (e.g. batch_delay for SQLite).
+    """
+    target = os.fspath(url_or_path)
+    if target in ("memory:", "memory://"):
+        return MemoryEventLog(retention, **options)
+    scheme, sep, rest = target.partition(":")
+    if sep and scheme == "sqlite":
+        # sqlite:///abs -> /abs, sqlite://rel -> rel, sqlite:rel -> rel (the SQLAlchemy-like forms).
+        path = rest[2:] if rest.startswith("//") else rest
+        if not path:
+            raise ValueError(f"no file path in event log URL {target!r}")
+        return SqliteEventLog(path, retention, **options)
+    if sep and len(scheme) > 1 and "/" not in scheme and rest.startswith("//"):
+        # Any other URL (redis://, postgres://): not a store we have. A bare path never matches
+        # (a Windows drive letter is one character), so "C:\\x.db" still opens SQLite.
+        raise ValueError(f"unsupported event log store {scheme!r} in {target!r}; use 'memory:' or a SQLite path")
+    return SqliteEventLog(target, retention, **options)

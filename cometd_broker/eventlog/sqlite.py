@@ -1,0 +1,239 @@
+"""SqliteEventLog: the embedded, durable default store.
+
+Writes go through one `SqliteWriter` thread with group commit; reads run on a
+small owned pool of reader threads, each with its own connection, so neither
+ever blocks the event loop. WAL lets readers proceed while the writer commits.
+
+Durability: with WAL and synchronous=NORMAL a committed transaction survives a
+crash of the process (kill -9), which is what "restart safety" needs; only a
+power loss or OS crash may lose the last commits. Pass synchronous="FULL" to
+also fsync every commit, at a large cost in appends/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from .base import KEEP_ALL, UNKNOWN_BOUNDS, Bounds, Event, EventLogClosed, Retention, check_limit
+from .sqlite_writer import SqliteWriter
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    stream  TEXT    NOT NULL,
+    id      INTEGER NOT NULL,
+    ts      REAL    NOT NULL,
+    payload BLOB    NOT NULL,
+    PRIMARY KEY (stream, id)
+);
+-- read_range's order and trimming by age; (stream, id) ride along so ordering needs no lookups.
+CREATE INDEX IF NOT EXISTS events_by_time ON events (ts, stream, id);
+-- The last id ever assigned per stream, kept even when every event of the stream was trimmed,
+-- so ids are never reused after a restart.
+CREATE TABLE IF NOT EXISTS streams (
+    stream  TEXT    PRIMARY KEY,
+    last_id INTEGER NOT NULL,
+    last_ts REAL    NOT NULL
+);
+"""
+SYNCHRONOUS_MODES = ("NORMAL", "FULL", "EXTRA")  # OFF is refused: it would break the kill -9 promise
+
+
+def _connect(path: str, synchronous: str) -> sqlite3.Connection:
+    # isolation_level=None: no implicit transactions; the writer says BEGIN/COMMIT itself and
+    # readers run each statement in its own snapshot, so none holds the WAL back.
+    # check_same_thread=False: connections are opened here and closed by the owner after their
+    # thread has stopped; each is only ever used by one thread at a time.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    return conn
+
+
+def _open_writer_connection(path: str, synchronous: str) -> sqlite3.Connection:
+    conn = _connect(path, synchronous)
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise sqlite3.OperationalError(f"{path}: cannot use WAL journal mode (got {mode!r})")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.OperationalError(f"{path}: event log schema {version} is newer than {SCHEMA_VERSION}")
+        conn.executescript(_SCHEMA)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class SqliteEventLog:
+    """The SQLite store. Opening is synchronous (schema and counters, once at startup)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        retention: Retention = KEEP_ALL,
+        *,
+        # Extra seconds an append may wait for others. 0 measured fastest: appends that queue up
+        # while a commit runs share the next commit anyway.
+        batch_delay: float = 0.0,
+        max_batch: int = 1000,  # events per commit at most
+        max_pending: int = 10_000,  # appends queued for the writer at most; more wait for a slot
+        readers: int = 2,  # reader threads (and connections)
+        synchronous: str = "NORMAL",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = os.fspath(path)
+        if self.path == ":memory:" or self.path.startswith("file::memory:"):
+            raise ValueError("an in-memory SQLite database is not shared between connections; use MemoryEventLog")
+        synchronous = synchronous.upper()
+        if synchronous not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, not {synchronous!r}")
+        if readers < 1:
+            raise ValueError("readers must be >= 1")
+        self.retention = retention
+        self._synchronous = synchronous
+        self._writer = SqliteWriter(
+            _open_writer_connection(self.path, synchronous),
+            retention,
+            clock=clock,
+            batch_delay=batch_delay,
+            max_batch=max_batch,
+            max_pending=max_pending,
+        )
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        self._readers = ThreadPoolExecutor(
+            max_workers=readers, thread_name_prefix="eventlog-sqlite-reader", initializer=self._open_reader
+        )
+        self._inflight: set[asyncio.Future[Any]] = set()
+        self._closed = False
+        self._writer.start()
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed so far (appends share them: see group commit)."""
+        return self._writer.commits
+
+    # ---- writes (through the writer thread) -------------------------------------------------
+
+    async def append(self, stream: str, payloads: Sequence[bytes]) -> list[int]:
+        self._check_open()
+        return await self._writer.append(stream, payloads)
+
+    async def trim(self, now: float) -> int:
+        self._check_open()
+        return await self._writer.trim(now)
+
+    # ---- reads (on the reader threads) ------------------------------------------------------
+
+    async def read(self, stream: str, after: int, limit: int) -> list[Event]:
+        check_limit(limit)
+        rows = await self._query(
+            "SELECT id, ts, payload FROM events WHERE stream = ? AND id > ? ORDER BY id LIMIT ?",
+            (stream, after, limit),
+        )
+        return [Event(stream, id_, ts, payload) for id_, ts, payload in rows]
+
+    async def bounds(self, stream: str) -> Bounds:
+        # One statement, one snapshot: latest and oldest agree even while the writer commits.
+        rows = await self._query(
+            "SELECT (SELECT last_id FROM streams WHERE stream = ?), (SELECT MIN(id) FROM events WHERE stream = ?)",
+            (stream, stream),
+        )
+        latest, oldest = rows[0]
+        if latest is None:
+            return UNKNOWN_BOUNDS
+        return Bounds(latest + 1 if oldest is None else oldest, latest)
+
+    async def streams(self) -> list[str]:
+        # SQLite's BINARY collation orders UTF-8 bytes, which is Python's code point order.
+        rows = await self._query("SELECT stream FROM streams ORDER BY stream", ())
+        return [stream for (stream,) in rows]
+
+    async def read_range(
+        self,
+        *,
+        streams: Sequence[str] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        after_id: int | None = None,
+        after: tuple[float, str, int] | None = None,
+        limit: int,
+    ) -> list[Event]:
+        check_limit(limit)
+        clauses: list[str] = []
+        params: list[Any] = []
+        if streams is not None:
+            names = sorted(set(streams))
+            if not names:
+                return []
+            clauses.append(f"stream IN ({', '.join('?' * len(names))})")
+            params.extend(names)
+        if since is not None:
+            clauses.append("ts >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("ts < ?")
+            params.append(until)
+        if after_id is not None:
+            clauses.append("id > ?")
+            params.append(after_id)
+        if after is not None:
+            clauses.append("(ts, stream, id) > (?, ?, ?)")
+            params.extend(after)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self._query(
+            f"SELECT stream, id, ts, payload FROM events {where} ORDER BY ts, stream, id LIMIT ?", (*params, limit)
+        )
+        return [Event(stream, id_, ts, payload) for stream, id_, ts, payload in rows]
+
+    # ---- lifetime ----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Commit what is queued, stop the writer and the readers, close every connection."""
+        if self._closed:
+            await self._writer.stop()  # a concurrent close may still be stopping it: wait for it too
+            return
+        self._closed = True
+        await self._writer.stop()
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        # Idle workers exit at once; a read whose caller was cancelled may still finish first.
+        self._readers.shutdown(wait=True)
+        with self._reader_lock:
+            conns, self._reader_conns = self._reader_conns, []
+        for conn in conns:
+            conn.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EventLogClosed("event log is closed")
+
+    def _open_reader(self) -> None:
+        conn = _connect(self.path, self._synchronous)
+        conn.execute("PRAGMA query_only = ON")
+        self._local.conn = conn
+        with self._reader_lock:
+            self._reader_conns.append(conn)
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        return self._local.conn.execute(sql, params).fetchall()
+
+    async def _query(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        self._check_open()
+        future = asyncio.get_running_loop().run_in_executor(self._readers, self._fetch, sql, params)
+        self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
+        return await future

@@ -1,0 +1,594 @@
+"""The event log stores: one behaviour, tested against every store, plus SQLite's own promises."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from cometd_broker.eventlog import (
+    KEEP_ALL,
+    Bounds,
+    Event,
+    EventLog,
+    EventLogClosed,
+    MemoryEventLog,
+    Retention,
+    RetentionTask,
+    SqliteEventLog,
+    open_event_log,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+STORES = ["memory", "sqlite"]
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+MakeLog = Callable[..., EventLog]
+
+
+@pytest.fixture(params=STORES)
+async def make_log(request, tmp_path):
+    """`make_log(retention=..., clock=...)` -> a fresh store of the parametrized kind, closed after the test.
+
+    For SQLite every call opens the same file, so calling it again after close() is a restart.
+    """
+    opened: list[EventLog] = []
+
+    def make(retention: Retention = KEEP_ALL, clock: Callable[[], float] | None = None) -> EventLog:
+        kwargs = {} if clock is None else {"clock": clock}
+        if request.param == "memory":
+            log: EventLog = MemoryEventLog(retention, **kwargs)
+        else:
+            log = SqliteEventLog(tmp_path / "events.db", retention, **kwargs)
+        opened.append(log)
+        return log
+
+    make.kind = request.param  # type: ignore[attr-defined]
+    yield make
+    for log in opened:
+        await log.close()
+
+
+def ids_of(events: list[Event]) -> list[int]:
+    return [event.id for event in events]
+
+
+# ---- ids, reads, bounds ----------------------------------------------------------------------
+
+
+async def test_ids_increase_per_stream_independently(make_log: MakeLog) -> None:
+    log = make_log()
+    assert await log.append("/a", [b"1", b"2"]) == [1, 2]
+    assert await log.append("/b", [b"x"]) == [1]
+    assert await log.append("/a", [b"3"]) == [3]
+    assert await log.append("/b", [b"y", b"z"]) == [2, 3]
+    assert await log.streams() == ["/a", "/b"]
+    assert [(e.id, e.payload) for e in await log.read("/a", 0, 10)] == [(1, b"1"), (2, b"2"), (3, b"3")]
+    assert all(event.stream == "/b" for event in await log.read("/b", 0, 10))
+
+
+async def test_empty_append_creates_nothing(make_log: MakeLog) -> None:
+    log = make_log()
+    assert await log.append("/a", []) == []
+    assert await log.streams() == []
+    assert await log.bounds("/a") == (0, 0)
+
+
+async def test_payloads_must_be_bytes(make_log: MakeLog) -> None:
+    log = make_log()
+    with pytest.raises(TypeError):
+        await log.append("/a", [5])  # type: ignore[list-item]  # bytes(5) would be five zero bytes
+    with pytest.raises(TypeError):
+        await log.append("/a", b"not a list of payloads")
+    assert await log.append("/a", [bytearray(b"ok"), memoryview(b"mv")]) == [1, 2]
+    assert [e.payload for e in await log.read("/a", 0, 5)] == [b"ok", b"mv"]
+
+
+async def test_read_pages_by_after_and_limit(make_log: MakeLog) -> None:
+    log = make_log()
+    await log.append("/a", [str(i).encode() for i in range(1, 11)])
+    pages, after = [], 0
+    while page := await log.read("/a", after, 3):
+        pages.append(ids_of(page))
+        after = page[-1].id
+    assert pages == [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10]]
+    assert await log.read("/a", 10, 5) == []
+    assert await log.read("/a", 4, 0) == []
+    assert await log.read("/unknown", 0, 5) == []
+    with pytest.raises(ValueError):
+        await log.read("/a", 0, -1)
+
+
+async def test_bounds(make_log: MakeLog) -> None:
+    log = make_log()
+    assert await log.bounds("/a") == Bounds(0, 0)
+    assert (await log.bounds("/a")).empty
+    await log.append("/a", [b"1", b"2", b"3"])
+    bounds = await log.bounds("/a")
+    assert bounds == (1, 3) and not bounds.empty
+    assert bounds.covers(0) and bounds.covers(3)
+
+
+# ---- retention -------------------------------------------------------------------------------
+
+
+async def test_max_count_is_enforced_on_append(make_log: MakeLog) -> None:
+    log = make_log(Retention(max_count=3))
+    await log.append("/a", [b"1", b"2"])
+    await log.append("/a", [b"3", b"4", b"5", b"6"])  # one batch larger than what is kept
+    await log.append("/b", [b"x"])
+    assert await log.bounds("/a") == (4, 6)
+    assert ids_of(await log.read("/a", 0, 10)) == [4, 5, 6]
+    assert await log.bounds("/b") == (1, 1)
+    assert not (await log.bounds("/a")).covers(2)  # ids 3.. are not all there: resume would have a gap
+    assert (await log.bounds("/a")).covers(3)
+    assert await log.trim(now=10**12) == 0  # nothing more to drop by count, no max_age
+
+
+async def test_trim_by_age(make_log: MakeLog) -> None:
+    clock = FakeClock(100.0)
+    log = make_log(Retention(max_age=60), clock=clock)
+    await log.append("/a", [b"t100"])
+    clock.now = 150.0
+    await log.append("/a", [b"t150"])
+    await log.append("/b", [b"t150"])
+    clock.now = 200.0
+    await log.append("/a", [b"t200"])
+    assert await log.trim(now=160.0) == 0  # cutoff 100: an event exactly max_age old is kept
+    assert await log.trim(now=200.0) == 1  # cutoff 140: drops /a#1
+    assert await log.bounds("/a") == (2, 3)
+    assert await log.trim(now=250.0) == 2  # cutoff 190: drops /a#2 and /b#1, keeps /a#3 (t200)
+    assert await log.bounds("/a") == (3, 3)
+    assert await log.bounds("/b") == (2, 1)
+    assert [e.payload for e in await log.read("/a", 0, 10)] == [b"t200"]
+
+
+async def test_trim_everything_never_reuses_ids(make_log: MakeLog) -> None:
+    clock = FakeClock(0.0)
+    log = make_log(Retention(max_age=10), clock=clock)
+    await log.append("/a", [b"1", b"2", b"3"])
+    assert await log.trim(now=100.0) == 3
+    bounds = await log.bounds("/a")
+    assert bounds == (4, 3) and bounds.empty  # oldest = latest + 1: the stream is known but empty
+    assert bounds.covers(3) and not bounds.covers(2)
+    assert await log.read("/a", 0, 10) == []
+    assert await log.streams() == ["/a"]  # still known: it has a latest id
+    clock.now = 100.0
+    assert await log.append("/a", [b"4"]) == [4]
+    assert await log.bounds("/a") == (4, 4)
+
+
+async def test_timestamps_never_go_backwards_within_a_stream(make_log: MakeLog) -> None:
+    clock = FakeClock(500.0)
+    log = make_log(Retention(max_age=100), clock=clock)
+    await log.append("/a", [b"1"])
+    clock.now = 400.0  # the wall clock stepped back (NTP)
+    await log.append("/a", [b"2"])
+    await log.append("/b", [b"x"])
+    events = await log.read("/a", 0, 10)
+    assert [e.timestamp for e in events] == [500.0, 500.0]
+    assert (await log.read("/b", 0, 1))[0].timestamp == 400.0
+    # So trimming by age drops a prefix and the retained ids stay contiguous.
+    assert await log.trim(now=599.0) == 1  # only /b#1 (400) is older than 499
+    assert ids_of(await log.read("/a", 0, 10)) == [1, 2]
+
+
+# ---- read_range ------------------------------------------------------------------------------
+
+
+async def test_read_range_orders_filters_and_pages(make_log: MakeLog) -> None:
+    clock = FakeClock(10.0)
+    log = make_log(clock=clock)
+    await log.append("/b", [b"b1"])
+    await log.append("/a", [b"a1", b"a2"])
+    clock.now = 20.0
+    await log.append("/a", [b"a3"])
+    await log.append("/c", [b"c1"])
+    clock.now = 30.0
+    await log.append("/b", [b"b2"])
+
+    def keys(events: list[Event]) -> list[tuple[str, int]]:
+        return [(e.stream, e.id) for e in events]
+
+    everything = await log.read_range(limit=100)
+    assert keys(everything) == [("/a", 1), ("/a", 2), ("/b", 1), ("/a", 3), ("/c", 1), ("/b", 2)]
+    assert [e.sort_key for e in everything] == sorted(e.sort_key for e in everything)
+    assert keys(await log.read_range(streams=["/b", "/zz"], limit=100)) == [("/b", 1), ("/b", 2)]
+    assert await log.read_range(streams=[], limit=100) == []
+    assert keys(await log.read_range(since=20.0, until=30.0, limit=100)) == [("/a", 3), ("/c", 1)]
+    assert keys(await log.read_range(streams=["/a"], after_id=1, limit=100)) == [("/a", 2), ("/a", 3)]
+    pages, after = [], None
+    while page := await log.read_range(after=after, limit=4):
+        pages.append(keys(page))
+        after = page[-1].sort_key
+    assert pages == [keys(everything[:4]), keys(everything[4:])]
+    assert await log.read_range(limit=0) == []
+
+
+# ---- concurrency -----------------------------------------------------------------------------
+
+
+async def test_concurrent_appends_keep_order_and_unique_ids(make_log: MakeLog) -> None:
+    log = make_log()
+    tasks, per_task = 40, 25
+    returned: dict[int, list[int]] = {}
+
+    async def writer(task: int) -> None:
+        stream = f"/s{task % 4}"
+        returned[task] = [(await log.append(stream, [f"{task}:{n}".encode()]))[0] for n in range(per_task)]
+
+    await asyncio.gather(*(writer(task) for task in range(tasks)))
+
+    for task, ids in returned.items():
+        assert ids == sorted(set(ids)), f"task {task} saw ids out of order"
+    for s in range(4):
+        events = await log.read(f"/s{s}", 0, 10_000)
+        assert ids_of(events) == list(range(1, tasks // 4 * per_task + 1))  # unique, no gaps
+        seen: dict[int, list[int]] = {}
+        for event in events:
+            task, n = map(int, event.payload.split(b":"))
+            assert returned[task][n] == event.id  # the id returned is the id stored
+            seen.setdefault(task, []).append(n)
+        assert all(ns == list(range(per_task)) for ns in seen.values())  # each task's order kept
+    if isinstance(log, SqliteEventLog):
+        appends = tasks * per_task
+        assert log.commits <= appends // 4, f"{log.commits} commits for {appends} appends: no group commit"
+
+
+async def test_closed_log_refuses_calls(make_log: MakeLog) -> None:
+    log = make_log()
+    await log.append("/a", [b"1"])
+    await log.close()
+    await log.close()  # idempotent
+    for call in (log.append("/a", [b"2"]), log.read("/a", 0, 1), log.bounds("/a"), log.trim(0.0)):
+        with pytest.raises(EventLogClosed):
+            await call
+
+
+# ---- SQLite: restarts, durability, threads --------------------------------------------------
+
+
+async def test_sqlite_ids_continue_after_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = SqliteEventLog(path)
+    await log.append("/a", [b"1", b"2"])
+    await log.append("/b", [b"x"])
+    await log.close()
+
+    log = SqliteEventLog(path)
+    assert await log.streams() == ["/a", "/b"]
+    assert await log.bounds("/a") == (1, 2)
+    assert await log.append("/a", [b"3"]) == [3]
+    assert await log.append("/b", [b"y"]) == [2]
+    assert [e.payload for e in await log.read("/a", 0, 10)] == [b"1", b"2", b"3"]
+    await log.close()
+
+
+async def test_sqlite_ids_not_reused_after_trimming_everything_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    clock = FakeClock(0.0)
+    log = SqliteEventLog(path, Retention(max_age=10), clock=clock)
+    await log.append("/a", [b"1", b"2", b"3"])
+    assert await log.trim(now=100.0) == 3
+    await log.close()
+
+    clock.now = 100.0
+    log = SqliteEventLog(path, Retention(max_age=10), clock=clock)
+    assert await log.bounds("/a") == (4, 3)
+    assert await log.append("/a", [b"4"]) == [4]
+    await log.close()
+
+
+async def test_sqlite_reopened_with_smaller_max_count_trims_the_excess(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = SqliteEventLog(path)
+    await log.append("/a", [str(i).encode() for i in range(10)])
+    await log.close()
+
+    log = SqliteEventLog(path, Retention(max_count=4))
+    assert await log.trim(now=0.0) == 6
+    assert await log.bounds("/a") == (7, 10)
+    await log.close()
+
+
+async def test_sqlite_failed_commit_hands_its_ids_out_again(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = SqliteEventLog(path)
+    await log.append("/a", [b"1"])
+    # Another connection installs a trigger that rejects one payload: the commit fails.
+    with sqlite3.connect(path) as other:
+        other.execute(
+            "CREATE TRIGGER reject BEFORE INSERT ON events WHEN NEW.payload = x'626164' "
+            "BEGIN SELECT RAISE(ABORT, 'rejected'); END"
+        )
+    other.close()
+    with pytest.raises(sqlite3.IntegrityError):
+        await log.append("/a", [b"bad"])
+    assert await log.append("/a", [b"2"]) == [2]  # id 2 was never committed, so it is not lost
+    await log.append("/new", [b"ok"])
+    assert await log.bounds("/a") == (1, 2)
+    await log.close()
+
+
+async def test_sqlite_close_commits_queued_appends_and_stops_every_thread(tmp_path: Path) -> None:
+    before = set(threading.enumerate())
+    path = tmp_path / "events.db"
+    log = SqliteEventLog(path, readers=3)
+    await asyncio.gather(*(log.read("/a", 0, 1) for _ in range(6)))  # start the reader threads
+    assert any(t.name.startswith("eventlog-sqlite-") for t in threading.enumerate())
+
+    appends = [asyncio.create_task(log.append("/a", [b"%d" % i])) for i in range(200)]
+    await asyncio.sleep(0)  # let the appends queue
+    await log.close()
+    results = await asyncio.gather(*appends, return_exceptions=True)
+    committed = sorted(r[0] for r in results if isinstance(r, list))
+    assert all(isinstance(r, list | EventLogClosed) for r in results)
+    assert committed == list(range(1, len(committed) + 1)) and committed
+
+    leftover = [t for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert leftover == []
+
+    log = SqliteEventLog(path)
+    assert ids_of(await log.read("/a", 0, 1000)) == committed  # every append that returned is there
+    await log.close()
+
+
+_KILLED_WRITER = r"""
+import asyncio, os, signal, sys
+from cometd_broker.eventlog import SqliteEventLog
+
+async def main(path, target):
+    log = SqliteEventLog(path)
+    printed = 0
+
+    async def writer(k):
+        nonlocal printed
+        stream = f"/s{k % 3}"
+        while True:
+            ids = await log.append(stream, [b"x" * 200, b"y"])
+            sys.stdout.write("".join(f"{stream} {i}\n" for i in ids))
+            sys.stdout.flush()
+            printed += len(ids)
+            if printed >= target:
+                os.kill(os.getpid(), signal.SIGKILL)  # other appends are still in flight
+
+    await asyncio.gather(*(writer(k) for k in range(12)))
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+async def test_sqlite_every_returned_id_survives_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _KILLED_WRITER, str(path), "3000",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode == -signal.SIGKILL, stderr.decode()
+    printed: dict[str, set[int]] = {}
+    for line in stdout.decode().splitlines():
+        stream, id_ = line.split()
+        printed.setdefault(stream, set()).add(int(id_))
+    assert sum(map(len, printed.values())) >= 3000
+
+    log = SqliteEventLog(path)
+    for stream, ids in printed.items():
+        stored = ids_of(await log.read(stream, 0, 100_000))
+        assert ids <= set(stored), f"{stream}: lost {sorted(ids - set(stored))[:10]}"
+        assert stored == list(range(1, len(stored) + 1))  # contiguous: no torn batch
+        latest = (await log.bounds(stream)).latest
+        assert await log.append(stream, [b"after restart"]) == [latest + 1]
+    await log.close()
+
+
+# ---- factory and retention task ---------------------------------------------------------------
+
+
+async def test_open_event_log_picks_the_store(tmp_path: Path) -> None:
+    stores = [
+        open_event_log("memory:"),
+        open_event_log(f"sqlite://{tmp_path}/a.db", Retention(max_count=5), batch_delay=0),  # sqlite:///tmp/...
+        open_event_log(tmp_path / "b.db"),
+    ]
+    try:
+        assert isinstance(stores[0], MemoryEventLog)
+        assert isinstance(stores[1], SqliteEventLog) and stores[1].path == f"{tmp_path}/a.db"
+        assert stores[1].retention == Retention(max_count=5)
+        assert isinstance(stores[2], SqliteEventLog) and stores[2].path == str(tmp_path / "b.db")
+        assert all(isinstance(store, EventLog) for store in stores)
+    finally:
+        for store in stores:
+            await store.close()
+    with pytest.raises(ValueError, match="unsupported"):
+        open_event_log("redis://localhost:6379/0")
+    with pytest.raises(ValueError):
+        open_event_log(":memory:")
+
+
+def test_retention_validates() -> None:
+    for bad in ({"max_age": 0}, {"max_age": -1.0}, {"max_count": 0}, {"max_count": True}):
+        with pytest.raises(ValueError):
+            Retention(**bad)
+    assert Retention(max_age=0.5, max_count=1).max_count == 1
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+async def test_retention_task_trims_at_start_and_periodically() -> None:
+    clock = FakeClock(0.0)
+    log = MemoryEventLog(Retention(max_age=10), clock=clock)
+    await log.append("/a", [b"old"])
+    clock.now = 100.0
+    task = RetentionTask(log, period=0.01, clock=clock)
+    task.start()
+    with pytest.raises(RuntimeError):
+        task.start()
+    await wait_for(lambda: task.runs >= 1)
+    assert task.dropped == 1 and await log.bounds("/a") == (2, 1)
+    await log.append("/a", [b"new"])
+    clock.now = 200.0
+    await wait_for(lambda: task.dropped == 2)
+    await task.stop()
+    await task.stop()
+    assert not task.running
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "eventlog-retention"]
+    await log.close()
+
+
+async def test_retention_task_survives_a_failing_trim_and_ends_when_the_log_closes(caplog) -> None:
+    calls: list[float] = []
+
+    class Flaky(MemoryEventLog):
+        async def trim(self, now: float) -> int:
+            calls.append(now)
+            if len(calls) == 1:
+                raise OSError("disk on fire")
+            return await super().trim(now)
+
+    log = Flaky(Retention(max_age=1))
+    task = RetentionTask(log, period=0.01)
+    with caplog.at_level(logging.ERROR, logger="cometd_broker.eventlog"):
+        task.start()
+        await wait_for(lambda: task.runs >= 2)
+    assert "retention trim failed" in caplog.text
+    await log.close()
+    await wait_for(lambda: not task.running)  # EventLogClosed ends it quietly
+    await task.stop()
+
+
+# ---- model-based: every store against a list of dicts ------------------------------------------
+
+STREAM_NAMES = st.sampled_from(["/a", "/b", "/c"])
+MODEL_RETENTION = Retention(max_age=30.0, max_count=4)
+
+
+class EventLogMachine(RuleBasedStateMachine):
+    """Drives a store and a plain model with the same appends, clock moves, trims and restarts."""
+
+    kind = "memory"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.tmp = tempfile.TemporaryDirectory()
+        self.clock = FakeClock(1000.0)
+        self.log = self.open()
+        self.latest: dict[str, int] = {}
+        self.last_ts: dict[str, float] = {}
+        self.kept: dict[str, list[Event]] = {}
+
+    def open(self) -> EventLog:
+        if self.kind == "memory":
+            return MemoryEventLog(MODEL_RETENTION, clock=self.clock)
+        return SqliteEventLog(Path(self.tmp.name) / "e.db", MODEL_RETENTION, clock=self.clock, batch_delay=0)
+
+    def run(self, awaitable: Awaitable):
+        return self.loop.run_until_complete(awaitable)
+
+    def teardown(self) -> None:
+        self.run(self.log.close())
+        self.loop.close()
+        self.tmp.cleanup()
+
+    @rule(stream=STREAM_NAMES, payloads=st.lists(st.binary(max_size=8), max_size=6))
+    def append(self, stream: str, payloads: list[bytes]) -> None:
+        ids = self.run(self.log.append(stream, payloads))
+        if not payloads:
+            assert ids == []
+            return
+        first = self.latest.get(stream, 0) + 1
+        assert ids == list(range(first, first + len(payloads)))
+        ts = max(self.clock.now, self.last_ts.get(stream, 0.0))
+        self.latest[stream], self.last_ts[stream] = ids[-1], ts
+        kept = self.kept.setdefault(stream, [])
+        kept.extend(Event(stream, id_, ts, payload) for id_, payload in zip(ids, payloads, strict=True))
+        del kept[: -MODEL_RETENTION.max_count]
+
+    @rule(seconds=st.floats(min_value=-5.0, max_value=40.0, allow_nan=False))
+    def move_clock(self, seconds: float) -> None:
+        self.clock.now += seconds
+
+    @rule()
+    def trim(self) -> None:
+        cutoff = self.clock.now - MODEL_RETENTION.max_age
+        expected = 0
+        for stream, events in self.kept.items():
+            keep = [e for e in events if e.timestamp >= cutoff]
+            expected += len(events) - len(keep)
+            self.kept[stream] = keep
+        assert self.run(self.log.trim(self.clock.now)) == expected
+
+    @rule(stream=STREAM_NAMES, after=st.integers(-1, 30), limit=st.integers(0, 5))
+    def read(self, stream: str, after: int, limit: int) -> None:
+        expected = [e for e in self.kept.get(stream, []) if e.id > after][:limit]
+        assert self.run(self.log.read(stream, after, limit)) == expected
+
+    @rule(
+        streams=st.none() | st.lists(STREAM_NAMES, max_size=3),
+        since=st.none() | st.floats(900, 1400),
+        limit=st.integers(0, 8),
+    )
+    def read_range(self, streams: list[str] | None, since: float | None, limit: int) -> None:
+        everything = sorted((e for events in self.kept.values() for e in events), key=lambda e: e.sort_key)
+        wanted = [e for e in everything if streams is None or e.stream in streams]
+        expected = [e for e in wanted if since is None or e.timestamp >= since][:limit]
+        assert self.run(self.log.read_range(streams=streams, since=since, limit=limit)) == expected
+
+    @precondition(lambda self: self.kind == "sqlite")
+    @rule()
+    def restart(self) -> None:
+        self.run(self.log.close())
+        self.log = self.open()
+
+    @invariant()
+    def bounds_and_streams_match(self) -> None:
+        assert self.run(self.log.streams()) == sorted(self.latest)
+        for stream in ("/a", "/b", "/c"):
+            latest = self.latest.get(stream, 0)
+            kept = self.kept.get(stream, [])
+            expected = (kept[0].id if kept else latest + 1, latest) if latest else (0, 0)
+            assert self.run(self.log.bounds(stream)) == expected
+            if latest:
+                assert [e.id for e in kept] == list(range(expected[0], latest + 1))  # always contiguous
+
+
+MODEL_SETTINGS = settings(
+    max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+class SqliteEventLogMachine(EventLogMachine):
+    kind = "sqlite"
+
+
+TestMemoryEventLogModel = EventLogMachine.TestCase
+TestMemoryEventLogModel.settings = MODEL_SETTINGS
+TestSqliteEventLogModel = SqliteEventLogMachine.TestCase
+TestSqliteEventLogModel.settings = MODEL_SETTINGS
