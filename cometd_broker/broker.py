@@ -24,7 +24,8 @@ from . import bayeux
 from .bayeux import Message
 from .channel import Pattern, SubscriptionIndex, channel_error, is_meta, is_service, is_wildcard
 from .config import BrokerConfig
-from .extensions import ack
+from .eventlog import EventLog, Retention, RetentionTask, open_event_log
+from .extensions import ack, replay
 from .extensions.ack import AckState
 from .security import (
     AuthenticationError,
@@ -131,12 +132,18 @@ class Broker:
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self._connect_advice = bayeux.advice(bayeux.RETRY, cfg.interval, cfg.timeout)
+        self.event_log: EventLog = open_event_log(
+            cfg.event_log, Retention(max_age=cfg.retention_age, max_count=cfg.retention_count))
+        self._retention = RetentionTask(self.event_log, period=cfg.retention_period)
+        # The newest id of each stream whose delivery has started (see ReplayMark and _catch_up).
+        self._latest_ids: dict[str, int] = {}
 
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="session-sweeper")
+            self._retention.start()
 
     async def close(self) -> None:
         """Answer every parked connect with re-handshake advice, end every session, stop the sweeper."""
@@ -152,6 +159,8 @@ class Broker:
             session.unpark(SHUTDOWN)
             self._remove(session, bayeux.error(503, "server_shutdown (the broker is stopping)"),
                          bayeux.HANDSHAKE_ADVICE)
+        await self._retention.stop()
+        await self.event_log.close()
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -203,18 +212,18 @@ class Broker:
         self._check_server_channel(channel)
         if self.is_personal(channel):
             raise ValueError(f"{channel} is a per-user channel: use publish_to_user")
-        return self._deliver(self._index, channel, bayeux.delivered(channel, data, ext=ext))
+        return await self._deliver(self._index, channel, channel, bayeux.delivered(channel, data, ext=ext))
 
     async def publish_to_user(self, user_id: str, channel: str, data: Any, *,
                               ext: dict[str, Any] | None = None) -> int:
-        """Publish on a per-user channel: only `user_id`'s sessions (all of them) can receive it."""
+        """Publish on a per-user channel: only `user_id`'s sessions (all of them) can receive it.
+        Recorded even when none is connected, so the user's desktop can replay it later."""
         self._check_server_channel(channel)
         if not self.is_personal(channel):
             raise ValueError(f"{channel} is not under the per-user prefix {self.config.personal_prefix}")
         index = self._user_index.get(user_id)
-        if index is None:
-            return 0
-        return self._deliver(index, channel, bayeux.delivered(channel, data, ext=ext))
+        return await self._deliver(index, channel, user_stream(user_id, channel),
+                                   bayeux.delivered(channel, data, ext=ext))
 
     @staticmethod
     def _check_server_channel(channel: str) -> None:
@@ -224,14 +233,27 @@ class Broker:
         if problem:
             raise ValueError(f"cannot publish to {channel!r}: {problem}")
 
-    def _deliver(self, index: SubscriptionIndex[ServerSession], channel: str, message: Message) -> int:
-        targets = index.match(channel)
+    async def _deliver(self, index: SubscriptionIndex[ServerSession] | None, channel: str, stream: str,
+                       message: Message) -> int:
+        """Record the event in its stream, then queue it for every matching session."""
+        payload = orjson.dumps(message)  # serialized once, shared by every queue
+        [event_id] = await self.event_log.append(stream, [payload])
+        # From here to the end nothing awaits: a catch-up that compares with _latest_ids sees
+        # either none of this delivery or all of it.
+        self._latest_ids[stream] = max(event_id, self._latest_ids.get(stream, 0))
+        targets = index.match(channel) if index is not None else None
         if not targets:
             return 0
-        payload = orjson.dumps(message)  # serialized once, shared by every queue
+        payload = replay.with_replay_id(payload, event_id, "ext" in message)
         delivered = 0
         slow: list[ServerSession] = []
         for session in targets:
+            if session.replay:
+                mark = session.replay.get(stream)
+                if mark is not None:
+                    if not mark.admits(event_id):
+                        continue  # its catch-up reads (or already read) this event from the log
+                    mark.last_id = event_id
             if session.enqueue(payload):
                 delivered += 1
             else:
@@ -281,7 +303,7 @@ class Broker:
             if channel == bayeux.CONNECT:
                 result.replies.append(self._connect(session, message, ctx, alone, result))
             elif channel == bayeux.SUBSCRIBE:
-                result.replies.append(self._subscribe(session, message))
+                result.replies.append(await self._subscribe(session, message))
             elif channel == bayeux.UNSUBSCRIBE:
                 result.replies.append(self._unsubscribe(session, message))
             elif channel == bayeux.DISCONNECT:
@@ -363,6 +385,9 @@ class Broker:
             self._users.setdefault(principal.user_id, set()).add(session)
         if ack.requested(message):
             session.ack = AckState()
+        replay_requested = replay.requested(message)
+        if replay_requested:
+            session.replay_from = replay.replay_map(message)
         log.debug("handshake %s user=%r transport=%s", session.client_id, principal.user_id, ctx.transport)
         for listener in self._added_listeners:
             try:
@@ -370,8 +395,13 @@ class Broker:
             except Exception:  # a listener's bug must not break the handshake
                 log.exception("session-added listener failed")
         reply = bayeux.handshake_reply(message, session.client_id, self.transports, dict(self._connect_advice))
+        reply_ext: dict[str, Any] = {}
         if session.ack is not None:
-            reply["ext"] = {"ack": True}
+            reply_ext["ack"] = True
+        if replay_requested:
+            reply_ext["replay"] = True
+        if reply_ext:
+            reply["ext"] = reply_ext
         return reply
 
     def _connect(self, session: ServerSession, message: Message, ctx: RequestContext, alone: bool,
@@ -485,6 +515,8 @@ class Broker:
         events = session.queue.drain()
         if session.ack is not None and connect_reply is not None:
             connect_reply["ext"] = {"ack": session.ack.send(events)}
+        if session.drained is not None:
+            session.drained.set()
         return events
 
     def abandon(self, session: ServerSession) -> None:
@@ -504,7 +536,7 @@ class Broker:
                     parked.timer.cancel()
             session.expires_at = time.monotonic() + self._expiry_window
 
-    def _subscribe(self, session: ServerSession, message: Message) -> Message:
+    async def _subscribe(self, session: ServerSession, message: Message) -> Message:
         names = bayeux.subscriptions_of(message) or []
         for name in names:
             problem = bayeux.subscription_error(name)
@@ -514,12 +546,76 @@ class Broker:
                     problem = bayeux.error(403, f"subscribe_denied ({denied})", session.client_id, name)
             if problem is not None:
                 return bayeux.error_reply(message, problem)
+        wanted = {**session.replay_from, **replay.replay_map(message)}
+        replay_report: dict[str, Any] = {}
         for name in names:
             if is_service(name) or name in session.subscriptions:
                 continue  # service channels are request/response: nothing to record
+            if name in wanted and not is_wildcard(name):
+                replay_report[name] = await self._start_replay(session, name, wanted[name])
             session.subscriptions.add(name)
             self._index_subscription(session, name, add=True)
-        return _subscription_reply(session, message)
+        reply = _subscription_reply(session, message)
+        if replay_report:
+            reply["ext"] = {"replay": _replay_summary(replay_report)}
+        return reply
+
+    def stream_of(self, session: ServerSession, channel: str) -> str:
+        """The event-log stream a session's subscription to `channel` reads."""
+        if session.user_id is not None and self.is_personal(channel):
+            return user_stream(session.user_id, channel)
+        return channel
+
+    async def _start_replay(self, session: ServerSession, channel: str, requested_id: int) -> dict[str, Any]:
+        """Mark a subscription as catching up from `requested_id` and start the session's catch-up."""
+        stream = self.stream_of(session, channel)
+        bounds = await self.event_log.bounds(stream)
+        latest = max(bounds.latest, self._latest_ids.get(stream, 0))
+        if requested_id == replay.NEW_ONLY:
+            after = latest
+        elif requested_id == replay.ALL_RETAINED:
+            after = max(bounds.oldest - 1, 0)
+        else:
+            after = min(requested_id, latest)
+        recovered = bounds.covers(after)  # false: events after the id were trimmed; say so
+        mark = replay.ReplayMark(max(after, bounds.oldest - 1))
+        if requested_id == replay.NEW_ONLY or mark.last_id >= latest:
+            mark.catching_up = False  # nothing to read: live from the next event on
+        session.replay[stream] = mark
+        if mark.catching_up and session.catch_up is None:
+            session.catch_up = asyncio.get_running_loop().create_task(
+                self._catch_up(session), name=f"catch-up-{session.client_id[:8]}")
+        return {"recovered": recovered, "oldest": bounds.oldest, "latest": latest}
+
+    async def _catch_up(self, session: ServerSession) -> None:
+        """Feed a session's replayed subscriptions from the log, a page at a time, until each reaches
+        the live stream; the session's queue must drain before the next page (bounded memory)."""
+        page = min(self.config.replay_page, session.queue.max_messages)
+        try:
+            while self.sessions.get(session.client_id) is session:
+                pending = [(stream, mark) for stream, mark in session.replay.items() if mark.catching_up]
+                if not pending:
+                    return
+                for stream, mark in pending:
+                    while len(session.queue) + page > session.queue.max_messages:
+                        session.drained = session.drained or asyncio.Event()
+                        session.drained.clear()
+                        await session.drained.wait()
+                    events = await self.event_log.read(stream, mark.last_id, page)
+                    for event in events:
+                        if event.id <= mark.last_id:
+                            continue
+                        payload = replay.with_replay_id(event.payload, event.id, b'"ext"' in event.payload)
+                        if not session.enqueue(payload):
+                            self._slow_consumer(session)
+                            return
+                        mark.last_id = event.id
+                    if not events and mark.last_id >= self._latest_ids.get(stream, 0):
+                        mark.catching_up = False  # caught up: later events arrive live
+                    elif not events:
+                        await asyncio.sleep(0.001)  # an append is committing: its event comes next read
+        finally:
+            session.catch_up = None
 
     def _unsubscribe(self, session: ServerSession, message: Message) -> Message:
         names = bayeux.subscriptions_of(message) or []
@@ -574,7 +670,7 @@ class Broker:
             return reply
         # The publisher's id is not forwarded (as CometD does): over websocket a subscriber
         # would take an event carrying its own pending request's id for that request's reply.
-        self._deliver(self._index, channel, bayeux.delivered(channel, message["data"]))
+        await self._deliver(self._index, channel, channel, bayeux.delivered(channel, message["data"]))
         return reply
 
     async def _call_services(self, session: ServerSession, message: Message) -> None:
@@ -604,6 +700,8 @@ class Broker:
                 if not mine:
                     del self._users[user]
         session.unpark(REMOVED)
+        if session.catch_up is not None:
+            session.catch_up.cancel()
         sink = session.sink
         session.sink = None
         if sink is not None:
@@ -614,6 +712,22 @@ class Broker:
                 listener(session, error)
             except Exception:  # a listener's bug must not break session removal
                 log.exception("session-removed listener failed")
+
+
+def user_stream(user_id: str, channel: str) -> str:
+    """The event-log stream of one user's per-user channel."""
+    return f"@{user_id}{channel}"
+
+
+def _replay_summary(report: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The subscribe reply's ext.replay: recovered/oldest/latest of the (first) replayed channel,
+    and per channel when several were replayed. recovered false: the log no longer covers the id."""
+    first = next(iter(report.values()))
+    summary = {"recovered": all(r["recovered"] for r in report.values()), "oldest": first["oldest"],
+               "latest": first["latest"]}
+    if len(report) > 1:
+        summary["channels"] = report
+    return summary
 
 
 def _subscription_reply(session: ServerSession, message: Message) -> Message:

@@ -35,7 +35,8 @@ def _add_option_flags(parser: argparse.ArgumentParser) -> None:
     for f in options():
         flag = "--" + f.name.replace("_", "-")
         env = ENV_PREFIX + f.name.upper()
-        text = f"{f.metadata['doc']} (env {env}; default: {getattr(defaults, f.name)!r})"
+        default = f.metadata.get("cli_default", getattr(defaults, f.name))
+        text = f"{f.metadata['doc']} (env {env}; default: {default!r})"
         if f.type in (bool, "bool"):
             parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=text)
         else:

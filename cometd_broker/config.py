@@ -65,6 +65,15 @@ class BrokerConfig:
         "extra channel rules separated by ';', each 'PATTERN subscribe=ACCESS publish=ACCESS' with "
         "ACCESS one of anyone, authenticated, nobody, role:NAME; first containing rule wins"))
     sweep_period: float = field(default=1.0, metadata=_doc("seconds between expiry sweeps"))
+    event_log: str = field(default="memory:", metadata={**_doc(
+        "where every published event is recorded for replay: a SQLite file path, or memory: "
+        "(lost on restart)"), "cli_default": "cometd-broker-events.db"})
+    retention_age: float = field(default=86400.0, metadata=_doc(
+        "seconds an event stays in the event log (replay window)"))
+    retention_count: int = field(default=100000, metadata=_doc("events kept per stream in the event log"))
+    retention_period: float = field(default=60.0, metadata=_doc("seconds between retention sweeps"))
+    replay_page: int = field(default=500, metadata=_doc(
+        "events read from the log per catch-up step; a session's queue is drained before the next"))
 
     def validate(self) -> None:
         """Raise ValueError naming the first option that is out of range."""
@@ -91,6 +100,13 @@ class BrokerConfig:
         self.role_map  # noqa: B018
         if self.sweep_period <= 0:
             raise ValueError("sweep_period must be > 0")
+        for name in ("retention_age", "retention_period"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        for name in ("retention_count", "replay_page"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
 
     @property
     def transport_list(self) -> list[str]:
@@ -161,9 +177,15 @@ def _convert(f: dataclasses.Field, text: str) -> object:
         raise ValueError(f"{ENV_PREFIX}{f.name.upper()} must be {kind.__name__}, got {text!r}") from None
 
 
-def from_env(environ: Mapping[str, str], **overrides: object) -> BrokerConfig:
-    """Defaults, overridden by environment variables, overridden by explicit values (flags)."""
+def from_env(environ: Mapping[str, str], cli: bool = False, **overrides: object) -> BrokerConfig:
+    """Defaults, overridden by environment variables, overridden by explicit values (flags).
+
+    `cli`: use the command line's defaults where they differ (the event log is a file when served
+    from the command line, in memory for an embedded Broker, so tests never write files).
+    """
     values: dict[str, object] = {}
+    if cli:
+        values.update({f.name: f.metadata["cli_default"] for f in options() if "cli_default" in f.metadata})
     for f in options():
         text = environ.get(ENV_PREFIX + f.name.upper())
         if text is not None:
@@ -175,4 +197,5 @@ def from_env(environ: Mapping[str, str], **overrides: object) -> BrokerConfig:
 
 
 def load(**overrides: object) -> BrokerConfig:
-    return from_env(os.environ, **overrides)
+    """The configuration of `cometd-broker serve`: command-line defaults, environment, flags."""
+    return from_env(os.environ, cli=True, **overrides)

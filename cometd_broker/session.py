@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .extensions.ack import AckState
+from .extensions.replay import ReplayMark
 from .security import Principal
 
 # Why a parked /meta/connect was answered.
@@ -94,7 +95,8 @@ class ServerSession:
     """One handshaken client. Owned by the Broker; transports only read the queue."""
 
     __slots__ = ("client_id", "principal", "browser_id", "queue", "subscriptions", "connected",
-                 "parked", "expires_at", "sink", "transport", "ack")
+                 "parked", "expires_at", "sink", "transport", "ack", "replay", "replay_from", "catch_up",
+                 "drained")
 
     def __init__(self, client_id: str, principal: Principal, browser_id: str | None,
                  queue: SessionQueue, transport: str) -> None:
@@ -109,6 +111,10 @@ class ServerSession:
         self.sink: Sink | None = None
         self.transport = transport
         self.ack: AckState | None = None  # set when the client handshook with ext.ack
+        self.replay: dict[str, ReplayMark] = {}  # stream -> where its replayed subscription stands
+        self.replay_from: dict[str, int] = {}  # channel -> id, from the handshake's ext.replay map
+        self.catch_up: asyncio.Task[None] | None = None  # reads the log for replayed subscriptions
+        self.drained: asyncio.Event | None = None  # set whenever the queue is emptied (catch-up pacing)
 
     @property
     def user_id(self) -> str | None:

@@ -15,9 +15,11 @@ import pytest
 
 from cometd_broker import BrokerConfig, create_app
 
-# Every broker subprocess a test starts keeps contact-center state in memory unless the test passes
-# --state-db: brokers must not share (or leave behind) a state file in the working directory.
+# Every broker subprocess a test starts keeps contact-center state and its event log in memory unless
+# the test passes --state-db / --event-log: brokers must not share (or leave behind) files in the
+# working directory.
 os.environ.setdefault("COMETD_BROKER_STATE_DB", ":memory:")
+os.environ.setdefault("COMETD_BROKER_EVENT_LOG", "memory:")
 
 # Credentials used by every test that authenticates.
 USERS = {"alice": "alice-secret", "bob": "bob-secret", "carol": "carol-secret"}

@@ -73,7 +73,7 @@ async def test_publish_returns_how_many_sessions_received_it(make_client, browse
     assert await broker.publish("/weather", {"n": 3}) == 1
 
     events = [m for m in await poll(a, alice) if is_event(m)]
-    assert events == [{"channel": "/news", "data": {"n": 1}, "ext": {"source": "api"}}]
+    assert events == [{"channel": "/news", "data": {"n": 1}, "ext": {"source": "api", "replayId": 2}}]
     assert [m["data"] for m in await poll(b, bob) if is_event(m)] == [{"n": 1}, {"n": 2}]
     assert [m["data"] for m in await poll(c, anon) if is_event(m)] == [{"n": 1}, {"n": 2}, {"n": 3}]
 
@@ -153,8 +153,11 @@ async def test_a_fanout_is_serialized_once_and_shared_by_every_queue(make_client
     assert len(serialized) == 1, "one publish must serialize once"
     queues = [broker.session(client_id).queue._items for client_id in ids]
     assert all(len(queue) == 1 for queue in queues)
-    assert all(queue[0] is serialized[0] for queue in queues), "every queue must hold the same bytes object"
+    shared = queues[0][0]
+    assert all(queue[0] is shared for queue in queues), "every queue must hold the same bytes object"
+    # The one serialization, with the event's replay id spliced in (no second serialization).
     assert orjson.loads(serialized[0]) == {"channel": "/news", "data": {"big": "x" * 1000}}
+    assert orjson.loads(shared) == {"channel": "/news", "data": {"big": "x" * 1000}, "ext": {"replayId": 1}}
 
     # Per-user fan-out to every session of one user shares one serialization too.
     serialized.clear()
@@ -163,7 +166,9 @@ async def test_a_fanout_is_serialized_once_and_shared_by_every_queue(make_client
     assert len(serialized) == 1
     alice_queues = [session.queue._items for session in broker.sessions_of("alice")]
     assert len(alice_queues) == 2
-    assert all(queue[-1] is serialized[0] for queue in alice_queues)
+    assert alice_queues[0][-1] is alice_queues[1][-1]
+    assert orjson.loads(alice_queues[0][-1]) == {"channel": "/v2/me/interactions", "data": "p",
+                                                 "ext": {"replayId": 1}}
     # Nobody else got it.
     assert all(len(broker.session(client_id).queue) == 1 for client_id in ids[1:4])
 

@@ -198,7 +198,8 @@ async def test_batch_replies_in_request_order_with_ids_echoed(make_client):
         ("/meta/unsubscribe", "m4"), ("/meta/connect", "m5")]
     assert all(m["successful"] is True for m in answers)
     # The event published in the batch rides on the connect reply, after the replies.
-    assert replies[-1] == {"channel": "/a", "data": "x"}  # the publisher's id is not forwarded
+    # The publisher's id is not forwarded; the event carries its replay id in ext.
+    assert replies[-1] == {"channel": "/a", "data": "x", "ext": {"replayId": 1}}
 
 
 async def test_connect_batched_with_subscribe_is_not_parked(make_client):
@@ -300,7 +301,7 @@ async def test_parked_connect_is_released_by_a_publish(make_client):
         replies = await parked
     assert time.monotonic() - started < 2
     assert reply_to(replies, "/meta/connect", "held")["successful"] is True
-    assert events_in(replies) == [{"channel": "/live", "data": {"hello": "world"}}]
+    assert events_in(replies) == [{"channel": "/live", "data": {"hello": "world"}, "ext": {"replayId": 1}}]
 
 
 async def test_parked_connect_holds_for_the_timeout_when_nothing_arrives(make_client):

@@ -1,0 +1,167 @@
+"""Replay: resume from an event id, in order, nothing missing and nothing repeated."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bayeux_helpers import broker_of, connect_message, events_in, handshake_message, reply_to, send
+from conftest import USERS
+
+ANON = {"allow_anonymous": True}
+
+
+async def replay_session(client, *, replay=True, connection="long-polling", **handshake_ext) -> str:
+    ext = {"replay": replay, **handshake_ext}
+    [reply] = await send(client, handshake_message(ext=ext))
+    assert reply["successful"] is True, reply
+    assert reply["ext"]["replay"] is True
+    client_id = reply["clientId"]
+    await send(client, connect_message(client_id, timeout=0))
+    return client_id
+
+
+async def subscribe_from(client, client_id: str, channel: str, replay_id: int | None) -> dict:
+    message = {"channel": "/meta/subscribe", "clientId": client_id, "subscription": channel}
+    if replay_id is not None:
+        message["ext"] = {"replay": {channel: replay_id}}
+    [reply] = await send(client, message)
+    assert reply["successful"] is True, reply
+    return reply
+
+
+async def receive(client, client_id: str, count: int, timeout: float = 3.0) -> list[dict]:
+    """Connect until `count` events arrived (bounded)."""
+    got: list[dict] = []
+    async with asyncio.timeout(timeout):
+        while len(got) < count:
+            got += events_in(await send(client, connect_message(client_id, timeout=200)))
+    return got
+
+
+def seqs(events: list[dict]) -> list[int]:
+    return [e["data"]["n"] for e in events]
+
+
+async def test_events_carry_their_id_and_a_subscriber_resumes_after_one(make_client):
+    client = await make_client(**ANON)
+    broker = broker_of(client)
+    for n in range(1, 11):
+        await broker.publish("/feed", {"n": n})
+    client_id = await replay_session(client)
+    reply = await subscribe_from(client, client_id, "/feed", 3)
+    assert reply["ext"]["replay"] == {"recovered": True, "oldest": 1, "latest": 10}
+    events = await receive(client, client_id, 7)
+    assert seqs(events) == list(range(4, 11))
+    assert [e["ext"]["replayId"] for e in events] == list(range(4, 11))
+
+    await broker.publish("/feed", {"n": 11})
+    live = await receive(client, client_id, 1)
+    assert seqs(live) == [11] and live[0]["ext"]["replayId"] == 11
+    assert events_in(await send(client, connect_message(client_id, timeout=0))) == []
+
+
+async def test_minus_one_is_new_only_and_minus_two_is_everything_retained(make_client):
+    client = await make_client(**ANON)
+    broker = broker_of(client)
+    for n in range(3):
+        await broker.publish("/feed", {"n": n})
+    new_only = await replay_session(client)
+    everything = await replay_session(client)
+    await subscribe_from(client, new_only, "/feed", -1)
+    await subscribe_from(client, everything, "/feed", -2)
+    await broker.publish("/feed", {"n": 3})
+    assert seqs(await receive(client, new_only, 1)) == [3]
+    assert seqs(await receive(client, everything, 4)) == [0, 1, 2, 3]
+
+
+async def test_resume_past_retention_says_not_recovered(make_client):
+    client = await make_client(retention_count=5, **ANON)
+    broker = broker_of(client)
+    for n in range(1, 11):
+        await broker.publish("/feed", {"n": n})
+    client_id = await replay_session(client)
+    reply = await subscribe_from(client, client_id, "/feed", 2)
+    assert reply["ext"]["replay"] == {"recovered": False, "oldest": 6, "latest": 10}
+    assert seqs(await receive(client, client_id, 5)) == [6, 7, 8, 9, 10]
+
+
+async def test_a_deep_history_is_paged_and_live_events_wait_their_turn(make_client):
+    client = await make_client(replay_page=3, max_queue=5, **ANON)
+    broker = broker_of(client)
+    for n in range(40):
+        await broker.publish("/feed", {"n": n})
+    client_id = await replay_session(client)
+    await subscribe_from(client, client_id, "/feed", 0)
+    got: list[dict] = []
+    async with asyncio.timeout(5):
+        n = 40
+        while len(got) < 60:
+            if n < 60:  # live events published while the history is still being read
+                await broker.publish("/feed", {"n": n})
+                n += 1
+            replies = await send(client, connect_message(client_id, timeout=50))
+            got += events_in(replies)
+            assert len(broker.session(client_id).queue) <= 5
+    assert seqs(got) == list(range(60))
+
+
+async def test_a_handshake_map_resumes_per_user_channels_for_that_user_only(make_client):
+    client = await make_client()
+    broker = broker_of(client)
+    for n in range(5):
+        await broker.publish_to_user("alice", "/v2/me/interactions", {"n": n})
+    await broker.publish_to_user("bob", "/v2/me/interactions", {"n": 99})
+
+    def auth(user):
+        return {"authentication": {"user": user, "password": USERS[user]}}
+
+    alice = await replay_session(client, replay={"/v2/me/interactions": 2}, **auth("alice"))
+    bob = await replay_session(client, replay={"/v2/me/interactions": 0}, **auth("bob"))
+    reply = await subscribe_from(client, alice, "/v2/me/interactions", None)  # the handshake's map applies
+    assert reply["ext"]["replay"]["recovered"] is True
+    await subscribe_from(client, bob, "/v2/me/interactions", None)
+    assert seqs(await receive(client, alice, 3)) == [2, 3, 4]
+    assert seqs(await receive(client, bob, 1)) == [99]
+    assert events_in(await send(client, connect_message(bob, timeout=100))) == []
+
+
+async def test_session_expiry_during_a_burst_then_resume_loses_and_repeats_nothing(make_client):
+    client = await make_client(max_interval=100, sweep_period=0.02, **ANON)
+    broker = broker_of(client)
+    first = await replay_session(client)
+    await subscribe_from(client, first, "/feed", -1)
+    for n in range(20):
+        await broker.publish("/feed", {"n": n})
+    seen = await receive(client, first, 20)
+    last_id = seen[-1]["ext"]["replayId"]
+
+    # The laptop sleeps: no connect, the session expires while events keep coming.
+    await asyncio.sleep(0.15)
+    for n in range(20, 50):
+        await broker.publish("/feed", {"n": n})
+        if n == 30:
+            await asyncio.sleep(0.1)
+    assert broker.session(first) is None
+    replies = await send(client, connect_message(first, timeout=0))
+    assert reply_to(replies, "/meta/connect")["error"].startswith("402::session_unknown")
+
+    second = await replay_session(client)
+    await subscribe_from(client, second, "/feed", last_id)
+    for n in range(50, 55):
+        await broker.publish("/feed", {"n": n})
+    assert seqs(seen + await receive(client, second, 35)) == list(range(55))
+    assert events_in(await send(client, connect_message(second, timeout=100))) == []
+
+
+async def test_without_replay_ext_subscriptions_are_live_only(make_client):
+    client = await make_client(**ANON)
+    broker = broker_of(client)
+    await broker.publish("/feed", {"n": 0})
+    [reply] = await send(client, handshake_message())
+    assert "ext" not in reply
+    client_id = reply["clientId"]
+    await send(client, connect_message(client_id, timeout=0))
+    [sub] = await send(client, {"channel": "/meta/subscribe", "clientId": client_id, "subscription": "/feed"})
+    assert "ext" not in sub
+    await broker.publish("/feed", {"n": 1})
+    assert seqs(await receive(client, client_id, 1)) == [1]
