@@ -421,6 +421,7 @@ class Broker:
         reply = bayeux.reply_to(message)
         reply["clientId"] = session.client_id
         reply["advice"] = self._connect_advice
+        session.latest_connect = reply
         timeout = self._hold_time(message)
         may_park = alone and session.connected and timeout > 0 and not len(session.queue)
         if may_park and ctx.sink is None and not self._browser_allows_park(session, ctx):
@@ -489,6 +490,10 @@ class Broker:
                          deliverable: bool = True) -> ConnectOutcome:
         """The response for a released connect. `deliverable` is False when the client went away,
         so queued events stay queued for its next connect."""
+        if reason != SHUTDOWN and session.latest_connect is not reply:
+            # Released, then overtaken by a newer connect before it could be answered (a client
+            # that gave up on this connection): the events belong to the newer one.
+            reason = SUPERSEDED
         if reason == SUPERSEDED:
             return ConnectOutcome(self.config.duplicate_connect_status, [bayeux.error_reply(
                 reply, bayeux.error(409, "connect_superseded (a newer /meta/connect of this session replaced it)"),

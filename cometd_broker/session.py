@@ -96,7 +96,7 @@ class ServerSession:
 
     __slots__ = ("client_id", "principal", "browser_id", "queue", "subscriptions", "connected",
                  "parked", "expires_at", "sink", "transport", "ack", "replay", "replay_from", "catch_up",
-                 "drained")
+                 "drained", "latest_connect")
 
     def __init__(self, client_id: str, principal: Principal, browser_id: str | None,
                  queue: SessionQueue, transport: str) -> None:
@@ -115,6 +115,9 @@ class ServerSession:
         self.replay_from: dict[str, int] = {}  # channel -> id, from the handshake's ext.replay map
         self.catch_up: asyncio.Task[None] | None = None  # reads the log for replayed subscriptions
         self.drained: asyncio.Event | None = None  # set whenever the queue is emptied (catch-up pacing)
+        # The reply of the newest /meta/connect: only it may take events (an older one released
+        # but not yet answered, maybe on a dead connection, must not - see Broker.complete_connect).
+        self.latest_connect: dict[str, Any] | None = None
 
     @property
     def user_id(self) -> str | None:
