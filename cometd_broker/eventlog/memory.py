@@ -47,7 +47,9 @@ class MemoryEventLog:
         state.last_ts = ts = max(self._clock(), state.last_ts)
         first = state.latest + 1
         for offset, payload in enumerate(payloads):
-            state.events.append(Event(stream, first + offset, ts, payload))
+            # A right-sized copy: orjson's results keep ~4 KB allocated whatever their length, and
+            # the log holds up to retention_count of them per stream.
+            state.events.append(Event(stream, first + offset, ts, bytes(memoryview(payload))))
         state.latest = first + len(payloads) - 1
         return list(range(first, state.latest + 1))
 
