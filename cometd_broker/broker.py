@@ -24,7 +24,8 @@ from . import bayeux
 from .bayeux import Message
 from .channel import Pattern, SubscriptionIndex, channel_error, is_meta, is_service, is_wildcard
 from .config import BrokerConfig
-from .eventlog import EventLog, Retention, RetentionTask, open_event_log
+from .engine import Engine, EngineUnavailable, open_engine
+from .eventlog import EventLog, EventLogUnavailable, Retention, RetentionTask, open_event_log
 from .extensions import ack, replay
 from .extensions.ack import AckState
 from .security import (
@@ -52,6 +53,8 @@ log = logging.getLogger("cometd_broker")
 
 HTTP_TRANSPORTS = ("long-polling", "callback-polling")
 _TOMBSTONES = 10_000  # recently ended sessions remembered so their next message gets a specific error
+_CATCH_UP_RETRY_MIN = 0.1  # seconds before a catch-up retries an unavailable event log; doubles ...
+_CATCH_UP_RETRY_MAX = 5.0  # ... up to this
 
 # Listeners are plain functions called synchronously; they must not block.
 SessionListener = Callable[[ServerSession], None]
@@ -133,10 +136,17 @@ class Broker:
         self._closing = False
         self._connect_advice = bayeux.advice(bayeux.RETRY, cfg.interval, cfg.timeout)
         self.event_log: EventLog = open_event_log(
-            cfg.event_log, Retention(max_age=cfg.retention_age, max_count=cfg.retention_count))
+            cfg.event_log_url, Retention(max_age=cfg.retention_age, max_count=cfg.retention_count))
         self._retention = RetentionTask(self.event_log, period=cfg.retention_period)
         # The newest id of each stream whose delivery has started (see ReplayMark and _catch_up).
         self._latest_ids: dict[str, int] = {}
+        # False while the engine may be missing fan-out messages (its Redis connection is down):
+        # catch-ups then keep reading the log instead of going live (see _fanout_lost).
+        self._fanout_live = True
+        self._fanout_restored = asyncio.Event()
+        self._fanout_restored.set()
+        self.engine: Engine = open_engine(cfg.redis, self.event_log, self._dispatch,
+                                          on_lost=self._fanout_lost, on_restored=self._fanout_resume)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -144,6 +154,7 @@ class Broker:
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="session-sweeper")
             self._retention.start()
+            await self.engine.start()
 
     async def close(self) -> None:
         """Answer every parked connect with re-handshake advice, end every session, stop the sweeper."""
@@ -159,6 +170,7 @@ class Broker:
             session.unpark(SHUTDOWN)
             self._remove(session, bayeux.error(503, "server_shutdown (the broker is stopping)"),
                          bayeux.HANDSHAKE_ADVICE)
+        await self.engine.close()
         await self._retention.stop()
         await self.event_log.close()
 
@@ -212,7 +224,7 @@ class Broker:
         self._check_server_channel(channel)
         if self.is_personal(channel):
             raise ValueError(f"{channel} is a per-user channel: use publish_to_user")
-        return await self._deliver(self._index, channel, channel, bayeux.delivered(channel, data, ext=ext))
+        return await self._publish_event(channel, None, channel, bayeux.delivered(channel, data, ext=ext))
 
     async def publish_to_user(self, user_id: str, channel: str, data: Any, *,
                               ext: dict[str, Any] | None = None) -> int:
@@ -221,9 +233,8 @@ class Broker:
         self._check_server_channel(channel)
         if not self.is_personal(channel):
             raise ValueError(f"{channel} is not under the per-user prefix {self.config.personal_prefix}")
-        index = self._user_index.get(user_id)
-        return await self._deliver(index, channel, user_stream(user_id, channel),
-                                   bayeux.delivered(channel, data, ext=ext))
+        return await self._publish_event(channel, user_id, user_stream(user_id, channel),
+                                         bayeux.delivered(channel, data, ext=ext))
 
     @staticmethod
     def _check_server_channel(channel: str) -> None:
@@ -233,18 +244,24 @@ class Broker:
         if problem:
             raise ValueError(f"cannot publish to {channel!r}: {problem}")
 
-    async def _deliver(self, index: SubscriptionIndex[ServerSession] | None, channel: str, stream: str,
-                       message: Message) -> int:
-        """Record the event in its stream, then queue it for every matching session."""
+    async def _publish_event(self, channel: str, user_id: str | None, stream: str, message: Message) -> int:
+        """Hand the event to the engine, which records it and has every broker process dispatch it."""
         payload = orjson.dumps(message)  # serialized once, shared by every queue
-        [event_id] = await self.event_log.append(stream, [payload])
-        # From here to the end nothing awaits: a catch-up that compares with _latest_ids sees
-        # either none of this delivery or all of it.
+        published = await self.engine.publish(stream, channel, user_id, payload, "ext" in message)
+        return published.delivered
+
+    def _dispatch(self, stream: str, channel: str, user_id: str | None, payload: bytes, event_id: int,
+                  has_ext: bool) -> int:
+        """Queue a recorded event for every matching session of this process; returns how many.
+
+        The engine calls this in id order per stream. It never awaits: a catch-up that compares
+        with _latest_ids sees either none of this delivery or all of it."""
         self._latest_ids[stream] = max(event_id, self._latest_ids.get(stream, 0))
+        index = self._index if user_id is None else self._user_index.get(user_id)
         targets = index.match(channel) if index is not None else None
         if not targets:
             return 0
-        payload = replay.with_replay_id(payload, event_id, "ext" in message)
+        payload = replay.with_replay_id(payload, event_id, has_ext)
         delivered = 0
         slow: list[ServerSession] = []
         for session in targets:
@@ -557,7 +574,13 @@ class Broker:
             if is_service(name) or name in session.subscriptions:
                 continue  # service channels are request/response: nothing to record
             if name in wanted and not is_wildcard(name):
-                replay_report[name] = await self._start_replay(session, name, wanted[name])
+                try:
+                    replay_report[name] = await self._start_replay(session, name, wanted[name])
+                except EventLogUnavailable as exc:
+                    log.warning("replay of %s for %s failed: %s", name, session.client_id, exc)
+                    return bayeux.error_reply(message, bayeux.error(
+                        503, f"subscribe_failed (the event log is unavailable: {exc}; retry later)",
+                        session.client_id, name))
             session.subscriptions.add(name)
             self._index_subscription(session, name, add=True)
         reply = _subscription_reply(session, message)
@@ -584,7 +607,7 @@ class Broker:
             after = min(requested_id, latest)
         recovered = bounds.covers(after)  # false: events after the id were trimmed; say so
         mark = replay.ReplayMark(max(after, bounds.oldest - 1))
-        if requested_id == replay.NEW_ONLY or mark.last_id >= latest:
+        if self._fanout_live and (requested_id == replay.NEW_ONLY or mark.last_id >= latest):
             mark.catching_up = False  # nothing to read: live from the next event on
         session.replay[stream] = mark
         if mark.catching_up and session.catch_up is None:
@@ -594,8 +617,10 @@ class Broker:
 
     async def _catch_up(self, session: ServerSession) -> None:
         """Feed a session's replayed subscriptions from the log, a page at a time, until each reaches
-        the live stream; the session's queue must drain before the next page (bounded memory)."""
+        the live stream; the session's queue must drain before the next page (bounded memory).
+        An unavailable log is retried with backoff for as long as the session lives."""
         page = min(self.config.replay_page, session.queue.max_messages)
+        retry = _CATCH_UP_RETRY_MIN
         try:
             while self.sessions.get(session.client_id) is session:
                 pending = [(stream, mark) for stream, mark in session.replay.items() if mark.catching_up]
@@ -606,7 +631,15 @@ class Broker:
                         session.drained = session.drained or asyncio.Event()
                         session.drained.clear()
                         await session.drained.wait()
-                    events = await self.event_log.read(stream, mark.last_id, page)
+                    try:
+                        events = await self.event_log.read(stream, mark.last_id, page)
+                    except EventLogUnavailable as exc:
+                        log.warning("catch-up of %s for %s paused: %s; retrying in %.1f s",
+                                    stream, session.client_id, exc, retry)
+                        await asyncio.sleep(retry)
+                        retry = min(retry * 2, _CATCH_UP_RETRY_MAX)
+                        break
+                    retry = _CATCH_UP_RETRY_MIN
                     for event in events:
                         if event.id <= mark.last_id:
                             continue
@@ -615,12 +648,46 @@ class Broker:
                             self._slow_consumer(session)
                             return
                         mark.last_id = event.id
-                    if not events and mark.last_id >= self._latest_ids.get(stream, 0):
+                    if events:
+                        continue
+                    if not self._fanout_live:
+                        # Live events may be going past unseen: going live now could leave a gap.
+                        await self._fanout_restored.wait()
+                    elif mark.last_id >= self._latest_ids.get(stream, 0):
                         mark.catching_up = False  # caught up: later events arrive live
-                    elif not events:
+                    else:
                         await asyncio.sleep(0.001)  # an append is committing: its event comes next read
         finally:
             session.catch_up = None
+
+    def _fanout_lost(self) -> None:
+        """The engine may miss fan-out messages from now on (its Redis connection dropped).
+
+        Every live replayed subscription goes back to catching up, at once and before any later
+        message is dispatched: it must not take a live event past the gap for "caught up". Its
+        catch-up starts when the fan-out is back (`_fanout_resume`). Subscriptions without replay
+        have no position to resume from: they get what arrives once the fan-out is back."""
+        self._fanout_live = False
+        self._fanout_restored.clear()
+        for session in self.sessions.values():
+            for mark in session.replay.values():
+                mark.catching_up = True
+
+    async def _fanout_resume(self) -> None:
+        """The engine is subscribed again: learn how far each replayed stream got meanwhile, then
+        let every waiting subscription catch up from the log (it skips live events until it has)."""
+        streams = {stream for session in self.sessions.values() for stream in session.replay}
+        for stream in streams:
+            # Fan-out messages from now on arrive live; this bounds what the catch-up must read.
+            latest = (await self.event_log.bounds(stream)).latest
+            self._latest_ids[stream] = max(latest, self._latest_ids.get(stream, 0))
+        self._fanout_live = True
+        self._fanout_restored.set()
+        loop = asyncio.get_running_loop()
+        for session in list(self.sessions.values()):
+            if session.catch_up is None and any(mark.catching_up for mark in session.replay.values()):
+                session.catch_up = loop.create_task(self._catch_up(session),
+                                                    name=f"catch-up-{session.client_id[:8]}")
 
     def _unsubscribe(self, session: ServerSession, message: Message) -> Message:
         names = bayeux.subscriptions_of(message) or []
@@ -675,7 +742,12 @@ class Broker:
             return reply
         # The publisher's id is not forwarded (as CometD does): over websocket a subscriber
         # would take an event carrying its own pending request's id for that request's reply.
-        await self._deliver(self._index, channel, channel, bayeux.delivered(channel, message["data"]))
+        try:
+            await self._publish_event(channel, None, channel, bayeux.delivered(channel, message["data"]))
+        except EngineUnavailable as exc:
+            log.warning("publish on %s by %s failed: %s", channel, session.client_id, exc)
+            return bayeux.error_reply(message, bayeux.error(
+                503, f"publish_failed ({exc}; retry later)", channel))
         return reply
 
     async def _call_services(self, session: ServerSession, message: Message) -> None:

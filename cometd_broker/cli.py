@@ -1,4 +1,4 @@
-"""`cometd-broker serve`: run the broker with options from flags and environment variables."""
+"""`cometd-broker serve` (and `events ...`): run the broker with options from flags and environment variables."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from aiohttp import web
 from . import __version__
 from .app import BROKER, create_app
 from .config import ENV_PREFIX, BrokerConfig, load, options
+from .tools.commands import add_commands as add_event_commands
 
 # Applications built on the broker (the contact-center API) register here, so the core never
 # imports them: an entry point in this group names an object with `add_arguments(parser)`,
@@ -52,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Serve the Bayeux endpoint. Every option can also be set with "
                                             f"an environment variable {ENV_PREFIX}<OPTION>; flags win.")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument("--worker-of", help=argparse.SUPPRESS)  # set by `--workers N` for its workers
     _add_option_flags(serve)
+    add_event_commands(commands)
     for plugin in plugins():
         plugin.add_arguments(serve)
         if hasattr(plugin, "add_commands"):
@@ -77,6 +80,8 @@ def serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"cometd-broker: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    if config.workers > 1:
+        return _supervise(args, config)
     app = create_app(config)
     for plugin in plugins():
         try:
@@ -92,13 +97,33 @@ def serve(args: argparse.Namespace) -> int:
         print(f"cometd-broker {__version__} listening on {url} "
               f"(transports: {', '.join(config.transport_list)}; {auth}; {loop_name})", flush=True)
 
+    worker_of = getattr(args, "worker_of", None)
+    if worker_of:  # one of `--workers N`: share the port; the supervisor announces, once, for all
+        from .workers import report_ready
+
+        web.run_app(app, host=config.host, port=config.port, print=lambda _: report_ready(worker_of),
+                    access_log=None, shutdown_timeout=5.0, reuse_port=True)
+        return 0
     web.run_app(app, host=config.host, port=config.port, print=announce, access_log=None,
                 shutdown_timeout=5.0)
     return 0
 
 
+def _supervise(args: argparse.Namespace, config: BrokerConfig) -> int:
+    """`--workers N`: run N copies of this command on one port and supervise them (see workers.py)."""
+    from .workers import Supervisor
+
+    auth = "anonymous allowed" if config.allow_anonymous else "authentication required"
+    listening = (f"cometd-broker {__version__} listening on http://{config.host}:{config.port}{config.mount} "
+                 f"(transports: {', '.join(config.transport_list)}; {auth}; {config.workers} workers; "
+                 f"cluster on {config.redis})")
+    return Supervisor(config.workers, args.argv, listening).run()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `serve --workers N` starts its workers with the same arguments
     if args.command == "serve":
         return serve(args)
-    return args.func(args)  # a plugin's command sets func
+    return args.func(args)  # `events ...` and plugins' commands set func

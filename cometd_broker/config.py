@@ -12,11 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .channel import Pattern, channel_error
+from .eventlog import is_redis_url
 from .security import ChannelRule
 from .session import QUEUE_POLICIES
 
 ALL_TRANSPORTS = ("websocket", "long-polling", "callback-polling")
 ENV_PREFIX = "COMETD_BROKER_"
+MIN_ADMIN_TOKEN = 16
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -74,6 +76,14 @@ class BrokerConfig:
     retention_period: float = field(default=60.0, metadata=_doc("seconds between retention sweeps"))
     replay_page: int = field(default=500, metadata=_doc(
         "events read from the log per catch-up step; a session's queue is drained before the next"))
+    admin_token: str = field(default="", metadata=_doc(
+        "bearer token of the admin HTTP API under /admin (sessions, events, publish); empty: no admin API"))
+    redis: str = field(default="", metadata=_doc(
+        "Redis URL of a cluster (redis://host:6379/0): broker processes share fan-out through Redis pub/sub "
+        "and the event log is kept there in Redis Streams, so a client can resume on any process; "
+        "empty: a single process"))
+    workers: int = field(default=1, metadata=_doc(
+        "processes serving the same port (SO_REUSEPORT), supervised by `serve`; more than 1 needs redis"))
 
     def validate(self) -> None:
         """Raise ValueError naming the first option that is out of range."""
@@ -106,6 +116,29 @@ class BrokerConfig:
         for name in ("retention_count", "replay_page"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        token = self.admin_token
+        if token and (len(token) < MIN_ADMIN_TOKEN or token != token.strip()):
+            # The admin API can publish to any user: a short token would be guessable.
+            raise ValueError(f"admin_token must be at least {MIN_ADMIN_TOKEN} characters without surrounding spaces")
+        self._validate_cluster()
+
+    def _validate_cluster(self) -> None:
+        if self.redis and not is_redis_url(self.redis):
+            raise ValueError(f"redis must be a redis://, rediss:// or unix:// URL, got {self.redis!r}")
+        if self.workers < 1:
+            raise ValueError("workers must be >= 1")
+        if self.workers > 1 and not self.redis:
+            # Each process has its own sessions: only a shared engine carries events between them.
+            raise ValueError("workers > 1 needs redis (--redis URL): without it a client's events would "
+                             "reach only the process it happens to be connected to")
+        if self.redis and is_redis_url(self.event_log) and self.event_log != self.redis:
+            raise ValueError("with redis the event log is kept in that same Redis: event_log must be unset or "
+                             f"{self.redis!r}, not {self.event_log!r}")
+
+    @property
+    def event_log_url(self) -> str:
+        """Where the event log is: with redis always that Redis, because the Redis engine appends to it."""
+        return self.redis or self.event_log
 
 
     @property
@@ -191,9 +224,21 @@ def from_env(environ: Mapping[str, str], cli: bool = False, **overrides: object)
         if text is not None:
             values[f.name] = _convert(f, text)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    _check_cluster_event_log(values, environ, overrides)
     config = BrokerConfig(**values)
     config.validate()
     return config
+
+
+def _check_cluster_event_log(values: Mapping[str, object], environ: Mapping[str, str],
+                             overrides: Mapping[str, object]) -> None:
+    """With redis the event log defaults to that Redis; another store named explicitly is refused,
+    not silently ignored (it would look like replay works from it)."""
+    redis = values.get("redis")
+    explicit = overrides.get("event_log") or environ.get(ENV_PREFIX + "EVENT_LOG")
+    if redis and explicit and explicit != redis:
+        raise ValueError(f"event_log {explicit!r} cannot be used with redis: a cluster keeps its event log in "
+                         f"that Redis (leave event_log unset or set it to {redis!r})")
 
 
 def load(**overrides: object) -> BrokerConfig:

@@ -423,7 +423,7 @@ async def test_open_event_log_picks_the_store(tmp_path: Path) -> None:
         for store in stores:
             await store.close()
     with pytest.raises(ValueError, match="unsupported"):
-        open_event_log("redis://localhost:6379/0")
+        open_event_log("postgres://localhost/events")
     with pytest.raises(ValueError):
         open_event_log(":memory:")
 

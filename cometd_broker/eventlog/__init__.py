@@ -9,7 +9,17 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .base import KEEP_ALL, UNKNOWN_BOUNDS, Bounds, Event, EventLog, EventLogClosed, Retention
+from .base import (
+    KEEP_ALL,
+    UNKNOWN_BOUNDS,
+    Bounds,
+    Event,
+    EventLog,
+    EventLogClosed,
+    EventLogUnavailable,
+    Retention,
+    is_redis_url,
+)
 from .memory import MemoryEventLog
 from .retention import RetentionTask
 from .sqlite import SqliteEventLog
@@ -21,10 +31,12 @@ __all__ = [
     "Event",
     "EventLog",
     "EventLogClosed",
+    "EventLogUnavailable",
     "MemoryEventLog",
     "Retention",
     "RetentionTask",
     "SqliteEventLog",
+    "is_redis_url",
     "open_event_log",
 ]
 
@@ -34,6 +46,8 @@ def open_event_log(url_or_path: str | os.PathLike[str], retention: Retention = K
 
     - "memory:" (or "memory://"): MemoryEventLog, lost on restart.
     - "sqlite:///abs/path.db", "sqlite:relative.db" or a plain file path: SqliteEventLog.
+    - "redis://host:port/db" (or rediss://, unix://): RedisEventLog in Redis Streams, shared by a
+      cluster; needs the `redis` extra (pip install 'cometd-broker[redis]').
     `options` go to the store's constructor (e.g. batch_delay for SQLite).
     """
     target = os.fspath(url_or_path)
@@ -46,8 +60,16 @@ def open_event_log(url_or_path: str | os.PathLike[str], retention: Retention = K
         if not path:
             raise ValueError(f"no file path in event log URL {target!r}")
         return SqliteEventLog(path, retention, **options)
+    if is_redis_url(target):
+        try:
+            from .redis import RedisEventLog  # optional dependency: imported only when asked for
+        except ImportError as exc:
+            raise ValueError(f"event log {target!r} needs the redis package: pip install 'cometd-broker[redis]' "
+                             f"({exc})") from None
+        return RedisEventLog(target, retention, **options)
     if sep and len(scheme) > 1 and "/" not in scheme and rest.startswith("//"):
-        # Any other URL (redis://, postgres://): not a store we have. A bare path never matches
+        # Any other URL (postgres://, ...): not a store we have. A bare path never matches
         # (a Windows drive letter is one character), so "C:\\x.db" still opens SQLite.
-        raise ValueError(f"unsupported event log store {scheme!r} in {target!r}; use 'memory:' or a SQLite path")
+        raise ValueError(f"unsupported event log store {scheme!r} in {target!r}; "
+                         "use 'memory:', a SQLite path or redis://")
     return SqliteEventLog(target, retention, **options)

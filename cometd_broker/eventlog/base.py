@@ -43,6 +43,18 @@ class EventLogClosed(RuntimeError):
     """The log was closed (or its writer stopped); it accepts no more calls."""
 
 
+class EventLogUnavailable(RuntimeError):
+    """A networked store (Redis) cannot be reached right now: the call did nothing; retry later."""
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def is_redis_url(target: str) -> bool:
+    """Whether an event log (or engine) target names a Redis server."""
+    return target.startswith(REDIS_SCHEMES)
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     stream: str

@@ -1,0 +1,278 @@
+"""RedisEngine: broker processes share fan-out through Redis pub/sub.
+
+Publishing is one Lua script (see RedisEventLog.append_and_publish): it assigns the event's id,
+appends it to the stream in Redis Streams and PUBLISHes it on the cluster's fan-out channel,
+atomically, so the order of ids and the order of fan-out messages always agree.
+
+Every process, the publisher included, delivers to its own sessions only what comes back through
+pub/sub, in the order it arrives. So all processes deliver a stream in the same order, and a
+publisher never delivers an event locally that the others might not see. The publishing call
+waits for its own message to come back (a bounded table of futures, with a timeout) and returns
+how many local sessions it was queued for, so `Broker.publish` keeps its meaning.
+
+Connection loss: the subscriber notices (the socket closes), logs a WARNING, calls `on_lost` and
+reconnects with exponential backoff; publishes fail at once with EngineUnavailable meanwhile
+(nothing is published, the caller may retry). Once subscribed again it logs INFO "redis
+reconnected" and awaits `on_restored` before dispatching anything newer: the broker re-reads
+from the log every replayed subscription, so a session that resumes by replay misses nothing.
+Sessions without replay have no position to resume from and may miss what was published while
+the subscription was down (the same at-most-once a Bayeux client without replay always has).
+
+Not detected: a Redis that stops answering without closing the connection (no keepalive here);
+a publish whose echo does not come back in `echo_timeout` returns delivered=0 and is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..eventlog import EventLogUnavailable
+from ..eventlog.redis import RedisEventLog
+from .base import Dispatch, EngineUnavailable, Published
+
+log = logging.getLogger("cometd_broker.engine")
+
+_DISCONNECTS = (RedisConnectionError, RedisTimeoutError, EventLogUnavailable, OSError)
+_CONFIRM_TIMEOUT = 10.0  # seconds Redis has to confirm a SUBSCRIBE before we try again
+
+
+class RedisEngine:
+    def __init__(
+        self,
+        event_log: RedisEventLog,
+        dispatch: Dispatch,
+        *,
+        on_lost: Callable[[], None] | None = None,
+        on_restored: Callable[[], Awaitable[None]] | None = None,
+        channel: str | None = None,
+        echo_timeout: float = 5.0,  # seconds a publish waits for its own fan-out message
+        max_pending: int = 10_000,  # publishes awaiting their echo at once; more wait for a slot
+        backoff_min: float = 0.05,  # seconds before the first reconnect attempt; doubles ...
+        backoff_max: float = 2.0,  # ... up to this
+        startup_wait: float = 5.0,  # seconds start() waits for the first subscription
+    ) -> None:
+        self._log = event_log
+        self._dispatch = dispatch
+        self._on_lost = on_lost
+        self._on_restored = on_restored
+        self.channel = channel or f"{event_log.prefix}:fanout"
+        self.node_id = secrets.token_hex(8)  # tells this process's echoes from the others' messages
+        self._echo_timeout = echo_timeout
+        self._slots = asyncio.Semaphore(max_pending)
+        self._backoff = (backoff_min, backoff_max)
+        self._startup_wait = startup_wait
+        self._pending: dict[int, asyncio.Future[int]] = {}
+        self._next_ref = 0
+        self._seen: dict[str, int] = {}  # newest id per stream seen on the fan-out: the ids' floor
+        self._subscribed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._down_since: float | None = None  # monotonic time the subscription was lost
+        self._down_reason = ""
+        self._ever_connected = False
+        # Counters for metrics.
+        self.reconnects = 0  # subscriptions restored after a loss
+        self.disconnects = 0  # subscriptions lost
+        self.published = 0  # events this process published
+        self.received = 0  # fan-out messages dispatched (every process's events)
+        self.echo_timeouts = 0  # publishes whose own message did not come back in time
+        self.lag_last = 0.0  # seconds from publish (publisher's clock) to dispatch, last message
+        self.lag_max = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self._subscribed.is_set()
+
+    def stats(self) -> dict[str, Any]:
+        """The engine's counters, for metrics and the admin API."""
+        return {
+            "engine": "redis",
+            "connected": self.connected,
+            "reconnects": self.reconnects,
+            "disconnects": self.disconnects,
+            "published": self.published,
+            "received": self.received,
+            "echo_timeouts": self.echo_timeouts,
+            "pending": len(self._pending),
+            "fanout_lag_seconds": self.lag_last,
+            "fanout_lag_max_seconds": self.lag_max,
+        }
+
+    # ---- lifetime ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe to the fan-out channel; wait (bounded) for the first subscription so a broker
+        that reports "listening" can publish. If Redis is down it keeps retrying in the background."""
+        if self._task is not None:
+            return
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="redis-engine-subscriber")
+        try:
+            await asyncio.wait_for(self._subscribed.wait(), self._startup_wait)
+        except TimeoutError:
+            log.warning("redis at %s not reachable after %.0f s; publishes fail until it is (retrying)",
+                        self._log.url, self._startup_wait)
+
+    async def close(self) -> None:
+        self._closing = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+        self._subscribed.clear()
+        self._fail_pending()
+
+    # ---- publishing --------------------------------------------------------------------------
+
+    async def publish(self, stream: str, channel: str, user_id: str | None, payload: bytes,
+                      has_ext: bool) -> Published:
+        if not self._subscribed.is_set():
+            raise EngineUnavailable(self._unavailable_text())
+        async with self._slots:
+            self._next_ref += 1
+            ref = self._next_ref
+            echo: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            self._pending[ref] = echo
+            try:
+                header = orjson.dumps([stream, channel, user_id, has_ext, self.node_id, ref, time.time()])
+                try:
+                    event_id = await self._log.append_and_publish(
+                        stream, payload, floor=self._seen.get(stream, 0), channel=self.channel, header=header)
+                except EventLogUnavailable as exc:
+                    # Almost always not recorded; only a connection lost after Redis ran the script
+                    # leaves it recorded (and then fanned out) without this reply.
+                    raise EngineUnavailable(str(exc)) from exc
+                self.published += 1
+                try:
+                    delivered = await asyncio.wait_for(echo, self._echo_timeout)
+                except TimeoutError:
+                    # Recorded and fanned out, but not seen back here yet: replayed sessions get it
+                    # from the log; report no local delivery rather than a failure (no re-publish).
+                    self.echo_timeouts += 1
+                    log.warning("event %s#%d: its fan-out message did not come back within %.1f s",
+                                stream, event_id, self._echo_timeout)
+                    delivered = 0
+                return Published(event_id, delivered)
+            finally:
+                self._pending.pop(ref, None)
+
+    def _unavailable_text(self) -> str:
+        if self._down_since is None:
+            return "redis is not connected yet"
+        down_for = time.monotonic() - self._down_since
+        if not self._ever_connected:
+            return f"redis unreachable for {down_for:.1f} s ({self._down_reason}); retrying"
+        return f"redis connection lost {down_for:.1f} s ago ({self._down_reason}); reconnecting"
+
+    def _fail_pending(self) -> None:
+        """Publishes waiting for an echo that may never come: they report no local delivery."""
+        for echo in self._pending.values():
+            if not echo.done():
+                echo.set_result(0)
+
+    # ---- the subscriber ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = self._backoff[0]
+        while not self._closing:
+            pubsub = self._log.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                await self._await_confirmation(pubsub)
+                if self._down_since is not None:
+                    # Order matters: the broker re-reads the log (on_restored) before this task
+                    # dispatches anything newer; what arrives meanwhile waits in the socket.
+                    if self._on_restored is not None:
+                        await self._on_restored()
+                    down_for = time.monotonic() - self._down_since
+                    if self._ever_connected:
+                        self.reconnects += 1
+                        log.info("redis reconnected after %.1f s (reconnect #%d); fan-out resumed",
+                                 down_for, self.reconnects)
+                    else:
+                        log.info("redis at %s reachable after %.1f s; fan-out started", self._log.url, down_for)
+                    self._down_since = None
+                self._subscribed.set()
+                self._ever_connected = True
+                delay = self._backoff[0]
+                await self._receive(pubsub)
+            except _DISCONNECTS as exc:
+                self._lost(exc)
+            except Exception as exc:  # a bug must not end the cluster's fan-out for good
+                log.exception("redis engine subscriber failed; resubscribing")
+                self._lost(exc)
+            finally:
+                await _close_quietly(pubsub)
+            if not self._closing:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._backoff[1])
+
+    async def _await_confirmation(self, pubsub: Any) -> None:
+        """Read until Redis confirms the subscription: only then can no later message be missed."""
+        async with asyncio.timeout(_CONFIRM_TIMEOUT):
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None and message.get("type") == "subscribe":
+                    return
+
+    async def _receive(self, pubsub: Any) -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+            if message is None or message.get("type") != "message":
+                continue
+            self._handle(message["data"])
+
+    def _handle(self, data: bytes) -> None:
+        try:
+            id_text, header, payload = data.split(b"\n", 2)
+            stream, channel, user_id, has_ext, origin, ref, sent_at = orjson.loads(header)
+            event_id = int(id_text)
+        except ValueError:
+            log.error("ignoring a malformed fan-out message on %s: %r", self.channel, data[:200])
+            return
+        if event_id > self._seen.get(stream, 0):
+            self._seen[stream] = event_id
+        delivered = self._dispatch(stream, channel, user_id, payload, event_id, has_ext)
+        self.received += 1
+        self.lag_last = lag = max(0.0, time.time() - sent_at)
+        self.lag_max = max(self.lag_max, lag)
+        if origin == self.node_id:
+            echo = self._pending.get(ref)
+            if echo is not None and not echo.done():
+                echo.set_result(delivered)
+
+    def _lost(self, exc: BaseException) -> None:
+        if self._down_since is not None:
+            return  # still reconnecting: said already
+        self._down_since = time.monotonic()
+        self._down_reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if self._subscribed.is_set():
+            self.disconnects += 1
+            log.warning("redis connection lost (%s); reconnecting; publishes fail until then",
+                        self._down_reason)
+        else:
+            log.warning("redis at %s unavailable (%s); retrying", self._log.url, self._down_reason)
+        self._subscribed.clear()
+        if self._on_lost is not None:
+            self._on_lost()
+        self._fail_pending()
+
+
+async def _close_quietly(pubsub: Any) -> None:
+    try:
+        await pubsub.aclose()
+    except _DISCONNECTS:
+        pass  # the connection is gone already: nothing left to release

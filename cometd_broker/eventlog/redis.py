@@ -1,0 +1,306 @@
+"""RedisEventLog: the event log in Redis Streams, shared by every broker process of a cluster.
+
+Layout (every key starts with `prefix`, "cometd" unless told otherwise):
+    {prefix}:streams         SET of stream names ever written (`streams()`)
+    {prefix}:meta:{stream}   HASH latest (the last id ever assigned), ts (the last timestamp given)
+    {prefix}:log:{stream}    STREAM, one entry per event with the explicit id "<id>-0" and the
+                             fields t (epoch seconds, as text) and p (the payload bytes)
+
+Why explicit ids: XRANGE then pages by our integer id directly ("<after+1>-0" .. "+"), and the
+retained ids stay contiguous, which `trim` uses to find the age cutoff by binary search.
+Why the counter lives in its own hash: the stream forgets nothing it needs (a fully trimmed
+stream keeps its last id), but `bounds` and the next append must agree on "latest" in one
+snapshot, and a hash field read is cheaper than XINFO.
+
+Every write is one Lua script, so an append (ids, timestamps, trimming, the stream-name set and,
+for the Redis engine, the fan-out PUBLISH) is atomic: ids and fan-out order always agree.
+
+Redis errors that mean "unreachable" (connection refused or lost, timeouts, a server still
+loading its data) become `EventLogUnavailable`, so callers can answer "retry later" instead of
+crashing; commands are never retried here, because a retried append could record an event twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .base import (
+    KEEP_ALL,
+    UNKNOWN_BOUNDS,
+    Bounds,
+    Event,
+    EventLogClosed,
+    EventLogUnavailable,
+    Retention,
+    as_payloads,
+    check_limit,
+    is_redis_url,
+)
+
+_SCAN_PAGE = 500  # entries per XRANGE when read_range scans a stream
+
+# KEYS: meta hash, stream, stream-name set.
+# ARGV: now (seconds as text), max_count ('' = no limit), stream name, id floor,
+#       fan-out channel ('' = none), fan-out header, payload, payload, ...
+# The id floor lets the Redis engine keep ids increasing after Redis lost its data (restarted
+# without persistence): a broker passes the newest id it has seen, so ids are never handed out twice.
+_APPEND = """
+local latest = tonumber(redis.call('HGET', KEYS[1], 'latest') or '0')
+local floor = tonumber(ARGV[4])
+if latest < floor then latest = floor end
+local ts = ARGV[1]
+local last_ts = redis.call('HGET', KEYS[1], 'ts')
+if last_ts and tonumber(last_ts) > tonumber(ts) then ts = last_ts end
+local first = latest + 1
+for i = 7, #ARGV do
+  latest = latest + 1
+  if ARGV[2] ~= '' then
+    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], latest .. '-0', 't', ts, 'p', ARGV[i])
+  else
+    redis.call('XADD', KEYS[2], latest .. '-0', 't', ts, 'p', ARGV[i])
+  end
+end
+redis.call('HSET', KEYS[1], 'latest', latest, 'ts', ts)
+redis.call('SADD', KEYS[3], ARGV[3])
+if ARGV[5] ~= '' then
+  redis.call('PUBLISH', ARGV[5], latest .. '\\n' .. ARGV[6] .. '\\n' .. ARGV[7])
+end
+return first
+"""
+
+# KEYS: stream. ARGV: cutoff ('' = no age limit), max_count ('' = no count limit). Returns dropped.
+# Timestamps never decrease within a stream and retained ids are contiguous, so the first event
+# young enough is found by binary search over ids: O(log n) lookups, never a scan inside Redis.
+_TRIM = """
+local dropped = 0
+if ARGV[2] ~= '' then
+  dropped = dropped + redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[2])
+end
+if ARGV[1] == '' then return dropped end
+local cutoff = tonumber(ARGV[1])
+local function ts_of(entry) return tonumber(entry[2][2]) end
+local function id_of(entry) return tonumber(string.match(entry[1], '^(%d+)')) end
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+if #first == 0 or ts_of(first[1]) >= cutoff then return dropped end
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if ts_of(last[1]) < cutoff then
+  return dropped + redis.call('XTRIM', KEYS[1], 'MAXLEN', 0)
+end
+local lo, hi = id_of(first[1]), id_of(last[1])
+while lo < hi do
+  local mid = math.floor((lo + hi) / 2)
+  local entry = redis.call('XRANGE', KEYS[1], mid .. '-0', '+', 'COUNT', 1)[1]
+  if ts_of(entry) < cutoff then lo = id_of(entry) + 1 else hi = mid end
+end
+return dropped + redis.call('XTRIM', KEYS[1], 'MINID', lo .. '-0')
+"""
+
+
+class RedisEventLog:
+    """The Redis Streams store. Opening does no I/O: the first command connects."""
+
+    def __init__(
+        self,
+        url: str,
+        retention: Retention = KEEP_ALL,
+        *,
+        prefix: str = "cometd",
+        clock: Callable[[], float] = time.time,
+        socket_timeout: float = 5.0,  # a command that takes longer is reported as unavailable
+        connect_timeout: float = 2.0,
+        max_connections: int = 64,  # commands in flight at once; more wait for a connection
+    ) -> None:
+        if not is_redis_url(url):
+            raise ValueError(f"not a Redis URL: {url!r} (use redis://, rediss:// or unix://)")
+        self.url = url
+        self.retention = retention
+        self.prefix = prefix
+        self._clock = clock
+        # Every connection says whose it is in CLIENT LIST (operators; tests kill one broker's).
+        self.client_name = f"cometd-broker-{os.getpid()}-{secrets.token_hex(3)}"
+        # No retries (see the module docstring). The blocking pool bounds connections; stale ones
+        # are detected by redis-py before use, so a restarted Redis costs no failed command.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=connect_timeout + socket_timeout,
+            socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout, retry=Retry(NoBackoff(), 0),
+            client_name=self.client_name)
+        self._client = aioredis.Redis(connection_pool=pool)
+        self._append = self._client.register_script(_APPEND)
+        self._trim = self._client.register_script(_TRIM)
+        self._streams_key = f"{prefix}:streams"
+        self._max_count = "" if retention.max_count is None else str(retention.max_count)
+        self._closed = False
+
+    # ---- keys --------------------------------------------------------------------------------
+
+    def _meta(self, stream: str) -> str:
+        return f"{self.prefix}:meta:{stream}"
+
+    def _log(self, stream: str) -> str:
+        return f"{self.prefix}:log:{stream}"
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    async def append(self, stream: str, payloads: Sequence[bytes]) -> list[int]:
+        self._check_open()
+        payloads = as_payloads(payloads)
+        if not payloads:
+            return []
+        first = await self._run_append(stream, payloads, floor=0, channel="", header=b"")
+        return list(range(first, first + len(payloads)))
+
+    async def append_and_publish(self, stream: str, payload: bytes, *, floor: int, channel: str,
+                                 header: bytes) -> int:
+        """Append one event and PUBLISH "<id>\\n<header>\\n<payload>" on `channel`, atomically; its id.
+
+        For the Redis engine: every subscriber sees the events of a stream in id order."""
+        self._check_open()
+        return await self._run_append(stream, [bytes(payload)], floor=floor, channel=channel, header=header)
+
+    async def _run_append(self, stream: str, payloads: list[bytes], *, floor: int, channel: str,
+                          header: bytes) -> int:
+        keys = [self._meta(stream), self._log(stream), self._streams_key]
+        args: list[Any] = [repr(float(self._clock())), self._max_count, stream, floor, channel, header, *payloads]
+        with self._unavailable():
+            return int(await self._append(keys=keys, args=args))
+
+    async def trim(self, now: float) -> int:
+        self._check_open()
+        max_age = self.retention.max_age
+        if max_age is None and self.retention.max_count is None:
+            return 0
+        cutoff = "" if max_age is None else repr(float(now - max_age))
+        dropped = 0
+        for stream in await self.streams():
+            with self._unavailable():
+                dropped += int(await self._trim(keys=[self._log(stream)], args=[cutoff, self._max_count]))
+        return dropped
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    async def read(self, stream: str, after: int, limit: int) -> list[Event]:
+        self._check_open()
+        check_limit(limit)
+        if limit == 0:
+            return []
+        with self._unavailable():
+            entries = await self._client.xrange(self._log(stream), _start(after), "+", count=limit)
+        return [_event(stream, entry) for entry in entries]
+
+    async def bounds(self, stream: str) -> Bounds:
+        self._check_open()
+        # One transaction, one snapshot: latest and oldest agree even while others append.
+        with self._unavailable():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hget(self._meta(stream), "latest")
+                pipe.xrange(self._log(stream), "-", "+", count=1)
+                latest_text, first = await pipe.execute()
+        if latest_text is None:
+            return UNKNOWN_BOUNDS
+        latest = int(latest_text)
+        return Bounds(_id_of(first[0][0]) if first else latest + 1, latest)
+
+    async def streams(self) -> list[str]:
+        self._check_open()
+        with self._unavailable():
+            names = await self._client.smembers(self._streams_key)
+        return sorted(name.decode() for name in names)
+
+    async def read_range(
+        self,
+        *,
+        streams: Sequence[str] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        after_id: int | None = None,
+        after: tuple[float, str, int] | None = None,
+        limit: int,
+    ) -> list[Event]:
+        self._check_open()
+        check_limit(limit)
+        known = await self.streams()
+        names = known if streams is None else sorted(set(streams) & set(known))
+        if limit == 0 or not names:
+            return []
+        # Within a stream events are already in sort_key order, so the first `limit` matching
+        # events of each stream are enough for the merged page.
+        per_stream = [await self._matching(name, since, until, after_id, after, limit) for name in names]
+        merged: Iterator[Event] = heapq.merge(*per_stream, key=lambda event: event.sort_key)
+        return list(itertools.islice(merged, limit))
+
+    async def _matching(self, stream: str, since: float | None, until: float | None, after_id: int | None,
+                        after: tuple[float, str, int] | None, limit: int) -> list[Event]:
+        found: list[Event] = []
+        start = _start(after_id if after_id is not None else -1)
+        while len(found) < limit:
+            with self._unavailable():
+                entries = await self._client.xrange(self._log(stream), start, "+", count=_SCAN_PAGE)
+            for entry in entries:
+                event = _event(stream, entry)
+                if until is not None and event.timestamp >= until:
+                    return found  # timestamps never decrease within a stream
+                if since is not None and event.timestamp < since:
+                    continue
+                if after is not None and event.sort_key <= after:
+                    continue
+                found.append(event)
+                if len(found) == limit:
+                    break
+            if len(entries) < _SCAN_PAGE:
+                break
+            start = _start(_id_of(entries[-1][0]))
+        return found
+
+    # ---- for the Redis engine ----------------------------------------------------------------
+
+    def pubsub(self) -> aioredis.client.PubSub:
+        """A pub/sub connection to the same Redis (the caller owns and closes it)."""
+        self._check_open()
+        return self._client.pubsub()
+
+    # ---- lifetime ----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._client.aclose(close_connection_pool=True)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EventLogClosed("event log is closed")
+
+    @contextlib.contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            # BusyLoadingError (a restarted Redis reading its data) is a ConnectionError too.
+            raise EventLogUnavailable(f"redis at {self.url} is unavailable: {exc or type(exc).__name__}") from exc
+
+
+def _start(after: int) -> str:
+    """The XRANGE start for "ids greater than `after`"."""
+    return f"{after + 1}-0" if after >= 0 else "-"
+
+
+def _id_of(entry_id: bytes) -> int:
+    return int(entry_id.split(b"-", 1)[0])
+
+
+def _event(stream: str, entry: tuple[bytes, dict[bytes, bytes]]) -> Event:
+    entry_id, fields = entry
+    return Event(stream, _id_of(entry_id), float(fields[b"t"]), fields[b"p"])

@@ -1,0 +1,146 @@
+"""`serve --workers N`: N broker processes on one port, supervised by the command's own process.
+
+Each worker is `cometd-broker serve` again with `--workers 1` and a hidden `--worker-of`, which
+makes it bind with SO_REUSEPORT (the kernel spreads new connections over the workers) and report
+readiness on a pipe instead of printing "listening". The supervisor prints that line once, when
+every worker is ready; forwards SIGTERM/SIGINT to the workers and waits for them (bounded); and
+restarts a worker that dies, unless workers keep dying (then it stops them all and fails).
+
+Sessions live in one process, so a client whose next request reaches another worker gets 402 and
+re-handshakes there, resuming by replay from the shared Redis log: that is why N > 1 needs --redis.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+READY = b"ready\n"
+STARTUP_TIMEOUT = 30.0  # seconds every worker has to start listening
+STOP_TIMEOUT = 10.0  # seconds workers have to stop after SIGTERM before they are killed
+MAX_RESTARTS = 5  # worker deaths tolerated per RESTART_WINDOW before the supervisor gives up
+RESTART_WINDOW = 60.0
+POLL = 0.2  # seconds between checks of the workers
+
+
+class Supervisor:
+    def __init__(self, count: int, argv: Sequence[str], listening: str) -> None:
+        self.count = count
+        self.argv = list(argv)  # the `serve ...` arguments, as given
+        self.listening = listening  # printed once every worker listens
+        self.workers: dict[int, subprocess.Popen[bytes]] = {}
+        self._stopping = False
+        self._deaths: list[float] = []
+
+    def run(self) -> int:
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            pipes = {index: self._spawn(index) for index in range(1, self.count + 1)}
+            if not self._await_ready(pipes):
+                self._stop_all()
+                return 1
+            print(self.listening, flush=True)
+            return self._supervise()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._stopping = True
+
+    def _spawn(self, index: int) -> int:
+        """Start worker `index`; return the read end of its readiness pipe."""
+        read_fd, write_fd = os.pipe()
+        command = [sys.executable, "-m", "cometd_broker", *self.argv, "--workers", "1",
+                   "--worker-of", f"{os.getpid()}:{index}:{write_fd}"]
+        try:
+            process = subprocess.Popen(command, pass_fds=(write_fd,), preexec_fn=_die_with_parent)
+        finally:
+            os.close(write_fd)
+        self.workers[index] = process
+        print(f"cometd-broker: worker {index} started (pid {process.pid})", file=sys.stderr, flush=True)
+        return read_fd
+
+    def _await_ready(self, pipes: dict[int, int]) -> bool:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        waiting = dict(pipes)
+        try:
+            while waiting and not self._stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    print(f"cometd-broker: workers {sorted(waiting)} did not start within {STARTUP_TIMEOUT:.0f} s",
+                          file=sys.stderr, flush=True)
+                    return False
+                readable, _, _ = select.select(list(waiting.values()), [], [], min(left, POLL))
+                for index, fd in list(waiting.items()):
+                    if fd in readable:
+                        if os.read(fd, len(READY)) != READY:  # EOF: the worker exited before listening
+                            print(f"cometd-broker: worker {index} failed to start "
+                                  f"(exit status {self.workers[index].wait()})", file=sys.stderr, flush=True)
+                            return False
+                        os.close(fd)
+                        del waiting[index]
+            return not self._stopping
+        finally:
+            for fd in waiting.values():
+                os.close(fd)
+
+    def _supervise(self) -> int:
+        while not self._stopping:
+            time.sleep(POLL)
+            for index, process in list(self.workers.items()):
+                status = process.poll()
+                if status is None or self._stopping:
+                    continue
+                now = time.monotonic()
+                self._deaths = [t for t in self._deaths if now - t < RESTART_WINDOW] + [now]
+                if len(self._deaths) > MAX_RESTARTS:
+                    print(f"cometd-broker: workers died {len(self._deaths)} times in {RESTART_WINDOW:.0f} s; "
+                          "stopping", file=sys.stderr, flush=True)
+                    self._stop_all()
+                    return 1
+                print(f"cometd-broker: worker {index} (pid {process.pid}) exited with {status}; restarting",
+                      file=sys.stderr, flush=True)
+                os.close(self._spawn(index))  # its clients re-handshake on the others meanwhile
+        return self._stop_all()
+
+    def _stop_all(self) -> int:
+        """SIGTERM every worker, wait (bounded), SIGKILL the rest; 0 if all stopped cleanly."""
+        for process in self.workers.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        clean = True
+        for process in self.workers.values():
+            try:
+                status = process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                status = process.wait()
+            clean = clean and status in (0, -signal.SIGTERM)
+        return 0 if clean else 1
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGTERM if the supervisor dies (even by SIGKILL), so none is orphaned."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: workers outlive a killed supervisor
+
+
+def report_ready(worker_of: str) -> None:
+    """In a worker: tell the supervisor we listen (`worker_of` is "<pid>:<index>:<fd>")."""
+    fd = int(worker_of.rsplit(":", 1)[1])
+    try:
+        os.write(fd, READY)
+    finally:
+        os.close(fd)

@@ -1,0 +1,382 @@
+"""A cluster on Redis: broker processes share fan-out through Redis pub/sub and the event log in Redis
+Streams, so events cross processes in order and a client resumes on any process, losing nothing.
+
+A real redis-server (started here on a free loopback port, without persistence) and, for the
+failure scenarios, real `python -m cometd_broker serve` subprocesses with raw Bayeux clients
+(tests/crash_helpers.py). Every wait is bounded; each test stays well under 40 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import aiohttp
+import pytest
+from bayeux_helpers import broker_of, connect_message, events_in, handshake_message, publish_message, reply_to, send
+from conftest import USERS_OPTION, RunningBroker, free_port, start_broker, wait_listening
+from crash_helpers import BayeuxPublisher, Subscriber, Target, delivery_problems, seq_of
+from redis_helpers import RedisServer, require_redis
+
+from cometd_broker import BrokerConfig, create_app
+
+BUDGET = 30.0  # seconds for a whole subprocess scenario
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer(require_redis())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """The shared server, running (a restart test may have restarted it) and empty."""
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        redis_server.start()
+    with socket.create_connection(("127.0.0.1", redis_server.port), timeout=2) as sock:
+        sock.sendall(b"FLUSHALL\r\n")
+        assert sock.recv(64).startswith(b"+OK")
+    return redis_server.url
+
+
+@pytest.fixture
+async def two_brokers(aiohttp_client, redis_url):
+    """Two in-process brokers on one Redis: (client of A, client of B)."""
+
+    async def make():
+        config = BrokerConfig(redis=redis_url, allow_anonymous=True, users=USERS_OPTION)
+        return await aiohttp_client(create_app(config))
+
+    return await make(), await make()
+
+
+def cluster_flags(redis_url: str) -> list[str]:
+    return ["--redis", redis_url, "--allow-anonymous", "--log-level", "INFO"]
+
+
+def cluster_env(redis_url: str) -> dict[str, str]:
+    # conftest sets COMETD_BROKER_EVENT_LOG=memory: for every subprocess; a cluster's log is Redis.
+    return {"COMETD_BROKER_EVENT_LOG": redis_url}
+
+
+async def replay_session(client, channel: str, after: int) -> str:
+    [reply] = await send(client, handshake_message(ext={"replay": True}))
+    assert reply["successful"] is True, reply
+    client_id = reply["clientId"]
+    await send(client, connect_message(client_id, timeout=0))
+    [sub] = await send(client, {"channel": "/meta/subscribe", "clientId": client_id, "subscription": channel,
+                                "ext": {"replay": {channel: after}}})
+    assert sub["successful"] is True, sub
+    return client_id
+
+
+async def receive(client, client_id: str, count: int, timeout: float = 5.0) -> list[dict]:
+    got: list[dict] = []
+    async with asyncio.timeout(timeout):
+        while len(got) < count:
+            got += events_in(await send(client, connect_message(client_id, timeout=200)))
+    return got
+
+
+async def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+# ---- in-process: two brokers, one Redis ---------------------------------------------------------
+
+
+async def test_events_published_on_one_process_reach_subscribers_on_another_in_order(two_brokers):
+    a, b = two_brokers
+    on_a, on_b = await replay_session(a, "/feed", -1), await replay_session(b, "/feed", -1)
+    delivered = []
+    for n in range(60):  # alternate publishers: one order for the whole cluster
+        broker = broker_of(a if n % 2 else b)
+        delivered.append(await broker.publish("/feed", {"n": n}))
+    assert delivered == [1] * 60  # each publish reports its own process's one subscriber
+    got_a, got_b = await receive(a, on_a, 60), await receive(b, on_b, 60)
+    for got in (got_a, got_b):
+        assert [e["data"]["n"] for e in got] == list(range(60))
+        assert [e["ext"]["replayId"] for e in got] == list(range(1, 61))
+    assert events_in(await send(b, connect_message(on_b, timeout=100))) == []  # nothing twice
+
+    # Concurrent publishes from both processes: every process delivers the same order, the ids' order.
+    await asyncio.gather(*(broker_of(a if n % 2 else b).publish("/feed", {"n": n}) for n in range(60, 160)))
+    got_a, got_b = await receive(a, on_a, 100), await receive(b, on_b, 100)
+    assert [e["ext"]["replayId"] for e in got_a] == list(range(61, 161))
+    assert [(e["ext"]["replayId"], e["data"]["n"]) for e in got_a] == \
+           [(e["ext"]["replayId"], e["data"]["n"]) for e in got_b]
+    stats = broker_of(a).engine.stats()
+    assert stats["connected"] and stats["received"] >= 160 and stats["fanout_lag_seconds"] >= 0
+
+
+async def test_a_client_publish_and_per_user_events_cross_processes(two_brokers):
+    a, b = two_brokers
+    subscriber = await replay_session(b, "/chat", -1)
+    [reply] = await send(a, handshake_message())
+    publisher = reply["clientId"]
+    replies = await send(a, publish_message(publisher, "/chat", {"text": "hi"}))
+    assert reply_to(replies, "/chat")["successful"] is True
+    [event] = await receive(b, subscriber, 1)
+    assert event["data"] == {"text": "hi"} and event["ext"]["replayId"] == 1
+
+    # A per-user event published on A reaches that user's session on B (and only that user).
+    [alice] = await send(b, handshake_message(ext={"authentication": {"user": "alice", "password": "alice-secret"}}))
+    alice_id = alice["clientId"]
+    await send(b, connect_message(alice_id, timeout=0))
+    await send(b, {"channel": "/meta/subscribe", "clientId": alice_id, "subscription": "/v2/me/channels"})
+    await broker_of(a).publish_to_user("bob", "/v2/me/channels", {"for": "bob"})
+    await broker_of(a).publish_to_user("alice", "/v2/me/channels", {"for": "alice"})
+    [event] = await receive(b, alice_id, 1)
+    assert event["data"] == {"for": "alice"}
+
+
+async def test_a_client_id_of_another_process_gets_402_and_resumes_there_by_replay(two_brokers):
+    a, b = two_brokers
+    on_a = await replay_session(a, "/feed", -1)
+    for n in range(5):
+        await broker_of(a).publish("/feed", {"n": n})
+    seen = await receive(a, on_a, 5)
+    last_id = seen[-1]["ext"]["replayId"]
+    for n in range(5, 10):  # published while the client is moving to B (no sticky routing)
+        await broker_of(b).publish("/feed", {"n": n})
+
+    replies = await send(b, connect_message(on_a, timeout=0))
+    connect = reply_to(replies, "/meta/connect")
+    assert connect["successful"] is False and connect["error"].startswith("402::")
+    assert connect["advice"]["reconnect"] == "handshake"
+
+    on_b = await replay_session(b, "/feed", last_id)
+    got = await receive(b, on_b, 5)
+    assert [e["data"]["n"] for e in seen + got] == list(range(10))
+    assert events_in(await send(b, connect_message(on_b, timeout=100))) == []
+
+
+async def test_without_redis_reachable_publishes_fail_clearly(aiohttp_client):
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    broker_config = BrokerConfig(redis=url, allow_anonymous=True)
+    client = await aiohttp_client(create_app(broker_config))  # starts anyway, retrying in the background
+    [reply] = await send(client, handshake_message())
+    replies = await send(client, publish_message(reply["clientId"], "/chat", {"text": "hi"}))
+    failed = reply_to(replies, "/chat")
+    assert failed["successful"] is False and failed["error"].startswith("503:"), failed
+    assert "redis" in failed["error"]
+
+
+# ---- subprocesses: SIGKILL a process, restart Redis, --workers -----------------------------------
+
+
+def start_cluster_broker(redis_url: str) -> RunningBroker:
+    return start_broker(*cluster_flags(redis_url), env=cluster_env(redis_url))
+
+
+class Scenario:
+    """Two publishers (one per process, each on its own channel) and subscribers on both processes
+    for both channels: every event crosses processes and every subscriber must get each exactly once."""
+
+    def __init__(self, url_a: str, url_b: str, seqs: int) -> None:
+        deadline = time.monotonic() + BUDGET
+        self.targets = {"a": Target(url_a, deadline), "b": Target(url_b, deadline)}
+        self.publishers = {name: BayeuxPublisher(target, seqs, channel=f"/feed-{name}")
+                           for name, target in self.targets.items()}
+        self.subscribers = [Subscriber(f"{where}:/feed-{channel}-{i}", self.targets[where], f"/feed-{channel}")
+                            for where in "ab" for channel in "ab" for i in range(2)]
+        self.tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        self.tasks = [asyncio.create_task(s.run(), name=s.name) for s in self.subscribers]
+        await wait_for(lambda: all(s.client_id for s in self.subscribers), 10, "every subscriber to subscribe")
+        self.publishing = [asyncio.create_task(p.run(), name=f"publish-{n}") for n, p in self.publishers.items()]
+        self.tasks += self.publishing
+
+    def acked(self) -> int:
+        return min(len(p.acked) for p in self.publishers.values())
+
+    async def finish(self) -> list[str]:
+        deadline = self.targets["a"].deadline
+        try:
+            for task in self.publishing:
+                await asyncio.wait_for(task, timeout=max(1.0, deadline - time.monotonic()))
+            for name, publisher in self.publishers.items():
+                assert publisher.acked == list(range(publisher.count)), f"publisher {name} ran out of time"
+            last = {s.name: self.publishers[s.channel[-1]].count - 1 for s in self.subscribers}
+            await wait_for(lambda: all(last[s.name] in {seq_of(e) for e in s.events} for s in self.subscribers),
+                           max(1.0, deadline - time.monotonic()), "every subscriber to receive the last seq")
+            await asyncio.sleep(0.3)  # anything that would arrive twice arrives now
+        finally:
+            for s in self.subscribers:
+                s.stopping = True
+            for task in self.tasks:
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        return [p for s in self.subscribers for p in delivery_problems(s, self.publishers[s.channel[-1]])]
+
+
+async def test_sigkill_one_process_under_load_every_client_resumes_on_the_other(redis_url):
+    a, b = await asyncio.gather(asyncio.to_thread(start_cluster_broker, redis_url),
+                                asyncio.to_thread(start_cluster_broker, redis_url))
+    try:
+        scenario = Scenario(a.url, b.url, seqs=200)
+        await scenario.start()
+        await wait_for(lambda: scenario.acked() >= 70, 15, "70 acknowledged publishes on each process")
+        a.process.kill()  # SIGKILL: parked connects break, in-flight publishes are ambiguous
+        a.process.wait(timeout=5)
+        scenario.targets["a"].url = b.url  # the load balancer sends A's clients to B from now on
+        problems = await scenario.finish()
+        assert problems == [], "\n".join(problems) + "\n--- B's log:\n" + b.log()[-3000:]
+        moved = [s for s in scenario.subscribers if s.name.startswith("a:")]
+        assert all(s.handshakes >= 2 for s in moved), [(s.name, s.handshakes) for s in moved]
+        # Resumed from the shared log: every resume was covered (nothing trimmed).
+        assert all(r.get("recovered") is True for s in moved for r in s.replay_replies[1:])
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_redis_restarted_brokers_reconnect_say_so_and_delivery_continues(redis_server, redis_url):
+    a, b = await asyncio.gather(asyncio.to_thread(start_cluster_broker, redis_url),
+                                asyncio.to_thread(start_cluster_broker, redis_url))
+    try:
+        scenario = Scenario(a.url, b.url, seqs=150)
+        await scenario.start()
+        await wait_for(lambda: scenario.acked() >= 50, 15, "50 acknowledged publishes on each process")
+        redis_server.kill()
+        await wait_for(lambda: all("redis connection lost" in broker.log() for broker in (a, b)), 5,
+                       "both brokers to log the lost connection")
+        failures = {name: p.failures for name, p in scenario.publishers.items()}
+        await asyncio.sleep(0.5)
+        assert all(p.failures > failures[name] for name, p in scenario.publishers.items()), \
+            "publishes kept succeeding while Redis was down"
+        await asyncio.to_thread(redis_server.start)  # same port, empty: it lost its data
+        await wait_for(lambda: all("redis reconnected" in broker.log() for broker in (a, b)), 10,
+                       "both brokers to log that they reconnected")
+        problems = await scenario.finish()
+        assert problems == [], "\n".join(problems) + "\n--- A's log:\n" + a.log()[-3000:]
+        for broker in (a, b):
+            log = broker.log()
+            assert re.search(r"WARNING cometd_broker\.engine: redis connection lost .*reconnecting", log), log
+            assert re.search(r"INFO cometd_broker\.engine: redis reconnected after", log), log
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_workers_need_redis(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "cometd_broker", "serve", "--workers", "2",
+                             "--port", str(free_port())], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "workers > 1 needs redis" in result.stderr
+
+
+async def test_workers_share_the_port_and_events_cross_them(redis_url):
+    port = free_port()
+    with tempfile.NamedTemporaryFile(prefix="workers-", suffix=".log", delete=False) as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cometd_broker", "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "2", *cluster_flags(redis_url)],
+            env={**os.environ, **cluster_env(redis_url)}, stdout=log_file, stderr=subprocess.STDOUT)
+    running = RunningBroker(f"http://127.0.0.1:{port}/cometd", port, process, log_file.name)
+    try:
+        await asyncio.to_thread(wait_listening, running, 20)
+        await wait_for(lambda: "listening on" in running.log(), 20, "the supervisor's listening line")
+        pids = [int(p) for p in re.findall(r"worker \d started \(pid (\d+)\)", running.log())]
+        assert len(pids) == 2 and running.log().count("listening on") == 1, running.log()
+
+        # One keep-alive connection per client, so each client stays on the worker it reached.
+        sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1, force_close=False),
+                                          cookie_jar=aiohttp.DummyCookieJar()) for _ in range(12)]
+        try:
+            async def post(http: aiohttp.ClientSession, body: list[dict]) -> list[dict]:
+                async with asyncio.timeout(5), http.post(running.url, json=body) as response:
+                    return await response.json()
+
+            client_ids = []
+            for http in sessions:
+                [reply] = await post(http, [handshake_message(ext={"replay": True})])
+                client_ids.append(reply["clientId"])
+                await post(http, [connect_message(reply["clientId"], timeout=0)])
+                await post(http, [{"channel": "/meta/subscribe", "clientId": reply["clientId"],
+                                   "subscription": "/feed", "ext": {"replay": {"/feed": -1}}}])
+            # Which worker holds which session: a clientId is unknown (402) on the other worker.
+            home = [0]
+            for i in range(1, len(sessions)):
+                replies = await post(sessions[0], [connect_message(client_ids[i], timeout=0)])
+                home.append(0 if reply_to(replies, "/meta/connect")["successful"] else 1)
+            assert set(home) == {0, 1}, "every connection reached the same worker: the port is not shared"
+
+            publisher = home.index(1)  # publish on the worker that does not hold session 0
+            await post(sessions[publisher], [publish_message(client_ids[publisher], "/feed", {"n": 1})])
+            for i, http in enumerate(sessions):
+                if i == 0:
+                    continue  # session 0's queue was drained by the probes above; checked below
+                events = []
+                async with asyncio.timeout(5):
+                    while not events:
+                        events = events_in(await post(http, [connect_message(client_ids[i], timeout=500)]))
+                assert [e["data"] for e in events] == [{"n": 1}], (i, events)
+            events = events_in(await post(sessions[0], [connect_message(client_ids[0], timeout=500)]))
+            assert [e["data"] for e in events] in ([{"n": 1}], []), events
+        finally:
+            for http in sessions:
+                await http.close()
+
+        process.send_signal(signal.SIGTERM)  # the supervisor forwards it and waits for its workers
+        assert await asyncio.to_thread(process.wait, 15) == 0, running.log()
+        for pid in pids:
+            assert not os.path.exists(f"/proc/{pid}") or _is_zombie(pid), f"worker {pid} outlived the supervisor"
+    finally:
+        running.stop()
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ", 1)[1].startswith("Z")
+    except OSError:
+        return True
+
+
+async def test_a_process_that_missed_fan_out_messages_catches_up_from_the_log(two_brokers, redis_url):
+    """B's subscription alone drops (a network blip, or Redis dropping a slow subscriber) while A
+    keeps publishing: B's replayed sessions get the events it missed from the log, in order, once."""
+    a, b = two_brokers
+    broker_a, broker_b = broker_of(a), broker_of(b)
+    on_b = await replay_session(b, "/feed", -1)
+    for n in range(10):
+        await broker_a.publish("/feed", {"n": n})
+    engine_b = broker_b.engine
+    engine_b._backoff = (1.0, 1.0)  # stay unsubscribed long enough for A to publish meanwhile
+
+    import redis.asyncio as aioredis
+
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        clients = await admin.client_list(_type="pubsub")
+        [mine] = [c for c in clients if c["name"] == broker_b.event_log.client_name]
+        await admin.client_kill_filter(_id=mine["id"])
+    finally:
+        await admin.aclose()
+    await wait_for(lambda: not engine_b.connected, 5, "B to notice its lost subscription")
+    for n in range(10, 40):
+        await broker_a.publish("/feed", {"n": n})  # B is not subscribed: it misses these live
+    await wait_for(lambda: engine_b.connected, 5, "B to resubscribe")
+    for n in range(40, 50):
+        await broker_a.publish("/feed", {"n": n})
+    got = await receive(b, on_b, 50)
+    assert [e["data"]["n"] for e in got] == list(range(50))
+    assert [e["ext"]["replayId"] for e in got] == list(range(1, 51))
+    assert events_in(await send(b, connect_message(on_b, timeout=100))) == []
+    assert engine_b.reconnects == 1 and engine_b.disconnects == 1

@@ -1,0 +1,174 @@
+"""RedisEventLog: the same contract as every store (the tests of test_eventlog.py, run against a real
+redis-server), plus what only Redis has: a shared log, ids across data loss, unavailability."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import pytest
+import test_eventlog as contract
+from hypothesis.stateful import precondition, rule
+from redis_helpers import RedisServer, require_redis
+from test_eventlog import (  # noqa: F401  (collected here again, with this module's make_log)
+    FakeClock,
+    test_bounds,
+    test_closed_log_refuses_calls,
+    test_concurrent_appends_keep_order_and_unique_ids,
+    test_empty_append_creates_nothing,
+    test_ids_increase_per_stream_independently,
+    test_max_count_is_enforced_on_append,
+    test_payloads_must_be_bytes,
+    test_read_pages_by_after_and_limit,
+    test_read_range_orders_filters_and_pages,
+    test_timestamps_never_go_backwards_within_a_stream,
+    test_trim_by_age,
+    test_trim_everything_never_reuses_ids,
+)
+
+from cometd_broker.eventlog import (
+    KEEP_ALL,
+    EventLog,
+    EventLogUnavailable,
+    Retention,
+    RetentionTask,
+    is_redis_url,
+    open_event_log,
+)
+from cometd_broker.eventlog.redis import RedisEventLog
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    server = RedisServer(require_redis())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def make_log(redis_server):
+    """Like test_eventlog's fixture: every call opens the same keys (a fresh prefix per test), so
+    calling it again is another process opening the shared log."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    opened: list[EventLog] = []
+
+    def make(retention: Retention = KEEP_ALL, clock: Callable[[], float] | None = None) -> EventLog:
+        kwargs = {} if clock is None else {"clock": clock}
+        log = RedisEventLog(redis_server.url, retention, prefix=prefix, **kwargs)
+        opened.append(log)
+        return log
+
+    make.kind = "redis"  # type: ignore[attr-defined]
+    yield make
+    for log in opened:
+        await log.close()
+
+
+async def test_open_event_log_accepts_redis_urls(redis_server) -> None:
+    log = open_event_log(redis_server.url, Retention(max_count=5), prefix=f"t{uuid.uuid4().hex[:12]}")
+    try:
+        assert isinstance(log, RedisEventLog) and isinstance(log, EventLog)
+        assert log.retention == Retention(max_count=5)
+        assert await log.append("/a", [b"x"]) == [1]
+    finally:
+        await log.close()
+    assert is_redis_url("rediss://h:1/0") and is_redis_url("unix:///tmp/redis.sock")
+    assert not is_redis_url("memory:") and not is_redis_url("/var/lib/events.db")
+    with pytest.raises(ValueError, match="unsupported"):
+        open_event_log("postgres://localhost/events")
+
+
+async def test_two_openers_share_one_log_and_its_ids(make_log) -> None:
+    first, second = make_log(), make_log()  # two broker processes on the same Redis
+    assert await first.append("/a", [b"1"]) == [1]
+    assert await second.append("/a", [b"2", b"3"]) == [2, 3]
+    assert [e.payload for e in await first.read("/a", 0, 10)] == [b"1", b"2", b"3"]
+    assert await second.bounds("/a") == (1, 3)
+
+
+async def test_trim_by_age_of_a_long_stream_uses_the_stored_timestamps(make_log) -> None:
+    clock = FakeClock(0.0)
+    log = make_log(Retention(max_age=100), clock=clock)
+    for second in range(0, 1000, 10):  # 100 events, one every 10 s
+        clock.now = float(second)
+        await log.append("/a", [str(second).encode()])
+    assert await log.trim(now=1000.0) == 90  # cutoff 900: drops t=0..890, keeps t=900..990
+    assert await log.bounds("/a") == (91, 100)
+    assert (await log.read("/a", 0, 1))[0].timestamp == 900.0
+
+
+async def test_append_and_publish_fans_out_atomically_with_the_id(make_log, redis_server) -> None:
+    log = make_log()
+    pubsub = log.pubsub()
+    try:
+        await pubsub.subscribe("fanout")
+        await pubsub.get_message(timeout=2)  # the subscribe confirmation
+        assert await log.append_and_publish("/a", b'{"n":1}', floor=0, channel="fanout", header=b'["h"]') == 1
+        # The floor: a broker that saw id 7 before Redis lost its data keeps ids increasing.
+        assert await log.append_and_publish("/a", b'{"n":2}', floor=7, channel="fanout", header=b'["h"]') == 8
+        got = []
+        for _ in range(20):
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is not None:
+                got.append(message["data"])
+            if len(got) == 2:
+                break
+        assert got == [b'1\n["h"]\n{"n":1}', b'8\n["h"]\n{"n":2}']
+        assert [e.id for e in await log.read("/a", 0, 10)] == [1, 8]
+    finally:
+        await pubsub.aclose()
+
+
+async def test_an_unreachable_redis_is_reported_as_unavailable() -> None:
+    from conftest import free_port
+
+    log = RedisEventLog(f"redis://127.0.0.1:{free_port()}/0", connect_timeout=0.5)
+    try:
+        for call in (log.append("/a", [b"x"]), log.read("/a", 0, 1), log.bounds("/a"), log.streams()):
+            with pytest.raises(EventLogUnavailable, match="unavailable"):
+                await call
+    finally:
+        await log.close()
+
+
+async def test_retention_task_trims_redis(make_log) -> None:
+    clock = FakeClock(0.0)
+    log = make_log(Retention(max_age=10, max_count=50), clock=clock)
+    await log.append("/a", [b"old"])
+    clock.now = 100.0
+    task = RetentionTask(log, period=0.01, clock=clock)
+    task.start()
+    try:
+        await contract.wait_for(lambda: task.runs >= 1)
+        assert task.dropped == 1 and await log.bounds("/a") == (2, 1)
+    finally:
+        await task.stop()
+
+
+# ---- the model-based test of test_eventlog.py, against Redis, with "restarts" (reopen) --------
+
+
+class RedisEventLogMachine(contract.EventLogMachine):
+    kind = "redis"
+    url = ""  # set by the autouse fixture below
+
+    def open(self) -> EventLog:
+        if not hasattr(self, "prefix"):
+            self.prefix = f"m{uuid.uuid4().hex[:12]}"
+        return RedisEventLog(self.url, contract.MODEL_RETENTION, prefix=self.prefix, clock=self.clock)
+
+    @precondition(lambda self: True)
+    @rule()
+    def restart(self) -> None:
+        self.run(self.log.close())
+        self.log = self.open()
+
+
+@pytest.fixture(autouse=True)
+def _machine_url(redis_server):
+    RedisEventLogMachine.url = redis_server.url
+
+
+TestRedisEventLogModel = RedisEventLogMachine.TestCase
+TestRedisEventLogModel.settings = contract.MODEL_SETTINGS
