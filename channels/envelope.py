@@ -14,6 +14,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from cometd_broker.engine import EngineUnavailable
+from cometd_broker.eventlog import EventLogUnavailable
+
 log = logging.getLogger("channels")
 
 
@@ -84,6 +87,11 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
             exc.status, Status.VALIDATION_ERROR)
         message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
         return failure(status, message, exc.status)
+    except (EngineUnavailable, EventLogUnavailable) as exc:
+        # Clustered and Redis is unreachable: the change is saved but its notifications could not
+        # be sent; desktops re-read state (GET) once the broker says it reconnected.
+        log.warning("%s %s: notifications not sent: %s", request.method, request.path, exc)
+        return failure(Status.INTERNAL_ERROR, f"notification service unavailable, retry later ({exc})", 503)
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.path)
         return failure(Status.INTERNAL_ERROR, "internal error: the request was not applied", 500)

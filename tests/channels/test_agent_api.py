@@ -212,3 +212,21 @@ async def test_handshake_without_login_is_denied(desktops):
                                       "supportedConnectionTypes": ["long-polling"]}])
     assert reply["successful"] is False and reply["error"] == "403::handshake_denied"
     assert reply["advice"]["reconnect"] == "none"
+
+
+async def test_an_unreachable_cluster_engine_gives_a_clear_503(server, desktops, monkeypatch):
+    """Clustered and Redis is down: the REST call says so instead of a bare internal error."""
+    from cometd_broker.engine import EngineUnavailable
+
+    alice = desktops()
+    await alice.login("alice")
+    await alice.rest("POST", "/api/v2/me", {"operationName": "StartContactCenterSession", "channels": ["sms"]})
+
+    async def unreachable(*args, **kwargs):
+        raise EngineUnavailable("redis connection lost")
+
+    monkeypatch.setattr(server.app[BROKER], "publish_to_user", unreachable)
+    status, reply = await alice.rest("POST", "/api/v2/me/channels/sms", {"operationName": "Ready"})
+    assert status == 503
+    assert reply == {"statusCode": 4, "statusMessage": "notification service unavailable, retry later "
+                                                       "(redis connection lost)"}
