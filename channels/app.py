@@ -180,6 +180,10 @@ class ContactCenterPlugin:
             raise ValueError("offer-timeout must be > 0")
         if args.demo_interval <= 0:
             raise ValueError("demo-interval must be > 0")
+        if getattr(args, "worker_of", None) and (args.users_file or args.demo or args.media_token):
+            # Each worker would hold its own copy of every interaction: run the contact center once.
+            raise ValueError("the contact-center API (--users-file, --demo, --media-token) runs in one "
+                             "process: use --workers 1")
         queues = [q.strip() for q in args.queues.split(",") if q.strip()]
         if not queues:
             raise ValueError("queues must name at least one queue")
