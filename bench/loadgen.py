@@ -1,0 +1,918 @@
+"""A raw-Bayeux load generator for bench/run.py: many sessions multiplexed on one event loop.
+
+Speaks Bayeux 1.0 itself over aiohttp (long-polling with pooled keep-alive connections, and
+websocket), so it can drive any Bayeux server the same way. One process, meant to be pinned to
+its own core (bench/run.py runs it under `taskset -c 1`); uvloop when installed.
+
+Scenarios (`--scenario`):
+  fanout   N subscribers on one channel; publish rate stepped up
+  p2p      N subscribers each on its own channel; total publish rate stepped up
+  idle     many websocket sessions and parked long-polls: RSS per session, handshakes/s
+  agents   the contact-center API (cometd-broker only): REST operations driving /v2/me notifications
+
+Every published message carries `{"s": seq, "t": send time, "k": step}` with the send time from
+this process's monotonic clock, so latency is measured on one clock. Loss is counted per
+(subscriber, step): every expected delivery that has not arrived once the step has drained.
+
+It prints one JSON document on stdout. With `--server-pid` it also reads the server's CPU time
+(/proc/PID/stat utime+stime) around every step, its RSS and peak RSS (VmRSS, VmHWM in
+/proc/PID/status); its own CPU comes from resource.getrusage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - the bench still runs, a little slower
+    uvloop = None
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+HTTP_TIMEOUT = aiohttp.ClientTimeout(total=90, sock_connect=30)
+
+
+def now() -> float:
+    return time.monotonic()
+
+
+# --------------------------------------------------------------------------- server process metrics
+
+def proc_cpu(pid: int | None) -> float:
+    """utime + stime of a process, in seconds (0 without a pid)."""
+    if not pid:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_mem(pid: int | None) -> dict[str, int]:
+    """VmRSS and VmHWM in KiB."""
+    out = {"rss_kb": 0, "hwm_kb": 0}
+    if not pid:
+        return out
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                out["rss_kb"] = int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                out["hwm_kb"] = int(line.split()[1])
+    return out
+
+
+def machine_busy() -> float:
+    """CPU seconds all processes on the machine spent busy (from /proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
+def own_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[i]
+
+
+# --------------------------------------------------------------------------- measurement
+
+class Recorder:
+    """Deliveries of the current step: latencies, per-subscriber counts, duplicates."""
+
+    def __init__(self) -> None:
+        self.step = -1
+        self.latencies: list[float] = []
+        self.received = 0
+        self.duplicates = 0
+        self.stale = 0  # deliveries of an earlier step that arrived late
+
+    def start(self, step: int) -> None:
+        self.step = step
+        self.latencies = []
+        self.received = 0
+        self.duplicates = 0
+        self.stale = 0
+
+
+class Client:
+    """One Bayeux session; the base of the long-polling and websocket clients."""
+
+    def __init__(self, gen: LoadGen, index: int, channels: list[str]) -> None:
+        self.gen = gen
+        self.index = index
+        self.channels = channels
+        self.client_id: str | None = None
+        self.seen: dict[tuple[str, int], int] = {}  # (channel, step) -> highest seq received
+        self.missing: set[tuple[tuple[str, int], int]] = set()  # sequence numbers skipped so far
+        self.counts: dict[int, int] = {}  # step -> deliveries received
+        self.ids = 0
+        self.rehandshakes = 0
+        self.errors = 0
+        self.ready = asyncio.Event()
+        self.stopping = False
+        self.extra_notifications: list[dict[str, Any]] = []  # agents scenario
+        self.on_data = None  # optional callback(message) for the agents scenario
+
+    def next_id(self) -> str:
+        self.ids += 1
+        return str(self.ids)
+
+    def handshake_msg(self, transport: str, ext: dict[str, Any] | None = None) -> dict[str, Any]:
+        m = {"channel": "/meta/handshake", "version": "1.0", "minimumVersion": "1.0",
+             "supportedConnectionTypes": [transport], "id": self.next_id()}
+        if ext:
+            m["ext"] = ext
+        return m
+
+    def connect_msg(self, transport: str) -> dict[str, Any]:
+        return {"channel": "/meta/connect", "clientId": self.client_id, "connectionType": transport,
+                "id": self.next_id()}
+
+    def subscribe_msgs(self) -> list[dict[str, Any]]:
+        return [{"channel": "/meta/subscribe", "clientId": self.client_id, "subscription": c,
+                 "id": self.next_id()} for c in self.channels]
+
+    def deliver(self, message: dict[str, Any], t: float) -> None:
+        data = message.get("data")
+        if self.on_data is not None:
+            self.on_data(self, message, t)
+            return
+        if not isinstance(data, dict) or "s" not in data:
+            return
+        rec = self.gen.rec
+        step = data.get("k", 0)
+        if step != rec.step:
+            rec.stale += 1
+            return
+        key = (message.get("channel", ""), step)
+        seq = data["s"]
+        last = self.seen.get(key, -1)
+        if seq == last + 1:
+            self.seen[key] = seq
+        elif seq > last + 1:
+            # a gap: concurrent publish requests may be processed out of order; remember the
+            # missing numbers so a late arrival counts as delivered, a repeat as a duplicate
+            self.missing.update((key, x) for x in range(last + 1, seq))
+            self.seen[key] = seq
+        elif (key, seq) in self.missing:
+            self.missing.discard((key, seq))
+        else:
+            rec.duplicates += 1
+            return
+        self.counts[step] = self.counts.get(step, 0) + 1
+        rec.received += 1
+        rec.latencies.append(t - data["t"])
+
+
+class LongPollingClient(Client):
+    transport = "long-polling"
+
+    def __init__(self, gen: LoadGen, index: int, channels: list[str], headers: dict[str, str] | None = None,
+                 ext: dict[str, Any] | None = None) -> None:
+        super().__init__(gen, index, channels)
+        self.cookie = ""
+        self.base_headers = headers or {}
+        self.ext = ext
+
+    def _headers(self) -> dict[str, str]:
+        h = {"Content-Type": "application/json", **self.base_headers}
+        if self.cookie:
+            h["Cookie"] = self.cookie if "Cookie" not in h else h["Cookie"] + "; " + self.cookie
+        return h
+
+    async def post(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        raw = self.gen.raw
+        if raw is not None:
+            status, cookies, body = await raw.post(orjson.dumps(messages), self._headers())
+            if status != 200:
+                self.errors += 1
+                return [{"successful": False, "http": status}]
+            if cookies and not self.cookie:
+                self.cookie = "; ".join(c.split(b";", 1)[0].decode() for c in cookies)
+            return orjson.loads(body)
+        async with self.gen.http.post(self.gen.url, data=orjson.dumps(messages), headers=self._headers()) as r:
+            body = await r.read()
+            if r.status != 200:
+                self.errors += 1
+                return [{"successful": False, "http": r.status}]
+            if not self.cookie:
+                jar = [c.split(";", 1)[0] for c in r.headers.getall("Set-Cookie", [])]
+                if jar:
+                    self.cookie = "; ".join(jar)
+        return orjson.loads(body)
+
+    async def handshake(self) -> bool:
+        replies = await self.post([self.handshake_msg(self.transport, self.ext)])
+        for m in replies:
+            if m.get("channel") == "/meta/handshake" and m.get("successful"):
+                self.client_id = m["clientId"]
+                return True
+        self.errors += 1
+        return False
+
+    async def setup(self) -> bool:
+        """Handshake, subscribe, first connect (answered at once by CometD servers)."""
+        if not await self.handshake():
+            return False
+        if self.channels:
+            replies = await self.post(self.subscribe_msgs())
+            if not all(m.get("successful") for m in replies if m.get("channel") == "/meta/subscribe"):
+                self.errors += 1
+                return False
+        return True
+
+    async def run(self) -> None:
+        """The connect loop: re-issue a connect as soon as the previous one is answered."""
+        transport = self.transport
+        first = True
+        while not self.stopping:
+            try:
+                replies = await self.post([self.connect_msg(transport)])
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                self.errors += 1
+                await asyncio.sleep(0.1)
+                continue
+            t = now()
+            ok = True
+            for m in replies:
+                ch = m.get("channel")
+                if ch == "/meta/connect":
+                    if not m.get("successful"):
+                        ok = False
+                        advice = m.get("advice") or {}
+                        if advice.get("reconnect") == "handshake":
+                            self.rehandshakes += 1
+                            await self.setup()
+                elif ch is not None and "data" in m:
+                    self.deliver(m, t)
+                elif "http" in m:
+                    ok = False
+            if first:
+                first = False
+                self.ready.set()
+            if not ok:
+                await asyncio.sleep(0.05)
+
+
+class WebSocketClient(Client):
+    transport = "websocket"
+
+    def __init__(self, gen: LoadGen, index: int, channels: list[str]) -> None:
+        super().__init__(gen, index, channels)
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+
+    async def request(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        futures = []
+        for m in messages:
+            f = loop.create_future()
+            self.pending[m["id"]] = f
+            futures.append(f)
+        assert self.ws is not None
+        await self.ws.send_str(orjson.dumps(messages).decode())
+        return list(await asyncio.gather(*futures))
+
+    async def setup(self) -> bool:
+        self.ws = await self.gen.http.ws_connect(self.gen.ws_url, autoping=True, max_msg_size=0)
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        [hs] = await self.request([self.handshake_msg(self.transport)])
+        if not hs.get("successful"):
+            self.errors += 1
+            return False
+        self.client_id = hs["clientId"]
+        if self.channels:
+            replies = await self.request(self.subscribe_msgs())
+            if not all(m.get("successful") for m in replies):
+                self.errors += 1
+                return False
+        await self.ws.send_str(orjson.dumps([self.connect_msg(self.transport)]).decode())
+        return True
+
+    async def _read(self) -> None:
+        ws = self.ws
+        assert ws is not None
+        async for frame in ws:
+            if frame.type != aiohttp.WSMsgType.TEXT and frame.type != aiohttp.WSMsgType.BINARY:
+                continue
+            t = now()
+            parsed = orjson.loads(frame.data)
+            if isinstance(parsed, dict):
+                parsed = [parsed]
+            for m in parsed:
+                ch = m.get("channel")
+                if ch == "/meta/connect":
+                    self.ready.set()
+                    if not m.get("successful"):
+                        self.errors += 1
+                        advice = m.get("advice") or {}
+                        if advice.get("reconnect") == "handshake":
+                            self.rehandshakes += 1
+                            continue
+                    if not self.stopping:
+                        await ws.send_str(orjson.dumps([self.connect_msg(self.transport)]).decode())
+                    continue
+                mid = m.get("id")
+                f = self.pending.pop(mid, None) if mid is not None and ch and ch.startswith("/meta/") else None
+                if f is not None:
+                    f.set_result(m)
+                elif "data" in m:
+                    self.deliver(m, t)
+                elif mid is not None and mid in self.pending:
+                    self.pending.pop(mid).set_result(m)
+
+    async def run(self) -> None:
+        await self._reader
+
+    async def close(self) -> None:
+        self.stopping = True
+        if self.ws is not None:
+            await self.ws.close()
+
+
+# --------------------------------------------------------------------------- a lean HTTP/1.1 client
+
+class _HttpConn(asyncio.Protocol):
+    """One keep-alive connection: a request written whole, a Content-Length response read whole."""
+
+    def __init__(self, pool: RawHttpPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[tuple[int, list[bytes], bytes]] | None = None
+        self.need = -1  # total bytes of the current response, once its head is parsed
+        self.head: tuple[int, list[bytes]] | None = None
+        self.body_at = 0
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionResetError("server closed the connection"))
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        if self.need < 0:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            lines = bytes(buf[:end]).split(b"\r\n")
+            status = int(lines[0].split(b" ", 2)[1])
+            length = 0
+            cookies = []
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                lname = name.strip().lower()
+                if lname == b"content-length":
+                    length = int(value)
+                elif lname == b"set-cookie":
+                    cookies.append(value.strip())
+                elif lname == b"transfer-encoding":
+                    raise RuntimeError("chunked responses are not supported by the lean client")
+            self.head = (status, cookies)
+            self.body_at = end + 4
+            self.need = self.body_at + length
+        if len(buf) >= self.need:
+            body = bytes(buf[self.body_at:self.need])
+            del buf[:self.need]
+            self.need = -1
+            waiter, self.waiter = self.waiter, None
+            assert self.head is not None
+            if waiter is not None and not waiter.done():
+                waiter.set_result((self.head[0], self.head[1], body))
+
+
+class RawHttpPool:
+    """POSTs over pooled keep-alive connections; far cheaper per request than a general client,
+    so thousands of long-polls per second cost the load generator little CPU."""
+
+    def __init__(self, url: str) -> None:
+        rest = url.split("://", 1)[1]
+        hostport, _, path = rest.partition("/")
+        self.host, _, port = hostport.partition(":")
+        self.port = int(port or 80)
+        self.path = "/" + path
+        self.idle: list[_HttpConn] = []
+        self.opened = 0
+
+    async def post(self, body: bytes, headers: dict[str, str], path: str | None = None
+                   ) -> tuple[int, list[bytes], bytes]:
+        loop = asyncio.get_running_loop()
+        conn = None
+        while self.idle:
+            c = self.idle.pop()
+            if not c.closed:
+                conn = c
+                break
+        if conn is None:
+            _, conn = await loop.create_connection(lambda: _HttpConn(self), self.host, self.port)
+            self.opened += 1
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        head = (f"POST {path or self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Content-Length: {len(body)}\r\n{extra}\r\n").encode()
+        conn.waiter = loop.create_future()
+        assert conn.transport is not None
+        conn.transport.write(head + body)
+        result = await conn.waiter
+        if not conn.closed:
+            self.idle.append(conn)
+        return result
+
+
+# --------------------------------------------------------------------------- the generator
+
+@dataclass
+class Step:
+    rate: float
+    published: int = 0
+    expected: int = 0
+    received: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    seconds: float = 0.0
+    delivered_per_s: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    max_ms: float = 0.0
+    server_cpu_s: float = 0.0
+    server_cpu_per_100k: float = 0.0
+    loadgen_cpu_pct: float = 0.0
+    server_cpu_pct: float = 0.0
+    publish_rate_actual: float = 0.0
+    ok: bool = True
+    why: str = ""
+
+
+@dataclass
+class LoadGen:
+    url: str
+    server_pid: int | None
+    http: aiohttp.ClientSession = field(init=False)
+    rec: Recorder = field(default_factory=Recorder)
+    raw: RawHttpPool | None = None  # long-polling over the lean client (default) rather than aiohttp
+    lean: bool = True
+    tasks: list[Any] = field(default_factory=list)  # the clients' loops (kept referenced)
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.url[4:]
+
+    async def open(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, force_close=False, keepalive_timeout=60,
+                                         enable_cleanup_closed=False)
+        if self.lean:
+            self.raw = RawHttpPool(self.url)
+        self.http = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                                          timeout=HTTP_TIMEOUT, json_serialize=lambda o: orjson.dumps(o).decode())
+
+    async def close(self) -> None:
+        await self.http.close()
+
+
+async def gather_bounded(coros: list[Any], concurrency: int) -> list[Any]:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(c: Any) -> Any:
+        async with sem:
+            return await c
+
+    return await asyncio.gather(*(one(c) for c in coros), return_exceptions=True)
+
+
+class Publisher:
+    """Publishes from its own long-polling session, paced in 10 ms ticks, batching what is due."""
+
+    def __init__(self, gen: LoadGen, max_inflight: int = 8, max_batch: int = 500) -> None:
+        self.gen = gen
+        self.client = LongPollingClient(gen, -1, [])
+        self.max_inflight = max_inflight
+        self.max_batch = max_batch
+        self.inflight = 0
+        self.failures = 0
+
+    async def setup(self) -> None:
+        if not await self.client.handshake():
+            raise RuntimeError("publisher handshake failed")
+        self.loop_task = asyncio.get_running_loop().create_task(self.client.run())  # keeps the session alive
+
+    async def _post(self, batch: list[dict[str, Any]]) -> None:
+        self.inflight += 1
+        try:
+            replies = await self.client.post(batch)
+            self.failures += sum(1 for m in replies if not m.get("successful"))
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            self.failures += len(batch)
+        finally:
+            self.inflight -= 1
+
+    async def run_step(self, step: int, rate: float, seconds: float, channels: list[str],
+                       seqs: dict[str, int]) -> int:
+        """Publish at `rate` msg/s for `seconds`, round-robin over `channels`; returns how many were sent."""
+        loop = asyncio.get_running_loop()
+        start = now()
+        sent = 0
+        rr = 0
+        tasks = set()
+        cid = self.client.client_id
+        nch = len(channels)
+        while True:
+            elapsed = now() - start
+            if elapsed >= seconds:
+                break
+            due = min(int(rate * elapsed) + 1 - sent, self.max_batch)
+            if due > 0 and self.inflight < self.max_inflight:
+                batch = []
+                t = now()
+                for _ in range(due):
+                    ch = channels[rr % nch]
+                    rr += 1
+                    s = seqs.get(ch, 0)
+                    seqs[ch] = s + 1
+                    batch.append({"channel": ch, "clientId": cid, "data": {"s": s, "t": t, "k": step}})
+                sent += due
+                task = loop.create_task(self._post(batch))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            await asyncio.sleep(0.01)
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+        return sent
+
+
+async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
+    gen = LoadGen(args.url, args.server_pid, lean=not args.aiohttp_http)
+    await gen.open()
+    result: dict[str, Any] = {"scenario": args.scenario, "transport": args.transport, "clients": args.clients,
+                              "steps": []}
+    n = args.clients
+    if args.scenario == "fanout":
+        chan_of = ["/bench/fan"] * n
+        pub_channels = ["/bench/fan"]
+    else:
+        chan_of = [f"/bench/p2p/{i}" for i in range(n)]
+        pub_channels = chan_of
+    subs_per_channel: dict[str, int] = {}
+    for c in chan_of:
+        subs_per_channel[c] = subs_per_channel.get(c, 0) + 1
+    cls = WebSocketClient if args.transport == "websocket" else LongPollingClient
+    clients = [cls(gen, i, [chan_of[i]]) for i in range(n)]
+    t0 = now()
+    outcomes = await gather_bounded([c.setup() for c in clients], args.concurrency)
+    failed = [o for o in outcomes if o is not True]
+    if failed:
+        result["setup_failures"] = len(failed)
+        result["setup_error"] = repr(failed[0])
+    live = [c for c, o in zip(clients, outcomes, strict=True) if o is True]
+    gen.tasks = [asyncio.get_running_loop().create_task(c.run()) for c in live]
+    await asyncio.sleep(0.5)  # subscribed; let every first connect reach the server (Faye holds it)
+    result["setup_seconds"] = round(now() - t0, 2)
+    pub = Publisher(gen)
+    await pub.setup()
+    await asyncio.sleep(0.5)
+    seqs: dict[str, int] = {}
+    rates = [float(r) for r in args.rates.split(",")]
+    best: dict[str, Any] | None = None
+    for k, rate in enumerate(rates):
+        gen.rec.start(k)
+        cpu0, own0, busy0, t_start = proc_cpu(args.server_pid), own_cpu(), machine_busy(), now()
+        sent = await pub.run_step(k, rate, args.step_seconds, pub_channels, seqs)
+        pub_seconds = now() - t_start
+        if args.scenario == "fanout":
+            expected = sent * sum(1 for c in live)
+        else:
+            live_channels = {c.channels[0] for c in live}
+            per = {}
+            for i in range(sent):
+                ch = pub_channels[i % len(pub_channels)]
+                per[ch] = per.get(ch, 0) + 1
+            expected = sum(v for ch, v in per.items() if ch in live_channels)
+        # drain: wait until everything arrived or the drain timeout passed
+        deadline = now() + args.drain_seconds
+        while gen.rec.received < expected and now() < deadline:
+            await asyncio.sleep(0.02)
+        t_end = now()
+        cpu1, own1, busy1 = proc_cpu(args.server_pid), own_cpu(), machine_busy()
+        rec = gen.rec
+        lat = sorted(rec.latencies)
+        st = Step(rate=rate, published=sent, expected=expected, received=rec.received,
+                  lost=max(0, expected - rec.received), duplicates=rec.duplicates)
+        st.seconds = round(t_end - t_start, 3)
+        # delivered msg/s over the publishing window plus the drain actually needed
+        st.delivered_per_s = round(rec.received / max(t_end - t_start, 1e-9), 1)
+        st.publish_rate_actual = round(sent / max(pub_seconds, 1e-9), 1)
+        st.p50_ms = round(percentile(lat, 0.50) * 1000, 2)
+        st.p99_ms = round(percentile(lat, 0.99) * 1000, 2)
+        st.max_ms = round((lat[-1] if lat else 0) * 1000, 2)
+        st.server_cpu_s = round(cpu1 - cpu0, 3)
+        st.server_cpu_pct = round(100 * (cpu1 - cpu0) / (t_end - t_start), 1)
+        st.server_cpu_per_100k = round((cpu1 - cpu0) / rec.received * 100_000, 3) if rec.received else 0.0
+        st.loadgen_cpu_pct = round(100 * (own1 - own0) / (t_end - t_start), 1)
+        if st.lost:
+            st.ok, st.why = False, (f"lost {st.lost} (publish failures {pub.failures}, client errors "
+                                    f"{sum(c.errors for c in live)}, rehandshakes {sum(c.rehandshakes for c in live)})")
+        elif st.p99_ms > args.p99_limit_ms:
+            st.ok, st.why = False, f"p99 {st.p99_ms} ms > {args.p99_limit_ms}"
+        elif pub.failures:
+            st.ok, st.why = False, f"{pub.failures} publish failures"
+        elif st.publish_rate_actual < 0.9 * rate:
+            st.ok, st.why = False, f"publisher reached only {st.publish_rate_actual}/s (server backpressure)"
+        d = st.__dict__
+        # CPU used by other processes of the machine during the step (another job sharing the
+        # cores makes the figures noisy; this says how much)
+        d["foreign_cpu_pct"] = round(100 * ((busy1 - busy0) - (cpu1 - cpu0) - (own1 - own0)) / (t_end - t_start), 1)
+        d["publish_failures"] = pub.failures
+        d["client_errors"] = sum(c.errors for c in live)
+        d["rehandshakes"] = sum(c.rehandshakes for c in live)
+        result["steps"].append(d)
+        print(f"  step {k}: rate {rate}/s delivered {st.delivered_per_s}/s p50 {st.p50_ms} p99 {st.p99_ms} "
+              f"max {st.max_ms} lost {st.lost} srv {st.server_cpu_pct}% gen {st.loadgen_cpu_pct}% "
+              f"other {d['foreign_cpu_pct']}% "
+              f"{'ok' if st.ok else 'STOP: ' + st.why}", file=sys.stderr, flush=True)
+        if st.ok:
+            if best is None or st.delivered_per_s > best["delivered_per_s"]:
+                best = st.__dict__
+        else:
+            break
+        await asyncio.sleep(0.3)
+    result["best"] = best
+    result["rehandshakes"] = sum(c.rehandshakes for c in live)
+    result["client_errors"] = sum(c.errors for c in live)
+    result["mem"] = proc_mem(args.server_pid)
+    return result
+
+
+async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
+    """Open websocket sessions, then parked long-polls; RSS growth per session and handshake rate."""
+    gen = LoadGen(args.url, args.server_pid, lean=not args.aiohttp_http)
+    await gen.open()
+    loop = asyncio.get_running_loop()
+    result: dict[str, Any] = {"scenario": "idle"}
+    # warm the server (first handshake allocates lazily-built structures)
+    warm = LongPollingClient(gen, -1, ["/bench/idle"])
+    await warm.setup()
+    await asyncio.sleep(0.5)
+    base = proc_mem(args.server_pid)
+    result["rss_base_kb"] = base["rss_kb"]
+    keep: list[Client] = []
+    tasks = []
+    for kind, count in (("websocket", args.ws_sessions), ("long-polling", args.lp_sessions)):
+        if count <= 0:
+            continue
+        cls = WebSocketClient if kind == "websocket" else LongPollingClient
+        clients = [cls(gen, i, ["/bench/idle"]) for i in range(count)]
+        before = proc_mem(args.server_pid)["rss_kb"]
+        cpu0 = proc_cpu(args.server_pid)
+        t0 = now()
+        outcomes = await gather_bounded([c.setup() for c in clients], args.concurrency)
+        hs_seconds = now() - t0
+        live = [c for c, o in zip(clients, outcomes, strict=True) if o is True]
+        for c in live:
+            if kind == "long-polling":
+                tasks.append(loop.create_task(c.run()))
+        await asyncio.sleep(args.settle_seconds)  # let the second connects park
+        after = proc_mem(args.server_pid)["rss_kb"]
+        cpu1 = proc_cpu(args.server_pid)
+        fails = [o for o in outcomes if o is not True]
+        result[kind] = {
+            "sessions": len(live), "failures": len(fails), "first_error": repr(fails[0]) if fails else None,
+            "handshakes_per_s": round(len(live) / hs_seconds, 1), "setup_seconds": round(hs_seconds, 2),
+            "rss_before_kb": before, "rss_after_kb": after,
+            "rss_per_session_kb": round((after - before) / max(len(live), 1), 2),
+            "server_cpu_s": round(cpu1 - cpu0, 3),
+        }
+        print(f"  idle {kind}: {len(live)} sessions ({len(fails)} failed), {result[kind]['handshakes_per_s']}"
+              f" handshakes/s, {result[kind]['rss_per_session_kb']} KiB/session", file=sys.stderr, flush=True)
+        keep.extend(live)
+    result["mem"] = proc_mem(args.server_pid)
+    return result
+
+
+# --------------------------------------------------------------------------- agents (contact center)
+
+async def run_agents(args: argparse.Namespace) -> dict[str, Any]:
+    """Agents log in over REST, go Ready on sms, listen on /v2/me/** over CometD; customers arrive
+    through the media gateway API, agents Accept, then both sides exchange messages."""
+    gen = LoadGen(args.url, args.server_pid, lean=not args.aiohttp_http)
+    await gen.open()
+    base = args.url.split("/", 3)
+    origin = f"{base[0]}//{base[2]}"
+    loop = asyncio.get_running_loop()
+    http = gen.http
+    n = args.clients
+    media_h = {"Authorization": f"Bearer {args.media_token}", "Content-Type": "application/json"}
+    result: dict[str, Any] = {"scenario": "agents", "agents": n}
+    lat_ops: dict[str, list[float]] = {"offer": [], "customer_msg": [], "agent_msg": []}
+    counters = {"notifications": 0, "rest_ops": 0, "rest_failures": 0}
+    expect_text: dict[tuple[str, str], float] = {}  # (user, text) -> sent at
+    arrived: set[tuple[str, str]] = set()
+
+    class Agent:
+        def __init__(self, i: int) -> None:
+            self.user = f"agent{i}"
+            self.password = f"pw-{i}"
+            self.cookie = ""
+            self.csrf = ""
+            self.offer: asyncio.Future[str] = loop.create_future()
+            self.ix: str | None = None
+
+        def headers(self) -> dict[str, str]:
+            return {"Cookie": self.cookie, "X-CSRF-TOKEN": self.csrf, "Content-Type": "application/json"}
+
+        async def rest(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+            counters["rest_ops"] += 1
+            async with http.request(method, origin + path, data=orjson.dumps(body) if body is not None else None,
+                                    headers=self.headers()) as r:
+                reply = orjson.loads(await r.read())
+            if reply.get("statusCode") != 0:
+                counters["rest_failures"] += 1
+            return reply
+
+        async def login(self) -> None:
+            auth = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+            async with http.get(origin + "/api/v2/me", headers={"Authorization": "Basic " + auth}) as r:
+                await r.read()
+                self.cookie = "; ".join(c.split(";", 1)[0] for c in r.headers.getall("Set-Cookie", []))
+                self.csrf = r.headers.get("X-CSRF-TOKEN", "")
+            await self.rest("POST", "/api/v2/me", {"operationName": "StartContactCenterSession",
+                                                   "channels": ["sms"]})
+
+    def on_data(client: Client, message: dict[str, Any], t: float) -> None:
+        counters["notifications"] += 1
+        agent: Agent = client.agent  # type: ignore[attr-defined]
+        data = message.get("data") or {}
+        ntype = data.get("notificationType")
+        if ntype == "StatusChange" and isinstance(data.get("smssession"), dict):
+            s = data["smssession"]
+            if not agent.offer.done() and s.get("state") == "Invited":
+                agent.offer.set_result(s["id"])
+        elif ntype == "NewMessages":
+            for m in data.get("messages") or []:
+                text = m.get("text")
+                key = (agent.user, text)
+                sent = expect_text.pop(key, None)
+                if sent is not None:
+                    arrived.add(key)
+                    kind = "agent_msg" if text.startswith("a") else "customer_msg"
+                    lat_ops[kind].append(t - sent)
+
+    agents = [Agent(i) for i in range(n)]
+    t0 = now()
+    await gather_bounded([a.login() for a in agents], args.concurrency)
+    clients = []
+    for a in agents:
+        c = LongPollingClient(gen, 0, ["/v2/me/**"], headers={"Cookie": a.cookie})
+        c.agent = a  # type: ignore[attr-defined]
+        c.on_data = on_data
+        clients.append(c)
+    gen.url = origin + "/api/v2/notifications"
+    if gen.raw is not None:
+        gen.raw = RawHttpPool(gen.url)
+    outcomes = await gather_bounded([c.setup() for c in clients], args.concurrency)
+    gen.tasks = [loop.create_task(c.run()) for c, o in zip(clients, outcomes, strict=True) if o is True]
+    await asyncio.sleep(0.5)
+    await gather_bounded([a.rest("POST", "/api/v2/me/channels/sms", {"operationName": "Ready"}) for a in agents],
+                         args.concurrency)
+    result["login_seconds"] = round(now() - t0, 2)
+    result["cometd_setup_failures"] = sum(1 for o in outcomes if o is not True)
+    await asyncio.sleep(0.5)
+
+    cpu0, own0, t_start = proc_cpu(args.server_pid), own_cpu(), now()
+    notif0, ops0 = counters["notifications"], counters["rest_ops"]
+
+    async def customer(i: int) -> str | None:
+        counters["rest_ops"] += 1
+        sent = now()
+        async with http.post(origin + "/api/v2/media/sms/interactions", headers=media_h,
+                             data=orjson.dumps({"nickname": f"cust{i}", "text": "hello"})) as r:
+            reply = orjson.loads(await r.read())
+        if reply.get("statusCode") != 0:
+            counters["rest_failures"] += 1
+            return None
+        return reply["id"], sent  # type: ignore[return-value]
+
+    created = await gather_bounded([customer(i) for i in range(n)], args.concurrency)
+    ix_sent = {x[0]: x[1] for x in created if isinstance(x, tuple)}
+
+    async def accept(a: Agent) -> None:
+        try:
+            ix = await asyncio.wait_for(a.offer, timeout=20)
+        except TimeoutError:
+            return
+        if ix in ix_sent:
+            lat_ops["offer"].append(now() - ix_sent[ix])
+        a.ix = ix
+        await a.rest("POST", f"/api/v2/me/smssessions/{ix}", {"operationName": "Accept", "nickname": a.user})
+
+    await gather_bounded([accept(a) for a in agents], n)
+    accepted = [a for a in agents if a.ix]
+    result["accepted"] = len(accepted)
+
+    async def converse(a: Agent) -> None:
+        for r in range(args.rounds):
+            text = f"c{r}-{a.user}"
+            expect_text[(a.user, text)] = now()
+            counters["rest_ops"] += 1
+            async with http.post(origin + f"/api/v2/media/sms/interactions/{a.ix}/messages", headers=media_h,
+                                 data=orjson.dumps({"text": text})) as resp:
+                if orjson.loads(await resp.read()).get("statusCode") != 0:
+                    counters["rest_failures"] += 1
+            text = f"a{r}-{a.user}"
+            expect_text[(a.user, text)] = now()
+            await a.rest("POST", f"/api/v2/me/smssessions/{a.ix}", {"operationName": "SendMessage", "text": text})
+
+    sem_conv = await gather_bounded([converse(a) for a in accepted], args.concurrency)
+    errors = [e for e in sem_conv if isinstance(e, BaseException)]
+    deadline = now() + args.drain_seconds
+    while expect_text and now() < deadline:
+        await asyncio.sleep(0.05)
+    t_end = now()
+    cpu1, own1 = proc_cpu(args.server_pid), own_cpu()
+    seconds = t_end - t_start
+    notifs = counters["notifications"] - notif0
+    result.update({
+        "seconds": round(seconds, 2),
+        "rest_ops": counters["rest_ops"] - ops0, "rest_ops_per_s": round((counters["rest_ops"] - ops0) / seconds, 1),
+        "rest_failures": counters["rest_failures"], "errors": len(errors),
+        "first_error": repr(errors[0]) if errors else None,
+        "notifications": notifs, "notifications_per_s": round(notifs / seconds, 1),
+        "messages_expected": len(arrived) + len(expect_text), "lost": len(expect_text),
+        "server_cpu_s": round(cpu1 - cpu0, 3),
+        "server_cpu_per_100k": round((cpu1 - cpu0) / notifs * 100_000, 3) if notifs else 0,
+        "server_cpu_pct": round(100 * (cpu1 - cpu0) / seconds, 1),
+        "loadgen_cpu_pct": round(100 * (own1 - own0) / seconds, 1),
+        "mem": proc_mem(args.server_pid),
+    })
+    for kind, values in lat_ops.items():
+        v = sorted(values)
+        result[f"{kind}_ms"] = {"n": len(v), "p50": round(percentile(v, 0.5) * 1000, 2),
+                                "p99": round(percentile(v, 0.99) * 1000, 2),
+                                "max": round((v[-1] if v else 0) * 1000, 2)}
+    print(f"  agents: {result['rest_ops_per_s']} REST ops/s, {result['notifications_per_s']} notifications/s, "
+          f"lost {result['lost']}, customer->agent p99 {result['customer_msg_ms']['p99']} ms",
+          file=sys.stderr, flush=True)
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", required=True, help="http://127.0.0.1:PORT/cometd")
+    p.add_argument("--scenario", choices=["fanout", "p2p", "idle", "agents"], required=True)
+    p.add_argument("--transport", choices=["long-polling", "websocket"], default="long-polling")
+    p.add_argument("--clients", type=int, default=100)
+    p.add_argument("--rates", default="10,20,50", help="publish rates (msg/s) stepped through, comma-separated")
+    p.add_argument("--step-seconds", type=float, default=5.0)
+    p.add_argument("--drain-seconds", type=float, default=3.0)
+    p.add_argument("--p99-limit-ms", type=float, default=250.0)
+    p.add_argument("--concurrency", type=int, default=100, help="sessions set up at once")
+    p.add_argument("--ws-sessions", type=int, default=1000)
+    p.add_argument("--lp-sessions", type=int, default=500)
+    p.add_argument("--settle-seconds", type=float, default=2.0)
+    p.add_argument("--rounds", type=int, default=5, help="agents: messages each way per conversation")
+    p.add_argument("--media-token", default="bench-media")
+    p.add_argument("--server-pid", type=int)
+    p.add_argument("--aiohttp-http", action="store_true",
+                   help="long-polling through aiohttp's client instead of the lean built-in one (slower)")
+    p.add_argument("--deadline", type=float, default=600.0, help="hard wall-clock limit, seconds")
+    args = p.parse_args()
+    if uvloop is not None:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    scenario = {"fanout": run_throughput, "p2p": run_throughput, "idle": run_idle, "agents": run_agents}[args.scenario]
+
+    async def bounded() -> dict[str, Any]:
+        return await asyncio.wait_for(scenario(args), timeout=args.deadline)
+
+    loop = asyncio.new_event_loop()
+    result = loop.run_until_complete(bounded())
+    result["loop"] = "uvloop" if uvloop is not None else "asyncio"
+    result["loadgen_cpu_total_s"] = round(own_cpu(), 2)
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    sys.stdout.flush()
+    # No graceful teardown: thousands of held connects and websockets would each wait for the
+    # server; the kernel closes the sockets and the server is stopped next anyway.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,414 @@
+"""Side-by-side benchmark: cometd-broker against CometD's Node.js server and Faye.
+
+    python bench/run.py --quick     # CI-sized smoke run, < 2 minutes
+    python bench/run.py             # the issue's sizes, < 15 minutes on 2 cores
+
+Installs the peer servers from bench/peers/package-lock.json (`npm ci`, into the ignored
+bench/peers/node_modules), then for every scenario starts each server in turn on a fresh
+loopback port, pinned to core 0 (`taskset -c 0`), and drives it with bench/loadgen.py pinned
+to core 1. Prints a table per scenario with ratios against the best peer and writes
+bench/results/latest.json and bench/results/latest.md (or --out PREFIX).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PEERS = HERE / "peers"
+RESULTS = HERE / "results"
+PY = sys.executable
+SERVER_CORE, LOADGEN_CORE = "0", "1"
+OURS, COMETD, FAYE = "cometd-broker", "cometd-nodejs-server", "faye"
+MEDIA_TOKEN = "bench-media-token"
+
+# name: (clients, rates stepped through, step seconds) per size
+SIZES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "fanout": (100, "20,100,400", 2.0), "p2p": (100, "200,1000,3000", 2.0),
+        "idle": {"ws": 500, "lp": 300}, "agents": {"agents": 40, "rounds": 3},
+    },
+    "full": {
+        "fanout": (1000, "1,2,5,10,20,40,80,160", 4.0), "p2p": (1000, "250,500,1000,2000,4000,8000,16000", 4.0),
+        "idle": {"ws": 10000, "lp": 5000}, "agents": {"agents": 1000, "rounds": 5},
+    },
+}
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def have_taskset() -> bool:
+    return shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+
+
+def pinned(core: str, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", core, *argv] if have_taskset() else argv
+
+
+# --------------------------------------------------------------------------- peers
+
+def install_peers() -> str | None:
+    """`npm ci` the peers when needed; None when ready, else why they cannot run."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return "node/npm not found"
+    stamp = PEERS / "node_modules" / ".package-lock.json"
+    lock = PEERS / "package-lock.json"
+    if stamp.exists() and stamp.stat().st_mtime >= lock.stat().st_mtime:
+        return None
+    log("installing peer servers: npm ci in bench/peers ...")
+    done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=PEERS,
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        return f"npm ci failed: {done.stderr.strip()[-500:]}"
+    return None
+
+
+# --------------------------------------------------------------------------- servers
+
+class Server:
+    def __init__(self, name: str, argv: list[str], port: int, cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.name, self.port = name, port
+        self.url = f"http://127.0.0.1:{port}/cometd"
+        self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)  # noqa: SIM115
+        self.proc = subprocess.Popen(pinned(SERVER_CORE, argv), cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+        self.pid = self.proc.pid  # taskset execs the server, so this is the server's pid
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited at start: {Path(self.log.name).read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{name} did not listen on {port} within 30 s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=8)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.log.close()
+        os.unlink(self.log.name)
+
+
+def start(name: str, *, websocket: bool, users_file: Path | None = None) -> Server:
+    port = free_port()
+    if name == OURS:
+        argv = [PY, "-m", "cometd_broker", "serve", "--host", "127.0.0.1", "--port", str(port), "--allow-anonymous",
+                "--event-log", "memory:", "--state-db", ":memory:", "--log-level", "WARNING",
+                "--transports", "websocket,long-polling" if websocket else "long-polling"]
+        if users_file is not None:
+            argv += ["--users-file", str(users_file), "--media-token", MEDIA_TOKEN]
+        return Server(name, argv, port, ROOT)
+    script = "cometd_server.js" if name == COMETD else "faye_server.js"
+    return Server(name, ["node", script, str(port)], port, PEERS)
+
+
+def py_spy() -> str | None:
+    found = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+    return found if Path(found).exists() else None
+
+
+def run_loadgen(server: Server, args: list[str], timeout: float, profile: Path | None = None) -> dict[str, Any]:
+    argv = pinned(LOADGEN_CORE, [PY, str(HERE / "loadgen.py"), "--url", server.url, "--server-pid", str(server.pid),
+                                 "--deadline", str(timeout), *args])
+    spy = None
+    if profile is not None and py_spy():
+        spy = subprocess.Popen(pinned(LOADGEN_CORE, [py_spy(), "record", "--pid", str(server.pid), "--rate", "200",
+                                                     "--format", "raw", "-o", str(profile), "--nonblocking"]),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=None, text=True, timeout=timeout + 30, cwd=ROOT)
+    finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            try:
+                spy.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+    if done.returncode != 0 or not done.stdout.strip():
+        return {"error": f"loadgen exited {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- scenarios
+
+def make_users(path: Path, count: int) -> None:
+    """A users file of `count` agents. Hashed with few PBKDF2 iterations: the bench measures
+    notifications, not 1,000 logins of 200k-iteration hashing (which the default would cost)."""
+    sys.path.insert(0, str(ROOT))
+    from channels.auth import User, UserDirectory, hash_password
+
+    directory = UserDirectory(User(f"agent{i}", hash_password(f"pw-{i}", iterations=1000), frozenset({"agent"}),
+                                   f"Agent{i}", "Bench", str(101 + i)) for i in range(count))
+    directory.save(path)
+
+
+def throughput(name: str, scenario: str, transport: str, size: dict[str, Any], profile_dir: Path | None,
+               ) -> dict[str, Any]:
+    clients, rates, step = size[scenario]
+    server = start(name, websocket=transport == "websocket")
+    profile = profile_dir / f"{scenario}-{transport}.txt" if profile_dir and name == OURS else None
+    try:
+        return run_loadgen(server, ["--scenario", scenario, "--transport", transport, "--clients", str(clients),
+                                    "--rates", rates, "--step-seconds", str(step),
+                                    "--concurrency", "100"], timeout=240, profile=profile)
+    finally:
+        server.stop()
+
+
+def idle(name: str, size: dict[str, Any]) -> dict[str, Any]:
+    server = start(name, websocket=name != COMETD)
+    try:
+        ws = size["idle"]["ws"] if name != COMETD else 0
+        return run_loadgen(server, ["--scenario", "idle", "--ws-sessions", str(ws), "--lp-sessions",
+                                    str(size["idle"]["lp"]), "--concurrency", "200"], timeout=240)
+    finally:
+        server.stop()
+
+
+def agents(size: dict[str, Any], profile_dir: Path | None) -> dict[str, Any]:
+    count = size["agents"]["agents"]
+    with tempfile.TemporaryDirectory(prefix="bench-users-") as tmp:
+        users = Path(tmp) / "users.json"
+        make_users(users, count)
+        server = start(OURS, websocket=False, users_file=users)
+        profile = profile_dir / "agents.txt" if profile_dir else None
+        try:
+            return run_loadgen(server, ["--scenario", "agents", "--clients", str(count), "--rounds",
+                                        str(size["agents"]["rounds"]), "--media-token", MEDIA_TOKEN,
+                                        "--concurrency", "100", "--drain-seconds", "10"], timeout=240, profile=profile)
+        finally:
+            server.stop()
+
+
+# --------------------------------------------------------------------------- reporting
+
+def summarize_throughput(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for name, r in runs.items():
+        if "error" in r or not r.get("steps"):
+            rows.append({"server": name, "error": r.get("error", "no steps")})
+            continue
+        best = r.get("best") or {}
+        last = r["steps"][-1]
+        rows.append({
+            "server": name, "max_msg_s": best.get("delivered_per_s", 0.0),
+            "at_publish_rate": best.get("rate"),
+            "p50_ms": best.get("p50_ms"), "p99_ms": best.get("p99_ms"), "max_ms": best.get("max_ms"),
+            "lost_total": sum(s["lost"] for s in r["steps"]),
+            "cpu_s_per_100k": best.get("server_cpu_per_100k"), "server_cpu_pct": best.get("server_cpu_pct"),
+            "peak_rss_mb": round(r["mem"]["hwm_kb"] / 1024, 1), "loadgen_cpu_pct": best.get("loadgen_cpu_pct"),
+            "stopped_by": "" if last["ok"] else last["why"],
+            "other_cpu_pct": max((st.get("foreign_cpu_pct", 0) for st in r["steps"]), default=0),
+        })
+    peers = [x for x in rows if x["server"] != OURS and "error" not in x]
+    ours = next((x for x in rows if x["server"] == OURS and "error" not in x), None)
+    if ours and peers:
+        best_peer = max(peers, key=lambda x: x["max_msg_s"])
+        ours["ratio_msg_s"] = round(ours["max_msg_s"] / best_peer["max_msg_s"], 2) if best_peer["max_msg_s"] else None
+        cheapest = min((p for p in peers if p["cpu_s_per_100k"]), key=lambda x: x["cpu_s_per_100k"], default=None)
+        if cheapest and ours["cpu_s_per_100k"]:
+            ours["ratio_cpu_per_100k"] = round(ours["cpu_s_per_100k"] / cheapest["cpu_s_per_100k"], 2)
+        ours["best_peer"] = best_peer["server"]
+    return rows
+
+
+def summarize_idle(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for name, r in runs.items():
+        if "error" in r:
+            rows.append({"server": name, "error": r["error"]})
+            continue
+        row = {"server": name, "peak_rss_mb": round(r["mem"]["hwm_kb"] / 1024, 1)}
+        for kind, key in (("websocket", "ws"), ("long-polling", "lp")):
+            k = r.get(kind)
+            if k:
+                row[f"{key}_sessions"] = k["sessions"]
+                row[f"{key}_failures"] = k["failures"]
+                row[f"{key}_kb_per_session"] = k["rss_per_session_kb"]
+                row[f"{key}_handshakes_s"] = k["handshakes_per_s"]
+        rows.append(row)
+    ours = next((x for x in rows if x["server"] == OURS and "error" not in x), None)
+    for key in ("ws", "lp"):
+        peers = [x for x in rows if x["server"] != OURS and x.get(f"{key}_kb_per_session")]
+        if ours and peers and ours.get(f"{key}_kb_per_session"):
+            best = min(peers, key=lambda x: x[f"{key}_kb_per_session"])
+            ours[f"{key}_rss_ratio"] = round(ours[f"{key}_kb_per_session"] / best[f"{key}_kb_per_session"], 2)
+            fastest = max(peers, key=lambda x: x[f"{key}_handshakes_s"])
+            ours[f"{key}_handshake_ratio"] = round(ours[f"{key}_handshakes_s"] / fastest[f"{key}_handshakes_s"], 2)
+    return rows
+
+
+THROUGHPUT_COLUMNS = [("server", "server"), ("max_msg_s", "max msg/s"), ("at_publish_rate", "publish/s"),
+                      ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("max_ms", "max ms"), ("lost_total", "lost"),
+                      ("cpu_s_per_100k", "CPU s/100k"), ("peak_rss_mb", "peak RSS MB"),
+                      ("loadgen_cpu_pct", "loadgen CPU %"), ("other_cpu_pct", "other procs CPU % (max)"),
+                      ("ratio_msg_s", "msg/s vs best peer"),
+                      ("ratio_cpu_per_100k", "CPU/100k vs best peer"), ("stopped_by", "stopped by")]
+IDLE_COLUMNS = [("server", "server"), ("ws_sessions", "ws sessions"), ("ws_kb_per_session", "KiB/ws session"),
+                ("ws_handshakes_s", "ws handshakes/s"), ("lp_sessions", "parked long-polls"),
+                ("lp_kb_per_session", "KiB/long-poll session"), ("lp_handshakes_s", "lp handshakes/s"),
+                ("peak_rss_mb", "peak RSS MB"), ("ws_rss_ratio", "ws RSS vs best peer"),
+                ("lp_rss_ratio", "lp RSS vs best peer"), ("ws_handshake_ratio", "ws handshakes vs best peer"),
+                ("lp_handshake_ratio", "lp handshakes vs best peer")]
+
+
+def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    cols = [(k, h) for k, h in columns if any(k in r for r in rows)]
+    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['server']} | error: {r['error']} |")
+            continue
+        lines.append("| " + " | ".join("" if r.get(k) is None else str(r.get(k)) for k, _ in cols) + " |")
+    return "\n".join(lines)
+
+
+def agents_table(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"error: {r['error']}"
+    rows = [("agents (accepted an SMS)", f"{r['agents']} ({r.get('accepted')})"),
+            ("REST operations/s (media gateway + agent)", r["rest_ops_per_s"]),
+            ("/v2/me notifications delivered/s", r["notifications_per_s"]),
+            ("offer latency p50/p99/max ms", "/".join(str(r["offer_ms"][k]) for k in ("p50", "p99", "max"))),
+            ("customer message -> agent p50/p99/max ms",
+             "/".join(str(r["customer_msg_ms"][k]) for k in ("p50", "p99", "max"))),
+            ("agent SendMessage -> own notification p50/p99/max ms",
+             "/".join(str(r["agent_msg_ms"][k]) for k in ("p50", "p99", "max"))),
+            ("messages lost", f"{r['lost']} of {r['messages_expected']}"),
+            ("REST failures", r["rest_failures"]),
+            ("server CPU s per 100k notifications", r["server_cpu_per_100k"]),
+            ("server CPU %", r["server_cpu_pct"]), ("loadgen CPU %", r["loadgen_cpu_pct"]),
+            ("peak RSS MB", round(r["mem"]["hwm_kb"] / 1024, 1))]
+    return "| measure | cometd-broker |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="CI-sized smoke run (< 2 minutes)")
+    p.add_argument("--only", default="",
+                   help="comma-separated scenarios: fanout-lp,p2p-lp,fanout-ws,p2p-ws,idle,agents")
+    p.add_argument("--servers", default=f"{OURS},{COMETD},{FAYE}")
+    p.add_argument("--agents", type=int, help="agents in the agents scenario (default: 1000, --quick 40)")
+    p.add_argument("--profile", action="store_true", help="py-spy record cometd-broker during each scenario "
+                                                         "(raw stacks in bench/results/profile/)")
+    p.add_argument("--out", default=str(RESULTS / "latest"), help="write OUT.json and OUT.md")
+    args = p.parse_args()
+    # a SIGTERM (timeout, CI) unwinds through the finally blocks that stop the servers
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    size_name = "quick" if args.quick else "full"
+    size = {**SIZES[size_name]}
+    if args.agents:
+        size["agents"] = {**size["agents"], "agents": args.agents}
+    servers = args.servers.split(",")
+    problem = install_peers() if (COMETD in servers or FAYE in servers) else None
+    if problem:
+        log(f"peers unavailable ({problem}): measuring cometd-broker alone")
+        servers = [s for s in servers if s == OURS]
+    profile_dir = RESULTS / "profile" if args.profile else None
+    if profile_dir:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+    wanted = set(args.only.split(",")) if args.only else None
+    began = time.monotonic()
+    report: dict[str, Any] = {
+        "size": size_name, "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": {
+            "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+            if shutil.which("node") else None, "pinned": have_taskset()},
+        "sizes": {k: v for k, v in size.items()}, "scenarios": {}}
+    md = [f"# Benchmark results ({size_name})", "",
+          f"`{' '.join(['python', 'bench/run.py', *sys.argv[1:]])}` on {report['started']}; "
+          f"{os.cpu_count()} cores, server pinned to core {SERVER_CORE}, load generator to core {LOADGEN_CORE}.", ""]
+    order = servers[:]
+    plan = [("fanout-lp", "fanout", "long-polling"), ("p2p-lp", "p2p", "long-polling"),
+            ("fanout-ws", "fanout", "websocket"), ("p2p-ws", "p2p", "websocket")]
+    for key, scenario, transport in plan:
+        if wanted and key not in wanted:
+            continue
+        clients, rates, step = size[scenario]
+        log(f"== {key}: {clients} {transport} clients, publish rates {rates}/s, {step} s steps")
+        runs = {}
+        for name in order:
+            if transport == "websocket" and name == COMETD:
+                continue  # cometd-nodejs-server has no websocket transport
+            log(f"-- {name}")
+            try:
+                runs[name] = throughput(name, scenario, transport, size, profile_dir)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                runs[name] = {"error": str(exc)[:500]}
+        order = order[1:] + order[:1]  # alternate which server goes first
+        rows = summarize_throughput(runs)
+        report["scenarios"][key] = {"clients": clients, "transport": transport, "rates": rates, "summary": rows,
+                                    "runs": runs}
+        text = table(rows, THROUGHPUT_COLUMNS)
+        title = {"fanout": f"fan-out: {clients} {transport} clients on one channel",
+                 "p2p": f"point-to-point: {clients} {transport} clients, each on its own channel"}[scenario]
+        md += [f"## {title}", "", text, ""]
+        log(text)
+    if not wanted or "idle" in wanted:
+        log(f"== idle: {size['idle']['ws']} websocket sessions, {size['idle']['lp']} parked long-polls")
+        runs = {}
+        for name in order:
+            log(f"-- {name}")
+            try:
+                runs[name] = idle(name, size)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                runs[name] = {"error": str(exc)[:500]}
+        rows = summarize_idle(runs)
+        report["scenarios"]["idle"] = {"summary": rows, "runs": runs}
+        text = table(rows, IDLE_COLUMNS)
+        md += [f"## idle capacity: {size['idle']['ws']} websocket sessions, then {size['idle']['lp']} parked "
+               "long-polls (cometd-nodejs-server: long-polls only)", "", text, ""]
+        log(text)
+    if (not wanted or "agents" in wanted) and OURS in servers:
+        log(f"== agents: {size['agents']['agents']} agents over the contact-center API (cometd-broker only)")
+        try:
+            r = agents(size, profile_dir)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            r = {"error": str(exc)[:500]}
+        report["scenarios"]["agents"] = r
+        text = agents_table(r)
+        md += [f"## agent traffic: {size['agents']['agents']} agents, SMS offered, accepted, "
+               f"{size['agents']['rounds']} messages each way (ours only: the peers have no such API)", "", text, ""]
+        log(text)
+    report["seconds"] = round(time.monotonic() - began, 1)
+    md += [f"Total run time {report['seconds']} s. Ratios: ours / best peer (msg/s: higher is better; CPU, RSS: "
+           "lower is better). `loadgen CPU %` near 100 means the load generator, not the server, was the limit."]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')} in {report['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
