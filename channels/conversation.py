@@ -116,6 +116,7 @@ class Conversations:
         self._saved_ref: int | None = None
         self._now = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._interactions: dict[str, Interaction] = {}
+        self._by_user: dict[str, set[str]] = {}  # user -> interactions where it may hold an active leg
         self.last_agent: dict[str, str] = {}  # contact id -> user id (saveLAR)
         self._outbox: list[tuple[str, str, dict[str, Any]]] = []
         self._lock = asyncio.Lock()
@@ -188,8 +189,8 @@ class Conversations:
 
     def active(self, user_id: str, media: MediaKind) -> list[dict[str, Any]]:
         """Views of the agent's interactions of this media that are not finished for them."""
-        return [ix.view(leg, self.base_url) for ix in self._interactions.values()
-                if ix.media == media and (leg := ix.legs.get(user_id)) is not None and leg.state.active]
+        mine = sorted(self._interactions_of(user_id), key=lambda ix: (ix.created_ms, ix.id))  # creation order
+        return [ix.view(ix.legs[user_id], self.base_url) for ix in mine if ix.media == media]
 
     def transcript(self, media: MediaKind, interaction_id: str) -> list[dict[str, Any]]:
         return self._customer_side(media, interaction_id, allow_ended=True).transcript()
@@ -197,8 +198,26 @@ class Conversations:
     # --- routing's Offerer -------------------------------------------------------------------------------
 
     def load(self, user_id: str, channel: str) -> int:
-        return sum(1 for ix in self._interactions.values() if ix.media.name == channel
+        """How many active legs the agent holds on a channel: only its own interactions are
+        looked at, so routing costs O(agents x their interactions), not O(agents x all)."""
+        return sum(1 for ix in self._interactions_of(user_id) if ix.media.name == channel
                    and (leg := ix.legs.get(user_id)) is not None and leg.state.active)
+
+    def _interactions_of(self, user_id: str) -> list[Interaction]:
+        """The interactions the agent has a leg in that are not over for it; ids whose legs ended
+        are dropped from the index as they are found."""
+        ids = self._by_user.get(user_id)
+        if not ids:
+            return []
+        found = []
+        for interaction_id in list(ids):
+            ix = self._interactions.get(interaction_id)
+            leg = ix.legs.get(user_id) if ix is not None else None
+            if leg is None or not leg.state.active:
+                ids.discard(interaction_id)
+                continue
+            found.append(ix)
+        return found
 
     def members(self, interaction_id: str) -> set[str]:
         ix = self._interactions.get(interaction_id)
@@ -209,6 +228,7 @@ class Conversations:
         self._touch(ix)  # routing offers interactions other than the one an operation is about
         leg = Leg(user_id, LegState.INVITED, request.role, offer=request)
         ix.legs[user_id] = leg
+        self._by_user.setdefault(user_id, set()).add(ix.id)
         self._notify(ix, leg, "StatusChange")
         self.routing.start_timer((ix.id, user_id), lambda: self._offer_timed_out(ix, leg))
 
@@ -765,6 +785,8 @@ class Conversations:
         for doc in docs:
             ix = Interaction.from_document(doc)
             self._interactions[ix.id] = ix
+            for user_id in ix.legs:
+                self._by_user.setdefault(user_id, set()).add(ix.id)
             requests = [OfferRequest.from_document(r) for r in doc.get("waiting", ())]
             for user_id, offered in doc.get("offers", {}).items():
                 leg = ix.legs.get(user_id)

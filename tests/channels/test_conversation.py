@@ -483,3 +483,27 @@ async def test_chat_uses_chat_names() -> None:
     assert event["chatUri"] == f"http://localhost:8080/api/v2/chats/{ix.id}"
     assert [v["id"] for v in conv.active("alice", CHAT)] == [ix.id] and conv.active("alice", SMS) == []
     await conv.close()
+
+
+async def test_routing_never_scans_every_interaction() -> None:
+    """Choosing an agent looks only at each agent's own interactions: with many finished ones around,
+    routing must not walk the whole table (1,000 agents stalled the benchmark when it did)."""
+    conv, routing, rec = make_engine()
+    for _ in range(30):  # finished history: accepted, then completed
+        ix = await chatting(conv, routing, rec)
+        await conv.operate("alice", SMS, ix.id, "Complete", {})
+
+    class NoScan(dict):
+        def values(self):
+            raise AssertionError("routing scanned every interaction")
+
+        def items(self):
+            raise AssertionError("routing scanned every interaction")
+
+    conv._interactions = NoScan(conv._interactions)
+    await routing.set_ready("bob", "sms")
+    ix = await inbound(conv, routing)
+    offered = [n for n in rec.of("alice", TOPIC) + rec.of("bob", TOPIC) if n["smssession"]["id"] == ix.id]
+    assert [n["smssession"]["state"] for n in offered] == ["Invited"]
+    assert [v["id"] for v in conv.active("alice", SMS) + conv.active("bob", SMS)] == [ix.id]
+    await conv.close()
