@@ -92,16 +92,21 @@ class HttpTransport:
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.max_size
-        too_large = BodyError(bayeux.error(
-            413, f"message_too_large (the body exceeds max_message_size of {limit} bytes)"), 413)
-        if request.content_length is not None and request.content_length > limit:
-            raise too_large
-        body = bytearray()
+        length = request.content_length
+        if length is not None:
+            if length > limit:
+                raise self._too_large()
+            return await request.read()  # the usual case: one read of a known, bounded length
+        body = bytearray()  # chunked: count as it arrives
         async for chunk in request.content.iter_chunked(65536):
             body += chunk
             if len(body) > limit:
-                raise too_large
+                raise self._too_large()
         return bytes(body)
+
+    def _too_large(self) -> BodyError:
+        return BodyError(bayeux.error(
+            413, f"message_too_large (the body exceeds max_message_size of {self.max_size} bytes)"), 413)
 
     async def _process(self, request: web.Request, messages: list[Message],
                        transport: str) -> tuple[int, bytes, str | None]:
