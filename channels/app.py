@@ -180,7 +180,11 @@ class ContactCenterPlugin:
             raise ValueError("offer-timeout must be > 0")
         if args.demo_interval <= 0:
             raise ValueError("demo-interval must be > 0")
-        if getattr(args, "worker_of", None) and (args.users_file or args.demo or args.media_token):
+        if not (args.users_file or args.demo or args.media_token):
+            # Nobody could log in: serve the broker alone, without the API's middlewares on every request.
+            log.info("contact-center API off: give --users-file (or --demo) to serve it")
+            return
+        if getattr(args, "worker_of", None):
             # Each worker would hold its own copy of every interaction: run the contact center once.
             raise ValueError("the contact-center API (--users-file, --demo, --media-token) runs in one "
                              "process: use --workers 1")
