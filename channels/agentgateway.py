@@ -18,7 +18,6 @@ not persisted: they expire by design, so after a restart agents sign in again an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import time
@@ -30,6 +29,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from cometd_broker.tasks import cancel_and_wait
 
 from .auth import User, UserDirectory
 from .store import Change, Document, StateStore
@@ -505,11 +506,8 @@ class AgentGateway:
             session.wake(WAKE_SHUTDOWN)
 
     async def _stop(self, _: web.Application) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        sweeper, self._sweeper = self._sweeper, None
+        await cancel_and_wait(sweeper)
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -48,6 +48,7 @@ from .session import (
     SessionQueue,
     Sink,
 )
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("cometd_broker")
 
@@ -159,13 +160,8 @@ class Broker:
     async def close(self) -> None:
         """Answer every parked connect with re-handshake advice, end every session, stop the sweeper."""
         self._closing = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            try:
-                await self._sweeper
-            except asyncio.CancelledError:
-                pass
-            self._sweeper = None
+        sweeper, self._sweeper = self._sweeper, None
+        await cancel_and_wait(sweeper)
         for session in list(self.sessions.values()):
             session.unpark(SHUTDOWN)
             self._remove(session, bayeux.error(503, "server_shutdown (the broker is stopping)"),

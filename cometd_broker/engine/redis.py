@@ -37,6 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..eventlog import EventLogUnavailable
 from ..eventlog.redis import RedisEventLog
+from ..tasks import cancel_and_wait
 from .base import Dispatch, EngineUnavailable, Published
 
 log = logging.getLogger("cometd_broker.engine")
@@ -124,14 +125,7 @@ class RedisEngine:
     async def close(self) -> None:
         self._closing = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
+        await cancel_and_wait(task)
         self._subscribed.clear()
         self._fail_pending()
 

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from ..tasks import cancel_and_wait
 from .base import EventLog, EventLogClosed
 
 log = logging.getLogger("cometd_broker.eventlog")
@@ -43,16 +44,7 @@ class RetentionTask:
     async def stop(self) -> None:
         """Cancel the task and wait for it; safe to call twice or before start()."""
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            # Swallow only our task's cancellation, never a cancellation of stop()'s caller.
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

@@ -17,6 +17,7 @@ from .. import bayeux
 from ..bayeux import BodyError
 from ..broker import Broker, HandleResult, PendingConnect
 from ..session import ServerSession
+from ..tasks import cancel_and_wait
 from .http import context_for, parse_json
 
 log = logging.getLogger("cometd_broker.websocket")
@@ -115,14 +116,9 @@ class WebSocketConnection:
         await self.ws.close(code=1001, message=b"server shutdown")
 
     async def _stop_writer(self) -> None:
-        writer = self._writer
-        if writer is None:
-            return
-        writer.cancel()
+        writer, self._writer = self._writer, None
         try:
-            await writer
-        except asyncio.CancelledError:
-            pass
+            await cancel_and_wait(writer)
         except ConnectionError as exc:  # the peer went away mid-write
             log.debug("websocket write failed: %s", exc)
 
