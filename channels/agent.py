@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from .auth import HttpSessions, User, current_session, current_user
-from .envelope import GwsError, Status, ok, param, read_json_object
+from .envelope import GwsError, Status, ok, operation_name, param, read_json_object
 from .routing import ROUTED_CHANNELS, Routing
 
 CHANNEL_OPERATIONS = ("Ready", "NotReady")
@@ -46,14 +46,10 @@ class AgentApi:
     async def post_me(self, request: web.Request) -> web.Response:
         user = current_user(request)
         body = await read_json_object(request)
-        operation = param(body, "operationName", str)
-        if operation == "StartContactCenterSession":
+        if operation_name(body, ME_OPERATIONS, on="/me") == "StartContactCenterSession":
             return await self._start(user, body)
-        if operation == "EndContactCenterSession":
-            await self._end(user, request)
-            return ok()
-        raise GwsError(Status.VALIDATION_ERROR,
-                       f"unknown operationName {operation!r} on /me: use one of {', '.join(ME_OPERATIONS)}")
+        await self._end(user, request)
+        return ok()
 
     async def _start(self, user: User, body: dict[str, Any]) -> web.Response:
         channels = param(body, "channels", list)
@@ -88,10 +84,7 @@ class AgentApi:
         if channel not in ROUTED_CHANNELS:
             raise GwsError(Status.NOT_FOUND, f"unknown channel {channel!r}: use one of {', '.join(ROUTED_CHANNELS)}")
         body = await read_json_object(request)
-        operation = param(body, "operationName", str)
-        if operation not in CHANNEL_OPERATIONS:
-            raise GwsError(Status.VALIDATION_ERROR, f"unknown operationName {operation!r} on a channel: "
-                                                    f"use one of {', '.join(CHANNEL_OPERATIONS)}")
+        operation = operation_name(body, CHANNEL_OPERATIONS, on="a channel")
         if channel not in self._logged_in.get(user.user_id, ()):
             raise GwsError(Status.INVALID_STATE, f"channel {channel!r} is not in your contact-center session: "
                                                  "call StartContactCenterSession with it first")

@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
-from .envelope import GwsError, Status, param
+from .envelope import GwsError, Status, check_operation, param
 from .model import (
     MESSAGE_LOG_TYPE,
     Interaction,
@@ -263,9 +263,7 @@ class Conversations:
     async def operate(self, user_id: str, media: MediaKind, interaction_id: str, operation: str,
                       params: dict[str, Any]) -> int:
         """Run one operation for `user_id`; returns its referenceId or raises GwsError with nothing changed."""
-        if operation not in self._ops:
-            raise GwsError(Status.VALIDATION_ERROR,
-                           f"unknown operationName {operation!r}; valid: {', '.join(OPERATIONS)}")
+        check_operation(operation, OPERATIONS)
 
         def run() -> int:
             ix, leg = self.leg_of(user_id, media, interaction_id)

@@ -7,7 +7,7 @@ into the envelope, so a client never sees a traceback and a failed request never
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from enum import IntEnum
 from typing import Any
 
@@ -125,6 +125,23 @@ def param(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, req
     if not isinstance(value, kinds):
         raise GwsError(Status.VALIDATION_ERROR, f"parameter '{name}' must be {_names(kinds)}")
     return value
+
+
+def check_operation(operation: str, valid: Sequence[str], *, on: str | None = None) -> None:
+    """statusCode 10 naming the valid operations when `operation` is not one of them."""
+    if operation in valid:
+        return
+    names = ", ".join(valid)
+    message = (f"unknown operationName {operation!r}; valid: {names}" if on is None
+               else f"unknown operationName {operation!r} on {on}: use one of {names}")
+    raise GwsError(Status.VALIDATION_ERROR, message)
+
+
+def operation_name(body: dict[str, Any], valid: Sequence[str], *, on: str | None = None) -> str:
+    """The body's operationName: statusCode 1 when missing, 10 when not a string or not one of `valid`."""
+    operation = param(body, "operationName", str)
+    check_operation(operation, valid, on=on)
+    return operation
 
 
 def _names(kinds: tuple[type, ...]) -> str:

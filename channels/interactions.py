@@ -19,7 +19,7 @@ from aiohttp import web
 
 from .auth import User, current_user
 from .conversation import Conversations
-from .envelope import GwsError, Status, ok, param, read_json_object
+from .envelope import GwsError, Status, ok, operation_name, param, read_json_object
 from .model import Interaction, Leg, LegState
 from .workbins import Workbins, interaction_uri
 
@@ -162,10 +162,7 @@ class InteractionsApi:
     async def operate(self, request: web.Request) -> web.Response:
         user = current_user(request)
         body = await read_json_object(request)
-        operation = param(body, "operationName", str)
-        if operation not in OPERATIONS:
-            raise GwsError(Status.VALIDATION_ERROR,
-                           f"unknown operationName {operation!r}; valid: {', '.join(OPERATIONS)}")
+        operation = operation_name(body, OPERATIONS)
         if operation == "GetWorkbinContent":
             # It reads a workbin, not the interaction: the id in the path (seed 002 puts the operation on
             # /me/interactions/{id}) names nothing the operation uses, so it is not looked up.

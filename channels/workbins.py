@@ -35,7 +35,7 @@ from aiohttp import web
 
 from .auth import current_user
 from .conversation import Conversations
-from .envelope import GwsError, Status, ok, param, read_json_object
+from .envelope import GwsError, Status, ok, operation_name, param, read_json_object
 from .model import Interaction
 from .store import Document, StateStore
 
@@ -259,10 +259,7 @@ class WorkbinRoutes:
     async def operate(self, request: web.Request) -> web.Response:
         user = current_user(request)
         body = await read_json_object(request)
-        operation = param(body, "operationName", str)
-        if operation not in OPERATIONS:
-            raise GwsError(Status.VALIDATION_ERROR,
-                           f"unknown operationName {operation!r}; valid: {', '.join(OPERATIONS)}")
+        operation = operation_name(body, OPERATIONS)
         workbin = self.workbins.find(user.user_id, request.match_info["id"])
         if operation in ("Subscribe", "Unsubscribe"):
             return ok(referenceId=await self.workbins.subscribe(workbin, operation == "Subscribe"))
