@@ -23,7 +23,7 @@ import aiohttp
 import orjson
 
 from ..eventlog import EventLog, SqliteEventLog
-from .errors import ToolError
+from .errors import ToolError, http_error_text
 from .filters import EventFilter, FilterError, from_params, record_line
 from .progress import Progress
 from .reader import count, scan
@@ -245,7 +245,7 @@ async def _tail(args: argparse.Namespace) -> None:
                 async with http.get(url, params=params, timeout=timeout) as response:
                     if response.status != 200:
                         body = await response.read()
-                        raise ToolError(f"tail from {url} failed: {_error_text(response.status, body)}")
+                        raise ToolError(f"tail from {url} failed: {http_error_text(response.status, body)}")
                     async for line in _lines(response):
                         record = orjson.loads(line)
                         if "next" in record:
@@ -271,16 +271,6 @@ async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
                 yield line
         if len(buffer) > MAX_LINE:
             raise ToolError(f"the broker sent a line longer than {MAX_LINE} bytes")
-
-
-def _error_text(status: int, body: bytes) -> str:
-    try:
-        parsed = orjson.loads(body)
-        if isinstance(parsed, dict) and "error" in parsed:
-            return f"HTTP {status}: {parsed['error']}"
-    except orjson.JSONDecodeError:
-        pass
-    return f"HTTP {status}"
 
 
 # ---------------------------------------------------------------------------- replay

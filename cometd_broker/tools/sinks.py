@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from .errors import ToolError
+from .errors import ToolError, http_error_text
 from .filters import split_stream
 
 TIMEOUT = aiohttp.ClientTimeout(total=30)  # one request; a broker that stops answering fails the run
@@ -23,16 +23,6 @@ class Sink(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-def _answer_error(status: int, body: bytes) -> str:
-    try:
-        parsed = orjson.loads(body)
-        if isinstance(parsed, dict) and "error" in parsed:
-            return f"HTTP {status}: {parsed['error']}"
-    except orjson.JSONDecodeError:
-        pass
-    return f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}"
 
 
 class AdminSink:
@@ -60,7 +50,7 @@ class AdminSink:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ToolError(f"cannot publish to {self.url}: {exc or type(exc).__name__}") from None
         if response.status != 200:
-            raise ToolError(f"publish to {self.url} failed: {_answer_error(response.status, body)}")
+            raise ToolError(f"publish to {self.url} failed: {http_error_text(response.status, body, excerpt=True)}")
 
     async def close(self) -> None:
         await self.http.close()
@@ -87,7 +77,8 @@ class BayeuxSink:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ToolError(f"cannot reach Bayeux endpoint {self.url}: {exc or type(exc).__name__}") from None
         if response.status != 200:
-            raise ToolError(f"Bayeux endpoint {self.url} answered {_answer_error(response.status, body)}")
+            answer = http_error_text(response.status, body, excerpt=True)
+            raise ToolError(f"Bayeux endpoint {self.url} answered {answer}")
         try:
             replies = orjson.loads(body)
         except orjson.JSONDecodeError:
