@@ -6,17 +6,16 @@ import asyncio
 
 
 async def cancel_and_wait(task: asyncio.Task | None) -> None:
-    """Cancel an owned task and wait until it has ended.
+    """Cancel an owned task and wait until it has ended; re-raise what it failed with, if anything.
 
-    The task's own cancellation is swallowed; a cancellation of the caller (shutdown interrupted) is not,
-    so stopping one task never hides that the stopper itself was cancelled.
+    `asyncio.wait` does not raise the task's own cancellation, only a cancellation delivered to the
+    caller while it waits, so stopping one task never hides that the stopper itself was cancelled
+    (and a caller that merely survived an earlier cancellation, like aiohttp's shutdown, still
+    finishes its work).
     """
     if task is None:
         return
     task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.result()
