@@ -53,6 +53,8 @@ from .tasks import cancel_and_wait
 log = logging.getLogger("cometd_broker")
 
 HTTP_TRANSPORTS = ("long-polling", "callback-polling")
+# Meta messages handled without waiting on anything (see Broker.handle_now).
+_AT_ONCE = frozenset((bayeux.CONNECT, bayeux.UNSUBSCRIBE, bayeux.DISCONNECT))
 _TOMBSTONES = 10_000  # recently ended sessions remembered so their next message gets a specific error
 _CATCH_UP_RETRY_MIN = 0.1  # seconds before a catch-up retries an unavailable event log; doubles ...
 _CATCH_UP_RETRY_MAX = 5.0  # ... up to this
@@ -298,32 +300,53 @@ class Broker:
             return result
         alone = len(messages) == 1
         for message in messages:
-            problem = bayeux.validate_message(message)
-            if problem is not None:
-                result.replies.append(bayeux.error_reply(message, problem))
-                continue
-            channel = message["channel"]
-            if channel == bayeux.HANDSHAKE:
-                result.replies.append(bayeux.error_reply(message, bayeux.error(
-                    400, "handshake_not_first (a handshake must be sent alone, or first in its batch)")))
-                continue
-            session = self._session_for(message, ctx)
-            if session is None:
-                result.replies.append(self._unknown_session_reply(message))
-                continue
-            if session.parked is None:
-                session.expires_at = max(session.expires_at, time.monotonic() + self._expiry_window)
-            if channel == bayeux.CONNECT:
-                result.replies.append(self._connect(session, message, ctx, alone, result))
-            elif channel == bayeux.SUBSCRIBE:
-                result.replies.append(await self._subscribe(session, message))
-            elif channel == bayeux.UNSUBSCRIBE:
-                result.replies.append(self._unsubscribe(session, message))
-            elif channel == bayeux.DISCONNECT:
-                result.replies.append(self._disconnect(session, message))
-            else:
-                result.replies.append(await self._client_publish(session, message))
+            reply = self._handle_at_once(message, ctx, alone, result)
+            if reply is None:  # validated, with a live session, and it needs to wait
+                session = self.sessions[message["clientId"]]
+                if message["channel"] == bayeux.SUBSCRIBE:
+                    reply = await self._subscribe(session, message)
+                else:
+                    reply = await self._client_publish(session, message)
+            result.replies.append(reply)
         return result
+
+    def handle_now(self, messages: list[Message], ctx: RequestContext) -> HandleResult | None:
+        """`handle` without a coroutine, for a batch that never waits: only connects, unsubscribes
+        and disconnects (a long-poll's usual request). None for any other batch: use `handle`."""
+        for message in messages:
+            if message.get("channel") not in _AT_ONCE:
+                return None
+        result = HandleResult([])
+        alone = len(messages) == 1
+        for message in messages:
+            reply = self._handle_at_once(message, ctx, alone, result)
+            assert reply is not None
+            result.replies.append(reply)
+        return result
+
+    def _handle_at_once(self, message: Message, ctx: RequestContext, alone: bool,
+                        result: HandleResult) -> Message | None:
+        """The reply to one message of a batch, or None when it is a valid subscribe or publish of a
+        live session, which the caller awaits."""
+        problem = bayeux.validate_message(message)
+        if problem is not None:
+            return bayeux.error_reply(message, problem)
+        channel = message["channel"]
+        if channel == bayeux.HANDSHAKE:
+            return bayeux.error_reply(message, bayeux.error(
+                400, "handshake_not_first (a handshake must be sent alone, or first in its batch)"))
+        session = self._session_for(message, ctx)
+        if session is None:
+            return self._unknown_session_reply(message)
+        if session.parked is None:
+            session.expires_at = max(session.expires_at, time.monotonic() + self._expiry_window)
+        if channel == bayeux.CONNECT:
+            return self._connect(session, message, ctx, alone, result)
+        if channel == bayeux.UNSUBSCRIBE:
+            return self._unsubscribe(session, message)
+        if channel == bayeux.DISCONNECT:
+            return self._disconnect(session, message)
+        return None
 
     def _session_for(self, message: Message, ctx: RequestContext) -> ServerSession | None:
         client_id = message.get("clientId")
