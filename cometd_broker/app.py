@@ -21,6 +21,7 @@ class BayeuxEndpoint:
         self.http = HttpTransport(broker)
         self.websocket = WebSocketTransport(broker)
         self.allowed = broker.transports
+        self.mounts: list[str] = []  # see add_mount
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.method == hdrs.METH_GET:
@@ -49,6 +50,7 @@ ENDPOINT = web.AppKey("bayeux_endpoint", BayeuxEndpoint)
 def add_mount(app: web.Application, mount: str) -> None:
     """Serve the app's Bayeux endpoint on one more path (and every path below it)."""
     endpoint = app[ENDPOINT]
+    endpoint.mounts.append(mount)
     base = mount.rstrip("/")
     app.router.add_route("*", base, endpoint.handle)
     app.router.add_route("*", base + "/{tail:.*}", endpoint.handle)

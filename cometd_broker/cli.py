@@ -10,11 +10,10 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-from aiohttp import web
-
 from . import __version__
 from .app import BROKER, create_app
 from .config import ENV_PREFIX, BrokerConfig, load, options
+from .serving import serve_app
 from .tools.commands import add_commands as add_event_commands
 
 # Applications built on the broker (the contact-center API) register here, so the core never
@@ -97,15 +96,15 @@ def serve(args: argparse.Namespace) -> int:
         print(f"cometd-broker {__version__} listening on {url} "
               f"(transports: {', '.join(config.transport_list)}; {auth}; {loop_name})", flush=True)
 
+    lean = config.http_server == "lean"
     worker_of = getattr(args, "worker_of", None)
     if worker_of:  # one of `--workers N`: share the port; the supervisor announces, once, for all
         from .workers import report_ready
 
-        web.run_app(app, host=config.host, port=config.port, print=lambda _: report_ready(worker_of),
-                    access_log=None, shutdown_timeout=5.0, reuse_port=True)
+        asyncio.run(serve_app(app, config.host, config.port, lean=lean, reuse_port=True,
+                              ready=lambda: report_ready(worker_of)))
         return 0
-    web.run_app(app, host=config.host, port=config.port, print=announce, access_log=None,
-                shutdown_timeout=5.0)
+    asyncio.run(serve_app(app, config.host, config.port, lean=lean, ready=lambda: announce("")))
     return 0
 
 

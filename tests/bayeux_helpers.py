@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDictProxy
 
@@ -255,3 +256,10 @@ async def wait_parked(broker: Broker, client_id: str, timeout: float = 2.0) -> N
         return session is not None and session.parked is not None
 
     await wait_until(parked, timeout, f"a parked /meta/connect of {client_id}")
+
+
+@pytest.fixture(params=["lean", "aiohttp"], name="http_server")
+def both_http_servers(request: pytest.FixtureRequest) -> str:
+    """Import into a test module to run each of its tests on both HTTP paths `serve` can use:
+    the lean long-polling path and plain aiohttp (see conftest.make_client)."""
+    return request.param

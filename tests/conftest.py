@@ -10,10 +10,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestServer
 
 from cometd_broker import BrokerConfig, create_app
+from cometd_broker.serving import LeanAppRunner
 
 # Every broker subprocess a test starts keeps contact-center state and its event log in memory unless
 # the test passes --state-db / --event-log: brokers must not share (or leave behind) files in the
@@ -34,14 +37,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class LeanTestServer(TestServer):
+    """aiohttp's test server with `cometd-broker serve`'s runner: long-polls take the lean path."""
+
+    async def _make_runner(self, **kwargs: Any) -> LeanAppRunner:
+        return LeanAppRunner(self.app, **kwargs)
+
+
 @pytest.fixture
-def make_client(aiohttp_client) -> Callable:
+def http_server() -> str:
+    """Which HTTP server `make_client` uses: "lean" as `serve` does; suites that test long-polling
+    override this fixture with both values (see test_long_polling.py)."""
+    return "lean"
+
+
+@pytest.fixture
+def make_client(aiohttp_client, http_server: str) -> Callable:
     """`await make_client(**config)` -> an aiohttp TestClient for a fresh broker app."""
 
     async def make(**options):
         options.setdefault("users", USERS_OPTION)
         options.setdefault("tokens", TOKENS_OPTION)
-        return await aiohttp_client(create_app(BrokerConfig(**options)))
+        app = create_app(BrokerConfig(**options))
+        return await aiohttp_client(LeanTestServer(app) if http_server == "lean" else app)
 
     return make
 

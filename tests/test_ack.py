@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from bayeux_helpers import (
+    both_http_servers,  # noqa: F401  (each test runs on both HTTP paths)
     broker_of,
     connect_message,
     events_in,

@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 from bayeux_helpers import (
     HttpReply,
+    both_http_servers,  # noqa: F401  (each test runs on both HTTP paths)
     broker_of,
     connect_message,
     events_in,

@@ -10,6 +10,7 @@ import time
 import warnings
 
 from bayeux_helpers import (
+    both_http_servers,  # noqa: F401  (each test runs on both HTTP paths)
     broker_of,
     connect,
     connect_message,

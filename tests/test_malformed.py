@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from bayeux_helpers import (
+    both_http_servers,  # noqa: F401  (each test runs on both HTTP paths)
     broker_of,
     handshake_id,
     open_session,

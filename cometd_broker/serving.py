@@ -1,0 +1,81 @@
+"""Run the aiohttp application on a port until SIGINT or SIGTERM, then stop it gracefully.
+
+Our own small `run_app`, for one reason: connections start on the lean long-polling path
+(transports/lean_http.py), which hands any other request to aiohttp. `LeanAppRunner` does that for
+every aiohttp site (TCP, socket, the test server): a site's protocol factory is `runner.server`,
+while the runner stops aiohttp's own connections through its private server, so swapping the
+public property is enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from .app import BROKER, ENDPOINT
+from .transports.lean_http import LeanHttp
+
+SHUTDOWN_TIMEOUT = 5.0  # seconds aiohttp waits for its in-flight requests when stopping
+
+
+def lean_mounts(app: web.Application) -> list[str]:
+    """The Bayeux mounts the lean path may take: those no other route of the app lives under."""
+    mounts = []
+    for mount in app[ENDPOINT].mounts:
+        base = mount.rstrip("/")
+        if not base:
+            continue  # mounted at "/": every path would look like a long-poll; leave it to the router
+        mine = (base, base + "/{tail}")
+        others = [r.canonical for r in app.router.resources() if r.canonical not in mine]
+        if not any(o == base or o.startswith(base + "/") for o in others):
+            mounts.append(base)
+    return mounts
+
+
+class LeanAppRunner(web.AppRunner):
+    """An AppRunner whose sites serve long-polls on the lean path (when a mount allows it)."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.lean: LeanHttp | None = None
+
+    async def setup(self) -> None:
+        await super().setup()
+        mounts = lean_mounts(self.app)
+        if mounts and self._server is not None:
+            self.lean = LeanHttp(self.app[BROKER], mounts, self._server)
+
+    @property
+    def server(self) -> Any:
+        return self.lean if self.lean is not None else self._server
+
+    async def cleanup(self) -> None:
+        await super().cleanup()  # the broker answers held connects here ...
+        if self.lean is not None:
+            self.lean.close()  # ... so their answers are written before these connections close
+            self.lean = None
+            await asyncio.sleep(0)
+
+
+async def serve_app(app: web.Application, host: str, port: int, *, lean: bool, reuse_port: bool = False,
+                    ready: Callable[[], None] = lambda: None) -> None:
+    """Serve until SIGINT/SIGTERM; `ready` is called once the port listens."""
+    runner_class = LeanAppRunner if lean else web.AppRunner
+    runner = runner_class(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+        ready()
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
