@@ -308,3 +308,97 @@ def test_the_lean_path_takes_only_mounts_no_other_route_lives_under() -> None:
 
     app.router.add_get("/bayeux/status", hello)  # a route under a mount: that mount stays on aiohttp
     assert lean_mounts(app) == ["/cometd"]
+
+
+# --------------------------------------------------------------------------- websocket framing
+
+def client_frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    head = bytes([(0x80 if fin else 0) | opcode])
+    size = len(payload)
+    bit = 0x80 if masked else 0
+    if size < 126:
+        head += bytes([bit | size])
+    elif size < 65536:
+        head += bytes([bit | 126]) + size.to_bytes(2, "big")
+    else:
+        head += bytes([bit | 127]) + size.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def upgraded(port: int) -> RawConnection:
+    conn = await RawConnection.open(port)
+    conn.send(b"GET /cometd HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Authorization: " + AUTH.encode() + b"\r\n\r\n")
+    head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head  # RFC 6455's own example
+    return conn
+
+
+async def server_frame(conn: RawConnection) -> tuple[int, bytes]:
+    first, second = await asyncio.wait_for(conn.reader.readexactly(2), 5)
+    size = second & 0x7F
+    if size == 126:
+        size = int.from_bytes(await conn.reader.readexactly(2), "big")
+    elif size == 127:
+        size = int.from_bytes(await conn.reader.readexactly(8), "big")
+    assert not second & 0x80  # server frames are never masked
+    return first & 0x0F, await conn.reader.readexactly(size)
+
+
+async def test_websocket_messages_split_into_fragments_are_reassembled(lean_server) -> None:
+    port, _ = lean_server
+    conn = await upgraded(port)
+    body = orjson.dumps([{**HANDSHAKE, "supportedConnectionTypes": ["websocket"]}])
+    conn.send(client_frame(1, body[:10], fin=False) + client_frame(9, b"hi")  # a ping between fragments
+              + client_frame(0, body[10:30], fin=False) + client_frame(0, body[30:]))
+    opcode, payload = await server_frame(conn)
+    assert (opcode, payload) == (0xA, b"hi")  # the pong
+    opcode, payload = await server_frame(conn)
+    assert opcode == 1 and orjson.loads(payload)[0]["successful"] is True
+    conn.close()
+
+
+async def test_websocket_close_is_echoed_and_the_connection_ends(lean_server) -> None:
+    port, _ = lean_server
+    conn = await upgraded(port)
+    conn.send(client_frame(8, (1000).to_bytes(2, "big")))
+    opcode, payload = await server_frame(conn)
+    assert opcode == 8 and payload == (1000).to_bytes(2, "big")
+    assert await conn.closed()
+
+
+@pytest.mark.parametrize(("frame_bytes", "code"), [
+    (client_frame(1, b"[]", masked=False), 1002),  # clients must mask
+    (client_frame(0, b"[]"), 1002),  # a continuation with nothing to continue
+])
+async def test_websocket_protocol_errors_close_with_the_rfc_code(lean_server, frame_bytes: bytes, code: int) -> None:
+    port, _ = lean_server
+    conn = await upgraded(port)
+    conn.send(frame_bytes)
+    opcode, payload = await server_frame(conn)
+    assert opcode == 8 and int.from_bytes(payload[:2], "big") == code
+    assert await conn.closed()
+
+
+async def test_a_websocket_message_over_the_limit_closes_with_1009(lean_server) -> None:
+    port, broker = lean_server
+    conn = await upgraded(port)
+    conn.send(client_frame(1, b" " * (broker.config.max_message_size + 1)))
+    opcode, payload = await server_frame(conn)
+    assert opcode == 8 and int.from_bytes(payload[:2], "big") == 1009
+    assert await conn.closed()
+
+
+async def test_an_upgrade_with_a_bad_key_is_refused_by_aiohttp(lean_server) -> None:
+    port, _ = lean_server
+    conn = await RawConnection.open(port)
+    conn.send(b"GET /cometd HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n")
+    status, _, _ = await conn.response()
+    assert status == 400
+    conn.close()

@@ -17,6 +17,7 @@ first byte. Requests on one connection are answered in order (pipelining is buff
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -30,6 +31,7 @@ from .. import bayeux
 from ..bayeux import BodyError, Message
 from ..broker import Broker, HandleResult, PendingConnect, RequestContext
 from .http import encode, parse_json, parse_message_params
+from .lean_websocket import LeanWebSocket, upgrade_response
 
 MAX_HEAD = 16 * 1024  # request line and headers; aiohttp's own limits are of the same order
 KEEPALIVE_TIMEOUT = 75.0  # seconds an idle keep-alive connection is kept (aiohttp's default)
@@ -71,6 +73,8 @@ class LeanHttp:
         self._known_paths: dict[bytes, bool] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self.long_polling = "long-polling" in broker.transports
+        self.websocket = "websocket" in broker.transports
+        self.websockets: set[LeanWebSocket] = set()
 
     def __call__(self) -> asyncio.Protocol:
         if self._sweeper is None:
@@ -92,9 +96,12 @@ class LeanHttp:
 
     def _sweep(self) -> None:
         """Close keep-alive connections idle for longer than KEEPALIVE_TIMEOUT (a held connect is not idle)."""
-        deadline = time.monotonic() - KEEPALIVE_TIMEOUT
+        now = time.monotonic()
+        deadline = now - KEEPALIVE_TIMEOUT
         for conn in [c for c in self.connections if c.parked is None and c.last_active < deadline]:
             conn.close()
+        for websocket in list(self.websockets):
+            websocket.ping_or_close(now)
         self._schedule_sweep()
 
     def close(self) -> None:
@@ -104,6 +111,8 @@ class LeanHttp:
             self._sweeper = None
         for conn in list(self.connections):
             conn.close()
+        for websocket in list(self.websockets):
+            websocket.shutdown()
 
 
 class LeanHttpConnection(asyncio.Protocol):
@@ -174,6 +183,10 @@ class LeanHttpConnection(asyncio.Protocol):
                 return
             self._head = head
         body_at, content_type_key, headers, length, keep_alive = head
+        if length < 0:
+            self._head = None
+            self._upgrade(body_at, headers)
+            return
         if len(buffer) < body_at + length:
             return  # the rest of the body is on its way
         self._head = None
@@ -184,12 +197,17 @@ class LeanHttpConnection(asyncio.Protocol):
         self._serve(content_type_key, headers, body)
 
     def _parse_head(self, end: int) -> tuple[int, bytes, list[tuple[str, str]], int, bool] | None:
-        """The request head if it is a plain Bayeux long-poll POST; None to leave it to aiohttp."""
+        """The request head if it is a plain Bayeux long-poll POST (or, with length -1, a websocket
+        upgrade we accept); None to leave it to aiohttp."""
         lines = bytes(self.buffer[:end]).split(b"\r\n")
         parts = lines[0].split(b" ")
-        if len(parts) != 3 or parts[0] != b"POST" or not self.server.serves(parts[1]):
+        if len(parts) != 3 or not self.server.serves(parts[1]):
             return None
-        version = parts[2]
+        method, version = parts[0], parts[2]
+        if method == b"GET" and self.server.websocket and version == b"HTTP/1.1":
+            return self._upgrade_head(end, lines)
+        if method != b"POST" or not self.server.long_polling:
+            return None
         if version == b"HTTP/1.1":
             keep_alive = True
         elif version == b"HTTP/1.0":
@@ -224,6 +242,22 @@ class LeanHttpConnection(asyncio.Protocol):
             return None  # no length, or too large: aiohttp answers (411/413) as everywhere else
         return end + 4, content_type.split(b";", 1)[0].strip().lower(), headers, length, keep_alive
 
+    def _upgrade_head(self, end: int, lines: list[bytes]) -> tuple[int, bytes, list[tuple[str, str]], int, bool] | None:
+        """A valid RFC 6455 upgrade with no body; anything doubtful goes to aiohttp, which says what is wrong."""
+        headers: list[tuple[str, str]] = []
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name != name.strip():
+                return None
+            headers.append((name.decode("latin-1"), value.strip().decode("latin-1")))
+        found = CIMultiDict(headers)
+        key = found.get("Sec-WebSocket-Key", "")
+        if ("websocket" not in found.get("Upgrade", "").lower() or "upgrade" not in found.get("Connection", "").lower()
+                or found.get("Sec-WebSocket-Version") != "13" or "Content-Length" in found
+                or "Transfer-Encoding" in found or not _valid_key(key)):
+            return None
+        return end + 4, b"", headers, -1, True
+
     def _serve(self, content_type: bytes, header_pairs: list[tuple[str, str]], body: bytes) -> None:
         server = self.server
         try:
@@ -235,17 +269,36 @@ class LeanHttpConnection(asyncio.Protocol):
         except BodyError as exc:
             self._respond(exc.http_status, encode(bayeux.body_error_reply(exc.error)), None)
             return
-        headers = CIMultiDictProxy(CIMultiDict(header_pairs))
-        cookies = _cookies(headers.get("Cookie"))
-        browser_id = cookies.get(server.cookie_name)
-        if browser_id is not None and not _is_browser_id(browser_id):
-            browser_id = None  # not one we issued: ignore it rather than trust it
-        ctx = RequestContext("long-polling", headers, cookies, self.remote, browser_id)
+        ctx = self._context("long-polling", header_pairs)
         result = server.broker.handle_now(messages, ctx)
         if result is not None:
             self._answer(result)
         else:
             asyncio.get_running_loop().create_task(self._handle(messages, ctx))
+
+    def _context(self, transport: str, header_pairs: list[tuple[str, str]]) -> RequestContext:
+        headers = CIMultiDictProxy(CIMultiDict(header_pairs))
+        cookies = _cookies(headers.get("Cookie"))
+        browser_id = cookies.get(self.server.cookie_name)
+        if browser_id is not None and not _is_browser_id(browser_id):
+            browser_id = None  # not one we issued: ignore it rather than trust it
+        return RequestContext(transport, headers, cookies, self.remote, browser_id)
+
+    def _upgrade(self, body_at: int, header_pairs: list[tuple[str, str]]) -> None:
+        """Switch this connection to Bayeux over websocket (transports/lean_websocket.py) for good."""
+        transport = self.transport
+        self.server.connections.discard(self)
+        self.transport = None
+        ctx = self._context("websocket", header_pairs)
+        transport.write(upgrade_response(ctx.headers["Sec-WebSocket-Key"]))
+        websocket = LeanWebSocket(self.server, ctx)
+        transport.set_protocol(websocket)
+        websocket.connection_made(transport)
+        rest, self.buffer = bytes(self.buffer[body_at:]), bytearray()
+        if self._paused:
+            transport.resume_reading()
+        if rest:
+            websocket.data_received(rest)
 
     async def _handle(self, messages: list[Message], ctx: RequestContext) -> None:
         try:
@@ -335,6 +388,13 @@ def _cookies(header: str | None) -> dict[str, str]:
                 value = value[1:-1]
             cookies[name] = value
     return cookies
+
+
+def _valid_key(key: str) -> bool:
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:
+        return False
 
 
 def _is_browser_id(value: str) -> bool:
