@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 from typing import Any, TextIO
 
 import orjson
@@ -50,6 +50,16 @@ def bind_user(user: str | None) -> None:
     """Tag the rest of the current task with `user` (an HTTP request: aiohttp runs each in its own
     task, so the tag ends with the request and also reaches outer middlewares that log its errors)."""
     _user.set(user)
+
+
+def unbound_context() -> Context:
+    """The current context without the ids, for a background task started while handling one
+    session's request (`create_task(..., context=unbound_context())`): the task outlives the
+    request and acts for others, so it must not log under the requester's name."""
+    context = copy_context()
+    context.run(_client_id.set, None)
+    context.run(_user.set, None)
+    return context
 
 
 class ContextFilter(logging.Filter):
