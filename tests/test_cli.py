@@ -177,3 +177,67 @@ class TestServeWithConfigFile:
             assert "anonymous allowed" in running.log()
         finally:
             running.stop()
+
+
+ROOT = Path(__file__).parent.parent
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile's final stage, continuation lines joined."""
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    logical, current = [], ""
+    for line in text.splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        current += line.rstrip().removesuffix("\\") + " "
+        if not line.rstrip().endswith("\\"):
+            logical.append(current.strip())
+            current = ""
+    instructions = [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in logical]
+    last_from = max(i for i, (name, _) in enumerate(instructions) if name == "FROM")
+    return instructions[last_from:]
+
+
+def docker_env(instructions: list[tuple[str, str]]) -> dict[str, str]:
+    env = {}
+    for name, arguments in instructions:
+        if name == "ENV":
+            for pair in arguments.split():
+                key, _, value = pair.partition("=")
+                env[key] = value
+    return env
+
+
+class TestDockerfile:
+    """What the image promises: non-root, a volume holding the SQLite stores, a health check on /health.
+    (No Docker engine runs the tests, so the image itself is not built here.)"""
+
+    def test_runs_as_a_non_root_user(self):
+        users = [arguments for name, arguments in dockerfile_instructions() if name == "USER"]
+        assert users, "the final stage sets no USER: the broker would run as root"
+        assert users[-1].split(":")[0] not in ("root", "0")
+
+    def test_sqlite_stores_default_to_the_volume_through_real_options(self):
+        instructions = dockerfile_instructions()
+        assert ("VOLUME", "/data") in instructions
+        env = docker_env(instructions)
+        result = run_clean("config", "--json", env=env)
+        assert result.returncode == 0, result.stderr
+        options = json.loads(result.stdout)["options"]
+        assert options["broker"]["event-log"]["source"] == "env"
+        assert options["broker"]["event-log"]["value"].startswith("/data/")
+        assert options["contact-center"]["state-db"]["source"] == "env"
+        assert options["contact-center"]["state-db"]["value"].startswith("/data/")
+
+    def test_healthcheck_asks_health_on_the_configured_port(self):
+        checks = [arguments for name, arguments in dockerfile_instructions() if name == "HEALTHCHECK"]
+        assert len(checks) == 1 and "/health" in checks[0] and "COMETD_BROKER_PORT" in checks[0]
+        assert "8080" in dict(dockerfile_instructions()).get("EXPOSE", "")
+
+    def test_installs_existing_extras_and_serves_on_all_interfaces(self):
+        pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+        extras = pyproject["project"]["optional-dependencies"]
+        install = " ".join(arguments for name, arguments in dockerfile_instructions() if name == "RUN")
+        assert '"cometd-broker[fast,redis]"' in install and {"fast", "redis"} <= set(extras)
+        command = json.loads(dict(dockerfile_instructions())["CMD"])
+        assert command == ["cometd-broker", "serve", "--host", "0.0.0.0"]
