@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from cometd_broker.logs import bind_user, session_fields
 from cometd_broker.tasks import cancel_and_wait
 
 from .auth import User, UserDirectory
@@ -523,7 +524,8 @@ class AgentGateway:
         """Sign out every agent that has not polled for `idle_signout` seconds; returns their IDs."""
         idle = [s for s in self.sessions.values() if self._is_idle(s)]
         for session in idle:
-            log.info("agent %s signed out: no event poll for %.1f s", session.agent_id, self.idle_signout)
+            log.info("agent %s signed out: no event poll for %.1f s", session.agent_id, self.idle_signout,
+                     extra=session_fields(user=self._user_of(session.agent_id)))
             self._end_session(session)
         return [s.agent_id for s in idle]
 
@@ -553,7 +555,12 @@ class AgentGateway:
         # Constant-time: the Guid is the only credential after sign-in.
         if not hmac.compare_digest(guid.encode(), session.guid.encode()):
             raise GatewayError(GUID_ERROR, f"GUID error: the Guid header is not agent {agent_id}'s sign-in GUID")
+        bind_user(self._user_of(agent_id))  # every log line of this request names its user
         return session
+
+    def _user_of(self, agent_id: str) -> str | None:
+        user = self.users.by_agent_id(agent_id)
+        return user.user_id if user is not None else None
 
     def _end_session(self, session: AgentSession) -> None:
         if self.sessions.get(session.agent_id) is session:
@@ -569,7 +576,8 @@ class AgentGateway:
         event = agent_event(event_type, agent_id, content)
         if session.push(event):
             self.dropped_events += 1
-            log.warning("agent %s event queue full (%d): oldest event dropped", agent_id, self.max_events)
+            log.warning("agent %s event queue full (%d): oldest event dropped", agent_id, self.max_events,
+                        extra=session_fields(user=self._user_of(agent_id)))
         user = self.users.by_agent_id(agent_id) if self.mirror is not None else None
         if user is not None:
             self._mirror_outbox.append((user.user_id, event))
@@ -608,7 +616,8 @@ class AgentGateway:
             raise GatewayError(ALREADY_SIGNED_IN, f"agent {agent_id} is already signed in")
         session = AgentSession(agent_id, new_guid(), options, self.clock(), self.max_events)
         self.sessions[agent_id] = session
-        log.info("agent %s (%s) signed in", agent_id, user.user_id)
+        bind_user(user.user_id)
+        log.info("agent %s signed in", agent_id)
         return reply(result={"guid": session.guid}, headers={"Set-GUID": session.guid})
 
     async def _authenticate(self, agent_id: str, password: str) -> User | None:

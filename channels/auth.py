@@ -28,6 +28,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from cometd_broker.logs import bind_user
 from cometd_broker.security import AuthenticationError, HandshakeRequest, Principal
 
 from .envelope import GwsError, Status, failure
@@ -520,6 +521,7 @@ def auth_middleware(users: UserDirectory, sessions: HttpSessions, *, csrf: bool 
         if csrf and request.method in _STATE_CHANGING and not _csrf_ok(request, session):
             return failure(Status.FORBIDDEN, CSRF_MESSAGE, 403)
         request[USER_KEY], request[SESSION_KEY] = user, session
+        bind_user(user.user_id)  # every log line of this request names its user
         response = await handler(request)
         _decorate(request, response, session, new, csrf)
         return response

@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cometd_broker.logs import unbound_context
+
 from .model import Role
 
 log = logging.getLogger("channels.routing")
@@ -250,8 +252,9 @@ class Routing:
     def start_timer(self, key: Hashable, on_expiry: Callable[[], Awaitable[None]]) -> None:
         """Run `on_expiry` after offer_timeout unless cancelled first; replaces a timer with the same key."""
         self.cancel_timer(key)
-        self._timers[key] = asyncio.get_running_loop().create_task(self._expire(key, on_expiry),
-                                                                   name=f"offer-timeout-{key}")
+        self._timers[key] = asyncio.get_running_loop().create_task(
+            self._expire(key, on_expiry), name=f"offer-timeout-{key}",
+            context=unbound_context())  # it acts for whichever agent is offered next, not the requester
 
     def cancel_timer(self, key: Hashable) -> None:
         task = self._timers.pop(key, None)

@@ -28,6 +28,7 @@ from .engine import Engine, EngineUnavailable, open_engine
 from .eventlog import EventLog, EventLogUnavailable, Retention, RetentionTask, open_event_log
 from .extensions import ack, replay
 from .extensions.ack import AckState
+from .logs import bound, session_fields
 from .security import (
     AuthenticationError,
     Authenticator,
@@ -279,8 +280,8 @@ class Broker:
 
     def _slow_consumer(self, session: ServerSession) -> None:
         queue = session.queue
-        log.warning("session %s of %r is too slow: queue full at %d events / %d bytes; disconnecting",
-                    session.client_id, session.user_id, len(queue), queue.size_bytes)
+        log.warning("session too slow: queue full at %d events / %d bytes; disconnecting",
+                    len(queue), queue.size_bytes, extra=_ids(session))
         self._remove(session, bayeux.error(
             402, f"session_unknown (disconnected as a slow consumer: its queue reached {len(queue)} events "
                  f"/ {queue.size_bytes} bytes; limits are {queue.max_messages} events / {queue.max_bytes} bytes)"),
@@ -424,12 +425,13 @@ class Broker:
         replay_requested = replay.requested(message)
         if replay_requested:
             session.replay_from = replay.replay_map(message)
-        log.debug("handshake %s user=%r transport=%s", session.client_id, principal.user_id, ctx.transport)
-        for listener in self._added_listeners:
-            try:
-                listener(session)
-            except Exception:  # a listener's bug must not break the handshake
-                log.exception("session-added listener failed")
+        log.debug("handshake: session opened over %s", ctx.transport, extra=_ids(session))
+        with bound(session.client_id, session.user_id):  # what listeners log is about this session
+            for listener in self._added_listeners:
+                try:
+                    listener(session)
+                except Exception:  # a listener's bug must not break the handshake
+                    log.exception("session-added listener failed")
         reply = bayeux.handshake_reply(message, session.client_id, self.transports, dict(self._connect_advice))
         reply_ext: dict[str, Any] = {}
         if session.ack is not None:
@@ -596,7 +598,7 @@ class Broker:
                 try:
                     replay_report[name] = await self._start_replay(session, name, wanted[name])
                 except EventLogUnavailable as exc:
-                    log.warning("replay of %s for %s failed: %s", name, session.client_id, exc)
+                    log.warning("replay of %s failed: %s", name, exc, extra=_ids(session))
                     return bayeux.error_reply(message, bayeux.error(
                         503, f"subscribe_failed (the event log is unavailable: {exc}; retry later)",
                         session.client_id, name))
@@ -653,8 +655,8 @@ class Broker:
                     try:
                         events = await self.event_log.read(stream, mark.last_id, page)
                     except EventLogUnavailable as exc:
-                        log.warning("catch-up of %s for %s paused: %s; retrying in %.1f s",
-                                    stream, session.client_id, exc, retry)
+                        log.warning("catch-up of %s paused: %s; retrying in %.1f s", stream, exc, retry,
+                                    extra=_ids(session))
                         await asyncio.sleep(retry)
                         retry = min(retry * 2, _CATCH_UP_RETRY_MAX)
                         break
@@ -753,9 +755,10 @@ class Broker:
         reply = bayeux.reply_to(message)
         if is_service(channel):
             try:
-                await self._call_services(session, message)
+                with bound(session.client_id, session.user_id):  # what the handler logs is about this session
+                    await self._call_services(session, message)
             except Exception:  # the handler's bug fails this publish only, not the batch
-                log.exception("service handler for %s failed", channel)
+                log.exception("service handler for %s failed", channel, extra=_ids(session))
                 return bayeux.error_reply(message, bayeux.error(
                     500, "service_failed (the server's handler for this channel failed)", channel))
             return reply
@@ -764,7 +767,7 @@ class Broker:
         try:
             await self._publish_event(channel, None, channel, bayeux.delivered(channel, message["data"]))
         except EngineUnavailable as exc:
-            log.warning("publish on %s by %s failed: %s", channel, session.client_id, exc)
+            log.warning("publish on %s failed: %s", channel, exc, extra=_ids(session))
             return bayeux.error_reply(message, bayeux.error(
                 503, f"publish_failed ({exc}; retry later)", channel))
         return reply
@@ -802,12 +805,18 @@ class Broker:
         session.sink = None
         if sink is not None:
             sink.wake()
-        log.debug("session %s removed: %s", session.client_id, error)
-        for listener in self._removed_listeners:
-            try:
-                listener(session, error)
-            except Exception:  # a listener's bug must not break session removal
-                log.exception("session-removed listener failed")
+        log.debug("session removed: %s", error, extra=_ids(session))
+        with bound(session.client_id, session.user_id):
+            for listener in self._removed_listeners:
+                try:
+                    listener(session, error)
+                except Exception:  # a listener's bug must not break session removal
+                    log.exception("session-removed listener failed")
+
+
+def _ids(session: ServerSession) -> dict[str, str | None]:
+    """`extra=` of a log line about `session` (see logs.py)."""
+    return session_fields(session.client_id, session.user_id)
 
 
 def user_stream(user_id: str, channel: str) -> str:

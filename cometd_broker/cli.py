@@ -1,33 +1,45 @@
-"""`cometd-broker serve` (and `events ...`): run the broker with options from flags and environment variables."""
+"""`cometd-broker serve`, `config` (and `events ...`): run the broker with options from flags,
+environment variables and a TOML file, or print the configuration that would result."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-from . import __version__
+from . import __version__, configfile
 from .app import BROKER, create_app
-from .config import ENV_PREFIX, BrokerConfig, load, options
+from .config import ENV_PREFIX, BrokerConfig, options, resolve
+from .configfile import CONFIG_ENV, Option, Setting
+from .logs import configure as configure_logging
 from .serving import serve_app
 from .tools.commands import add_commands as add_event_commands
+
+log = logging.getLogger("cometd_broker.cli")
 
 # Applications built on the broker (the contact-center API) register here, so the core never
 # imports them: an entry point in this group names an object with `add_arguments(parser)`,
 # `install(app, broker, args)` and, optionally, `add_commands(subparsers)` whose parsers
-# set `func` (called with the parsed args, returning the exit code).
+# set `func` (called with the parsed args, returning the exit code). A plugin's option with
+# destination NAME is also read from the environment variable COMETD_BROKER_<NAME> (the plugin
+# does that in its flag's default) and from the config file's table named after the entry point.
 PLUGIN_GROUP = "cometd_broker.apps"
+_SECRET_WORDS = ("token", "password", "secret")
+_NOT_GIVEN = object()  # marks options absent from the command line (see _given_on_command_line)
+
+
+def named_plugins() -> list[tuple[str, Any]]:
+    return [(entry.name, entry.load()) for entry in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name)]
 
 
 def plugins() -> list[Any]:
-    found = []
-    for entry in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
-        found.append(entry.load())
-    return found
+    return [plugin for _, plugin in named_plugins()]
 
 
 def _add_option_flags(parser: argparse.ArgumentParser) -> None:
@@ -44,22 +56,103 @@ def _add_option_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, type=kind, default=None, help=text)
 
 
+def _plugin_option(table: str, action: argparse.Action) -> Option:
+    """A flag a plugin added, as a settable option of its config-file table."""
+    if action.nargs == 0:  # store_true / store_false
+        kind: type = bool
+    elif action.type in (int, float):
+        kind = action.type
+    else:
+        kind = str
+    return Option(table, action.dest, kind, secret=any(word in action.dest for word in _SECRET_WORDS))
+
+
+def _add_serve_options(parser: argparse.ArgumentParser, named: list[tuple[str, Any]]) -> list[Option]:
+    """The options shared by `serve` and `config`; returns the plugins' options."""
+    parser.add_argument("--config", metavar="PATH", default=None,
+                        help=f"TOML configuration file ([broker] and one table per plugin; env {CONFIG_ENV}); "
+                             "flags and environment variables win over it")
+    _add_option_flags(parser)
+    found = []
+    for table, plugin in named:
+        before = len(parser._actions)
+        plugin.add_arguments(parser)
+        for action in parser._actions[before:]:
+            found.append(_plugin_option(table, action))
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cometd-broker", description="Bayeux/CometD push broker")
     parser.add_argument("--version", action="version", version=f"cometd-broker {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    named = named_plugins()
     serve = commands.add_parser("serve", help="serve the Bayeux endpoint",
                                 description="Serve the Bayeux endpoint. Every option can also be set with "
-                                            f"an environment variable {ENV_PREFIX}<OPTION>; flags win.")
-    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+                                            f"an environment variable {ENV_PREFIX}<OPTION> or in the file of "
+                                            "--config; flags win over variables, variables over the file.")
     serve.add_argument("--worker-of", help=argparse.SUPPRESS)  # set by `--workers N` for its workers
-    _add_option_flags(serve)
+    serve.set_defaults(plugin_options=_add_serve_options(serve, named))
+    show = commands.add_parser("config", help="print the effective configuration and where each value comes from",
+                               description="Print the configuration `serve` would run with, given the same "
+                                           "flags, environment and --config file, as TOML with each value's "
+                                           "source (default, file, env, flag) as a comment. Secrets are masked.")
+    show.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+    show.set_defaults(plugin_options=_add_serve_options(show, named))
     add_event_commands(commands)
-    for plugin in plugins():
-        plugin.add_arguments(serve)
+    for _, plugin in named:
         if hasattr(plugin, "add_commands"):
             plugin.add_commands(commands)
     return parser
+
+
+def _given_on_command_line(argv: Sequence[str], command: str, names: set[str]) -> set[str]:
+    """Which of `names` the command line sets. A plugin's flag defaults to its environment variable,
+    so the parsed value alone cannot tell a flag from the environment: parse again with every
+    default replaced by a marker."""
+    parser = build_parser()
+    subcommand = parser._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+    for action in subcommand._actions:
+        if action.dest in names:
+            action.default = _NOT_GIVEN
+    args = parser.parse_args(argv)
+    return {name for name in names if getattr(args, name, _NOT_GIVEN) is not _NOT_GIVEN}
+
+
+@dataclass
+class Effective:
+    """The resolved configuration of `serve` / `config`."""
+
+    config: BrokerConfig
+    settings: list[Setting]
+    file: str | None
+
+
+def resolve_args(args: argparse.Namespace, argv: Sequence[str]) -> Effective:
+    """Flags > environment > config file > defaults, for the broker's and every plugin's options.
+
+    Plugin options taken from the file are written into `args`, where the plugin reads them."""
+    path = args.config or os.environ.get(CONFIG_ENV) or None
+    plugin_options: list[Option] = args.plugin_options
+    known = configfile.broker_options() + plugin_options
+    from_file = configfile.read(path, known) if path else {}
+    flags = {f.name: getattr(args, f.name) for f in options()}
+    config, sources = resolve(os.environ, file=from_file.get(configfile.BROKER_TABLE), flags=flags, cli=True)
+    settings = configfile.broker_settings(config, sources)
+    given = _given_on_command_line(argv, args.command, {o.name for o in plugin_options})
+    for option in plugin_options:
+        file_values = from_file.get(option.table, {})
+        if option.name in given:
+            source = "flag"
+        elif option.env in os.environ:
+            source = "env"
+        elif option.name in file_values:
+            setattr(args, option.name, file_values[option.name])
+            source = "file"
+        else:
+            source = "default"
+        settings.append(Setting(option, getattr(args, option.name), source))
+    return Effective(config, settings, path)
 
 
 def _use_uvloop() -> bool:
@@ -71,14 +164,14 @@ def _use_uvloop() -> bool:
     return True
 
 
-def serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {f.name: getattr(args, f.name) for f in options()}
-    try:
-        config = load(**overrides)
-    except (ValueError, OSError) as exc:
-        print(f"cometd-broker: invalid configuration: {exc}", file=sys.stderr)
-        return 2
+def show_config(args: argparse.Namespace, effective: Effective) -> int:
+    render = configfile.render_json if args.json else configfile.render_toml
+    sys.stdout.write(render(effective.settings, effective.file))
+    return 0
+
+
+def serve(args: argparse.Namespace, config: BrokerConfig) -> int:
+    configure_logging(config.log_level, config.log_format)
     if config.workers > 1:
         return _supervise(args, config)
     app = create_app(config)
@@ -93,8 +186,12 @@ def serve(args: argparse.Namespace) -> int:
     url = f"http://{config.host}:{config.port}{config.mount}"
 
     def announce(_: str) -> None:
-        print(f"cometd-broker {__version__} listening on {url} "
-              f"(transports: {', '.join(config.transport_list)}; {auth}; {loop_name})", flush=True)
+        line = (f"cometd-broker {__version__} listening on {url} "
+                f"(transports: {', '.join(config.transport_list)}; {auth}; {loop_name})")
+        if config.log_format == "json":
+            log.info("%s", line)  # a JSON log stays one JSON object per line
+        else:
+            print(line, flush=True)
 
     lean = config.http_server == "lean"
     worker_of = getattr(args, "worker_of", None)
@@ -123,6 +220,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # `serve --workers N` starts its workers with the same arguments
-    if args.command == "serve":
-        return serve(args)
+    if args.command in ("serve", "config"):
+        try:
+            effective = resolve_args(args, argv)
+        except (ValueError, OSError) as exc:
+            print(f"cometd-broker: invalid configuration: {exc}", file=sys.stderr)
+            return 2
+        if args.command == "config":
+            return show_config(args, effective)
+        return serve(args, effective.config)
     return args.func(args)  # `events ...` and plugins' commands set func

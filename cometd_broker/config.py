@@ -1,7 +1,8 @@
-"""Every broker option in one table: name, type, default and why, read from flags and environment.
+"""Every broker option in one table: name, type, default and why, read from flags, environment and file.
 
 Precedence: command-line flag, then the `COMETD_BROKER_<NAME>` environment
-variable, then the default below.
+variable, then the `[broker]` table of the TOML configuration file (configfile.py),
+then the default below.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .channel import Pattern, channel_error
 from .eventlog import is_redis_url
+from .logs import LOG_FORMATS, LOG_LEVELS
 from .security import ChannelRule
 from .session import QUEUE_POLICIES
 
@@ -24,6 +26,11 @@ HTTP_SERVERS = ("lean", "aiohttp")
 
 def _doc(text: str) -> dict[str, str]:
     return {"doc": text}
+
+
+def _secret(text: str) -> dict[str, object]:
+    """An option `cometd-broker config` masks (passwords, tokens)."""
+    return {"doc": text, "secret": True}
 
 
 @dataclass
@@ -56,9 +63,9 @@ class BrokerConfig:
         "largest inbound HTTP body or websocket frame, in bytes"))
     allow_anonymous: bool = field(default=False, metadata=_doc(
         "let clients handshake without credentials (development); they cannot use per-user channels"))
-    users: str = field(default="", metadata=_doc(
+    users: str = field(default="", metadata=_secret(
         "passwords as user:password,user:password (or @path: a file with one user:password per line)"))
-    tokens: str = field(default="", metadata=_doc(
+    tokens: str = field(default="", metadata=_secret(
         "bearer tokens as token=user,token=user (or @path: a file with one token=user per line)"))
     roles: str = field(default="", metadata=_doc(
         "roles of configured users for role:NAME channel rules, as user=role+role,user=role"))
@@ -77,7 +84,7 @@ class BrokerConfig:
     retention_period: float = field(default=60.0, metadata=_doc("seconds between retention sweeps"))
     replay_page: int = field(default=500, metadata=_doc(
         "events read from the log per catch-up step; a session's queue is drained before the next"))
-    admin_token: str = field(default="", metadata=_doc(
+    admin_token: str = field(default="", metadata=_secret(
         "bearer token of the admin HTTP API under /admin (sessions, events, publish); empty: no admin API"))
     redis: str = field(default="", metadata=_doc(
         "Redis URL of a cluster (redis://host:6379/0): broker processes share fan-out through Redis pub/sub "
@@ -88,6 +95,9 @@ class BrokerConfig:
     http_server: str = field(default="lean", metadata=_doc(
         "lean: `serve` answers plain long-polling POSTs on a lean HTTP/1.1 path (several times less CPU per "
         "request) and hands every other request to aiohttp; aiohttp: aiohttp serves every request"))
+    log_level: str = field(default="INFO", metadata=_doc("least severe log level written: " + ", ".join(LOG_LEVELS)))
+    log_format: str = field(default="text", metadata=_doc(
+        "log lines as text, or json (one object per line: ts, level, logger, msg, clientId, user)"))
 
     def validate(self) -> None:
         """Raise ValueError naming the first option that is out of range."""
@@ -127,6 +137,10 @@ class BrokerConfig:
             # The admin API can publish to any user: a short token would be guessable.
             raise ValueError(f"admin_token must be at least {MIN_ADMIN_TOKEN} characters without surrounding spaces")
         self._validate_cluster()
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
 
     def _validate_cluster(self) -> None:
         if self.redis and not is_redis_url(self.redis):
@@ -216,37 +230,49 @@ def _convert(f: dataclasses.Field, text: str) -> object:
         raise ValueError(f"{ENV_PREFIX}{f.name.upper()} must be {kind.__name__}, got {text!r}") from None
 
 
-def from_env(environ: Mapping[str, str], cli: bool = False, **overrides: object) -> BrokerConfig:
-    """Defaults, overridden by environment variables, overridden by explicit values (flags).
+def resolve(environ: Mapping[str, str], *, file: Mapping[str, object] | None = None,
+            flags: Mapping[str, object] | None = None, cli: bool = False) -> tuple[BrokerConfig, dict[str, str]]:
+    """The configuration and where each value came from ("default", "file", "env" or "flag").
 
+    Defaults, overridden by the file's `[broker]` values (already type-checked, see configfile.py),
+    overridden by environment variables, overridden by flags (None: not given).
     `cli`: use the command line's defaults where they differ (the event log is a file when served
     from the command line, in memory for an embedded Broker, so tests never write files).
     """
     values: dict[str, object] = {}
+    sources = {f.name: "default" for f in options()}
     if cli:
         values.update({f.name: f.metadata["cli_default"] for f in options() if "cli_default" in f.metadata})
+    for name, value in (file or {}).items():
+        values[name], sources[name] = value, "file"
     for f in options():
         text = environ.get(ENV_PREFIX + f.name.upper())
         if text is not None:
-            values[f.name] = _convert(f, text)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    _check_cluster_event_log(values, environ, overrides)
+            values[f.name], sources[f.name] = _convert(f, text), "env"
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name], sources[name] = value, "flag"
+    _check_cluster_event_log(values, sources)
     config = BrokerConfig(**values)
     config.validate()
-    return config
+    return config, sources
 
 
-def _check_cluster_event_log(values: Mapping[str, object], environ: Mapping[str, str],
-                             overrides: Mapping[str, object]) -> None:
+def from_env(environ: Mapping[str, str], cli: bool = False, **overrides: object) -> BrokerConfig:
+    """Defaults, overridden by environment variables, overridden by explicit values (flags)."""
+    return resolve(environ, flags=overrides, cli=cli)[0]
+
+
+def _check_cluster_event_log(values: Mapping[str, object], sources: Mapping[str, str]) -> None:
     """With redis the event log defaults to that Redis; another store named explicitly is refused,
     not silently ignored (it would look like replay works from it)."""
     redis = values.get("redis")
-    explicit = overrides.get("event_log") or environ.get(ENV_PREFIX + "EVENT_LOG")
+    explicit = values.get("event_log") if sources["event_log"] != "default" else None
     if redis and explicit and explicit != redis:
         raise ValueError(f"event_log {explicit!r} cannot be used with redis: a cluster keeps its event log in "
                          f"that Redis (leave event_log unset or set it to {redis!r})")
 
 
-def load(**overrides: object) -> BrokerConfig:
-    """The configuration of `cometd-broker serve`: command-line defaults, environment, flags."""
-    return from_env(os.environ, cli=True, **overrides)
+def load(*, file: Mapping[str, object] | None = None, **overrides: object) -> BrokerConfig:
+    """The configuration of `cometd-broker serve`: command-line defaults, file, environment, flags."""
+    return resolve(os.environ, file=file, flags=overrides, cli=True)[0]

@@ -1,12 +1,15 @@
-"""Unit tests for cometd_broker.config: defaults, environment variables, overrides and validation."""
+"""Unit tests for cometd_broker.config and configfile: defaults, environment, file, flags, validation."""
 
 from __future__ import annotations
 
 import dataclasses
+import tomllib
+from pathlib import Path
 
 import pytest
 
-from cometd_broker.config import ALL_TRANSPORTS, ENV_PREFIX, BrokerConfig, from_env, load, options
+from cometd_broker import configfile
+from cometd_broker.config import ALL_TRANSPORTS, ENV_PREFIX, BrokerConfig, from_env, load, options, resolve
 from cometd_broker.security import ChannelRule
 
 
@@ -186,3 +189,142 @@ class TestUsersFile:
         path = tmp_path / "users.txt"
         path.write_text("", encoding="utf-8")
         assert from_env({}, users=f"@{path}").user_map == {}
+
+
+class TestPrecedence:
+    """flags > environment > file > defaults, with each value's source."""
+
+    def test_each_layer_overrides_the_one_below(self):
+        file = {"timeout": 1000, "interval": 10, "max_interval": 3000}
+        config, sources = resolve(env(interval="20", max_interval="4000"), file=file, flags={"max_interval": 5000})
+        assert (config.timeout, config.interval, config.max_interval) == (1000, 20, 5000)
+        assert sources["timeout"] == "file"
+        assert sources["interval"] == "env"
+        assert sources["max_interval"] == "flag"
+        assert sources["port"] == "default"
+
+    def test_none_flags_are_not_given(self):
+        config, sources = resolve({}, file={"port": 9000}, flags={"port": None})
+        assert config.port == 9000 and sources["port"] == "file"
+
+    def test_file_values_are_validated(self):
+        with pytest.raises(ValueError, match="timeout must be >= 0"):
+            resolve({}, file={"timeout": -1})
+
+    def test_event_log_from_the_file_conflicts_with_redis(self):
+        with pytest.raises(ValueError, match="cannot be used with redis"):
+            resolve({}, file={"event_log": "/data/events.db"}, flags={"redis": "redis://127.0.0.1:6379/0"}, cli=True)
+
+    def test_command_line_default_event_log_gives_way_to_redis(self):
+        config, sources = resolve({}, flags={"redis": "redis://127.0.0.1:6379/0"}, cli=True)
+        assert config.event_log_url == "redis://127.0.0.1:6379/0"
+        assert sources["event_log"] == "default"
+
+    @pytest.mark.parametrize(("option", "value"), [("log_level", "TRACE"), ("log_format", "xml")])
+    def test_log_options_are_validated(self, option, value):
+        with pytest.raises(ValueError, match=option):
+            from_env({}, **{option: value})
+
+    def test_log_level_is_case_insensitive(self):
+        assert from_env(env(log_level="debug")).log_level == "debug"
+
+
+def write(tmp_path, text: str) -> str:
+    path = tmp_path / "broker.toml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+PLUGIN_OPTIONS = [configfile.Option("contact-center", "users_file", str),
+                  configfile.Option("contact-center", "csrf", bool),
+                  configfile.Option("contact-center", "offer_timeout", float)]
+KNOWN = configfile.broker_options() + PLUGIN_OPTIONS
+
+
+class TestConfigFile:
+    def test_tables_keys_with_dashes_or_underscores_and_types(self, tmp_path):
+        path = write(tmp_path, '[broker]\nport = 9000\nmax-interval = 5000\nallow_anonymous = true\n'
+                               'sweep-period = 2\nevent-log = "/data/e.db"\n'
+                               '[contact_center]\nusers-file = "/data/u.json"\ncsrf = false\noffer_timeout = 5\n')
+        values = configfile.read(path, KNOWN)
+        assert values["broker"] == {"port": 9000, "max_interval": 5000, "allow_anonymous": True,
+                                    "sweep_period": 2.0, "event_log": "/data/e.db"}
+        assert type(values["broker"]["sweep_period"]) is float
+        assert values["contact-center"] == {"users_file": "/data/u.json", "csrf": False, "offer_timeout": 5.0}
+
+    def test_empty_file(self, tmp_path):
+        assert configfile.read(write(tmp_path, "# nothing\n"), KNOWN) == {}
+
+    @pytest.mark.parametrize(("text", "message"), [
+        ('[broker]\nprot = 1\n', "unknown key 'prot' in [broker] (did you mean 'port'?)"),
+        ('[broker]\nport = "8080"\n', "[broker] port must be an integer, got string '8080'"),
+        ('[broker]\nport = 80.5\n', "[broker] port must be an integer, got float 80.5"),
+        ('[broker]\nport = true\n', "[broker] port must be an integer, got boolean True"),
+        ('[broker]\nsweep-period = "1"\n', "[broker] sweep-period must be a number, got string '1'"),
+        ('[broker]\nallow-anonymous = 1\n', "[broker] allow-anonymous must be true or false, got integer 1"),
+        ('[broker]\ntransports = ["websocket"]\n', "[broker] transports must be a string, got array"),
+        ('[broker]\nport = 1\n[broker.extra]\nx = 1\n', "unknown key 'extra' in [broker]"),
+        ('[broker]\nport = 1\nPORT = 2\n', "unknown key 'PORT'"),
+        ('[broker]\nmax-queue = 1\nmax_queue = 2\n', "[broker] sets max-queue twice"),
+        ('[brokers]\nport = 1\n', "unknown table [brokers] (did you mean 'broker'?); tables are [broker], "
+                                  "[contact-center]"),
+        ('port = 1\n', "key 'port' must be inside a table such as [broker]"),
+        ('broker = 1\n', "broker must be a table ([broker]), not a value"),
+        ('[contact-center]\ncsrf = "no"\n', "[contact-center] csrf must be true or false, got string 'no'"),
+        ('[broker]\nport = \n', "not valid TOML: Invalid value (at line 2, column 8)"),
+    ])
+    def test_errors_name_the_file_table_and_key(self, tmp_path, text, message):
+        path = write(tmp_path, text)
+        with pytest.raises(configfile.ConfigFileError) as caught:
+            configfile.read(path, KNOWN)
+        assert str(caught.value).startswith(path + ": ")
+        assert message in str(caught.value)
+
+    def test_missing_file(self, tmp_path):
+        with pytest.raises(configfile.ConfigFileError, match=r"cannot read config file .*absent\.toml: No such file"):
+            configfile.read(str(tmp_path / "absent.toml"), KNOWN)
+
+    def test_example_file_loads_and_validates(self):
+        path = Path(__file__).parent.parent / "examples" / "broker.toml"
+        values = configfile.read(str(path), [*KNOWN, configfile.Option("contact-center", "state_db", str),
+                                             configfile.Option("contact-center", "queues", str)])
+        config, sources = resolve({}, file=values["broker"], cli=True)
+        assert config.event_log == "/data/events.db" and sources["event_log"] == "file"
+        assert config.log_format == "json"
+        assert values["contact-center"]["state_db"] == "/data/state.db"
+
+
+class TestShownValues:
+    def setting(self, name: str, value: object) -> configfile.Setting:
+        option = next(o for o in configfile.broker_options() if o.name == name)
+        return configfile.Setting(option, value, "flag")
+
+    @pytest.mark.parametrize("name", ["admin_token", "users", "tokens"])
+    def test_secrets_are_masked(self, name):
+        assert configfile.shown(self.setting(name, "alice:very-secret")) == "****"
+
+    def test_a_file_of_secrets_is_shown_by_path(self):
+        assert configfile.shown(self.setting("users", "@/run/secrets/users")) == "@/run/secrets/users"
+
+    def test_unset_secret_is_shown_empty(self):
+        assert configfile.shown(self.setting("admin_token", "")) == ""
+
+    @pytest.mark.parametrize(("url", "shown"), [
+        ("redis://:pw@redis:6379/0", "redis://:****@redis:6379/0"),
+        ("rediss://user:pw@redis.example:6380/1", "rediss://user:****@redis.example:6380/1"),
+        ("redis://redis:6379/0", "redis://redis:6379/0"),
+    ])
+    def test_url_passwords_are_masked(self, url, shown):
+        assert configfile.shown(self.setting("redis", url)) == shown
+        assert configfile.shown(self.setting("event_log", url)) == shown
+
+    def test_toml_output_reads_back(self):
+        config, sources = resolve(env(port="9000"), file={"mount": "/push"}, flags={"admin_token": "x" * 20})
+        text = configfile.render_toml(configfile.broker_settings(config, sources), "/etc/broker.toml")
+        assert "port = 9000  # env COMETD_BROKER_PORT\n" in text
+        assert 'mount = "/push"  # file\n' in text
+        assert 'admin-token = "****"  # flag\n' in text
+        assert "x" * 20 not in text
+        parsed = tomllib.loads(text)["broker"]
+        assert parsed["port"] == 9000 and parsed["max-queue-bytes"] == config.max_queue_bytes
+        assert set(parsed) == {o.key for o in configfile.broker_options()}

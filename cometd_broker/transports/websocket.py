@@ -16,6 +16,7 @@ from aiohttp import WSMsgType, web
 from .. import bayeux
 from ..bayeux import BodyError
 from ..broker import Broker, HandleResult, PendingConnect
+from ..logs import session_fields
 from ..session import ServerSession
 from ..tasks import cancel_and_wait
 from .http import context_for, parse_json
@@ -120,7 +121,9 @@ class WebSocketConnection:
         try:
             await cancel_and_wait(writer)
         except ConnectionError as exc:  # the peer went away mid-write
-            log.debug("websocket write failed: %s", exc)
+            session = self.session
+            log.debug("websocket write failed: %s", exc,
+                      extra=session_fields(session.client_id, session.user_id) if session is not None else None)
 
 
 class WebSocketTransport:
