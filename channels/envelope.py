@@ -2,12 +2,16 @@
 
 Handlers raise `GwsError` for any failure; `envelope_middleware` turns it (and anything unexpected)
 into the envelope, so a client never sees a traceback and a failed request never half-applies.
+It also counts every request by route, operationName and status in the app's metrics (when the app
+has them: `cometd_broker.metrics`), as `gws_requests_total` and `gws_request_duration_seconds`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from enum import IntEnum
 from typing import Any
 
@@ -16,6 +20,7 @@ from aiohttp import web
 
 from cometd_broker.engine import EngineUnavailable
 from cometd_broker.eventlog import EventLogUnavailable
+from cometd_broker.metrics import METRICS, Metrics
 
 log = logging.getLogger("channels")
 
@@ -56,9 +61,19 @@ class GwsError(Exception):
         self.http_status = http_status if http_status is not None else _HTTP_STATUS.get(status, 400)
 
 
+# The statusCode of an envelope, kept on its response for the metrics (no re-parsing of the body).
+STATUS_CODE = web.ResponseKey("gws.status_code", int)
+# The request's operationName once `check_operation` accepted it; set per request by the middleware.
+_OPERATION: ContextVar[list[str] | None] = ContextVar("gws_operation", default=None)
+
+
 def json_response(payload: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json",
-                        headers=headers)
+    response = web.Response(body=orjson.dumps(payload), status=status, content_type="application/json",
+                            headers=headers)
+    code = payload.get("statusCode")
+    if isinstance(code, int):
+        response[STATUS_CODE] = code
+    return response
 
 
 def ok(**fields: Any) -> web.Response:
@@ -75,7 +90,40 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def envelope_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure under the REST API leaves as the envelope, with a specific message."""
+    """Every failure under the REST API leaves as the envelope, with a specific message; every
+    request is counted in the app's metrics."""
+    metrics = request.app.get(METRICS)
+    if metrics is None:
+        return await _enveloped(request, handler)
+    operation = [""]
+    token = _OPERATION.set(operation)
+    started = time.monotonic()
+    try:
+        response = await _enveloped(request, handler)
+    except web.HTTPException as exc:  # a redirect: not an envelope, counted all the same
+        _count(metrics, request, operation[0], "", exc.status, time.monotonic() - started)
+        raise
+    finally:
+        _OPERATION.reset(token)
+    code = response.get(STATUS_CODE)
+    _count(metrics, request, operation[0], "" if code is None else str(code), response.status,
+           time.monotonic() - started)
+    return response
+
+
+def _count(metrics: Metrics, request: web.Request, operation: str, status_code: str, http_status: int,
+           seconds: float) -> None:
+    resource = request.match_info.route.resource
+    # The route's template, never the raw path: ids in paths would make a series per interaction.
+    route = resource.canonical if resource is not None else "unmatched"
+    metrics.counter("gws_requests_total", "REST API requests, by route, operationName and GWS statusCode",
+                    ("method", "route", "operation", "status_code", "http_status")).inc(
+        (request.method, route, operation, status_code, str(http_status)))
+    metrics.histogram("gws_request_duration_seconds", "Time to answer a REST API request, by route",
+                      ("method", "route")).observe((request.method, route), seconds)
+
+
+async def _enveloped(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except GwsError as exc:
@@ -130,6 +178,9 @@ def param(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, req
 def check_operation(operation: str, valid: Sequence[str], *, on: str | None = None) -> None:
     """statusCode 10 naming the valid operations when `operation` is not one of them."""
     if operation in valid:
+        current = _OPERATION.get()
+        if current is not None:  # only valid names become a metrics label: their number is bounded
+            current[0] = operation
         return
     names = ", ".join(valid)
     message = (f"unknown operationName {operation!r}; valid: {names}" if on is None

@@ -7,6 +7,7 @@ from aiohttp import hdrs, web
 from .admin import add_admin
 from .broker import Broker
 from .config import BrokerConfig
+from .metrics import add_metrics
 from .security import Authenticator, Authorizer
 from .transports.http import HttpTransport
 from .transports.websocket import WebSocketTransport
@@ -82,6 +83,7 @@ def create_app(config: BrokerConfig | None = None, *, authenticator: Authenticat
     # The transports bound bodies themselves (max_message_size); keep aiohttp's own limit above it.
     app = web.Application(client_max_size=broker.config.max_message_size + 1024)
     app[BROKER] = broker
+    add_metrics(app, broker, broker.config.metrics_token)  # before the endpoint too
     if broker.config.admin_token:  # before the endpoint, whose mount may be "/" and take every path
         add_admin(app, broker, broker.config.admin_token)
     add_bayeux_endpoint(app, broker, broker.config.mount)

@@ -49,6 +49,7 @@ from .session import (
     SessionQueue,
     Sink,
 )
+from .stats import BrokerStats, Disconnect
 from .tasks import cancel_and_wait
 
 log = logging.getLogger("cometd_broker")
@@ -119,6 +120,7 @@ class Broker:
         self.config = config or BrokerConfig()
         self.config.validate()
         cfg = self.config
+        self.stats = BrokerStats()  # counters for /metrics: one attribute increment where each thing happens
         self.authenticator: Authenticator = authenticator or CredentialsAuthenticator(
             cfg.user_map, tokens=cfg.token_map, allow_anonymous=cfg.allow_anonymous, roles=cfg.role_map)
         self.authorizer: Authorizer = authorizer or ChannelAuthorizer(cfg.personal_prefix, cfg.rule_list)
@@ -165,6 +167,7 @@ class Broker:
         self._closing = True
         sweeper, self._sweeper = self._sweeper, None
         await cancel_and_wait(sweeper)
+        self.stats.ended(Disconnect.SHUTDOWN, len(self.sessions))
         for session in list(self.sessions.values()):
             session.unpark(SHUTDOWN)
             self._remove(session, bayeux.error(503, "server_shutdown (the broker is stopping)"),
@@ -185,6 +188,7 @@ class Broker:
         for browser_id in stale:
             del self._fresh_browser_ids[browser_id]
         expired = [s for s in self.sessions.values() if s.expires_at < now]
+        self.stats.ended(Disconnect.EXPIRED, len(expired))
         for session in expired:
             self._remove(session, bayeux.error(402, "session_unknown (expired: no /meta/connect within "
                                                     f"{self.config.max_interval} ms)"), bayeux.HANDSHAKE_ADVICE)
@@ -245,8 +249,10 @@ class Broker:
 
     async def _publish_event(self, channel: str, user_id: str | None, stream: str, message: Message) -> int:
         """Hand the event to the engine, which records it and has every broker process dispatch it."""
+        started = time.monotonic()
         payload = orjson.dumps(message)  # serialized once, shared by every queue
         published = await self.engine.publish(stream, channel, user_id, payload, "ext" in message)
+        self.stats.published_one(time.monotonic() - started)
         return published.delivered
 
     def _dispatch(self, stream: str, channel: str, user_id: str | None, payload: bytes, event_id: int,
@@ -256,6 +262,7 @@ class Broker:
         The engine calls this in id order per stream. It never awaits: a catch-up that compares
         with _latest_ids sees either none of this delivery or all of it."""
         self._latest_ids[stream] = max(event_id, self._latest_ids.get(stream, 0))
+        self.stats.dispatched += 1
         index = self._index if user_id is None else self._user_index.get(user_id)
         targets = index.match(channel) if index is not None else None
         if not targets:
@@ -276,10 +283,12 @@ class Broker:
                 slow.append(session)
         for session in slow:
             self._slow_consumer(session)
+        self.stats.enqueued += delivered
         return delivered
 
     def _slow_consumer(self, session: ServerSession) -> None:
         queue = session.queue
+        self.stats.ended(Disconnect.SLOW_CONSUMER)
         log.warning("session too slow: queue full at %d events / %d bytes; disconnecting",
                     len(queue), queue.size_bytes, extra=_ids(session))
         self._remove(session, bayeux.error(
@@ -370,6 +379,7 @@ class Broker:
         return mine is not None and theirs is not None and mine[1] == theirs[1] == session.principal
 
     def _unknown_session_reply(self, message: Message) -> Message:
+        self.stats.unknown_sessions += 1
         client_id = message.get("clientId")
         ended = self._ended.get(client_id) if isinstance(client_id, str) else None
         if ended is not None:
@@ -402,6 +412,7 @@ class Broker:
                 HandshakeRequest(ctx.headers, ctx.cookies, message, ctx.remote))
         except AuthenticationError as exc:
             log.info("handshake denied from %s: %s", ctx.remote, exc)
+            self.stats.handshakes_denied += 1
             reply = bayeux.error_reply(message, bayeux.HANDSHAKE_DENIED, bayeux.advice(bayeux.NONE, 0))
             reply["ext"] = {"authentication": {"failureReason": str(exc)}}
             return reply
@@ -414,10 +425,11 @@ class Broker:
         cfg = self.config
         session = ServerSession(
             bayeux.new_client_id(), principal, browser_id,
-            SessionQueue(cfg.max_queue, cfg.max_queue_bytes, cfg.queue_full == DROP_OLDEST_POLICY),
+            SessionQueue(cfg.max_queue, cfg.max_queue_bytes, cfg.queue_full == DROP_OLDEST_POLICY, self.stats),
             ctx.transport)
         session.expires_at = time.monotonic() + self._expiry_window
         self.sessions[session.client_id] = session
+        self.stats.handshakes += 1
         if principal.user_id is not None:
             self._users.setdefault(principal.user_id, set()).add(session)
         if ack.requested(message):
@@ -533,6 +545,7 @@ class Broker:
             # that gave up on this connection): the events belong to the newer one.
             reason = SUPERSEDED
         if reason == SUPERSEDED:
+            self.stats.superseded_connects += 1
             return ConnectOutcome(self.config.duplicate_connect_status, [bayeux.error_reply(
                 reply, bayeux.error(409, "connect_superseded (a newer /meta/connect of this session replaced it)"),
                 bayeux.advice(bayeux.RETRY, self.config.interval))], [])
@@ -627,6 +640,7 @@ class Broker:
         else:
             after = min(requested_id, latest)
         recovered = bounds.covers(after)  # false: events after the id were trimmed; say so
+        self.stats.replay(recovered)
         mark = replay.ReplayMark(max(after, bounds.oldest - 1))
         if self._fanout_live and (requested_id == replay.NEW_ONLY or mark.last_id >= latest):
             mark.catching_up = False  # nothing to read: live from the next event on
@@ -668,6 +682,7 @@ class Broker:
                         if not session.enqueue(payload):
                             self._slow_consumer(session)
                             return
+                        self.stats.replayed += 1
                         mark.last_id = event.id
                     if events:
                         continue
@@ -741,6 +756,7 @@ class Broker:
 
     def _disconnect(self, session: ServerSession, message: Message) -> Message:
         # reconnect "none": the client asked to end; its parked connect must not make it come back.
+        self.stats.ended(Disconnect.CLIENT)
         self._remove(session, bayeux.error(402, "session_unknown (disconnected by the client)"), bayeux.NONE)
         reply = bayeux.reply_to(message)
         reply["clientId"] = session.client_id
@@ -785,6 +801,7 @@ class Broker:
     def _remove(self, session: ServerSession, error: str, reconnect: str) -> None:
         if self.sessions.pop(session.client_id, None) is None:
             return
+        self.stats.dropped_by_ended_sessions += session.queue.dropped
         self._ended[session.client_id] = _Ended(error, reconnect)
         while len(self._ended) > _TOMBSTONES:
             self._ended.popitem(last=False)

@@ -86,6 +86,9 @@ class BrokerConfig:
         "events read from the log per catch-up step; a session's queue is drained before the next"))
     admin_token: str = field(default="", metadata=_secret(
         "bearer token of the admin HTTP API under /admin (sessions, events, publish); empty: no admin API"))
+    metrics_token: str = field(default="", metadata=_doc(
+        "bearer token (>= 16 characters) Prometheus must send to read /metrics; empty: /metrics is open "
+        "(/health and /ready always are)"))
     redis: str = field(default="", metadata=_doc(
         "Redis URL of a cluster (redis://host:6379/0): broker processes share fan-out through Redis pub/sub "
         "and the event log is kept there in Redis Streams, so a client can resume on any process; "
@@ -132,10 +135,11 @@ class BrokerConfig:
         for name in ("retention_count", "replay_page"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        token = self.admin_token
-        if token and (len(token) < MIN_ADMIN_TOKEN or token != token.strip()):
-            # The admin API can publish to any user: a short token would be guessable.
-            raise ValueError(f"admin_token must be at least {MIN_ADMIN_TOKEN} characters without surrounding spaces")
+        for name in ("admin_token", "metrics_token"):
+            token = getattr(self, name)
+            if token and (len(token) < MIN_ADMIN_TOKEN or token != token.strip()):
+                # The admin API can publish to any user: a short token would be guessable.
+                raise ValueError(f"{name} must be at least {MIN_ADMIN_TOKEN} characters without surrounding spaces")
         self._validate_cluster()
         if self.log_level.upper() not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")

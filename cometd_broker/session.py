@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .extensions.ack import AckState
 from .extensions.replay import ReplayMark
 from .security import Principal
+
+if TYPE_CHECKING:
+    from .stats import BrokerStats
+
+_monotonic = time.monotonic
 
 # Why a parked /meta/connect was answered.
 TIMEOUT = "timeout"          # the hold time passed: answer with an empty successful reply
@@ -30,10 +36,13 @@ class SessionQueue:
     every matching session's queue, so a fan-out costs one serialization.
     """
 
-    __slots__ = ("_items", "size_bytes", "max_messages", "max_bytes", "drop_oldest", "dropped")
+    __slots__ = ("_items", "size_bytes", "max_messages", "max_bytes", "drop_oldest", "dropped", "since", "stats")
 
-    def __init__(self, max_messages: int, max_bytes: int, drop_oldest: bool) -> None:
+    def __init__(self, max_messages: int, max_bytes: int, drop_oldest: bool,
+                 stats: BrokerStats | None = None) -> None:
         self._items: deque[bytes] = deque()
+        self.since = 0.0  # monotonic time the oldest queued item arrived (delivery latency)
+        self.stats = stats
         self.size_bytes = 0
         self.max_messages = max_messages
         self.max_bytes = max_bytes
@@ -50,6 +59,8 @@ class SessionQueue:
                                    or self.size_bytes + size > self.max_bytes):
                 self.size_bytes -= len(self._items.popleft())
                 self.dropped += 1
+        if not self._items:
+            self.since = _monotonic()
         self._items.append(item)
         self.size_bytes += size
         return True
@@ -57,6 +68,8 @@ class SessionQueue:
     def requeue(self, items: list[bytes]) -> None:
         """Put events that were sent but not acknowledged back in front, in order. They were
         admitted once already, so the limits do not refuse them; newer events meet the limits."""
+        if items and not self._items:
+            self.since = _monotonic()
         self._items.extendleft(reversed(items))
         self.size_bytes += sum(map(len, items))
 
@@ -64,6 +77,8 @@ class SessionQueue:
         items = list(self._items)
         self._items.clear()
         self.size_bytes = 0
+        if items and self.stats is not None:
+            self.stats.delivered_batch(len(items), self.since)
         return items
 
     def __len__(self) -> int:

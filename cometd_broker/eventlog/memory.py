@@ -11,6 +11,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from .base import KEEP_ALL, UNKNOWN_BOUNDS, Bounds, Event, EventLogClosed, Retention, as_payloads, check_limit
 
@@ -121,6 +122,12 @@ class MemoryEventLog:
     async def close(self) -> None:
         self._closed = True
         self._streams.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """For metrics and readiness: appends complete at once, so there is never a lag."""
+        problem = "event log is closed" if self._closed else None
+        return {"store": "memory", "up": problem is None, "problem": problem, "pending": 0,
+                "oldest_pending_seconds": 0.0}
 
     def _check_open(self) -> None:
         if self._closed:

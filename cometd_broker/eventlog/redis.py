@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import logging
 import os
 import secrets
 import time
@@ -49,6 +50,8 @@ from .base import (
     check_limit,
     is_redis_url,
 )
+
+log = logging.getLogger("cometd_broker.eventlog")
 
 _SCAN_PAGE = 500  # entries per XRANGE when read_range scans a stream
 
@@ -143,6 +146,12 @@ class RedisEventLog:
         self._streams_key = f"{prefix}:streams"
         self._max_count = "" if retention.max_count is None else str(retention.max_count)
         self._closed = False
+        # For logs and metrics: whether the last command reached Redis, and how often that changed.
+        self.connected = True  # nothing failed yet
+        self.disconnects = 0
+        self.reconnects = 0
+        self.pending_appends = 0  # events sent to Redis and not yet confirmed
+        self._down_since = 0.0
 
     # ---- keys --------------------------------------------------------------------------------
 
@@ -174,8 +183,12 @@ class RedisEventLog:
                           header: bytes) -> int:
         keys = [self._meta(stream), self._log(stream), self._streams_key]
         args: list[Any] = [repr(float(self._clock())), self._max_count, stream, floor, channel, header, *payloads]
-        with self._unavailable():
-            return int(await self._append(keys=keys, args=args))
+        self.pending_appends += len(payloads)
+        try:
+            with self._unavailable():
+                return int(await self._append(keys=keys, args=args))
+        finally:
+            self.pending_appends -= len(payloads)
 
     async def trim(self, now: float) -> int:
         self._check_open()
@@ -266,6 +279,19 @@ class RedisEventLog:
 
     # ---- for the Redis engine ----------------------------------------------------------------
 
+    async def ping(self) -> None:
+        """A round trip, for readiness probes: raises EventLogUnavailable when Redis does not answer."""
+        self._check_open()
+        try:
+            with self._unavailable():
+                await self._client.ping()
+        except EventLogUnavailable:
+            # After a Redis restart the idle pooled connections are all dead, and each would fail one
+            # command: drop them and ask once more on a new connection (a PING is safe to repeat).
+            await self._client.connection_pool.disconnect(inuse_connections=False)
+            with self._unavailable():
+                await self._client.ping()
+
     def pubsub(self) -> aioredis.client.PubSub:
         """A pub/sub connection to the same Redis (the caller owns and closes it)."""
         self._check_open()
@@ -283,13 +309,32 @@ class RedisEventLog:
         if self._closed:
             raise EventLogClosed("event log is closed")
 
+    def stats(self) -> dict[str, Any]:
+        """For metrics and readiness: whether Redis answered the last command, reconnects, lag."""
+        problem = "event log is closed" if self._closed else None
+        if problem is None and not self.connected:
+            problem = f"redis at {self.url} is unavailable (for {time.monotonic() - self._down_since:.1f} s)"
+        return {"store": "redis", "up": problem is None, "problem": problem, "connected": self.connected,
+                "disconnects": self.disconnects, "reconnects": self.reconnects, "pending": self.pending_appends,
+                "oldest_pending_seconds": 0.0}
+
     @contextlib.contextmanager
     def _unavailable(self) -> Iterator[None]:
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             # BusyLoadingError (a restarted Redis reading its data) is a ConnectionError too.
-            raise EventLogUnavailable(f"redis at {self.url} is unavailable: {exc or type(exc).__name__}") from exc
+            reason = f"redis at {self.url} is unavailable: {exc or type(exc).__name__}"
+            if self.connected:
+                self.connected, self._down_since = False, time.monotonic()
+                self.disconnects += 1
+                log.warning("event log: %s; commands fail until it is back", reason)
+            raise EventLogUnavailable(reason) from exc
+        if not self.connected:
+            self.connected = True
+            self.reconnects += 1
+            log.info("event log: redis at %s reconnected after %.1f s (reconnect #%d)",
+                     self.url, time.monotonic() - self._down_since, self.reconnects)
 
 
 def _start(after: int) -> str:

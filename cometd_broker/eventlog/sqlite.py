@@ -126,6 +126,19 @@ class SqliteEventLog:
         """Write transactions committed so far (appends share them: see group commit)."""
         return self._writer.commits
 
+    def stats(self) -> dict[str, Any]:
+        """For metrics and readiness: whether appends can succeed, and the writer's lag."""
+        writer = self._writer
+        problem = None
+        if self._closed:
+            problem = "event log is closed"
+        elif writer.failure is not None:
+            problem = f"event log writer failed: {writer.failure!r}"
+        elif not writer.alive:
+            problem = "event log writer thread is not running"
+        return {"store": "sqlite", "up": problem is None, "problem": problem, "commits": writer.commits,
+                "pending": writer.pending_events, "oldest_pending_seconds": writer.oldest_pending_age}
+
     # ---- writes (through the writer thread) -------------------------------------------------
 
     async def append(self, stream: str, payloads: Sequence[bytes]) -> list[int]:

@@ -19,6 +19,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +96,10 @@ class SqliteWriter:
         self._exited = False
         self._exit_waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
         self.commits = 0  # transactions committed; appends / commits is the group-commit factor
+        # The event-log lag, for metrics: events appended but not yet committed, and when each queued
+        # job was submitted (jobs are settled in submission order, so the oldest is first).
+        self.pending_events = 0
+        self._submitted: deque[float] = deque()
 
     def start(self) -> None:
         self._thread.start()
@@ -102,6 +107,16 @@ class SqliteWriter:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def failure(self) -> BaseException | None:
+        """What stopped the thread, if it failed."""
+        return self._failure
+
+    @property
+    def oldest_pending_age(self) -> float:
+        """Seconds the oldest job not yet committed has waited (0 when none waits)."""
+        return time.monotonic() - self._submitted[0] if self._submitted else 0.0
 
     async def append(self, stream: str, payloads: Sequence[bytes]) -> list[int]:
         job_payloads = as_payloads(payloads)
@@ -147,7 +162,10 @@ class SqliteWriter:
             if self._exited:
                 self._slots.release()
                 raise EventLogClosed(f"event log writer ended: {self._failure!r}")
-            self._queue.put_nowait(make_job(future, loop))
+            job = make_job(future, loop)
+            self._queue.put_nowait(job)
+        self._submitted.append(time.monotonic())
+        self.pending_events += len(job.payloads) if isinstance(job, _AppendJob) else 0
         # If the caller is cancelled here the job still runs: a cancelled append may be committed.
         return await future
 
@@ -279,6 +297,9 @@ class SqliteWriter:
     def _settle(self, job: _AppendJob | _TrimJob, result: Any, exc: BaseException | None) -> None:
         def resolve() -> None:
             self._slots.release()
+            if self._submitted:
+                self._submitted.popleft()
+            self.pending_events -= len(job.payloads) if isinstance(job, _AppendJob) else 0
             if job.future.done():  # the caller was cancelled
                 return
             if exc is not None:
