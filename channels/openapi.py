@@ -357,7 +357,7 @@ def _id_param(name: str, description: str) -> dict[str, Any]:
 _AGENT_ID = {"name": "agentid", "in": "path", "required": True,
              "schema": {"type": "integer", "minimum": agentgateway.MIN_AGENT_ID, "maximum": agentgateway.MAX_AGENT_ID},
              "description": "the agent's workNo", "example": agentgateway.MIN_AGENT_ID}
-_FIELDS = {"name": "fields", "in": "query", "required": False, "schema": {"type": "string"},
+_FIELDS = {"name": "fields", "in": "query", "required": False, "schema": _enum(["*"]),
            "description": "`*` for the full resources instead of their uris"}
 
 
@@ -425,8 +425,7 @@ class _Builder:
         self.agent_op("/api/v2/me/channels/{channel}", "post", "Ready or NotReady on one channel", _ref("Ok"),
                       tag="me", body=_operation_body("Channel", agent.CHANNEL_OPERATIONS),
                       parameters=[{"name": "channel", "in": "path", "required": True,
-                                   "schema": {"type": "string", "example": ROUTED_CHANNELS[0]},
-                                   "description": "one of " + ", ".join(ROUTED_CHANNELS)}])
+                                   "schema": _enum(ROUTED_CHANNELS), "description": "a routed channel"}])
 
     def _conversations(self, kind: model.MediaKind) -> None:
         base = f"/api/v2/me/{kind.collection}"
@@ -435,8 +434,9 @@ class _Builder:
         self.agent_op(base, "get", f"the agent's active {kind.collection}",
                       {"oneOf": [_ok_with({"uris": {"type": "array", "items": _STR}}),
                                  _ok_with({kind.collection: {"type": "array", "items": _ref("ConversationFields")}})]},
-                      tag=tag, parameters=[{**_FIELDS, "description": "`*` for the full resources, or a "
-                                                                      "comma-separated list of field names"}])
+                      tag=tag, parameters=[{**_FIELDS, "schema": {"type": "string", "pattern": r"[^,\s]"},
+                                            "description": "`*` for the full resources, or a comma-separated "
+                                                           "list of field names"}])
         self.agent_op(base + "/{id}", "get", f"one {kind.resource_key}",
                       _ok_with({kind.resource_key: _ref("Conversation")}), tag=tag, parameters=[ident])
         self.agent_op(base + "/{id}", "post", f"an operation on a {kind.resource_key}", _ref("Accepted"), tag=tag,
