@@ -39,12 +39,13 @@ def spec_routes(document) -> set[tuple[str, str]]:
     return {(method.upper(), path) for path, item in document["paths"].items() for method in item if method in METHODS}
 
 
-@pytest.mark.parametrize("media_token", ["gateway-secret", None])
-async def test_every_route_is_in_the_document_and_nothing_else(aiohttp_client, media_token) -> None:
-    app, before = make_app(media_token=media_token)
+@pytest.mark.parametrize(("media_token", "csrf"), [("gateway-secret", True), (None, False)])
+async def test_every_route_is_in_the_document_and_nothing_else(aiohttp_client, media_token, csrf) -> None:
+    app, before = make_app(media_token=media_token, csrf=csrf)
     client = await aiohttp_client(app)
     async with client.get(openapi.OPENAPI_PATH) as response:
         document = await response.json()
+    validate(document)
     registered = plugin_routes(app, before)
     assert any(path.startswith("/agentgateway/") for _, path in registered)  # the walk sees every family
     assert (media_token is not None) == any(path.startswith("/api/v2/media/") for _, path in registered)
