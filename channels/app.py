@@ -19,7 +19,7 @@ from cometd_broker import Broker
 from cometd_broker.app import add_mount
 from cometd_broker.security import ChainedAuthenticator
 
-from . import agent, chats, interactions, media, smssessions, users_cli, workbins
+from . import agent, chats, interactions, media, openapi, smssessions, users_cli, workbins
 from .agentgateway import MIRROR_CHANNEL, AgentGateway
 from .auth import GwsAuthenticator, HttpSessions, UserDirectory, auth_middleware
 from .conversation import Conversations, ReferenceIds
@@ -105,7 +105,8 @@ def install_contact_center(app: web.Application, broker: Broker, config: Contact
     center = ContactCenter(users, sessions, routing, conversations,
                            agent.AgentApi(routing, sessions, config.base_url), gateway, bins, store)
 
-    exempt = (NOTIFICATIONS, MEDIA_PREFIX)
+    # The OpenAPI document is public: a client reads it before it can log in.
+    exempt = (NOTIFICATIONS, MEDIA_PREFIX, openapi.OPENAPI_PATH)
     app.middlewares.append(scoped(envelope_middleware, API_PREFIX, (NOTIFICATIONS,)))
     app.middlewares.append(auth_middleware(users, sessions, csrf=config.csrf, prefixes=(API_PREFIX,),
                                            exempt=exempt))
@@ -118,6 +119,7 @@ def install_contact_center(app: web.Application, broker: Broker, config: Contact
     if config.media_token:
         media.add_routes(app, conversations, config.media_token)
     gateway.add_routes(app)  # the Huawei agent gateway: its own Guid authentication
+    openapi.add_routes(app, csrf=config.csrf, media=bool(config.media_token))
 
     async def close(_: web.Application) -> None:
         await conversations.close()
