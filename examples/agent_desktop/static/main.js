@@ -399,6 +399,12 @@ function renderChannels() {
     pill.textContent = anyReady ? "Ready" : "Not Ready";
 }
 
+const STATE_LABELS = {Invited: "Offered", LeftChat: "Wrap-up", InWorkbin: "In workbin"};
+
+function stateLabel(state) {
+    return STATE_LABELS[state] ?? state;
+}
+
 function title(rec) {
     return rec.customer ?? rec.id;
 }
@@ -412,7 +418,7 @@ function renderWork() {
         element("span", {class: `media ${rec.media}`}, MEDIA_LABELS[rec.media] ?? rec.media),
         element("span", {class: "who"}, title(rec)),
         rec.unread ? element("span", {class: "unread"}, String(rec.unread)) : null,
-        element("span", {class: `state ${rec.state}`}, rec.state === "Invited" ? "Offered" : rec.state))) :
+        element("span", {class: `state ${rec.state}`}, stateLabel(rec.state)))) :
         [element("li", {class: "empty"}, "No interactions yet")]));
 }
 
@@ -422,7 +428,7 @@ function renderInteractions() {
         {"data-id": rec.id, "data-state": rec.state, class: rec.id === selected ? "selected" : ""},
         element("span", {class: `media ${rec.media}`}, MEDIA_LABELS[rec.media] ?? rec.media),
         element("span", {class: "who"}, title(rec)),
-        element("span", {class: `state ${rec.state}`}, rec.state),
+        element("span", {class: `state ${rec.state}`}, stateLabel(rec.state)),
         rec.userData?.DispositionCode ? element("span", {class: "disposition"}, rec.userData.DispositionCode) : null)) :
         [element("li", {class: "empty"}, "None")]));
 }
@@ -449,7 +455,7 @@ function renderConversation() {
     $("#conv-meta").textContent = `${MEDIA_LABELS[rec.media] ?? rec.media} · ${rec.id}` +
         (rec.userData?.DispositionCode ? ` · disposition ${rec.userData.DispositionCode}` : "");
     const state = $("#conv-state");
-    state.textContent = rec.state === "Invited" ? "Offered" : rec.state;
+    state.textContent = stateLabel(rec.state);
     state.dataset.state = rec.state;
     $("#conv-participants").replaceChildren(...rec.participants.map(p =>
         element("span", {class: `participant ${p.type}`}, p.nickname)));
