@@ -19,7 +19,7 @@ from cometd_broker import Broker
 from cometd_broker.app import add_mount
 from cometd_broker.security import ChainedAuthenticator
 
-from . import agent, chats, interactions, media, openapi, smssessions, users_cli, workbins
+from . import agent, chats, desktop, interactions, media, openapi, smssessions, users_cli, workbins
 from .agentgateway import MIRROR_CHANNEL, AgentGateway
 from .auth import GwsAuthenticator, HttpSessions, UserDirectory, auth_middleware
 from .conversation import Conversations, ReferenceIds
@@ -173,6 +173,12 @@ class ContactCenterPlugin:
                                 "across restarts; ':memory:' keeps nothing (env COMETD_BROKER_STATE_DB); "
                                 f"default: {STATE_DB} in the working directory (only the command line "
                                 "defaults to a file: ContactCenterConfig in code defaults to ':memory:')")
+        group.add_argument("--desktop-dir", default=_env("DESKTOP_DIR", desktop.default_desktop_dir() or ""),
+                           metavar="PATH",
+                           help="folder of the agent desktop page served at / (static/ and node_modules/cometd "
+                                "from `npm ci --prefix examples/agent_desktop`); '' serves no page "
+                                "(env COMETD_BROKER_DESKTOP_DIR); default: examples/agent_desktop of this "
+                                "repository when it exists")
 
     def add_commands(self, subparsers: Any) -> None:
         users_cli.add_subcommand(subparsers)
@@ -198,6 +204,8 @@ class ContactCenterPlugin:
             base_url=args.base_url or f"http://{broker.config.host}:{broker.config.port}",
             offer_timeout=args.offer_timeout, queues=queues, state_db=args.state_db)
         center = install_contact_center(app, broker, config)
+        if args.desktop_dir:
+            desktop.add_routes(app, args.desktop_dir, broker.config.mount)  # DesktopDirError names the option
         if args.demo:
             for user, password in install_demo(app, center, interval=args.demo_interval):
                 print(f"demo user {user} password {password}", flush=True)

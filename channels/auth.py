@@ -450,9 +450,12 @@ def _under(path: str, prefixes: tuple[str, ...]) -> bool:
     return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
 
 
-def _unauthorized(message: str) -> web.Response:
+def _unauthorized(request: web.Request, message: str) -> web.Response:
     response = failure(Status.NOT_AUTHENTICATED, message, 401)
-    response.headers["WWW-Authenticate"] = 'Basic realm="GWS"'
+    # A script's request (the agent desktop's fetch) gets no challenge: browsers answer a Basic challenge
+    # with their own login dialog, over the page's login form. The same convention as Spring Security.
+    if request.headers.get("X-Requested-With") != "XMLHttpRequest":
+        response.headers["WWW-Authenticate"] = 'Basic realm="GWS"'
     return response
 
 
@@ -504,15 +507,15 @@ def auth_middleware(users: UserDirectory, sessions: HttpSessions, *, csrf: bool 
             header = request.headers.get("Authorization")
             if not header:
                 stale = bool(request.cookies.get(HttpSessions.COOKIE))
-                return _unauthorized("session is unknown or expired: log in again" if stale else
+                return _unauthorized(request, "session is unknown or expired: log in again" if stale else
                                      "authentication required: log in with Basic credentials")
             try:
                 user_id, password = parse_basic(header)
             except ValueError as exc:
-                return _unauthorized(str(exc))
+                return _unauthorized(request, str(exc))
             user = await _check_password(users, user_id, password)
             if user is None:
-                return _unauthorized(BAD_CREDENTIALS)
+                return _unauthorized(request, BAD_CREDENTIALS)
             if csrf and request.method in _STATE_CHANGING:
                 # A new session has no token the client could know yet: GWS wants a GET first.
                 return failure(Status.FORBIDDEN, CSRF_MESSAGE, 403)

@@ -1,0 +1,121 @@
+// The GWS v2 REST API as the desktop uses it: Basic login -> JSESSIONID cookie (HttpOnly, sent by the
+// browser) + the CSRF token every GET returns, which POST/PUT/DELETE must echo in X-CSRF-TOKEN.
+
+export class GwsError extends Error {
+    constructor(statusCode, statusMessage, httpStatus) {
+        super(statusMessage || `statusCode ${statusCode}`);
+        this.statusCode = statusCode;
+        this.httpStatus = httpStatus;
+    }
+}
+
+const NOT_AUTHENTICATED = 20;
+// Marks our requests as a script's: the server then answers 401 without a Basic challenge, which
+// would make the browser pop up its own login dialog over the page's form.
+const SCRIPT = {"X-Requested-With": "XMLHttpRequest"};
+
+function basic(user, password) {
+    // btoa() takes Latin-1 only: encode UTF-8 first so any password works.
+    const bytes = new TextEncoder().encode(`${user}:${password}`);
+    return "Basic " + btoa(String.fromCharCode(...bytes));
+}
+
+export class GwsApi {
+    #csrf = null;
+    #credentials = null; // kept in memory only (never in storage), to log in again after a broker restart
+    #relogin = null; // the login in flight, shared by every request that found the session gone
+
+    constructor() {
+        this.onRelogin = async () => {}; // the desktop restores its contact-center session here
+    }
+
+    get canRelogin() {
+        return this.#credentials !== null;
+    }
+
+    // Log in with a password; returns the user resource (with its channels).
+    async login(user, password) {
+        const me = await this.#get("/api/v2/me?subresources=*", {Authorization: basic(user, password)});
+        this.#credentials = {user, password};
+        return me.user;
+    }
+
+    // Resume the HTTP session of the cookie (a page reload): the user resource, or null if it is gone.
+    async resume() {
+        try {
+            return (await this.#get("/api/v2/me?subresources=*", {})).user;
+        } catch (error) {
+            if (error instanceof GwsError && error.statusCode === NOT_AUTHENTICATED) return null;
+            throw error;
+        }
+    }
+
+    forget() {
+        this.#credentials = null;
+        this.#csrf = null;
+    }
+
+    // The session is gone (broker restart, expiry): log in again with the remembered password, once for
+    // all the requests that noticed, then let the desktop restore its state.
+    relogin() {
+        if (!this.#relogin) {
+            this.#relogin = (async () => {
+                if (!this.#credentials) throw new GwsError(NOT_AUTHENTICATED, "session expired: log in again", 401);
+                const {user, password} = this.#credentials;
+                const me = await this.#get("/api/v2/me?subresources=*", {Authorization: basic(user, password)});
+                await this.onRelogin(me.user);
+                return me.user;
+            })().finally(() => { this.#relogin = null; });
+        }
+        return this.#relogin;
+    }
+
+    get(path) {
+        return this.#retrying(() => this.#get(path, {}));
+    }
+
+    // retry: false inside onRelogin, which must not wait for the login it is part of.
+    post(path, body, {retry = true} = {}) {
+        const request = () => this.#send("POST", path, body);
+        return retry ? this.#retrying(request) : request();
+    }
+
+    async #retrying(request) {
+        try {
+            return await request();
+        } catch (error) {
+            if (!(error instanceof GwsError) || error.statusCode !== NOT_AUTHENTICATED || !this.canRelogin) throw error;
+            await this.relogin();
+            return request();
+        }
+    }
+
+    async #get(path, headers) {
+        const response = await fetch(path, {headers: {...SCRIPT, ...headers}, credentials: "same-origin",
+            cache: "no-store"});
+        const token = response.headers.get("X-CSRF-TOKEN");
+        if (token) this.#csrf = token;
+        return GwsApi.#body(response);
+    }
+
+    async #send(method, path, body) {
+        if (!this.#csrf) await this.#get("/api/v2/me", {}); // a token comes with any GET
+        const headers = {...SCRIPT, "Content-Type": "application/json"};
+        if (this.#csrf) headers["X-CSRF-TOKEN"] = this.#csrf;
+        const response = await fetch(path, {method, headers, body: JSON.stringify(body), credentials: "same-origin"});
+        return GwsApi.#body(response);
+    }
+
+    static async #body(response) {
+        let body;
+        try {
+            body = await response.json();
+        } catch {
+            throw new GwsError(-1, `HTTP ${response.status} from the server, not a GWS reply`, response.status);
+        }
+        if (body.statusCode !== 0 && body.statusCode !== 7) {
+            throw new GwsError(body.statusCode, body.statusMessage, response.status);
+        }
+        return body;
+    }
+}
