@@ -154,6 +154,8 @@ class ClusterNode:
         self._client: aiohttp.ClientSession | None = None
         self._wake = asyncio.Event()
         self._fence_task: asyncio.Task[None] | None = None
+        self._held: str | None = None  # the lease value we hold, from winning it (the engine may be starting)
+        self._redis_down = False  # logged once per outage
 
     @property
     def is_leader(self) -> bool:
@@ -171,13 +173,15 @@ class ClusterNode:
     async def stop(self, _: web.Application | None = None) -> None:
         """Stop campaigning; a leader stops its engine, then releases the lease for a fast successor."""
         task, self._task = self._task, None
-        await cancel_and_wait(task)
-        await cancel_and_wait(self._fence_task)
-        term = self.term
-        await self._step_down("shutting down")
-        if term is not None:
+        await cancel_and_wait(task)  # may interrupt an engine start: cleaned up below all the same
+        if self._fence_task is not None:
+            await asyncio.wait([self._fence_task])  # a step-down under way finishes
+        await self._step_down("shutting down", level=logging.INFO)
+        await self._stop_engine()
+        held, self._held = self._held, None
+        if held is not None:
             with contextlib.suppress(redis.RedisError, OSError):
-                await self.lease.release(term)
+                await self.lease.release(held)
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -200,18 +204,23 @@ class ClusterNode:
                     valid_until = sent + self.options.lease_ttl
                 else:
                     await self._step_down("the lease was lost to another process")
+                if self._redis_down:
+                    self._redis_down = False
+                    log.info("contact-center leader lease: Redis reachable again")
             except (redis.RedisError, OSError) as exc:
                 if self.term is not None and time.monotonic() + period >= valid_until:
                     # It may have expired before the next try: another process may lead already.
                     await self._step_down(f"the lease could not be renewed ({exc})")
-                else:
-                    log.warning("contact-center leader lease: Redis unavailable (%s)", exc)
+                if not self._redis_down:
+                    self._redis_down = True
+                    log.warning("contact-center leader lease: Redis unavailable (%s); retrying every %.1f s",
+                                exc, period)
             except Exception:  # a bug must not end the campaign: this process would never lead again
                 log.exception("contact-center leader lease: unexpected error")
                 await self._step_down("unexpected error")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), period)
+            self._wake.clear()
 
     async def _try_lead(self) -> None:
         sock = self._private_socket()
@@ -221,6 +230,7 @@ class ClusterNode:
         if holder is not None:
             self.leader_url = lease_url(holder)
             return
+        self._held = value
         log.info("contact-center leader: this process (pid %d) leads, engine at %s", os.getpid(),
                  lease_url(value))
         try:
@@ -230,6 +240,7 @@ class ClusterNode:
             self._sock = None  # the failed site owns it now
             sock.close()
             await self._stop_engine()
+            self._held = None
             await self.lease.release(value)
             return
         self.term, self.leader_url = value, lease_url(value)
@@ -242,11 +253,11 @@ class ClusterNode:
         self._sock = None  # the site closes it when it stops; the next term binds a new one
         await web.SockSite(self._runner, sock).start()
 
-    async def _step_down(self, why: str) -> None:
+    async def _step_down(self, why: str, level: int = logging.WARNING) -> None:
         if self.term is None:
             return
-        log.warning("contact-center leader: this process stops leading: %s", why)
-        self.term = self.leader_url = None
+        log.log(level, "contact-center leader: this process stops leading: %s", why)
+        self.term = self.leader_url = self._held = None
         await self._stop_engine()
         self._wake.set()  # campaign again at once: the lease may be free
 

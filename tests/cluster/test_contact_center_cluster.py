@@ -348,6 +348,10 @@ async def test_workers_serve_the_contact_center(redis_url, users_file):
     running = RunningBroker(f"http://127.0.0.1:{port}/cometd", port, process, log_file.name)
     try:
         await asyncio.to_thread(wait_listening, running, 20)
+        deadline = time.monotonic() + 20
+        while "listening on" not in running.log():  # the supervisor's line: every worker is ready
+            assert time.monotonic() < deadline and process.poll() is None, running.log()
+            await asyncio.sleep(0.05)
         # REST on a new connection per request (spread over both workers by the kernel); CometD on one kept
         # connection, because a CometD session lives in one worker.
         rest_http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
