@@ -242,6 +242,11 @@ async def test_login_on_one_process_and_the_desktop_works_on_every_process(redis
             async with http.delete(f"http://127.0.0.1:{a.port}{gateway}/logout", headers={"Guid": guid}) as response:
                 assert (await response.json())["retcode"] == expected
 
+        # A body over the size limit is refused where it arrives, as an envelope.
+        async with http.post(f"http://127.0.0.1:{b.port}/api/v2/me", data=b"x" * 400_000,
+                             headers={"X-CSRF-TOKEN": alice.csrf, "Content-Type": "application/json"}) as response:
+            assert response.status == 413 and (await response.json())["statusCode"] == 10
+
         # Ending the contact-center session ends the HTTP session on every process.
         await alice.rest(a.port, "POST", "/api/v2/me", {"operationName": "EndContactCenterSession"})
         for port in (a.port, b.port):
