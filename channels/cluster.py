@@ -176,9 +176,10 @@ class ClusterNode:
         await cancel_and_wait(task)  # may interrupt an engine start: cleaned up below all the same
         if self._fence_task is not None:
             await asyncio.wait([self._fence_task])  # a step-down under way finishes
+        held = self._held  # before stepping down forgets it
         await self._step_down("shutting down", level=logging.INFO)
         await self._stop_engine()
-        held, self._held = self._held, None
+        self._held = None
         if held is not None:
             with contextlib.suppress(redis.RedisError, OSError):
                 await self.lease.release(held)

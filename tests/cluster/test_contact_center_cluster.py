@@ -206,7 +206,8 @@ def new_http() -> aiohttp.ClientSession:
 # ================================================================ subprocesses
 
 
-async def test_login_on_one_process_and_the_desktop_works_on_every_process(redis_url, users_file, brokers):
+async def test_login_on_one_process_and_the_desktop_works_on_every_process(redis_server, redis_url, users_file,
+                                                                           brokers):
     a, b = await start_cluster(brokers, 2, *cluster_flags(redis_url, users_file))
     async with new_http() as http:
         alice = Desk(http, "alice")
@@ -252,6 +253,15 @@ async def test_login_on_one_process_and_the_desktop_works_on_every_process(redis
         for port in (a.port, b.port):
             status, reply = await alice.call(port, "GET", "/api/v2/me")
             assert status == 401 and reply["statusCode"] == 20, reply
+
+        # A leader stopped gracefully releases the lease: the other process leads at once.
+        leader = await wait_for_leader(redis_server.port, [a, b])
+        [other] = [r for r in (a, b) if r is not leader]
+        await asyncio.to_thread(leader.stop)
+        assert "stops leading: shutting down" in leader.log()
+        assert leader_pid(redis_server.port) in (None, other.process.pid)
+        await alice.login(other.port)
+        assert leader_pid(redis_server.port) == other.process.pid
 
 
 async def test_sms_flow_alternating_processes_survives_killing_the_leader(redis_server, redis_url, users_file,
