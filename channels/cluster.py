@@ -226,7 +226,7 @@ class ClusterNode:
     async def _try_lead(self) -> None:
         sock = self._private_socket()
         host, port = sock.getsockname()[:2]
-        value = lease_value(f"http://{host}:{port}")
+        value = lease_value(f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
         holder = await self.lease.acquire(value)
         if holder is not None:
             self.leader_url = lease_url(holder)
