@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .auth import HttpSessions, User, current_session, current_user
+from .auth import SessionStore, User, current_session, current_user
 from .envelope import GwsError, Status, ok, operation_name, param, read_json_object
 from .routing import ROUTED_CHANNELS, Routing
 
@@ -20,7 +20,7 @@ ME_OPERATIONS = ("StartContactCenterSession", "EndContactCenterSession")
 class AgentApi:
     """Who is logged in to which channels; Ready/NotReady only inside a contact-center session."""
 
-    def __init__(self, routing: Routing, sessions: HttpSessions, base_url: str) -> None:
+    def __init__(self, routing: Routing, sessions: SessionStore, base_url: str) -> None:
         self.routing = routing
         self.sessions = sessions
         self.base_url = base_url
@@ -76,7 +76,7 @@ class AgentApi:
             await self.routing.set_not_ready(user.user_id, channel, "LoggedOut")
         session = current_session(request)
         if session is not None:
-            self.sessions.end(session.session_id)  # GWS: ending the session invalidates the HTTP session
+            await self.sessions.end_session(session.session_id)  # GWS: ending the session invalidates the HTTP session
 
     async def post_channel(self, request: web.Request) -> web.Response:
         user = current_user(request)

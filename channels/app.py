@@ -11,9 +11,10 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from cometd_broker import Broker
 from cometd_broker.app import add_mount
@@ -21,12 +22,16 @@ from cometd_broker.security import ChainedAuthenticator
 
 from . import agent, chats, desktop, interactions, media, openapi, smssessions, users_cli, workbins
 from .agentgateway import MIRROR_CHANNEL, AgentGateway
-from .auth import GwsAuthenticator, HttpSessions, UserDirectory, auth_middleware
+from .agentgateway import PREFIX as GATEWAY_PREFIX
+from .auth import GwsAuthenticator, HttpSessions, SessionStore, UserDirectory, auth_middleware
 from .conversation import Conversations, ReferenceIds
 from .demo import install_demo
 from .envelope import Handler, envelope_middleware
 from .routing import Routing
-from .store import StateStore
+from .store import DocumentStore, StateStore
+
+if TYPE_CHECKING:  # the cluster modules need the optional redis package: imported only when clustered
+    from .cluster import ClusterNode, ClusterOptions
 
 log = logging.getLogger("channels")
 
@@ -55,13 +60,13 @@ class ContactCenter:
     """Everything the REST API shares; owned by the aiohttp app."""
 
     users: UserDirectory
-    sessions: HttpSessions
+    sessions: SessionStore
     routing: Routing
     conversations: Conversations
     agent_api: agent.AgentApi
     gateway: AgentGateway
     workbins: workbins.Workbins
-    store: StateStore
+    store: DocumentStore
 
 
 def scoped(middleware: Callable[..., Any], prefix: str, exempt: tuple[str, ...]) -> Callable[..., Any]:
@@ -86,12 +91,21 @@ def install_contact_center(app: web.Application, broker: Broker, config: Contact
     sessions = HttpSessions()
     # The desktop's CometD handshake is authenticated by the same login as its REST calls.
     broker.authenticator = ChainedAuthenticator(GwsAuthenticator(users, sessions), broker.authenticator)
+    add_mount(app, NOTIFICATIONS)
+    return install_engine(app, broker, config, users, sessions, StateStore(config.state_db))
+
+
+def install_engine(app: web.Application, broker: Broker, config: ContactCenterConfig, users: UserDirectory,
+                   sessions: SessionStore, store: DocumentStore,
+                   inner_middlewares: tuple[Middleware, ...] = ()) -> ContactCenter:
+    """The engine (state loaded from `store`) and its REST routes on `app`, closed with the app.
+
+    `inner_middlewares` run inside the envelope, before authentication (a cluster maps its store's errors)."""
 
     async def publish(user_id: str, channel: str, data: dict[str, Any]) -> None:
         await broker.publish_to_user(user_id, channel, data)
 
     routing = Routing(publish, queues=config.queues, offer_timeout=config.offer_timeout)
-    store = StateStore(config.state_db)
     reference_ids = ReferenceIds()  # shared: a referenceId is unique across every API (and persisted)
     # The engine loads first: workbins refer to its interactions.
     conversations = Conversations(publish, routing, users, base_url=config.base_url, reference_ids=reference_ids,
@@ -108,9 +122,9 @@ def install_contact_center(app: web.Application, broker: Broker, config: Contact
     # The OpenAPI document is public: a client reads it before it can log in.
     exempt = (NOTIFICATIONS, MEDIA_PREFIX, openapi.OPENAPI_PATH)
     app.middlewares.append(scoped(envelope_middleware, API_PREFIX, (NOTIFICATIONS,)))
+    app.middlewares.extend(inner_middlewares)
     app.middlewares.append(auth_middleware(users, sessions, csrf=config.csrf, prefixes=(API_PREFIX,),
                                            exempt=exempt))
-    add_mount(app, NOTIFICATIONS)
     agent.add_routes(app, center.agent_api)
     smssessions.add_routes(app, conversations)
     chats.add_routes(app, conversations)
@@ -131,7 +145,43 @@ def install_contact_center(app: web.Application, broker: Broker, config: Contact
     return center
 
 
+def install_clustered_contact_center(app: web.Application, broker: Broker, config: ContactCenterConfig,
+                                     users: UserDirectory, options: ClusterOptions) -> ClusterNode:
+    """Every process of a cluster: shared HTTP sessions, the notifications mount, forwarding of the REST
+    API to the leader, and a campaign for the lease; the process that wins runs the engine (cluster.py)."""
+    from .cluster import ClusterAuthenticator, ClusterNode, store_errors
+    from .redis_sessions import RedisHttpSessions
+    from .redis_store import RedisStateStore
+
+    sessions = RedisHttpSessions(options.redis_url, prefix=options.prefix, timeout=options.redis_timeout)
+    broker.authenticator = ChainedAuthenticator(ClusterAuthenticator(users, sessions), broker.authenticator)
+    add_mount(app, NOTIFICATIONS)
+
+    def engine_app(lease: str) -> web.Application:
+        engine = web.Application(client_max_size=broker.config.max_message_size + 1024)  # as the public app
+        store = RedisStateStore(options.redis_url, prefix=options.prefix, lease_key=options.lease_key,
+                                lease_value=lease, timeout=options.redis_timeout)
+        install_engine(engine, broker, config, users, sessions, store,
+                       inner_middlewares=(store_errors(node, API_PREFIX),))
+        return engine
+
+    node = ClusterNode(options, engine_app)
+    # Here only what cannot be forwarded (a body over the size limit) needs the envelope.
+    app.middlewares.append(scoped(envelope_middleware, API_PREFIX, (NOTIFICATIONS,)))
+    app.middlewares.append(node.middleware((API_PREFIX, GATEWAY_PREFIX), (NOTIFICATIONS,)))
+
+    async def close_sessions(_: web.Application) -> None:
+        await sessions.close()
+
+    app.on_startup.append(node.start)
+    app.on_shutdown.append(node.stop)  # while the broker still runs: the engine's last notifications go out
+    app.on_cleanup.append(close_sessions)
+    app[CLUSTER] = node
+    return node
+
+
 CENTER = web.AppKey("contact_center", ContactCenter)
+CLUSTER = web.AppKey("contact_center_cluster")
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -172,7 +222,17 @@ class ContactCenterPlugin:
                            help="SQLite file where interactions, queues, workbins and conferences are kept "
                                 "across restarts; ':memory:' keeps nothing (env COMETD_BROKER_STATE_DB); "
                                 f"default: {STATE_DB} in the working directory (only the command line "
-                                "defaults to a file: ContactCenterConfig in code defaults to ':memory:')")
+                                "defaults to a file: ContactCenterConfig in code defaults to ':memory:'); "
+                                "with --redis the state is kept in Redis instead")
+        group.add_argument("--cluster-lease-ttl", type=float, default=float(_env("CLUSTER_LEASE_TTL", "5")),
+                           metavar="SECONDS",
+                           help="with --redis: seconds of the contact-center leader lease; a dead leader is "
+                                "replaced within about this (env COMETD_BROKER_CLUSTER_LEASE_TTL); default: 5")
+        group.add_argument("--cluster-host", default=_env("CLUSTER_HOST", "127.0.0.1"),
+                           help="with --redis: address this process serves the contact-center engine on while it "
+                                "leads, and that the others forward REST calls to; set it to a reachable address "
+                                "when processes run on several machines (env COMETD_BROKER_CLUSTER_HOST); "
+                                "default: 127.0.0.1")
         group.add_argument("--desktop-dir", default=_env("DESKTOP_DIR", desktop.default_desktop_dir() or ""),
                            metavar="PATH",
                            help="folder of the agent desktop page served at / (static/ and node_modules/cometd "
@@ -192,10 +252,10 @@ class ContactCenterPlugin:
             # Nobody could log in: serve the broker alone, without the API's middlewares on every request.
             log.info("contact-center API off: give --users-file (or --demo) to serve it")
             return
-        if getattr(args, "worker_of", None):
-            # Each worker would hold its own copy of every interaction: run the contact center once.
-            raise ValueError("the contact-center API (--users-file, --demo, --media-token) runs in one "
-                             "process: use --workers 1")
+        clustered = bool(broker.config.redis)
+        if clustered and args.demo:
+            # Its simulated customers and fresh demo passwords would differ in every process.
+            raise ValueError("--demo runs in one process: it cannot be used with --redis")
         queues = [q.strip() for q in args.queues.split(",") if q.strip()]
         if not queues:
             raise ValueError("queues must name at least one queue")
@@ -203,15 +263,33 @@ class ContactCenterPlugin:
             users_file=args.users_file, csrf=args.csrf, media_token=args.media_token,
             base_url=args.base_url or f"http://{broker.config.host}:{broker.config.port}",
             offer_timeout=args.offer_timeout, queues=queues, state_db=args.state_db)
-        center = install_contact_center(app, broker, config)
         if args.desktop_dir:
             desktop.add_routes(app, args.desktop_dir, broker.config.mount)  # DesktopDirError names the option
+        if clustered:
+            self._install_clustered(app, broker, args, config)
+            return
+        center = install_contact_center(app, broker, config)
         if args.demo:
             for user, password in install_demo(app, center, interval=args.demo_interval):
                 print(f"demo user {user} password {password}", flush=True)
         log.info("contact center: %d user(s), queues %s, CSRF %s, media gateway API %s, state in %s, also at %s",
                  len(center.users), ", ".join(queues), "on" if config.csrf else "off",
                  "on" if config.media_token else "off", config.state_db, NOTIFICATIONS)
+
+
+    def _install_clustered(self, app: web.Application, broker: Broker, args: argparse.Namespace,
+                           config: ContactCenterConfig) -> None:
+        from .cluster import ClusterOptions
+
+        options = ClusterOptions(broker.config.redis, lease_ttl=args.cluster_lease_ttl, host=args.cluster_host,
+                                 read_timeout=config.gateway_poll_wait + 20.0)
+        users = UserDirectory.load(config.users_file) if config.users_file else UserDirectory()
+        install_clustered_contact_center(app, broker, config, users, options)
+        log.info("contact center (clustered on %s): %d user(s), queues %s, CSRF %s, media gateway API %s; "
+                 "the leader runs the engine with its state in Redis (lease ttl %.1f s); this process serves "
+                 "it on %s while it leads; --state-db is not used", broker.config.redis, len(users),
+                 ", ".join(config.queues), "on" if config.csrf else "off", "on" if config.media_token else "off",
+                 options.lease_ttl, options.host)
 
 
 plugin = ContactCenterPlugin()

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -278,6 +278,20 @@ class HttpSession:
     roles: frozenset[str] = field(default_factory=frozenset)  # the user's roles at login, for the principal
 
 
+class SessionStore(Protocol):
+    """Where HTTP sessions live: in this process (`HttpSessions`) or in Redis, shared by a cluster's processes
+    (`channels.redis_sessions.RedisHttpSessions`). Async, because a shared store is across the network."""
+
+    async def create_session(self, user: User) -> HttpSession:
+        """A new session of `user`."""
+
+    async def find_session(self, session_id: str) -> HttpSession | None:
+        """The live session, marked as used now; None if unknown or idle too long."""
+
+    async def end_session(self, session_id: str) -> None:
+        """Forget the session (logout); unknown ids are ignored."""
+
+
 USER_KEY = web.RequestKey("gws.user", User)
 SESSION_KEY = web.RequestKey("gws.session", HttpSession)
 
@@ -344,6 +358,16 @@ class HttpSessions:
         for session_id in list(self._by_user.get(user_id, ())):
             self.end(session_id)
 
+    # The SessionStore interface, for code that also runs on a cluster's shared sessions.
+    async def create_session(self, user: User) -> HttpSession:
+        return self.create(user)
+
+    async def find_session(self, session_id: str) -> HttpSession | None:
+        return self.get(session_id)
+
+    async def end_session(self, session_id: str) -> None:
+        self.end(session_id)
+
     def principal_for(self, session_id: str) -> Principal | None:
         session = self.get(session_id)
         return Principal(session.user_id, session.roles) if session else None
@@ -395,14 +419,14 @@ BAD_CREDENTIALS = "invalid user name or password"
 class GwsAuthenticator:
     """The CometD handshake's Authenticator: the REST session cookie, else Basic, else ext.authentication."""
 
-    def __init__(self, users: UserDirectory, sessions: HttpSessions) -> None:
+    def __init__(self, users: UserDirectory, sessions: SessionStore) -> None:
         self.users = users
         self.sessions = sessions
 
     async def authenticate(self, request: HandshakeRequest) -> Principal:
         cookie = request.cookies.get(HttpSessions.COOKIE)
         if cookie:
-            session = self.sessions.get(cookie)
+            session = await self.sessions.find_session(cookie)
             user = self.users.get(session.user_id) if session else None
             if user is not None:
                 return user.principal  # the directory's roles now, not those at login
@@ -464,15 +488,15 @@ def _csrf_ok(request: web.Request, session: HttpSession) -> bool:
     return bool(sent) and hmac.compare_digest(sent.encode(), session.csrf_token.encode())
 
 
-def _session_from_cookie(request: web.Request, users: UserDirectory,
-                         sessions: HttpSessions) -> tuple[User, HttpSession] | None:
+async def _session_from_cookie(request: web.Request, users: UserDirectory,
+                               sessions: SessionStore) -> tuple[User, HttpSession] | None:
     session_id = request.cookies.get(HttpSessions.COOKIE)
-    session = sessions.get(session_id) if session_id else None
+    session = await sessions.find_session(session_id) if session_id else None
     if session is None:
         return None
     user = users.get(session.user_id)
     if user is None:  # removed since login
-        sessions.end(session.session_id)
+        await sessions.end_session(session.session_id)
         return None
     return user, session
 
@@ -489,7 +513,7 @@ def _decorate(request: web.Request, response: web.StreamResponse, session: HttpS
         response.headers[CSRF_HEADER] = session.csrf_token
 
 
-def auth_middleware(users: UserDirectory, sessions: HttpSessions, *, csrf: bool = True,
+def auth_middleware(users: UserDirectory, sessions: SessionStore, *, csrf: bool = True,
                     prefixes: tuple[str, ...] = ("/api/v2",),
                     exempt: tuple[str, ...] = ("/api/v2/notifications",)) -> Middleware:
     """Session cookie or Basic login, and the CSRF token, for every request under `prefixes`.
@@ -501,7 +525,7 @@ def auth_middleware(users: UserDirectory, sessions: HttpSessions, *, csrf: bool 
     async def gws_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not _under(request.path, prefixes) or _under(request.path, exempt):
             return await handler(request)
-        found = _session_from_cookie(request, users, sessions)
+        found = await _session_from_cookie(request, users, sessions)
         new = found is None
         if found is None:
             header = request.headers.get("Authorization")
@@ -519,7 +543,7 @@ def auth_middleware(users: UserDirectory, sessions: HttpSessions, *, csrf: bool 
             if csrf and request.method in _STATE_CHANGING:
                 # A new session has no token the client could know yet: GWS wants a GET first.
                 return failure(Status.FORBIDDEN, CSRF_MESSAGE, 403)
-            found = user, sessions.create(user)
+            found = user, await sessions.create_session(user)
         user, session = found
         if csrf and request.method in _STATE_CHANGING and not _csrf_ok(request, session):
             return failure(Status.FORBIDDEN, CSRF_MESSAGE, 403)

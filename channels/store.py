@@ -12,7 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -27,6 +27,21 @@ CREATE TABLE IF NOT EXISTS documents (
     PRIMARY KEY (kind, key)
 ) WITHOUT ROWID
 """
+
+
+class DocumentStore(Protocol):
+    """What the engine needs of its persistence: `StateStore` (SQLite, one process) or
+    `channels.redis_store.RedisStateStore` (a cluster's Redis). Synchronous on purpose: a write happens
+    inside the engine's locked run, between applying a change and publishing its notifications."""
+
+    def load(self, kind: str) -> dict[str, Document]:
+        """Every document of a kind, by key."""
+
+    def apply(self, changes: Iterable[Change]) -> None:
+        """Write and delete documents atomically: all of them or none."""
+
+    def close(self) -> None:
+        """Release the connection; nothing is written after."""
 
 
 class StateStore:
