@@ -233,11 +233,15 @@ def restart_broker() -> Iterator[Callable[..., Any]]:
 
 @pytest.fixture
 def wait_for_log() -> Callable[..., Any]:
-    """`await wait_for_log(broker, text, timeout=10)`: poll a broker subprocess's log for `text`."""
+    """`await wait_for_log(broker, text, *also, timeout=10)`: poll a broker subprocess's log for a line
+    holding `text` and every string of `also` (a session's line ends with `clientId=... user=...`)."""
 
-    async def wait(broker: Any, text: str, timeout: float = 10.0) -> None:
+    def logged(broker: Any, parts: tuple[str, ...]) -> bool:
+        return any(all(part in line for part in parts) for line in broker.log().splitlines())
+
+    async def wait(broker: Any, text: str, *also: str, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
-        while text not in broker.log():
+        while not logged(broker, (text, *also)):
             if time.monotonic() > deadline:
                 raise AssertionError(f"the broker never logged {text!r} within {timeout} s:\n{broker.log()[-3000:]}")
             await asyncio.sleep(0.05)

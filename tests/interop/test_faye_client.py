@@ -180,7 +180,7 @@ async def test_rehandshake_after_server_side_session_expiry(broker_process, node
 
     client.pause()
     try:
-        await wait_for_log(broker, f"session {first['clientId']} removed: 402::session_unknown (expired")
+        await wait_for_log(broker, "session removed: 402::session_unknown (expired", f"clientId={first['clientId']}")
     finally:
         client.resume()
 
