@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qs
 
 import orjson
@@ -46,11 +46,23 @@ def parse_message_params(values: list[str]) -> list[Message]:
     return messages
 
 
+def parse_long_poll_body(body: bytes, form_encoded: bool) -> list[Message]:
+    """The messages of a long-polling POST body: a JSON array or object, or a form's `message=`."""
+    if form_encoded:
+        form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+        return parse_message_params(form.get("message", []))
+    return parse_json(body)
+
+
+def browser_id_of(cookies: Mapping[str, str], cookie_name: str) -> str | None:
+    """The browser cookie's value if it is one we could have issued; anything else is ignored, not trusted."""
+    browser_id = cookies.get(cookie_name)
+    return browser_id if browser_id is not None and _BROWSER_ID.match(browser_id) else None
+
+
 def context_for(request: web.Request, transport: str, cookie_name: str) -> RequestContext:
-    browser_id = request.cookies.get(cookie_name)
-    if browser_id is not None and not _BROWSER_ID.match(browser_id):
-        browser_id = None  # not one we issued: ignore it rather than trust it
-    return RequestContext(transport, request.headers, request.cookies, request.remote, browser_id)
+    return RequestContext(transport, request.headers, request.cookies, request.remote,
+                          browser_id_of(request.cookies, cookie_name))
 
 
 class HttpTransport:
@@ -64,11 +76,7 @@ class HttpTransport:
     async def long_polling(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await self._read_body(request)
-            if request.content_type == "application/x-www-form-urlencoded":
-                form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-                messages = parse_message_params(form.get("message", []))
-            else:
-                messages = parse_json(body)
+            messages = parse_long_poll_body(body, request.content_type == "application/x-www-form-urlencoded")
         except BodyError as exc:
             return web.Response(status=exc.http_status, body=encode(bayeux.body_error_reply(exc.error)),
                                 content_type=JSON)

@@ -23,14 +23,14 @@ import time
 from collections.abc import Callable, Iterable
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .. import bayeux
 from ..bayeux import BodyError, Message
 from ..broker import Broker, HandleResult, PendingConnect, RequestContext
-from .http import encode, parse_json, parse_message_params
+from .http import browser_id_of, encode, parse_long_poll_body
 from .lean_websocket import LeanWebSocket, upgrade_response
 
 MAX_HEAD = 16 * 1024  # request line and headers; aiohttp's own limits are of the same order
@@ -261,11 +261,7 @@ class LeanHttpConnection(asyncio.Protocol):
     def _serve(self, content_type: bytes, header_pairs: list[tuple[str, str]], body: bytes) -> None:
         server = self.server
         try:
-            if content_type == b"application/x-www-form-urlencoded":
-                form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-                messages = parse_message_params(form.get("message", []))
-            else:
-                messages = parse_json(body)
+            messages = parse_long_poll_body(body, content_type == b"application/x-www-form-urlencoded")
         except BodyError as exc:
             self._respond(exc.http_status, encode(bayeux.body_error_reply(exc.error)), None)
             return
@@ -279,10 +275,8 @@ class LeanHttpConnection(asyncio.Protocol):
     def _context(self, transport: str, header_pairs: list[tuple[str, str]]) -> RequestContext:
         headers = CIMultiDictProxy(CIMultiDict(header_pairs))
         cookies = _cookies(headers.get("Cookie"))
-        browser_id = cookies.get(self.server.cookie_name)
-        if browser_id is not None and not _is_browser_id(browser_id):
-            browser_id = None  # not one we issued: ignore it rather than trust it
-        return RequestContext(transport, headers, cookies, self.remote, browser_id)
+        return RequestContext(transport, headers, cookies, self.remote,
+                              browser_id_of(cookies, self.server.cookie_name))
 
     def _upgrade(self, body_at: int, header_pairs: list[tuple[str, str]]) -> None:
         """Switch this connection to Bayeux over websocket (transports/lean_websocket.py) for good."""
@@ -396,7 +390,4 @@ def _valid_key(key: str) -> bool:
     except ValueError:
         return False
 
-
-def _is_browser_id(value: str) -> bool:
-    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
 

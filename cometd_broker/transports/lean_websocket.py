@@ -31,6 +31,7 @@ from ..bayeux import BodyError, Message
 from ..broker import HandleResult, PendingConnect, RequestContext
 from ..session import ServerSession
 from .http import parse_json
+from .websocket import outgoing
 
 if TYPE_CHECKING:
     from .lean_http import LeanHttp
@@ -269,18 +270,10 @@ class LeanWebSocket(asyncio.Protocol):
         self.flush_scheduled = False
         if self.transport is None or self.closing:
             return
-        broker = self.server.broker
         parts, self.pending = self.pending, []
         released, self.released = self.released, []
-        for pending, reason in released:
-            outcome = broker.complete_connect(pending.session, pending.reply, reason)
-            parts.extend([*map(orjson.dumps, outcome.replies), *outcome.events])
-        session = self.session
-        # Events are pushed as they come, unless the session acknowledges batches (they then wait
-        # for a connect reply), or the peer is not reading (they wait in the bounded session queue).
-        if (session is not None and session.sink is self and session.ack is None and not self.paused
-                and len(session.queue)):
-            parts.extend(session.queue.drain())
+        # While the peer does not read (paused), events wait in the bounded session queue.
+        outgoing(self.server.broker, self, self.session, parts, released, push_events=not self.paused)
         if parts:
             self._write(frame(TEXT, b"[" + b",".join(parts) + b"]"))
 

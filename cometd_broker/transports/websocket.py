@@ -26,6 +26,20 @@ log = logging.getLogger("cometd_broker.websocket")
 HEARTBEAT_SECONDS = 30.0
 
 
+def outgoing(broker: Broker, sink: object, session: ServerSession | None, parts: list[bytes],
+             released: list[tuple[PendingConnect, str]], *, push_events: bool) -> None:
+    """Complete a websocket frame's parts (replies already in `parts`): the answers of released
+    connects, then the session's queued events. Events are pushed as they come unless the session
+    acknowledges batches (they then wait for a connect reply, see Broker.take_events) or the
+    caller cannot write now (`push_events` False: they wait in the bounded session queue)."""
+    for pending, reason in released:
+        outcome = broker.complete_connect(pending.session, pending.reply, reason)
+        parts.extend([*map(orjson.dumps, outcome.replies), *outcome.events])
+    if (push_events and session is not None and session.sink is sink and session.ack is None
+            and len(session.queue)):
+        parts.extend(session.queue.drain())
+
+
 class WebSocketConnection:
     """A session's sink while its client is connected over this websocket."""
 
@@ -95,14 +109,7 @@ class WebSocketConnection:
                 break  # leave queued events for the client's next connection
             parts, self._pending = self._pending, []
             released, self._released_connects = self._released_connects, []
-            for pending, reason in released:
-                outcome = self.broker.complete_connect(pending.session, pending.reply, reason)
-                parts.extend([*map(orjson.dumps, outcome.replies), *outcome.events])
-            session = self.session
-            # Pushed as they come, unless the session acknowledges batches: then they wait for
-            # a connect reply (see Broker.take_events).
-            if session is not None and session.sink is self and session.ack is None and len(session.queue):
-                parts.extend(session.queue.drain())
+            outgoing(self.broker, self, self.session, parts, released, push_events=True)
             if parts:
                 await ws.send_frame(b"[" + b",".join(parts) + b"]", WSMsgType.TEXT)
 
