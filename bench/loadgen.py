@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import base64
 import os
+import re
 import resource
 import sys
 import time
@@ -95,21 +96,48 @@ def percentile(sorted_values: list[float], q: float) -> float:
 # --------------------------------------------------------------------------- measurement
 
 class Recorder:
-    """Deliveries of the current step: latencies, per-subscriber counts, duplicates."""
+    """Deliveries of the current step: counts, duplicates and the arrival batches latency is
+    computed from once the step is over (so the measuring costs little while it runs)."""
 
     def __init__(self) -> None:
         self.step = -1
-        self.latencies: list[float] = []
         self.received = 0
         self.duplicates = 0
         self.stale = 0  # deliveries of an earlier step that arrived late
+        self.step_first: dict[str, int] = {}  # channel -> first sequence number of this step
+        self.sent_at: dict[str, list[float]] = {}  # channel -> send time of every sequence number
+        self.batches: list[tuple[list[float], int, int, float]] = []  # (sent_at, first seq, count, arrival)
 
-    def start(self, step: int) -> None:
+    def start(self, step: int, step_first: dict[str, int]) -> None:
         self.step = step
-        self.latencies = []
+        self.step_first = dict(step_first)
         self.received = 0
         self.duplicates = 0
         self.stale = 0
+        self.batches = []
+
+    def arrived(self, channel: str, first: int, count: int, t: float) -> None:
+        """`count` consecutive sequence numbers from `first`, received at `t`, none seen before."""
+        start = self.step_first.get(channel, 0)
+        if first < start:
+            old = min(count, start - first)
+            self.stale += old
+            first, count = first + old, count - old
+            if not count:
+                return
+        self.received += count
+        self.batches.append((self.sent_at[channel], first, count, t))
+
+    def latencies(self) -> list[float]:
+        out: list[float] = []
+        for sent, first, count, t in self.batches:
+            out.extend([t - x for x in sent[first:first + count]])
+        out.sort()
+        return out
+
+
+# the sequence number of a published message, as every server serializes our data object
+SEQ = re.compile(rb'"data":\{"s":(\d+),')
 
 
 class Client:
@@ -120,9 +148,10 @@ class Client:
         self.index = index
         self.channels = channels
         self.client_id: str | None = None
-        self.seen: dict[tuple[str, int], int] = {}  # (channel, step) -> highest seq received
-        self.missing: set[tuple[tuple[str, int], int]] = set()  # sequence numbers skipped so far
-        self.counts: dict[int, int] = {}  # step -> deliveries received
+        self.expect: dict[str, int] = {}  # channel -> next sequence number due
+        self.missing: set[tuple[str, int]] = set()  # (channel, seq) skipped so far, may still arrive
+        # the fast path's check that a delivery is on this client's one channel
+        self.channel_token = b'"channel":"' + channels[0].encode() + b'"' if len(channels) == 1 else b""
         self.ids = 0
         self.rehandshakes = 0
         self.errors = 0
@@ -150,7 +179,25 @@ class Client:
         return [{"channel": "/meta/subscribe", "clientId": self.client_id, "subscription": c,
                  "id": self.next_id()} for c in self.channels]
 
+    def take(self, body: bytes, t: float) -> bool:
+        """Account a response or frame of data messages without parsing it as JSON: the sequence
+        numbers are found by a regex and must be exactly the next ones due on this client's one
+        channel. False (nothing accounted) when anything else is in it; the caller then parses it."""
+        found = SEQ.findall(body)
+        n = len(found)
+        if not n or not self.channel_token or body.count(self.channel_token) != n:
+            return False
+        channel = self.channels[0]
+        first = int(found[0])
+        if first != self.expect.get(channel, 0) or int(found[-1]) != first + n - 1 or (
+                n > 2 and list(map(int, found)) != list(range(first, first + n))):
+            return False
+        self.expect[channel] = first + n
+        self.gen.rec.arrived(channel, first, n, t)
+        return True
+
     def deliver(self, message: dict[str, Any], t: float) -> None:
+        """Account one parsed data message (the slow path: gaps, repeats, late arrivals)."""
         data = message.get("data")
         if self.on_data is not None:
             self.on_data(self, message, t)
@@ -158,28 +205,23 @@ class Client:
         if not isinstance(data, dict) or "s" not in data:
             return
         rec = self.gen.rec
-        step = data.get("k", 0)
-        if step != rec.step:
-            rec.stale += 1
-            return
-        key = (message.get("channel", ""), step)
+        channel = message.get("channel", "")
         seq = data["s"]
-        last = self.seen.get(key, -1)
-        if seq == last + 1:
-            self.seen[key] = seq
-        elif seq > last + 1:
+        due = self.expect.get(channel, 0)
+        if seq == due:
+            self.expect[channel] = seq + 1
+        elif seq > due:
             # a gap: concurrent publish requests may be processed out of order; remember the
             # missing numbers so a late arrival counts as delivered, a repeat as a duplicate
-            self.missing.update((key, x) for x in range(last + 1, seq))
-            self.seen[key] = seq
-        elif (key, seq) in self.missing:
-            self.missing.discard((key, seq))
+            self.missing.update((channel, x) for x in range(due, seq))
+            self.expect[channel] = seq + 1
+        elif (channel, seq) in self.missing:
+            self.missing.discard((channel, seq))
         else:
             rec.duplicates += 1
             return
-        self.counts[step] = self.counts.get(step, 0) + 1
-        rec.received += 1
-        rec.latencies.append(t - data["t"])
+        if channel in rec.sent_at:
+            rec.arrived(channel, seq, 1, t)
 
 
 class LongPollingClient(Client):
@@ -191,6 +233,9 @@ class LongPollingClient(Client):
         self.cookie = ""
         self.base_headers = headers or {}
         self.ext = ext
+        self.wake: asyncio.Future[tuple[int, bytes, float] | None] | None = None
+        self.fast = False  # the first reply goes through the parsing path (CometD answers it at once)
+        self.request_head: bytes | None = None
 
     def _headers(self) -> dict[str, str]:
         h = {"Content-Type": "application/json", **self.base_headers}
@@ -240,9 +285,51 @@ class LongPollingClient(Client):
         return True
 
     async def run(self) -> None:
-        """The connect loop: re-issue a connect as soon as the previous one is answered."""
+        """The connect loop: re-issue a connect as soon as the previous one is answered. With the
+        lean client, a `_PollConnection` of its own re-issues it from the callback that completes
+        the previous one; this coroutine only wakes for what that fast path does not handle."""
+        raw = self.gen.raw
+        if raw is None or self.on_data is not None:
+            return await self._run_pooled()
+        loop = asyncio.get_running_loop()
+        conn: _PollConnection | None = None
+        while not self.stopping:
+            self.wake = loop.create_future()
+            if conn is None or conn.closed:
+                try:
+                    _, conn = await loop.create_connection(lambda: _PollConnection(self), raw.host, raw.port)
+                except OSError:
+                    self.errors += 1
+                    await asyncio.sleep(0.1)
+                    continue
+            else:
+                conn.send()
+            outcome = await self.wake
+            if outcome is None:
+                continue  # the connection closed: open another
+            status, body, t = outcome
+            if status != 200:
+                self.errors += 1
+                await asyncio.sleep(0.05)
+                continue
+            if not await self._handle(orjson.loads(body), t):
+                await asyncio.sleep(0.05)
+            self.fast = True
+
+    def connect_request(self) -> bytes:
+        """A whole HTTP request carrying the next /meta/connect."""
+        self.ids += 1
+        body = b'[{"channel":"/meta/connect","clientId":"%s","connectionType":"long-polling","id":"%d"}]' % (
+            self.client_id.encode(), self.ids)  # type: ignore[union-attr]
+        if self.request_head is None:
+            raw = self.gen.raw
+            assert raw is not None
+            extra = "".join(f"{k}: {v}\r\n" for k, v in self._headers().items())
+            self.request_head = f"POST {raw.path} HTTP/1.1\r\nHost: {raw.host}:{raw.port}\r\n{extra}".encode()
+        return self.request_head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    async def _run_pooled(self) -> None:
         transport = self.transport
-        first = True
         while not self.stopping:
             try:
                 replies = await self.post([self.connect_msg(transport)])
@@ -250,26 +337,92 @@ class LongPollingClient(Client):
                 self.errors += 1
                 await asyncio.sleep(0.1)
                 continue
-            t = now()
-            ok = True
-            for m in replies:
-                ch = m.get("channel")
-                if ch == "/meta/connect":
-                    if not m.get("successful"):
-                        ok = False
-                        advice = m.get("advice") or {}
-                        if advice.get("reconnect") == "handshake":
-                            self.rehandshakes += 1
-                            await self.setup()
-                elif ch is not None and "data" in m:
-                    self.deliver(m, t)
-                elif "http" in m:
-                    ok = False
-            if first:
-                first = False
-                self.ready.set()
-            if not ok:
+            if not await self._handle(replies, now()):
                 await asyncio.sleep(0.05)
+
+    async def _handle(self, replies: list[dict[str, Any]], t: float) -> bool:
+        """A connect's replies: deliveries accounted, a re-handshake when advised; False on failure."""
+        ok = True
+        for m in replies:
+            ch = m.get("channel")
+            if ch == "/meta/connect":
+                if not m.get("successful"):
+                    ok = False
+                    advice = m.get("advice") or {}
+                    if advice.get("reconnect") == "handshake":
+                        self.rehandshakes += 1
+                        self.request_head = None
+                        await self.setup()
+            elif ch is not None and "data" in m:
+                self.deliver(m, t)
+            elif "http" in m:
+                ok = False
+        self.ready.set()
+        return ok
+
+
+class _PollConnection(asyncio.Protocol):
+    """A long-polling client's own keep-alive connection for its connect loop. A reply that is
+    successful and holds only the next data messages due is accounted by `Client.take` and the
+    next connect written at once: no task, future or JSON parse per cycle. Anything else wakes
+    the client's coroutine with (status, body, arrival time)."""
+
+    def __init__(self, client: LongPollingClient) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.need = -1
+        self.body_at = 0
+        self.status = 0
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.send()
+
+    def send(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.client.connect_request())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        wake = self.client.wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while True:
+            if self.need < 0:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                head = bytes(buf[:end]).lower()
+                at = head.find(b"\r\ncontent-length:")
+                if at < 0 or b"\r\ntransfer-encoding:" in head:
+                    assert self.transport is not None
+                    self.transport.close()  # not a response this lean reader handles
+                    return
+                stop = head.find(b"\r\n", at + 2)
+                self.status = int(head[9:12])
+                self.body_at = end + 4
+                self.need = self.body_at + int(head[at + 17:stop if stop > 0 else len(head)])
+            if len(buf) < self.need:
+                return
+            body = bytes(buf[self.body_at:self.need])
+            del buf[:self.need]
+            self.need = -1
+            t = now()
+            client = self.client
+            if (self.status == 200 and client.fast and b'"successful":false' not in body
+                    and (client.take(body, t) or b'"data"' not in body)):
+                if not client.stopping:
+                    self.send()
+            else:
+                wake = client.wake
+                if wake is not None and not wake.done():
+                    wake.set_result((self.status, body, t))
 
 
 class WebSocketClient(Client):
@@ -314,7 +467,10 @@ class WebSocketClient(Client):
             if frame.type != aiohttp.WSMsgType.TEXT and frame.type != aiohttp.WSMsgType.BINARY:
                 continue
             t = now()
-            parsed = orjson.loads(frame.data)
+            data = frame.data if isinstance(frame.data, bytes) else frame.data.encode()
+            if b'"/meta/' not in data and self.take(data, t):
+                continue
+            parsed = orjson.loads(data)
             if isinstance(parsed, dict):
                 parsed = [parsed]
             for m in parsed:
@@ -537,6 +693,9 @@ class Publisher:
         tasks = set()
         cid = self.client.client_id
         nch = len(channels)
+        sent_at = self.gen.rec.sent_at
+        for ch in channels:
+            sent_at.setdefault(ch, [])
         while True:
             elapsed = now() - start
             if elapsed >= seconds:
@@ -550,6 +709,7 @@ class Publisher:
                     rr += 1
                     s = seqs.get(ch, 0)
                     seqs[ch] = s + 1
+                    sent_at[ch].append(t)  # index s: what latency is measured from
                     batch.append({"channel": ch, "clientId": cid, "data": {"s": s, "t": t, "k": step}})
                 sent += due
                 task = loop.create_task(self._post(batch))
@@ -595,7 +755,7 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
     rates = [float(r) for r in args.rates.split(",")]
     best: dict[str, Any] | None = None
     for k, rate in enumerate(rates):
-        gen.rec.start(k)
+        gen.rec.start(k, seqs)
         cpu0, own0, busy0, t_start = proc_cpu(args.server_pid), own_cpu(), machine_busy(), now()
         sent = await pub.run_step(k, rate, args.step_seconds, pub_channels, seqs)
         pub_seconds = now() - t_start
@@ -615,7 +775,7 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         t_end = now()
         cpu1, own1, busy1 = proc_cpu(args.server_pid), own_cpu(), machine_busy()
         rec = gen.rec
-        lat = sorted(rec.latencies)
+        lat = rec.latencies()
         st = Step(rate=rate, published=sent, expected=expected, received=rec.received,
                   lost=max(0, expected - rec.received), duplicates=rec.duplicates)
         st.seconds = round(t_end - t_start, 3)

@@ -1,0 +1,187 @@
+"""The broker's own cost of one long-polling point-to-point cycle, in process, with no sockets.
+
+    python bench/cycle.py                    # CPU microseconds per cycle
+    python bench/cycle.py --profile 25       # and cProfile's top 25 functions by own time
+
+A cycle is what the p2p-lp scenario of bench/run.py repeats thousands of times a second: one
+message published to a client's own channel releases that client's held /meta/connect, whose
+answer carries the message, and the client's next /meta/connect is parked again. Here the
+requests are fed to the lean HTTP protocol (`LeanHttpConnection`) through a transport that only
+keeps what is written, so the figure is the Python side alone: no syscalls, no event-loop
+polling, no load generator. It is for comparing changes to the hot path, not peers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cometd_broker.app import create_app
+from cometd_broker.config import BrokerConfig
+from cometd_broker.serving import LeanAppRunner
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover
+    uvloop = None
+
+
+class Captured(asyncio.Transport):
+    """A transport that keeps the last response written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.writes = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written = bytes(data)
+        self.writes += 1
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def request(messages: list[dict[str, Any]], cookie: str = "") -> bytes:
+    body = orjson.dumps(messages)
+    extra = f"Cookie: {cookie}\r\n" if cookie else ""
+    return (f"POST /cometd HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: bench\r\nAccept: */*\r\n"
+            f"Content-Type: application/json\r\n{extra}Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def reply_body(raw: bytes) -> list[dict[str, Any]]:
+    return orjson.loads(raw.split(b"\r\n\r\n", 1)[1])
+
+
+class Client:
+    def __init__(self, lean: Any, index: int) -> None:
+        self.conn = lean()
+        self.transport = Captured()
+        self.conn.connection_made(self.transport)
+        self.channel = f"/bench/p2p/{index}"
+        self.client_id = ""
+        self.cookie = ""
+        self.ids = 0
+
+    def send(self, messages: list[dict[str, Any]]) -> None:
+        self.conn.data_received(request(messages, self.cookie))
+
+    async def answered(self, messages: list[dict[str, Any]]) -> bytes:
+        """Send, and wait for the answer of a request the broker handles in a task (handshake...)."""
+        before = self.transport.writes
+        self.send(messages)
+        for _ in range(1000):
+            if self.transport.writes > before:
+                return self.transport.written
+            await asyncio.sleep(0)
+        raise RuntimeError(f"no answer to {messages}")
+
+    async def handshake_and_subscribe(self) -> None:
+        raw = await self.answered([{"channel": "/meta/handshake", "version": "1.0",
+                                    "supportedConnectionTypes": ["long-polling"], "id": "1"}])
+        self.client_id = reply_body(raw)[0]["clientId"]
+        for line in raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+            if line.lower().startswith(b"set-cookie:"):
+                self.cookie = line.split(b":", 1)[1].split(b";", 1)[0].strip().decode()
+        await self.answered([{"channel": "/meta/subscribe", "clientId": self.client_id,
+                               "subscription": self.channel, "id": "2"}])
+
+    def connect(self) -> None:
+        self.ids += 1
+        self.send([{"channel": "/meta/connect", "clientId": self.client_id, "connectionType": "long-polling",
+                    "id": str(self.ids)}])
+
+
+async def run(cycles: int, clients: int, batch: int, repeat: int, profile: int) -> None:
+    app = create_app(BrokerConfig(allow_anonymous=True, event_log="memory:",
+                                  transports="long-polling", log_level="WARNING"))
+    runner = LeanAppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    lean = runner.server
+    subscribers = [Client(lean, i) for i in range(clients)]
+    publisher = Client(lean, -1)
+    await publisher.handshake_and_subscribe()
+    for c in subscribers:
+        await c.handshake_and_subscribe()
+        c.ids += 1  # the first connect is answered at once
+        await c.answered([{"channel": "/meta/connect", "clientId": c.client_id, "connectionType": "long-polling",
+                           "id": str(c.ids)}])
+        c.connect()  # parked
+    await asyncio.sleep(0)
+    groups = [subscribers[i:i + batch] for i in range(0, len(subscribers), batch)]
+    requests = [request([{"channel": c.channel, "clientId": publisher.client_id, "data": {"s": 0, "t": 0.0}}
+                         for c in group], publisher.cookie) for group in groups]
+
+    async def cycle_all(rounds: int) -> None:
+        for _ in range(rounds):
+            for group, publish in zip(groups, requests, strict=True):
+                before = [c.transport.writes for c in group]
+                publisher.conn.data_received(publish)
+                for _ in range(20):  # the publish is handled, then the released connects answered
+                    await asyncio.sleep(0)
+                    if group[-1].transport.writes > before[-1]:
+                        break
+                for c, was in zip(group, before, strict=True):
+                    if c.transport.writes == was or b'"data"' not in c.transport.written:
+                        raise RuntimeError(f"no delivery to {c.channel}: {c.transport.written[-300:]!r}")
+                    c.connect()
+
+    await cycle_all(2)  # warm up
+    rounds = max(1, cycles // clients)
+    done = rounds * clients
+    best = float("inf")
+    for _ in range(repeat):  # the least CPU of a few runs: the figure least disturbed by the machine
+        start = time.process_time()
+        await cycle_all(rounds)
+        best = min(best, time.process_time() - start)
+    print(f"{best / done * 1e6:.2f} us CPU per cycle (publish + release + answer + next connect parked; "
+          f"best of {repeat} x {done}), {clients} clients, {batch} per publish, "
+          f"{'uvloop' if uvloop and isinstance(asyncio.get_running_loop(), uvloop.Loop) else 'asyncio'}")
+    if profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        await cycle_all(rounds)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(profile)
+    await runner.cleanup()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cycles", type=int, default=50_000)
+    p.add_argument("--clients", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=100, help="messages per publish request (the load generator "
+                                                          "batches what is due every 10 ms)")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="print cProfile's top N by own time")
+    args = p.parse_args()
+    if uvloop is not None:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.run(run(args.cycles, args.clients, args.batch, args.repeat, args.profile))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
