@@ -518,22 +518,13 @@ class Broker:
             return
         browser = session.browser_id if session.sink is None else None
         if browser is not None:
-            counts = self._browser_parked
-
-            def release_and_count(reason: str) -> None:
-                left = counts.get(browser, 1) - 1
-                if left > 0:
-                    counts[browser] = left
-                else:
-                    counts.pop(browser, None)
-                release(reason)
-
-            parked = ParkedConnect(pending.reply, release_and_count, browser)
             if session.parked is not None:
                 session.unpark(SUPERSEDED)
+            counts = self._browser_parked
             counts[browser] = counts.get(browser, 0) + 1
+            parked = ParkedConnect(pending.reply, release, browser, counts)
         else:
-            parked = ParkedConnect(pending.reply, release, None)
+            parked = ParkedConnect(pending.reply, release)
         session.park(parked, pending.timeout, asyncio.get_running_loop())
 
     def complete_connect(self, session: ServerSession, reply: Message, reason: str,

@@ -97,13 +97,31 @@ Release = Callable[[str], None]
 class ParkedConnect:
     """A /meta/connect held open until events arrive or its timeout passes."""
 
-    __slots__ = ("reply", "release", "timer", "browser_id")
+    __slots__ = ("reply", "release", "timer", "browser_id", "per_browser")
 
-    def __init__(self, reply: dict[str, Any], release: Release, browser_id: str | None) -> None:
+    def __init__(self, reply: dict[str, Any], release: Release, browser_id: str | None = None,
+                 per_browser: dict[str, int] | None = None) -> None:
         self.reply = reply
         self.release = release
         self.timer: asyncio.TimerHandle | None = None
+        # The broker's count of connects parked per browser (this one included), for the
+        # max-sessions-per-browser rule; it shrinks when this one is released.
         self.browser_id = browser_id
+        self.per_browser = per_browser
+
+    def finish(self, reason: str) -> None:
+        """Stop holding: uncount it from its browser, and have the transport answer it."""
+        if self.timer is not None:
+            self.timer.cancel()
+        counts = self.per_browser
+        if counts is not None:
+            browser = self.browser_id
+            left = counts.get(browser, 1) - 1  # type: ignore[arg-type]
+            if left > 0:
+                counts[browser] = left  # type: ignore[index]
+            else:
+                counts.pop(browser, None)  # type: ignore[arg-type]
+        self.release(reason)
 
 
 class ServerSession:
@@ -161,9 +179,7 @@ class ServerSession:
         if parked is None:
             return
         self.parked = None
-        if parked.timer is not None:
-            parked.timer.cancel()
-        parked.release(reason)
+        parked.finish(reason)
 
     def __repr__(self) -> str:
         return f"<ServerSession {self.client_id[:8]} user={self.user_id!r} transport={self.transport}>"

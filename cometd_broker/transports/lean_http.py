@@ -115,11 +115,28 @@ class LeanHttp:
             websocket.shutdown()
 
 
+class _Head:
+    """A request head the lean path serves: a long-poll POST (with its request context) or a
+    websocket upgrade (`ctx` None)."""
+
+    __slots__ = ("raw", "body_at", "headers", "length", "keep_alive", "form", "ctx")
+
+    def __init__(self, raw: bytes, headers: list[tuple[str, str]], length: int, keep_alive: bool, form: bool,
+                 ctx: RequestContext | None) -> None:
+        self.raw = raw
+        self.body_at = len(raw) + 4  # after the blank line
+        self.headers = headers
+        self.length = length
+        self.keep_alive = keep_alive
+        self.form = form  # application/x-www-form-urlencoded (message=...)
+        self.ctx = ctx
+
+
 class LeanHttpConnection(asyncio.Protocol):
     """One client connection, served by the lean path until it must be handed to aiohttp."""
 
     __slots__ = ("server", "transport", "buffer", "busy", "parked", "last_active", "remote", "_head",
-                 "_close_after", "_paused", "_new_browser_id")
+                 "_close_after", "_paused", "_new_browser_id", "_last_head")
 
     def __init__(self, server: LeanHttp) -> None:
         self.server = server
@@ -129,10 +146,13 @@ class LeanHttpConnection(asyncio.Protocol):
         self.parked: PendingConnect | None = None
         self.last_active = time.monotonic()
         self.remote: str | None = None
-        self._head: tuple[int, bytes, list[tuple[str, str]], int, bool] | None = None
+        self._head: _Head | None = None  # of the request whose body is still arriving
         self._close_after = False
         self._paused = False
         self._new_browser_id: str | None = None  # the cookie to set when the held connect is answered
+        # A client repeats the same head on every long-poll of its connection: the last POST's
+        # parse, with its request context, is reused when the bytes are equal.
+        self._last_head: _Head | None = None
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -177,35 +197,39 @@ class LeanHttpConnection(asyncio.Protocol):
                 if len(buffer) > MAX_HEAD:
                     self._hand_over()  # aiohttp answers an oversized head with its own 4xx
                 return
-            head = self._parse_head(end)
-            if head is None:
-                self._hand_over()
-                return
+            raw_head = bytes(buffer[:end])
+            head = self._last_head
+            if head is None or raw_head != head.raw:
+                head = self._parse_head(raw_head)
+                if head is None:
+                    self._hand_over()
+                    return
+                self._last_head = head if head.ctx is not None else None
             self._head = head
-        body_at, content_type_key, headers, length, keep_alive = head
-        if length < 0:
+        if head.ctx is None:
             self._head = None
-            self._upgrade(body_at, headers)
+            self._upgrade(head.body_at, head.headers)
             return
-        if len(buffer) < body_at + length:
+        length = head.length
+        if len(buffer) < head.body_at + length:
             return  # the rest of the body is on its way
         self._head = None
-        body = bytes(buffer[body_at:body_at + length])
-        del buffer[:body_at + length]
-        self._close_after = not keep_alive
+        body = bytes(buffer[head.body_at:head.body_at + length])
+        del buffer[:head.body_at + length]
+        self._close_after = not head.keep_alive
         self.busy = True
-        self._serve(content_type_key, headers, body)
+        self._serve(head.form, head.ctx, body)
 
-    def _parse_head(self, end: int) -> tuple[int, bytes, list[tuple[str, str]], int, bool] | None:
-        """The request head if it is a plain Bayeux long-poll POST (or, with length -1, a websocket
+    def _parse_head(self, raw_head: bytes) -> _Head | None:
+        """The request head if it is a plain Bayeux long-poll POST (or, with no context, a websocket
         upgrade we accept); None to leave it to aiohttp."""
-        lines = bytes(self.buffer[:end]).split(b"\r\n")
+        lines = raw_head.split(b"\r\n")
         parts = lines[0].split(b" ")
         if len(parts) != 3 or not self.server.serves(parts[1]):
             return None
         method, version = parts[0], parts[2]
         if method == b"GET" and self.server.websocket and version == b"HTTP/1.1":
-            return self._upgrade_head(end, lines)
+            return self._upgrade_head(raw_head, lines)
         if method != b"POST" or not self.server.long_polling:
             return None
         if version == b"HTTP/1.1":
@@ -240,9 +264,10 @@ class LeanHttpConnection(asyncio.Protocol):
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
         if length < 0 or length > self.server.max_size:
             return None  # no length, or too large: aiohttp answers (411/413) as everywhere else
-        return end + 4, content_type.split(b";", 1)[0].strip().lower(), headers, length, keep_alive
+        form = content_type.split(b";", 1)[0].strip().lower() == b"application/x-www-form-urlencoded"
+        return _Head(raw_head, headers, length, keep_alive, form, self._context("long-polling", headers))
 
-    def _upgrade_head(self, end: int, lines: list[bytes]) -> tuple[int, bytes, list[tuple[str, str]], int, bool] | None:
+    def _upgrade_head(self, raw_head: bytes, lines: list[bytes]) -> _Head | None:
         """A valid RFC 6455 upgrade with no body; anything doubtful goes to aiohttp, which says what is wrong."""
         headers: list[tuple[str, str]] = []
         for line in lines[1:]:
@@ -256,16 +281,15 @@ class LeanHttpConnection(asyncio.Protocol):
                 or found.get("Sec-WebSocket-Version") != "13" or "Content-Length" in found
                 or "Transfer-Encoding" in found or not _valid_key(key)):
             return None
-        return end + 4, b"", headers, -1, True
+        return _Head(raw_head, headers, 0, True, False, None)
 
-    def _serve(self, content_type: bytes, header_pairs: list[tuple[str, str]], body: bytes) -> None:
+    def _serve(self, form: bool, ctx: RequestContext, body: bytes) -> None:
         server = self.server
         try:
-            messages = parse_long_poll_body(body, content_type == b"application/x-www-form-urlencoded")
+            messages = parse_long_poll_body(body, form)
         except BodyError as exc:
             self._respond(exc.http_status, encode(bayeux.body_error_reply(exc.error)), None)
             return
-        ctx = self._context("long-polling", header_pairs)
         result = server.broker.handle_now(messages, ctx)
         if result is not None:
             self._answer(result)
