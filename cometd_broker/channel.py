@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Generic, TypeVar
 
 # The spec's token characters (alphanum and `-_!~()$@`) plus `.+=%:` which
@@ -19,6 +20,7 @@ _SEGMENT = re.compile(r"[A-Za-z0-9\-_!~()$@.+=%:]+\Z")
 EXACT, ONE, MANY = "exact", "one", "many"
 
 
+@lru_cache(maxsize=8192)  # checked on every publish and subscribe; the same names come back
 def channel_error(name: str) -> str | None:
     """Why `name` is not a valid channel or pattern, or None when it is valid."""
     if not name.startswith("/"):
@@ -62,15 +64,10 @@ class Pattern:
     base: tuple[str, ...]
     kind: str  # EXACT, ONE or MANY
 
-    @classmethod
-    def parse(cls, name: str) -> Pattern:
+    @staticmethod
+    def parse(name: str) -> Pattern:
         """Parse a name already known to be valid (see `channel_error`)."""
-        segments = tuple(name[1:].split("/"))
-        if segments[-1] == "*":
-            return cls(segments[:-1], ONE)
-        if segments[-1] == "**":
-            return cls(segments[:-1], MANY)
-        return cls(segments, EXACT)
+        return _parse_pattern(name)
 
     def _lengths(self) -> tuple[int, float]:
         """The inclusive range of segment counts of the channels this pattern matches."""
@@ -112,6 +109,17 @@ def matches(pattern: str, channel: str) -> bool:
 
 
 S = TypeVar("S", bound=Hashable)
+
+
+
+@lru_cache(maxsize=8192)  # publish authorization parses every channel; Patterns are immutable
+def _parse_pattern(name: str) -> Pattern:
+    segments = tuple(name[1:].split("/"))
+    if segments[-1] == "*":
+        return Pattern(segments[:-1], ONE)
+    if segments[-1] == "**":
+        return Pattern(segments[:-1], MANY)
+    return Pattern(segments, EXACT)
 
 
 class SubscriptionIndex(Generic[S]):

@@ -162,9 +162,11 @@ def as_payloads(payloads: Sequence[bytes]) -> list[bytes]:
         raise TypeError("payloads must be a sequence of bytes, not a single value")
     result = []
     for payload in payloads:
-        if not isinstance(payload, bytes | bytearray | memoryview):
-            raise TypeError(f"an event payload must be bytes, not {type(payload).__name__}")
-        result.append(bytes(payload))
+        if type(payload) is not bytes:  # the usual case needs no copy and no isinstance
+            if not isinstance(payload, bytes | bytearray | memoryview):
+                raise TypeError(f"an event payload must be bytes, not {type(payload).__name__}")
+            payload = bytes(payload)
+        result.append(payload)
     return result
 
 

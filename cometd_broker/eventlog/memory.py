@@ -45,14 +45,16 @@ class MemoryEventLog:
         state = self._streams.get(stream)
         if state is None:
             state = self._streams[stream] = _Stream(self.retention.max_count)
-        state.last_ts = ts = max(self._clock(), state.last_ts)
+        now = self._clock()
+        state.last_ts = ts = now if now > state.last_ts else state.last_ts
         first = state.latest + 1
+        events = state.events
         for offset, payload in enumerate(payloads):
             # A right-sized copy: orjson's results keep ~4 KB allocated whatever their length, and
             # the log holds up to retention_count of them per stream.
-            state.events.append(Event(stream, first + offset, ts, bytes(memoryview(payload))))
+            events.append(Event(stream, first + offset, ts, bytes(memoryview(payload))))
         state.latest = first + len(payloads) - 1
-        return list(range(first, state.latest + 1))
+        return [first] if len(payloads) == 1 else list(range(first, state.latest + 1))
 
     async def read(self, stream: str, after: int, limit: int) -> list[Event]:
         self._check_open()

@@ -75,11 +75,33 @@ class LeanHttp:
         self.long_polling = "long-polling" in broker.transports
         self.websocket = "websocket" in broker.transports
         self.websockets: set[LeanWebSocket] = set()
+        # Held connects released during this loop turn, answered together on the next one, so
+        # the events published in this turn travel with them; one callback for all of them.
+        self._released: list[tuple[LeanHttpConnection, str]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __call__(self) -> asyncio.Protocol:
         if self._sweeper is None:
+            self._loop = asyncio.get_running_loop()
             self._schedule_sweep()
         return LeanHttpConnection(self)
+
+    def release(self, conn: LeanHttpConnection, reason: str) -> None:
+        """Answer `conn`'s held connect on the next loop turn."""
+        released = self._released
+        if not released:
+            assert self._loop is not None
+            self._loop.call_soon(self._answer_released)
+        released.append((conn, reason))
+
+    def _answer_released(self) -> None:
+        released, self._released = self._released, []
+        for conn, reason in released:
+            try:
+                conn.answer_parked(reason)
+            except Exception:  # a bug answering one must not leave the others unanswered
+                log.exception("answering a held connect failed")
+                conn.close()
 
     def serves(self, target: bytes) -> bool:
         """Whether a POST to this request target is a Bayeux long-poll (cached: a client uses few paths)."""
@@ -344,11 +366,10 @@ class LeanHttpConnection(asyncio.Protocol):
         self._respond(200, encode(result.replies, events), result.new_browser_id)
 
     def _release(self, reason: str) -> None:
-        """The broker released the held connect; answer on the next loop turn, so events published
-        in this one travel together."""
-        asyncio.get_running_loop().call_soon(self._answer_parked, reason)
+        """The broker released the held connect; answered on the next loop turn (LeanHttp.release)."""
+        self.server.release(self, reason)
 
-    def _answer_parked(self, reason: str) -> None:
+    def answer_parked(self, reason: str) -> None:
         pending, self.parked = self.parked, None
         if pending is None:
             return  # the connection was lost meanwhile (connection_lost abandoned the session)
