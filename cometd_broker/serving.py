@@ -10,6 +10,7 @@ public property is enough.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,19 @@ from .app import BROKER, ENDPOINT
 from .transports.lean_http import LeanHttp
 
 SHUTDOWN_TIMEOUT = 5.0  # seconds aiohttp waits for its in-flight requests when stopping
+# Collect the youngest generation after this many new container objects instead of 700: every
+# message makes a few dicts and lists that die young and rarely form cycles, so the default
+# ran a collection every few dozen messages (a fifth of the CPU of websocket delivery).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Freeze what start-up allocated (modules, the app) out of every later collection, and
+    collect young objects less often. Cyclic garbage is still collected, only in larger rounds."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def lean_mounts(app: web.Application) -> list[str]:
@@ -67,6 +81,7 @@ async def serve_app(app: web.Application, host: str, port: int, *, lean: bool, r
     runner_class = LeanAppRunner if lean else web.AppRunner
     runner = runner_class(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
+    tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -17,17 +17,21 @@ from .base import KEEP_ALL, UNKNOWN_BOUNDS, Bounds, Event, EventLogClosed, Reten
 
 
 class _Stream:
+    """One stream's retained events as plain (id, timestamp, payload) tuples: the garbage
+    collector stops tracking a tuple of atomic values, so a log of millions of events adds
+    nothing to full collections, as Event objects would. They become Events when read."""
+
     __slots__ = ("events", "latest", "last_ts")
 
     def __init__(self, max_count: int | None) -> None:
         # maxlen enforces max_count on append, so memory never exceeds it between trims.
-        self.events: deque[Event] = deque(maxlen=max_count)
+        self.events: deque[tuple[int, float, bytes]] = deque(maxlen=max_count)
         self.latest = 0
         self.last_ts = 0.0
 
     @property
     def oldest(self) -> int:
-        return self.events[0].id if self.events else self.latest + 1
+        return self.events[0][0] if self.events else self.latest + 1
 
 
 class MemoryEventLog:
@@ -52,7 +56,7 @@ class MemoryEventLog:
         for offset, payload in enumerate(payloads):
             # A right-sized copy: orjson's results keep ~4 KB allocated whatever their length, and
             # the log holds up to retention_count of them per stream.
-            events.append(Event(stream, first + offset, ts, bytes(memoryview(payload))))
+            events.append((first + offset, ts, bytes(memoryview(payload))))
         state.latest = first + len(payloads) - 1
         return [first] if len(payloads) == 1 else list(range(first, state.latest + 1))
 
@@ -64,7 +68,7 @@ class MemoryEventLog:
             return []
         # Retained ids are contiguous, so the position of id `after + 1` is arithmetic.
         start = max(0, after + 1 - state.oldest)
-        return list(itertools.islice(state.events, start, start + limit))
+        return [Event(stream, *event) for event in itertools.islice(state.events, start, start + limit)]
 
     async def bounds(self, stream: str) -> Bounds:
         self._check_open()
@@ -92,7 +96,8 @@ class MemoryEventLog:
         names = sorted(self._streams) if streams is None else sorted(set(streams) & self._streams.keys())
 
         def selected(name: str) -> Iterator[Event]:
-            for event in self._streams[name].events:
+            for stored in self._streams[name].events:
+                event = Event(name, *stored)
                 if since is not None and event.timestamp < since:
                     continue
                 if until is not None and event.timestamp >= until:
@@ -116,7 +121,7 @@ class MemoryEventLog:
         dropped = 0
         for state in self._streams.values():
             events = state.events
-            while events and events[0].timestamp < cutoff:
+            while events and events[0][1] < cutoff:
                 events.popleft()
                 dropped += 1
         return dropped
