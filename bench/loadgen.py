@@ -104,6 +104,7 @@ class Recorder:
         self.received = 0
         self.duplicates = 0
         self.stale = 0  # deliveries of an earlier step that arrived late
+        self.parsed = 0  # deliveries that took the parsing path (gaps, repeats, late arrivals)
         self.step_first: dict[str, int] = {}  # channel -> first sequence number of this step
         self.sent_at: dict[str, list[float]] = {}  # channel -> send time of every sequence number
         self.batches: list[tuple[list[float], int, int, float]] = []  # (sent_at, first seq, count, arrival)
@@ -114,6 +115,7 @@ class Recorder:
         self.received = 0
         self.duplicates = 0
         self.stale = 0
+        self.parsed = 0
         self.batches = []
 
     def arrived(self, channel: str, first: int, count: int, t: float) -> None:
@@ -126,7 +128,7 @@ class Recorder:
             if not count:
                 return
         self.received += count
-        self.batches.append((self.sent_at[channel], first, count, t))
+        self.batches.append((self.sent_at[channel], first, count, t))  # one per reply or frame read
 
     def latencies(self) -> list[float]:
         out: list[float] = []
@@ -221,6 +223,7 @@ class Client:
             rec.duplicates += 1
             return
         if channel in rec.sent_at:
+            rec.parsed += 1
             rec.arrived(channel, seq, 1, t)
 
 
@@ -617,6 +620,8 @@ class Step:
     loadgen_cpu_pct: float = 0.0
     server_cpu_pct: float = 0.0
     publish_rate_actual: float = 0.0
+    per_read: float = 0.0  # messages per long-poll reply or websocket frame (server-side batching)
+    parsed: int = 0  # of them, accounted by the parsing path (out-of-order arrivals)
     ok: bool = True
     why: str = ""
 
@@ -785,6 +790,9 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         st.p50_ms = round(percentile(lat, 0.50) * 1000, 2)
         st.p99_ms = round(percentile(lat, 0.99) * 1000, 2)
         st.max_ms = round((lat[-1] if lat else 0) * 1000, 2)
+        reads = len(rec.batches) - rec.parsed + (rec.parsed > 0)
+        st.per_read = round(rec.received / reads, 2) if reads > 0 else 0.0
+        st.parsed = rec.parsed
         st.server_cpu_s = round(cpu1 - cpu0, 3)
         st.server_cpu_pct = round(100 * (cpu1 - cpu0) / (t_end - t_start), 1)
         st.server_cpu_per_100k = round((cpu1 - cpu0) / rec.received * 100_000, 3) if rec.received else 0.0

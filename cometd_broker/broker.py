@@ -44,6 +44,7 @@ from .session import (
     REMOVED,
     SHUTDOWN,
     SUPERSEDED,
+    HoldTimers,
     ParkedConnect,
     ServerSession,
     SessionQueue,
@@ -131,6 +132,7 @@ class Broker:
         self._index: SubscriptionIndex[ServerSession] = SubscriptionIndex()
         self._user_index: dict[str, SubscriptionIndex[ServerSession]] = {}
         self._browser_parked: dict[str, int] = {}
+        self._holds = HoldTimers()  # the timeouts of parked connects
         self._ended: OrderedDict[str, _Ended] = OrderedDict()
         # Browser cookies issued to cookie-less handshakes in the last expiry window.
         self._fresh_browser_ids: dict[str, tuple[float, Principal]] = {}
@@ -172,6 +174,7 @@ class Broker:
             session.unpark(SHUTDOWN)
             self._remove(session, bayeux.error(503, "server_shutdown (the broker is stopping)"),
                          bayeux.HANDSHAKE_ADVICE)
+        self._holds.close()
         await self.engine.close()
         await self._retention.stop()
         await self.event_log.close()
@@ -525,7 +528,7 @@ class Broker:
             parked = ParkedConnect(pending.reply, release, browser, counts)
         else:
             parked = ParkedConnect(pending.reply, release)
-        session.park(parked, pending.timeout, asyncio.get_running_loop())
+        session.park(parked, pending.timeout, self._holds, asyncio.get_running_loop())
 
     def complete_connect(self, session: ServerSession, reply: Message, reason: str,
                          deliverable: bool = True) -> ConnectOutcome:
@@ -579,8 +582,7 @@ class Broker:
             session.sink = None
             if session.parked is not None:
                 parked, session.parked = session.parked, None
-                if parked.timer is not None:
-                    parked.timer.cancel()
+                parked.cancel_timeout()
             session.expires_at = time.monotonic() + self._expiry_window
 
     async def _subscribe(self, session: ServerSession, message: Message) -> Message:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from collections import deque
 from collections.abc import Callable
@@ -97,13 +98,14 @@ Release = Callable[[str], None]
 class ParkedConnect:
     """A /meta/connect held open until events arrive or its timeout passes."""
 
-    __slots__ = ("reply", "release", "timer", "browser_id", "per_browser")
+    __slots__ = ("reply", "release", "holds", "slot", "browser_id", "per_browser")
 
     def __init__(self, reply: dict[str, Any], release: Release, browser_id: str | None = None,
                  per_browser: dict[str, int] | None = None) -> None:
         self.reply = reply
         self.release = release
-        self.timer: asyncio.TimerHandle | None = None
+        self.holds: HoldTimers | None = None  # where its timeout is kept, while it is held
+        self.slot = 0
         # The broker's count of connects parked per browser (this one included), for the
         # max-sessions-per-browser rule; it shrinks when this one is released.
         self.browser_id = browser_id
@@ -111,8 +113,7 @@ class ParkedConnect:
 
     def finish(self, reason: str) -> None:
         """Stop holding: uncount it from its browser, and have the transport answer it."""
-        if self.timer is not None:
-            self.timer.cancel()
+        self.cancel_timeout()
         counts = self.per_browser
         if counts is not None:
             browser = self.browser_id
@@ -122,6 +123,58 @@ class ParkedConnect:
             else:
                 counts.pop(browser, None)  # type: ignore[arg-type]
         self.release(reason)
+
+    def cancel_timeout(self) -> None:
+        if self.holds is not None:
+            self.holds.remove(self)
+
+
+class HoldTimers:
+    """The timeouts of held connects, on one coarse clock instead of an event-loop timer each.
+
+    Thousands of connects are parked and released every second; a loop timer per park (made,
+    then cancelled) was a tenth of the broker's own work per long-poll cycle. Here a timeout
+    is a dict entry in the bucket of its `tick`, and one loop timer runs while any is held.
+    A connect times out up to one tick late, never early."""
+
+    def __init__(self, tick: float = 0.05) -> None:
+        self.tick = tick
+        self._buckets: dict[int, dict[ParkedConnect, ServerSession]] = {}
+        self._due: list[int] = []  # heap of the slots that have a bucket
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, parked: ParkedConnect, session: ServerSession, timeout: float,
+            loop: asyncio.AbstractEventLoop) -> None:
+        slot = int((_monotonic() + timeout) / self.tick) + 1
+        bucket = self._buckets.get(slot)
+        if bucket is None:
+            bucket = self._buckets[slot] = {}
+            heapq.heappush(self._due, slot)
+        bucket[parked] = session
+        parked.holds, parked.slot = self, slot
+        if self._timer is None:
+            self._timer = loop.call_at(loop.time() + self.tick, self._expire, loop)
+
+    def remove(self, parked: ParkedConnect) -> None:
+        parked.holds = None
+        bucket = self._buckets.get(parked.slot)
+        if bucket is not None:
+            bucket.pop(parked, None)  # an emptied bucket stays until its slot comes: no heap removal
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = int(_monotonic() / self.tick)
+        due, buckets = self._due, self._buckets
+        while due and due[0] <= now:
+            for parked, session in buckets.pop(heapq.heappop(due)).items():
+                parked.holds = None
+                if session.parked is parked:
+                    session.unpark(TIMEOUT)
+        self._timer = loop.call_at(loop.time() + self.tick, self._expire, loop) if due else None
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class ServerSession:
@@ -166,12 +219,13 @@ class ServerSession:
             self.unpark(MESSAGES)
         return True
 
-    def park(self, parked: ParkedConnect, timeout: float, loop: asyncio.AbstractEventLoop) -> None:
+    def park(self, parked: ParkedConnect, timeout: float, holds: HoldTimers,
+             loop: asyncio.AbstractEventLoop) -> None:
         """Hold a connect; a previously parked one is answered as superseded (newest wins)."""
         if self.parked is not None:
             self.unpark(SUPERSEDED)
         self.parked = parked
-        parked.timer = loop.call_later(timeout, self.unpark, TIMEOUT)
+        holds.add(parked, self, timeout, loop)
         self.expires_at = float("inf")  # a parked connect proves the client is alive
 
     def unpark(self, reason: str) -> None:

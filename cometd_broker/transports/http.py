@@ -25,7 +25,15 @@ _BROWSER_ID = re.compile(r"[0-9a-f]{32}\Z")
 
 def encode(replies: Iterable[Message], events: Iterable[bytes] = ()) -> bytes:
     """One JSON array of replies then events; events are already-serialized shared bytes."""
-    return b"[" + b",".join([*map(orjson.dumps, replies), *events]) + b"]"
+    # One orjson call for all the replies (a batch of publishes has hundreds), then the events
+    # spliced in before its closing bracket.
+    head = orjson.dumps(replies if isinstance(replies, list) else list(replies))
+    if not events:
+        return head
+    tail = b",".join(events)
+    if not tail:
+        return head
+    return (b"[" if head == b"[]" else head[:-1] + b",") + tail + b"]"
 
 
 def parse_json(text: bytes | str) -> list[Message]:
