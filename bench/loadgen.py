@@ -429,12 +429,19 @@ class _PollConnection(asyncio.Protocol):
 
 
 class WebSocketClient(Client):
+    """Bayeux over a websocket of its own (`_WsConnection`): frames are read in the protocol
+    callback, and a frame holding only the next data messages due is accounted without parsing."""
+
     transport = "websocket"
 
     def __init__(self, gen: LoadGen, index: int, channels: list[str]) -> None:
         super().__init__(gen, index, channels)
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.ws: _WsConnection | None = None
         self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+
+    def send(self, messages: list[dict[str, Any]]) -> None:
+        assert self.ws is not None
+        self.ws.send_text(orjson.dumps(messages))
 
     async def request(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
@@ -443,13 +450,14 @@ class WebSocketClient(Client):
             f = loop.create_future()
             self.pending[m["id"]] = f
             futures.append(f)
-        assert self.ws is not None
-        await self.ws.send_str(orjson.dumps(messages).decode())
+        self.send(messages)
         return list(await asyncio.gather(*futures))
 
     async def setup(self) -> bool:
-        self.ws = await self.gen.http.ws_connect(self.gen.ws_url, autoping=True, max_msg_size=0)
-        self._reader = asyncio.get_running_loop().create_task(self._read())
+        raw = self.gen.raw or RawHttpPool(self.gen.url)
+        loop = asyncio.get_running_loop()
+        _, self.ws = await loop.create_connection(lambda: _WsConnection(self, raw), raw.host, raw.port)
+        await self.ws.opened
         [hs] = await self.request([self.handshake_msg(self.transport)])
         if not hs.get("successful"):
             self.errors += 1
@@ -460,51 +468,143 @@ class WebSocketClient(Client):
             if not all(m.get("successful") for m in replies):
                 self.errors += 1
                 return False
-        await self.ws.send_str(orjson.dumps([self.connect_msg(self.transport)]).decode())
+        self.send([self.connect_msg(self.transport)])
         return True
 
-    async def _read(self) -> None:
-        ws = self.ws
-        assert ws is not None
-        async for frame in ws:
-            if frame.type != aiohttp.WSMsgType.TEXT and frame.type != aiohttp.WSMsgType.BINARY:
+    def on_text(self, data: bytes, t: float) -> None:
+        if b'"/meta/' not in data and self.take(data, t):
+            return
+        parsed = orjson.loads(data)
+        if isinstance(parsed, dict):
+            parsed = [parsed]
+        for m in parsed:
+            ch = m.get("channel")
+            if ch == "/meta/connect":
+                self.ready.set()
+                if not m.get("successful"):
+                    self.errors += 1
+                    advice = m.get("advice") or {}
+                    if advice.get("reconnect") == "handshake":
+                        self.rehandshakes += 1
+                        continue
+                if not self.stopping:
+                    self.send([self.connect_msg(self.transport)])
                 continue
-            t = now()
-            data = frame.data if isinstance(frame.data, bytes) else frame.data.encode()
-            if b'"/meta/' not in data and self.take(data, t):
-                continue
-            parsed = orjson.loads(data)
-            if isinstance(parsed, dict):
-                parsed = [parsed]
-            for m in parsed:
-                ch = m.get("channel")
-                if ch == "/meta/connect":
-                    self.ready.set()
-                    if not m.get("successful"):
-                        self.errors += 1
-                        advice = m.get("advice") or {}
-                        if advice.get("reconnect") == "handshake":
-                            self.rehandshakes += 1
-                            continue
-                    if not self.stopping:
-                        await ws.send_str(orjson.dumps([self.connect_msg(self.transport)]).decode())
-                    continue
-                mid = m.get("id")
-                f = self.pending.pop(mid, None) if mid is not None and ch and ch.startswith("/meta/") else None
-                if f is not None:
-                    f.set_result(m)
-                elif "data" in m:
-                    self.deliver(m, t)
-                elif mid is not None and mid in self.pending:
-                    self.pending.pop(mid).set_result(m)
+            mid = m.get("id")
+            f = self.pending.pop(mid, None) if mid is not None and ch and ch.startswith("/meta/") else None
+            if f is not None:
+                f.set_result(m)
+            elif "data" in m:
+                self.deliver(m, t)
+            elif mid is not None and mid in self.pending:
+                self.pending.pop(mid).set_result(m)
 
     async def run(self) -> None:
-        await self._reader
+        assert self.ws is not None
+        await self.ws.closed
 
     async def close(self) -> None:
         self.stopping = True
         if self.ws is not None:
-            await self.ws.close()
+            self.ws.close()
+
+
+class _WsConnection(asyncio.Protocol):
+    """A minimal RFC 6455 client: the upgrade, masked text frames out, unmasked frames in
+    (pings answered, fragments joined); each text message goes to `client.on_text`."""
+
+    def __init__(self, client: WebSocketClient, raw: RawHttpPool) -> None:
+        self.client = client
+        self.raw = raw
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.upgraded = False
+        self.fragments = bytearray()
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.transport.write(
+            f"GET {self.raw.path} HTTP/1.1\r\nHost: {self.raw.host}:{self.raw.port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionResetError("websocket closed before the upgrade"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def send_text(self, payload: bytes) -> None:
+        self._send(0x1, payload)
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        n = len(payload)
+        if n < 126:
+            head = bytes((0x80 | opcode, 0x80 | n))
+        elif n < 65536:
+            head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+        else:
+            head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+        # a zero mask: masking is required of clients, and XOR with zeros leaves the payload as is
+        assert self.transport is not None
+        self.transport.write(head + b"\0\0\0\0" + payload)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                self.opened.set_exception(ConnectionError(bytes(buf[:end]).decode("latin-1")))
+                self.close()
+                return
+            self.upgraded = True
+            del buf[:end + 4]
+            self.opened.set_result(None)
+        t = now()
+        at = 0
+        size = len(buf)
+        while size - at >= 2:
+            b0, b1 = buf[at], buf[at + 1]
+            n = b1 & 0x7F
+            head = 2
+            if n == 126:
+                if size - at < 4:
+                    break
+                n = int.from_bytes(buf[at + 2:at + 4], "big")
+                head = 4
+            elif n == 127:
+                if size - at < 10:
+                    break
+                n = int.from_bytes(buf[at + 2:at + 10], "big")
+                head = 10
+            if size - at < head + n:
+                break
+            payload = bytes(buf[at + head:at + head + n])
+            at += head + n
+            opcode = b0 & 0x0F
+            if opcode == 0x9:
+                self._send(0xA, payload)  # pong
+            elif opcode == 0x8:
+                self.close()
+            elif opcode in (0x1, 0x2, 0x0):
+                if not b0 & 0x80:  # a fragment: keep until the final one
+                    self.fragments += payload
+                    continue
+                if self.fragments:
+                    payload = bytes(self.fragments) + payload
+                    self.fragments = bytearray()
+                self.client.on_text(payload, t)
+        del buf[:at]
 
 
 # --------------------------------------------------------------------------- a lean HTTP/1.1 client
@@ -665,7 +765,7 @@ async def gather_bounded(coros: list[Any], concurrency: int) -> list[Any]:
 class Publisher:
     """Publishes from its own long-polling session, paced in 10 ms ticks, batching what is due."""
 
-    def __init__(self, gen: LoadGen, max_inflight: int = 8, max_batch: int = 500) -> None:
+    def __init__(self, gen: LoadGen, max_inflight: int = 32, max_batch: int = 500) -> None:
         self.gen = gen
         self.client = LongPollingClient(gen, -1, [])
         self.max_inflight = max_inflight
