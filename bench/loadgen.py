@@ -16,7 +16,9 @@ this process's monotonic clock, so latency is measured on one clock. Loss is cou
 
 It prints one JSON document on stdout. With `--server-pid` it also reads the server's CPU time
 (/proc/PID/stat utime+stime) around every step, its RSS and peak RSS (VmRSS, VmHWM in
-/proc/PID/status); its own CPU comes from resource.getrusage.
+/proc/PID/status); its own CPU comes from resource.getrusage. The server's CPU includes its
+descendants (the workers of `serve --workers N`); `--extra-pids` names processes measured beside
+it, per step and per process (redis-server in bench/run.py's redis scenario).
 """
 
 from __future__ import annotations
@@ -51,12 +53,11 @@ def now() -> float:
 # --------------------------------------------------------------------------- server process metrics
 
 def proc_cpu(pid: int | None) -> float:
-    """utime + stime of a process, in seconds (0 without a pid)."""
+    """utime + stime of a process and its descendants (the workers of `serve --workers N`), in
+    seconds (0 without a pid)."""
     if not pid:
         return 0.0
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return sum(cpu_by_process([pid]).values())
 
 
 def proc_mem(pid: int | None) -> dict[str, int]:
@@ -71,6 +72,71 @@ def proc_mem(pid: int | None) -> dict[str, int]:
             elif line.startswith("VmHWM:"):
                 out["hwm_kb"] = int(line.split()[1])
     return out
+
+
+# process trees: a supervisor's workers, and --extra-pids (redis-server) beside the server
+
+def proc_children(pid: int) -> list[int]:
+    """The direct children of a process (/proc/PID/task/*/children, over all its threads)."""
+    found: list[int] = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found.extend(int(c) for c in f.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def proc_tree(pid: int) -> list[int]:
+    """A process and all its descendants, the process first."""
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop(0)
+        if p not in tree:
+            tree.append(p)
+            todo.extend(proc_children(p))
+    return tree
+
+
+def cpu_by_process(roots: list[int]) -> dict[str, float]:
+    """utime + stime in seconds of every live process in the trees of `roots`, by pid (as text)."""
+    out: dict[str, float] = {}
+    for root in roots:
+        for pid in proc_tree(root):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            out[str(pid)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def proc_names(roots: list[int]) -> dict[str, dict[str, Any]]:
+    """pid -> parent pid, command name and memory, for every process in the trees of `roots`."""
+    out: dict[str, dict[str, Any]] = {}
+    for root in roots:
+        for pid in proc_tree(root):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    head, rest = f.read().rsplit(")", 1)
+                out[str(pid)] = {"ppid": int(rest.split()[1]), "comm": head.split("(", 1)[1], **proc_mem(pid)}
+            except OSError:
+                continue
+    return out
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {pid: round(cpu - before.get(pid, 0.0), 3) for pid, cpu in after.items()}
+
+
+def pid_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def machine_busy() -> float:
@@ -229,6 +295,7 @@ class Client:
 
 class LongPollingClient(Client):
     transport = "long-polling"
+    own_connection = True  # connects on a connection of its own (_PollConnection), not the pool
 
     def __init__(self, gen: LoadGen, index: int, channels: list[str], headers: dict[str, str] | None = None,
                  ext: dict[str, Any] | None = None) -> None:
@@ -292,7 +359,7 @@ class LongPollingClient(Client):
         lean client, a `_PollConnection` of its own re-issues it from the callback that completes
         the previous one; this coroutine only wakes for what that fast path does not handle."""
         raw = self.gen.raw
-        if raw is None or self.on_data is not None:
+        if raw is None or self.on_data is not None or not self.own_connection:
             return await self._run_pooled()
         loop = asyncio.get_running_loop()
         conn: _PollConnection | None = None
@@ -700,6 +767,103 @@ class RawHttpPool:
         return result
 
 
+# --------------------------------------------------------------------------- connection affinity (--sticky-connections)
+
+def _misrouted(body: bytes) -> bool:
+    """A reply saying the session is unknown (402) to every message: another process got the request."""
+    try:
+        replies = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return bool(replies) and all(isinstance(m, dict) and str(m.get("error", "")).startswith("402")
+                                 for m in replies)
+
+
+class StickyPool(RawHttpPool):
+    """One session's own keep-alive connections, each used only once a request on it reached the
+    process that holds the session: what a load balancer with session affinity does. Behind
+    `serve --workers N` the kernel spreads *connections* over the workers (SO_REUSEPORT) while a
+    session lives in one worker; a new connection whose first reply is 402 session_unknown reached
+    another worker: it is closed and the request sent again on another new connection (counted in
+    `misrouted`; a 402 on a connection already proven passes through: the session is really gone)."""
+
+    MAX_TRIES = 16
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.misrouted = 0
+        self.generation = 0  # bumped by a handshake: connections of an older session are dropped
+
+    def forget(self) -> None:
+        self.generation += 1
+        for conn in self.idle:
+            if conn.transport is not None:
+                conn.transport.close()
+        self.idle.clear()
+
+    async def post(self, body: bytes, headers: dict[str, str], path: str | None = None
+                   ) -> tuple[int, list[bytes], bytes]:
+        loop = asyncio.get_running_loop()
+        head = None
+        for _ in range(self.MAX_TRIES):
+            conn = None
+            while self.idle:
+                c = self.idle.pop()
+                if not c.closed:
+                    conn = c
+                    break
+            fresh = conn is None
+            if conn is None:
+                _, conn = await loop.create_connection(lambda: _HttpConn(self), self.host, self.port)
+                conn.generation = self.generation  # type: ignore[attr-defined]
+                self.opened += 1
+            if head is None:
+                extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                head = (f"POST {path or self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                        f"Content-Length: {len(body)}\r\n{extra}\r\n").encode()
+            conn.waiter = loop.create_future()
+            assert conn.transport is not None
+            conn.transport.write(head + body)
+            result = await conn.waiter
+            if fresh and result[0] == 200 and _misrouted(result[2]):
+                self.misrouted += 1
+                assert conn.transport is not None
+                conn.transport.close()
+                continue
+            if not conn.closed and conn.generation == self.generation:  # type: ignore[attr-defined]
+                self.idle.append(conn)
+            elif not conn.closed and conn.transport is not None:
+                conn.transport.close()
+            return result
+        raise ConnectionError(f"no connection reached the session's process in {self.MAX_TRIES} tries")
+
+
+class StickyLongPollingClient(LongPollingClient):
+    """A long-polling session on its own StickyPool (`--sticky-connections`)."""
+
+    own_connection = False  # every request, connects too, goes through the sticky pool
+
+    def __init__(self, gen: LoadGen, index: int, channels: list[str], headers: dict[str, str] | None = None,
+                 ext: dict[str, Any] | None = None) -> None:
+        super().__init__(gen, index, channels, headers, ext)
+        self.pool = StickyPool(gen.url)
+
+    @property
+    def misrouted(self) -> int:
+        return self.pool.misrouted
+
+    async def post(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if messages and messages[0].get("channel") == "/meta/handshake":
+            self.pool.forget()  # the new session may live in another process
+        status, cookies, body = await self.pool.post(orjson.dumps(messages), self._headers())
+        if status != 200:
+            self.errors += 1
+            return [{"successful": False, "http": status}]
+        if cookies and not self.cookie:
+            self.cookie = "; ".join(c.split(b";", 1)[0].decode() for c in cookies)
+        return orjson.loads(body)
+
+
 # --------------------------------------------------------------------------- the generator
 
 @dataclass
@@ -842,6 +1006,8 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
     for c in chan_of:
         subs_per_channel[c] = subs_per_channel.get(c, 0) + 1
     cls = WebSocketClient if args.transport == "websocket" else LongPollingClient
+    if args.sticky_connections and cls is LongPollingClient:
+        cls = StickyLongPollingClient
     clients = [cls(gen, i, [chan_of[i]]) for i in range(n)]
     t0 = now()
     outcomes = await gather_bounded([c.setup() for c in clients], args.concurrency)
@@ -854,6 +1020,8 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.sleep(0.5)  # subscribed; let every first connect reach the server (Faye holds it)
     result["setup_seconds"] = round(now() - t0, 2)
     pub = Publisher(gen)
+    if args.sticky_connections:
+        pub.client = StickyLongPollingClient(gen, -1, [])
     await pub.setup()
     await asyncio.sleep(0.5)
     seqs: dict[str, int] = {}
@@ -861,6 +1029,7 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
     best: dict[str, Any] | None = None
     for k, rate in enumerate(rates):
         gen.rec.start(k, seqs)
+        procs0, extra0 = cpu_by_process([args.server_pid] if args.server_pid else []), cpu_by_process(args.extra_pids)
         cpu0, own0, busy0, t_start = proc_cpu(args.server_pid), own_cpu(), machine_busy(), now()
         sent = await pub.run_step(k, rate, args.step_seconds, pub_channels, seqs)
         pub_seconds = now() - t_start
@@ -879,6 +1048,7 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(0.02)
         t_end = now()
         cpu1, own1, busy1 = proc_cpu(args.server_pid), own_cpu(), machine_busy()
+        procs1, extra1 = cpu_by_process([args.server_pid] if args.server_pid else []), cpu_by_process(args.extra_pids)
         rec = gen.rec
         lat = rec.latencies()
         st = Step(rate=rate, published=sent, expected=expected, received=rec.received,
@@ -910,6 +1080,11 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         # CPU used by other processes of the machine during the step (another job sharing the
         # cores makes the figures noisy; this says how much)
         d["foreign_cpu_pct"] = round(100 * ((busy1 - busy0) - (cpu1 - cpu0) - (own1 - own0)) / (t_end - t_start), 1)
+        # per process: the server's (a supervisor and its workers) and --extra-pids' (redis-server)
+        d["procs_cpu_s"], d["extra_procs_cpu_s"] = cpu_delta(procs0, procs1), cpu_delta(extra0, extra1)
+        d["extra_cpu_s"] = round(sum(d["extra_procs_cpu_s"].values()), 3)
+        d["misrouted"] = sum(getattr(c, "misrouted", 0) for c in [*live, pub.client])  # --sticky-connections
+        d["foreign_cpu_pct"] = round(d["foreign_cpu_pct"] - 100 * d["extra_cpu_s"] / (t_end - t_start), 1)
         d["publish_failures"] = pub.failures
         d["client_errors"] = sum(c.errors for c in live)
         d["rehandshakes"] = sum(c.rehandshakes for c in live)
@@ -921,13 +1096,14 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         if st.ok:
             if best is None or st.delivered_per_s > best["delivered_per_s"]:
                 best = st.__dict__
-        else:
+        elif not args.keep_going:
             break
         await asyncio.sleep(0.3)
     result["best"] = best
     result["rehandshakes"] = sum(c.rehandshakes for c in live)
     result["client_errors"] = sum(c.errors for c in live)
     result["mem"] = proc_mem(args.server_pid)
+    result["procs"] = proc_names(([args.server_pid] if args.server_pid else []) + args.extra_pids)
     return result
 
 
@@ -1160,6 +1336,14 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5, help="agents: messages each way per conversation")
     p.add_argument("--media-token", default="bench-media")
     p.add_argument("--server-pid", type=int)
+    p.add_argument("--extra-pids", type=pid_list, default=[],
+                   help="comma-separated pids measured beside the server (fanout/p2p: CPU per step, with their "
+                        "children), e.g. redis-server: extra_cpu_s and extra_procs_cpu_s; not in server_cpu_s")
+    p.add_argument("--keep-going", action="store_true",
+                   help="fanout/p2p: run every step of --rates even after one failed (fixed-rate runs)")
+    p.add_argument("--sticky-connections", action="store_true",
+                   help="fanout/p2p: each long-polling session (and the publisher) on its own connections, kept "
+                        "only when they reach the process holding the session (session affinity; see StickyPool)")
     p.add_argument("--aiohttp-http", action="store_true",
                    help="long-polling through aiohttp's client instead of the lean built-in one (slower)")
     p.add_argument("--deadline", type=float, default=600.0, help="hard wall-clock limit, seconds")

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -40,11 +41,15 @@ SIZES: dict[str, dict[str, Any]] = {
     "quick": {
         "fanout": (100, "20,100,400", 2.0), "p2p": (100, "200,1000,3000", 2.0),
         "idle": {"ws": 500, "lp": 300}, "agents": {"agents": 40, "rounds": 3},
+        "redis": {"p2p": (100, 500, 2.0), "fanout": (100, 50, 2.0)},
     },
     "full": {
         "fanout": (1000, "1,2,5,10,20,40,80,120,160,240", 4.0),
         "p2p": (1000, "250,500,1000,2000,4000,8000,16000,24000,32000,40000,48000,64000", 4.0),
         "idle": {"ws": 10000, "lp": 5000}, "agents": {"agents": 1000, "rounds": 5},
+        # (clients, one fixed offered msg/s, seconds per step): below saturation of every configuration
+        # (on one core, redis-2 point-to-point long-polling tops out near 2,400 msg/s on a quiet machine)
+        "redis": {"p2p": (1000, 1000, 4.0), "fanout": (1000, 20, 4.0)},
     },
 }
 
@@ -210,6 +215,262 @@ def agents(size: dict[str, Any], profile_dir: Path | None) -> dict[str, Any]:
             server.stop()
 
 
+# --------------------------------------------------------------------------- redis: messages per server CPU-second
+
+REDIS_CONFIGS = ("single", "single-sqlite", "redis-1", "redis-2")
+REDIS_WORKLOADS = (("p2p-lp", "p2p", "long-polling"), ("fanout-ws", "fanout", "websocket"))
+# How the load generator's long-polling sessions use connections: "shared" is its usual pool (a
+# session's requests may travel on any idle keep-alive connection, so behind `--workers 2` on either
+# worker); "affinity" keeps each session on connections that reach its worker (--sticky-connections).
+CLIENT_MODES = ("shared", "affinity")
+REDIS_TARGET = 0.8
+
+
+class RedisServer:
+    """A private redis-server on a free loopback port, pinned with the servers; stopped by its pid."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(binary).exists():
+            raise RuntimeError("redis-server not found")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = tempfile.mkdtemp(prefix="bench-redis-")
+        self.log = open(Path(self.dir) / "redis.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(pinned(SERVER_CORE, [binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                                                          "--save", "", "--appendonly", "no", "--dir", self.dir]),
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid  # taskset execs redis-server
+        deadline = time.monotonic() + 10
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("redis-server did not start")
+            try:
+                if self.command("PING") == b"+PONG":
+                    return
+            except OSError:
+                time.sleep(0.05)
+
+    def command(self, *words: str) -> bytes:
+        """One command in RESP; the first line of the reply."""
+        wire = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(wire.encode())
+            return sock.recv(4096).split(b"\r\n", 1)[0]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=8)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_config(config: str, redis: RedisServer, tmp: Path, websocket: bool) -> Server:
+    """cometd-broker as `config` on a fresh port; returns once every worker listens."""
+    port = free_port()
+    argv = [PY, "-m", "cometd_broker", "serve", "--host", "127.0.0.1", "--port", str(port), "--allow-anonymous",
+            "--state-db", ":memory:", "--log-level", "WARNING",
+            "--transports", "websocket,long-polling" if websocket else "long-polling"]
+    argv += {"single": ["--event-log", "memory:"],
+             "single-sqlite": ["--event-log", f"sqlite:///{tmp / 'events.db'}"],
+             "redis-1": ["--redis", redis.url],
+             "redis-2": ["--redis", redis.url, "--workers", "2"]}[config]
+    server = Server(OURS, argv, port, ROOT)
+    deadline = time.monotonic() + 30  # the supervisor says "listening" once every worker does
+    while "listening on" not in Path(server.log.name).read_text():
+        if time.monotonic() > deadline or server.proc.poll() is not None:
+            text = Path(server.log.name).read_text()[-2000:]
+            server.stop()
+            raise RuntimeError(f"{config} did not start: {text}")
+        time.sleep(0.1)
+    return server
+
+
+def scrape_workers(port: int, workers: int) -> dict[str, dict[str, float]]:
+    """Counters of each broker process from /metrics, asked on new connections until every worker
+    answered (the kernel picks the worker per connection); keyed by the process's start time."""
+    import urllib.request
+
+    wanted = ("cometd_start_time_seconds", "cometd_unknown_session_total", 'cometd_handshakes_total{result="accepted"}',
+              "cometd_published_total", "cometd_subscriptions")
+    seen: dict[str, dict[str, float]] = {}
+    for _ in range(30):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            continue
+        values = {}
+        for line in text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name in wanted:
+                values[name.split("{")[0]] = float(value)
+            elif name.startswith("cometd_sessions{"):
+                values["cometd_sessions"] = values.get("cometd_sessions", 0.0) + float(value)
+        seen[str(values.get("cometd_start_time_seconds"))] = values
+        if len(seen) >= workers:
+            break
+    return seen
+
+
+def redis_run(config: str, scenario: str, transport: str, mode: str, size: dict[str, Any],
+              redis: RedisServer) -> dict[str, Any]:
+    clients, rate, step = size["redis"][scenario]
+    redis.command("FLUSHALL")  # every configuration starts from an empty Redis
+    with tempfile.TemporaryDirectory(prefix="bench-sqlite-") as tmp:
+        server = start_config(config, redis, Path(tmp), websocket=transport == "websocket")
+        try:
+            workers = [int(p) for p in re.findall(r"worker \d+ started \(pid (\d+)\)",
+                                                  Path(server.log.name).read_text())]
+            args = ["--scenario", scenario, "--transport", transport, "--clients", str(clients),
+                    "--rates", f"{rate},{rate}", "--step-seconds", str(step), "--concurrency", "100",
+                    "--keep-going"]  # step 1 warms up, step 2 is measured
+            if config.startswith("redis"):
+                args += ["--extra-pids", str(redis.pid)]
+            if mode == "affinity":
+                args.append("--sticky-connections")
+            result = run_loadgen(server, args, timeout=240)
+            result["server_pid"], result["worker_pids"], result["redis_pid"] = server.pid, workers, redis.pid
+            result["broker_metrics"] = scrape_workers(server.port, max(1, len(workers)))
+            return result
+        finally:
+            server.stop()
+
+
+def summarize_redis(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (client mode, configuration), from the measured (last) step."""
+    rows = []
+    for key, r in runs.items():
+        mode, config = key.split("/")
+        if "error" in r or not r.get("steps"):
+            rows.append({"server": f"{config} ({mode})", "error": r.get("error", "no steps")})
+            continue
+        st = r["steps"][-1]
+        broker_cpu = st["server_cpu_s"]
+        redis_cpu = st.get("extra_cpu_s", 0.0) if config.startswith("redis") else 0.0
+        delivered = st["received"]
+        problems = [] if st["ok"] else [st["why"]]
+        if st["publish_failures"] and not st["lost"]:
+            problems.append(f"{st['publish_failures']} publish failures")
+        row: dict[str, Any] = {
+            "server": config, "mode": mode, "config": config, "offered_msg_s": st["rate"],
+            "delivered": delivered, "expected": st["expected"], "lost": st["lost"],
+            "publish_failures": st["publish_failures"], "rehandshakes": r.get("rehandshakes", 0),
+            "misrouted": st.get("misrouted", 0), "p50_ms": st["p50_ms"], "p99_ms": st["p99_ms"],
+            "broker_cpu_s": broker_cpu, "redis_cpu_s": redis_cpu if config.startswith("redis") else None,
+            "msg_per_broker_cpu_s": round(delivered / broker_cpu) if broker_cpu else None,
+            "msg_per_total_cpu_s": round(delivered / (broker_cpu + redis_cpu)) if broker_cpu else None,
+            "other_cpu_pct": st.get("foreign_cpu_pct"), "problems": "; ".join(problems),
+            "warmup_lost": r["steps"][0]["lost"] if len(r["steps"]) > 1 else None,
+        }
+        if r.get("worker_pids"):
+            per = [st["procs_cpu_s"].get(str(pid), 0.0) for pid in r["worker_pids"]]
+            row["worker_cpu_s"] = " / ".join(f"{c:.2f}" for c in per)
+            if not all(c > 0 for c in per):
+                row["problems"] = "; ".join(filter(None, [row["problems"], "a worker used no CPU"]))
+        metrics = dict(sorted((r.get("broker_metrics") or {}).items()))  # by process start time
+        if metrics:
+            row["unknown_session_402s"] = " / ".join(str(int(m.get("cometd_unknown_session_total", 0)))
+                                                     for m in metrics.values())
+            row["handshakes"] = " / ".join(str(int(m.get("cometd_handshakes_total", 0))) for m in metrics.values())
+            row["sessions"] = " / ".join(str(int(m.get("cometd_sessions", 0))) for m in metrics.values())
+        rows.append(row)
+    for row in rows:
+        if "error" in row:
+            continue
+        for base in ("single", "single-sqlite"):
+            ref = next((x for x in rows if x.get("config") == base and x.get("mode") == row["mode"]
+                        and "error" not in x), None)
+            suffix = "" if base == "single" else "_sqlite"
+            if ref and ref["msg_per_broker_cpu_s"] and row["msg_per_broker_cpu_s"]:
+                row[f"vs_single{suffix}_broker"] = round(row["msg_per_broker_cpu_s"] / ref["msg_per_broker_cpu_s"], 2)
+                row[f"vs_single{suffix}_total"] = round(row["msg_per_total_cpu_s"] / ref["msg_per_total_cpu_s"], 2)
+        if row["config"].startswith("redis"):
+            ratio = row.get("vs_single_total")
+            if ratio is None:
+                row["target"] = "not measured"
+            elif row["lost"] or row["publish_failures"]:
+                row["target"] = f"no: {row['lost']} lost, {row['publish_failures']} publish failures"
+            else:
+                row["target"] = "yes" if ratio >= REDIS_TARGET else "no"
+    return rows
+
+
+REDIS_DELIVERY_COLUMNS = [
+    ("config", "config"), ("mode", "client connections"), ("offered_msg_s", "offered msg/s"),
+    ("delivered", "delivered"), ("lost", "lost"), ("warmup_lost", "lost in warm-up"),
+    ("publish_failures", "publish failures"),
+    ("rehandshakes", "rehandshakes"), ("misrouted", "misrouted conns"),
+    ("unknown_session_402s", "402s per worker (broker)"), ("sessions", "sessions per worker at end"),
+    ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("problems", "problems")]
+REDIS_CPU_COLUMNS = [
+    ("config", "config"), ("mode", "client connections"), ("broker_cpu_s", "broker CPU s"),
+    ("worker_cpu_s", "per-worker CPU s"), ("redis_cpu_s", "redis CPU s"),
+    ("msg_per_broker_cpu_s", "msgs / broker CPU-s"), ("msg_per_total_cpu_s", "msgs / (broker+redis) CPU-s"),
+    ("vs_single_broker", "vs single (broker)"), ("vs_single_total", "vs single (broker+redis)"),
+    ("vs_single_sqlite_broker", "vs single-sqlite (broker)"),
+    ("vs_single_sqlite_total", "vs single-sqlite (broker+redis)"), ("target", f">= {REDIS_TARGET}x target"),
+    ("other_cpu_pct", "other procs CPU %")]
+
+
+def redis_scenario(size: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Every configuration at the same fixed offered rate; delivered messages per server CPU-second."""
+    report: dict[str, Any] = {"configs": list(REDIS_CONFIGS), "modes": list(CLIENT_MODES),
+                              "target": REDIS_TARGET, "workloads": {}}
+    md = ["## Redis engine: delivered messages per server CPU-second", "",
+          "cometd-broker alone, at one fixed offered rate below saturation, in four configurations on a fresh "
+          "port each: `single` (`--event-log memory:`), `single-sqlite` (SQLite event log in a temp dir), "
+          "`redis-1` (`--redis`: event log in Redis Streams), `redis-2` (`--workers 2 --redis`: two processes "
+          "on one port via SO_REUSEPORT). A private redis-server (`--save '' --appendonly no`) is pinned with "
+          "the broker to core 0 and flushed before each run. Two load-generator steps at the same rate: the "
+          "first warms up, the second is measured. Broker CPU is the server process and all its descendants "
+          "(the workers); redis CPU is redis-server's. Ratios compare msgs per CPU-second against `single` / "
+          "`single-sqlite` of the same client-connection mode; the target is broker+redis >= "
+          f"{REDIS_TARGET}x `single` with nothing lost. Client connections: `shared` is the load generator's usual "
+          "pool (a long-polling session's requests may travel on any idle keep-alive connection, hence behind "
+          "`--workers 2` on either worker); `affinity` (`--sticky-connections`) keeps each session, and the "
+          "publisher's, on connections that reached its worker, as a load balancer with session affinity would; "
+          "`misrouted conns` counts new connections that reached the wrong worker (402) and were dropped. "
+          "`402s per worker` and `sessions per worker` are each worker's `cometd_unknown_session_total` and "
+          "`cometd_sessions` from /metrics after the run, ordered by process start; `per-worker CPU s` is in "
+          "worker order. Delivered, lost, latency and CPU are the measured step's; rehandshakes, misrouted "
+          "connections and publish failures count the whole run (setup and both steps).", ""]
+    try:
+        redis = RedisServer()
+    except (RuntimeError, OSError) as exc:
+        report["error"] = str(exc)
+        return report, [*md, f"error: {exc}", ""]
+    try:
+        for key, scenario, transport in REDIS_WORKLOADS:
+            clients, rate, step = size["redis"][scenario]
+            log(f"== redis/{key}: {clients} {transport} clients, {rate} msg/s, {step} s warm-up + {step} s measured")
+            runs: dict[str, dict[str, Any]] = {}
+            for mode in CLIENT_MODES:
+                for config in REDIS_CONFIGS:
+                    log(f"-- {config} ({mode} connections)")
+                    try:
+                        runs[f"{mode}/{config}"] = redis_run(config, scenario, transport, mode, size, redis)
+                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                        runs[f"{mode}/{config}"] = {"error": str(exc)[:500]}
+            rows = summarize_redis(runs)
+            report["workloads"][key] = {"scenario": scenario, "transport": transport, "clients": clients,
+                                        "rate": rate, "step_seconds": step, "summary": rows, "runs": runs}
+            text = table(rows, REDIS_DELIVERY_COLUMNS) + "\n\n" + table(rows, REDIS_CPU_COLUMNS)
+            title = {"p2p": f"point-to-point, {clients} {transport} clients each on its own channel",
+                     "fanout": f"fan-out, {clients} {transport} clients on one channel"}[scenario]
+            md += [f"### {title}, {rate} msg/s offered", "", text, ""]
+            log(text)
+    finally:
+        redis.stop()
+    return report, md
+
+
 # --------------------------------------------------------------------------- reporting
 
 def summarize_throughput(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -316,7 +577,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CI-sized smoke run (< 2 minutes)")
     p.add_argument("--only", default="",
-                   help="comma-separated scenarios: fanout-lp,p2p-lp,fanout-ws,p2p-ws,idle,agents")
+                   help="comma-separated scenarios: fanout-lp,p2p-lp,fanout-ws,p2p-ws,idle,agents,redis")
     p.add_argument("--servers", default=f"{OURS},{COMETD},{FAYE}")
     p.add_argument("--agents", type=int, help="agents in the agents scenario (default: 1000, --quick 40)")
     p.add_argument("--profile", action="store_true", help="py-spy record cometd-broker during each scenario "
@@ -400,6 +661,10 @@ def main() -> int:
         md += [f"## agent traffic: {size['agents']['agents']} agents, SMS offered, accepted, "
                f"{size['agents']['rounds']} messages each way (ours only: the peers have no such API)", "", text, ""]
         log(text)
+    if (not wanted or "redis" in wanted) and OURS in servers:
+        log("== redis: delivered messages per server CPU-second, single process against the Redis engine")
+        report["scenarios"]["redis"], text = redis_scenario(size)
+        md += text
     report["seconds"] = round(time.monotonic() - began, 1)
     md += [f"Total run time {report['seconds']} s. Ratios: ours / best peer (msg/s: higher is better; CPU, RSS: "
            "lower is better). `loadgen CPU %` near 100 means the load generator, not the server, was the limit."]
