@@ -44,6 +44,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from multidict import CIMultiDict
 
+from cometd_broker.private_port import HOP_BY_HOP, address_of, bind_private
 from cometd_broker.security import AuthenticationError, HandshakeRequest, Principal
 from cometd_broker.tasks import cancel_and_wait
 
@@ -65,10 +66,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# Headers that describe one connection, not the message: never relayed (RFC 9110 7.6.1), plus the
-# framing headers aiohttp sets again for the relayed body.
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-                         "trailer", "transfer-encoding", "upgrade", "content-length"})
+_HOP_BY_HOP = HOP_BY_HOP
 
 
 @dataclass(frozen=True)
@@ -225,8 +223,7 @@ class ClusterNode:
 
     async def _try_lead(self) -> None:
         sock = self._private_socket()
-        host, port = sock.getsockname()[:2]
-        value = lease_value(f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
+        value = lease_value(f"http://{address_of(sock)}")
         holder = await self.lease.acquire(value)
         if holder is not None:
             self.leader_url = lease_url(holder)
@@ -280,10 +277,7 @@ class ClusterNode:
 
     def _private_socket(self) -> socket.socket:
         if self._sock is None:
-            sock = socket.socket(socket.AF_INET6 if ":" in self.options.host else socket.AF_INET)
-            sock.bind((self.options.host, 0))
-            sock.setblocking(False)
-            self._sock = sock
+            self._sock = bind_private(self.options.host)
         return self._sock
 
     # --- forwarding -----------------------------------------------------------------------------------

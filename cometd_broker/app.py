@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import hdrs, web
 
 from .admin import add_admin
@@ -11,6 +13,9 @@ from .metrics import add_metrics
 from .security import Authenticator, Authorizer
 from .transports.http import HttpTransport
 from .transports.websocket import WebSocketTransport
+
+if TYPE_CHECKING:
+    from .routing import SessionRouter
 
 BROKER = web.AppKey("broker", Broker)
 
@@ -23,6 +28,7 @@ class BayeuxEndpoint:
         self.websocket = WebSocketTransport(broker)
         self.allowed = broker.transports
         self.mounts: list[str] = []  # see add_mount
+        self.router: SessionRouter | None = None  # in a cluster: see routing.install_router
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.method == hdrs.METH_GET:
@@ -87,4 +93,9 @@ def create_app(config: BrokerConfig | None = None, *, authenticator: Authenticat
     if broker.config.admin_token:  # before the endpoint, whose mount may be "/" and take every path
         add_admin(app, broker, broker.config.admin_token)
     add_bayeux_endpoint(app, broker, broker.config.mount)
+    cfg = broker.config
+    if cfg.redis and cfg.forward_host and "long-polling" in broker.transports:
+        from .routing import install_router  # needs the optional redis package, like the engine
+
+        install_router(app, broker)
     return app

@@ -128,6 +128,9 @@ class Broker:
         self.personal = Pattern.parse(cfg.personal_prefix)
         self.transports = cfg.transport_list
         self.sessions: dict[str, ServerSession] = {}
+        # Starts every clientId this process issues; in a cluster the process tag (routing.py) that
+        # lets the other processes forward a session's requests here.
+        self.client_id_prefix = ""
         self._users: dict[str, set[ServerSession]] = {}
         self._index: SubscriptionIndex[ServerSession] = SubscriptionIndex()
         self._user_index: dict[str, SubscriptionIndex[ServerSession]] = {}
@@ -427,7 +430,7 @@ class Broker:
             self._fresh_browser_ids[browser_id] = (time.monotonic(), principal)
         cfg = self.config
         session = ServerSession(
-            bayeux.new_client_id(), principal, browser_id,
+            self.client_id_prefix + bayeux.new_client_id(), principal, browser_id,
             SessionQueue(cfg.max_queue, cfg.max_queue_bytes, cfg.queue_full == DROP_OLDEST_POLICY, self.stats),
             ctx.transport)
         session.expires_at = time.monotonic() + self._expiry_window

@@ -93,6 +93,11 @@ class BrokerConfig:
         "Redis URL of a cluster (redis://host:6379/0): broker processes share fan-out through Redis pub/sub "
         "and the event log is kept there in Redis Streams, so a client can resume on any process; "
         "empty: a single process"))
+    forward_host: str = field(default="127.0.0.1", metadata=_doc(
+        "with redis: address this process listens on (an ephemeral port, published in Redis) for the "
+        "long-polls other processes forward to it because it owns their session; loopback suits the workers "
+        "of one machine; empty: no forwarding (a client that reaches another process gets 402 and "
+        "re-handshakes there)"))
     workers: int = field(default=1, metadata=_doc(
         "processes serving the same port (SO_REUSEPORT), supervised by `serve`; more than 1 needs redis"))
     http_server: str = field(default="lean", metadata=_doc(

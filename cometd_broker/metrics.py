@@ -258,6 +258,11 @@ def write_broker_metrics(out: Exposition, broker: Broker, ready: bool) -> None:
     out.one("cometd_unknown_session_total", "counter",
             "Messages naming a session this process does not have (402 session_unknown: re-handshake)",
             stats.unknown_sessions)
+    out.family("cometd_forwarded_requests_total", "counter",
+               "Long-polls relayed to the cluster process owning their session, by result (failed: the owner "
+               "was gone or dropped it, answered here with 402 so the client resumes here)")
+    out.sample("cometd_forwarded_requests_total", stats.forwarded, (("result", "forwarded"),))
+    out.sample("cometd_forwarded_requests_total", stats.forward_failures, (("result", "failed"),))
     out.family("cometd_disconnects_total", "counter", "Sessions ended, by reason")
     for reason in Disconnect.REASONS:
         out.sample("cometd_disconnects_total", stats.disconnects[reason], (("reason", reason),))

@@ -61,7 +61,7 @@ class LeanAppRunner(web.AppRunner):
         await super().setup()
         mounts = lean_mounts(self.app)
         if mounts and self._server is not None:
-            self.lean = LeanHttp(self.app[BROKER], mounts, self._server)
+            self.lean = LeanHttp(self.app[BROKER], mounts, self._server, router=self.app[ENDPOINT].router)
 
     @property
     def server(self) -> Any:

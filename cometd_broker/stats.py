@@ -66,7 +66,7 @@ class BrokerStats:
     __slots__ = ("handshakes", "handshakes_denied", "unknown_sessions", "published", "publish_failures",
                  "publish_latency", "dispatched", "enqueued", "delivered", "delivery_latency", "disconnects",
                  "superseded_connects", "dropped_by_ended_sessions", "replay_hits", "replay_misses", "replayed",
-                 "started")
+                 "forwarded", "forward_failures", "started")
 
     def __init__(self) -> None:
         self.handshakes = 0  # sessions created
@@ -85,6 +85,8 @@ class BrokerStats:
         self.replay_hits = 0  # replayed subscriptions whose requested id the log still covered
         self.replay_misses = 0  # ... that asked for trimmed events (reply recovered: false)
         self.replayed = 0  # events queued from the log by catch-ups
+        self.forwarded = 0  # long-polls relayed to the process owning their session (routing.py)
+        self.forward_failures = 0  # ... whose owner was gone or failed: answered here (402) instead
         self.started = time.time()
 
     def ended(self, reason: str, count: int = 1) -> None:

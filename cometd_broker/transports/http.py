@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 import orjson
@@ -17,6 +18,10 @@ from aiohttp import web
 from .. import bayeux
 from ..bayeux import BodyError, Message
 from ..broker import Broker, HandleResult, RequestContext
+from ..private_port import HOP_BY_HOP
+
+if TYPE_CHECKING:  # routing.py imports the transports
+    from ..routing import SessionRouter
 
 JSON = "application/json"
 _CALLBACK = re.compile(r"[A-Za-z_$][\w$.]{0,127}\Z")
@@ -80,6 +85,7 @@ class HttpTransport:
         self.broker = broker
         self.max_size = broker.config.max_message_size
         self.cookie_name = broker.config.browser_cookie
+        self.router: SessionRouter | None = None  # set in a cluster (routing.install_router)
 
     async def long_polling(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -88,8 +94,24 @@ class HttpTransport:
         except BodyError as exc:
             return web.Response(status=exc.http_status, body=encode(bayeux.body_error_reply(exc.error)),
                                 content_type=JSON)
+        if self.router is not None:
+            forwarded = await self._forward(self.router, request, messages, body)
+            if forwarded is not None:
+                return forwarded
         status, body, browser_id = await self._process(request, messages, "long-polling")
         return self._respond(status, body, JSON, browser_id)
+
+    async def _forward(self, router: SessionRouter, request: web.Request, messages: list[Message],
+                       body: bytes) -> web.Response | None:
+        """The reply of the process owning the batch's session, if another one does and it answered."""
+        tag = router.owner_tag(messages)
+        if tag is None:
+            return None
+        reply = await router.forward(tag, request.raw_path, request.headers.items(), body)
+        if reply is None:
+            return None  # the owner is gone: answered here (402), the client resumes on this process
+        headers = [(k, v) for k, v in reply.headers if k.lower() not in HOP_BY_HOP]
+        return web.Response(status=reply.status, reason=reply.reason, headers=headers, body=reply.body)
 
     async def callback_polling(self, request: web.Request) -> web.StreamResponse:
         callback = request.query.get("jsonp", "jsonpcallback")

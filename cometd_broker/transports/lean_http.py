@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from email.utils import formatdate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -33,6 +33,10 @@ from ..broker import Broker, HandleResult, PendingConnect, RequestContext
 from .http import browser_id_of, encode, parse_long_poll_body
 from .lean_websocket import LeanWebSocket, upgrade_response
 
+if TYPE_CHECKING:  # routing.py imports this module
+    from ..routing import SessionRouter
+
+_FORWARDED_BY = "x-cometd-forwarded-by"  # routing.FORWARDED_BY (routing.py imports this module)
 MAX_HEAD = 16 * 1024  # request line and headers; aiohttp's own limits are of the same order
 KEEPALIVE_TIMEOUT = 75.0  # seconds an idle keep-alive connection is kept (aiohttp's default)
 log = logging.getLogger(__name__)
@@ -61,8 +65,12 @@ class _Clock:
 class LeanHttp:
     """Shared by every connection of one listening socket: the broker, the mounts, the hand-over."""
 
-    def __init__(self, broker: Broker, mounts: Iterable[str], fallback: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(self, broker: Broker, mounts: Iterable[str], fallback: Callable[[], asyncio.Protocol], *,
+                 router: SessionRouter | None = None, forwarded_only: bool = False) -> None:
         self.broker = broker
+        self.router = router  # relays long-polls of sessions owned by another cluster process
+        # The private port of routing.py: only long-polls another process forwarded (no websocket).
+        self.forwarded_only = forwarded_only
         self.fallback = fallback  # aiohttp's protocol factory (web.Server)
         self.prefixes = tuple(m.rstrip("/") for m in mounts)
         self.max_size = broker.config.max_message_size
@@ -73,7 +81,7 @@ class LeanHttp:
         self._known_paths: dict[bytes, bool] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self.long_polling = "long-polling" in broker.transports
-        self.websocket = "websocket" in broker.transports
+        self.websocket = "websocket" in broker.transports and not forwarded_only
         self.websockets: set[LeanWebSocket] = set()
         # Held connects released during this loop turn, answered together on the next one, so
         # the events published in this turn travel with them; one callback for all of them.
@@ -141,10 +149,10 @@ class _Head:
     """A request head the lean path serves: a long-poll POST (with its request context) or a
     websocket upgrade (`ctx` None)."""
 
-    __slots__ = ("raw", "body_at", "headers", "length", "keep_alive", "form", "ctx")
+    __slots__ = ("raw", "body_at", "headers", "length", "keep_alive", "form", "ctx", "target")
 
     def __init__(self, raw: bytes, headers: list[tuple[str, str]], length: int, keep_alive: bool, form: bool,
-                 ctx: RequestContext | None) -> None:
+                 ctx: RequestContext | None, target: str = "") -> None:
         self.raw = raw
         self.body_at = len(raw) + 4  # after the blank line
         self.headers = headers
@@ -152,13 +160,14 @@ class _Head:
         self.keep_alive = keep_alive
         self.form = form  # application/x-www-form-urlencoded (message=...)
         self.ctx = ctx
+        self.target = target  # the request target, relayed when the request is forwarded
 
 
 class LeanHttpConnection(asyncio.Protocol):
     """One client connection, served by the lean path until it must be handed to aiohttp."""
 
     __slots__ = ("server", "transport", "buffer", "busy", "parked", "last_active", "remote", "_head",
-                 "_close_after", "_paused", "_new_browser_id", "_last_head")
+                 "_close_after", "_paused", "_new_browser_id", "_last_head", "_forwarding")
 
     def __init__(self, server: LeanHttp) -> None:
         self.server = server
@@ -175,6 +184,7 @@ class LeanHttpConnection(asyncio.Protocol):
         # A client repeats the same head on every long-poll of its connection: the last POST's
         # parse, with its request context, is reused when the bytes are equal.
         self._last_head: _Head | None = None
+        self._forwarding: asyncio.Task[None] | None = None  # relaying a request to its session's owner
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -190,6 +200,9 @@ class LeanHttpConnection(asyncio.Protocol):
         pending, self.parked = self.parked, None
         if pending is not None:  # the client went away during a held connect
             self.server.broker.abandon(pending.session)
+        forwarding, self._forwarding = self._forwarding, None
+        if forwarding is not None:  # ... or during a forwarded one: the owner sees it abandoned too
+            forwarding.cancel()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -240,7 +253,7 @@ class LeanHttpConnection(asyncio.Protocol):
         del buffer[:head.body_at + length]
         self._close_after = not head.keep_alive
         self.busy = True
-        self._serve(head.form, head.ctx, body)
+        self._serve(head, head.ctx, body)
 
     def _parse_head(self, raw_head: bytes) -> _Head | None:
         """The request head if it is a plain Bayeux long-poll POST (or, with no context, a websocket
@@ -286,8 +299,11 @@ class LeanHttpConnection(asyncio.Protocol):
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
         if length < 0 or length > self.server.max_size:
             return None  # no length, or too large: aiohttp answers (411/413) as everywhere else
+        if self.server.forwarded_only and not any(n.lower() == _FORWARDED_BY for n, _ in headers):
+            return None  # the private port refuses what another broker process did not forward
         form = content_type.split(b";", 1)[0].strip().lower() == b"application/x-www-form-urlencoded"
-        return _Head(raw_head, headers, length, keep_alive, form, self._context("long-polling", headers))
+        return _Head(raw_head, headers, length, keep_alive, form, self._context("long-polling", headers),
+                     parts[1].decode("latin-1"))
 
     def _upgrade_head(self, raw_head: bytes, lines: list[bytes]) -> _Head | None:
         """A valid RFC 6455 upgrade with no body; anything doubtful goes to aiohttp, which says what is wrong."""
@@ -305,13 +321,20 @@ class LeanHttpConnection(asyncio.Protocol):
             return None
         return _Head(raw_head, headers, 0, True, False, None)
 
-    def _serve(self, form: bool, ctx: RequestContext, body: bytes) -> None:
+    def _serve(self, head: _Head, ctx: RequestContext, body: bytes) -> None:
         server = self.server
         try:
-            messages = parse_long_poll_body(body, form)
+            messages = parse_long_poll_body(body, head.form)
         except BodyError as exc:
             self._respond(exc.http_status, encode(bayeux.body_error_reply(exc.error)), None)
             return
+        router = server.router
+        if router is not None:
+            tag = router.owner_tag(messages)
+            if tag is not None:
+                self._forwarding = asyncio.get_running_loop().create_task(
+                    self._forward(router, tag, head, body, messages, ctx))
+                return
         result = server.broker.handle_now(messages, ctx)
         if result is not None:
             self._answer(result)
@@ -339,6 +362,20 @@ class LeanHttpConnection(asyncio.Protocol):
             transport.resume_reading()
         if rest:
             websocket.data_received(rest)
+
+    async def _forward(self, router: SessionRouter, tag: str, head: _Head, body: bytes, messages: list[Message],
+                       ctx: RequestContext) -> None:
+        """Relay the request to the process owning its session; if that one is gone, answer here (402)."""
+        try:
+            reply = await router.forward(tag, head.target, head.headers, body)
+        except Exception:  # a bug forwarding must not leave the connection waiting forever
+            log.exception("forwarding a long-polling batch failed")
+            reply = None
+        self._forwarding = None
+        if reply is None:
+            await self._handle(messages, ctx)
+        else:
+            self._write(reply.raw)
 
     async def _handle(self, messages: list[Message], ctx: RequestContext) -> None:
         try:
@@ -386,10 +423,17 @@ class LeanHttpConnection(asyncio.Protocol):
         if browser_id is not None:
             cookie = b"Set-Cookie: " + self.server.cookie_prefix + browser_id.encode() + b"; HttpOnly; Path=/\r\n"
         connection = b"Connection: close\r\n" if self._close_after else b""
-        transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
-                        b"Content-Length: %d\r\nDate: %s\r\nServer: cometd-broker\r\n%s%s\r\n%s"
-                        % (status, _REASONS.get(status, b"Unknown"), len(body), self.server.clock.date(),
-                           cookie, connection, body))
+        self._write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
+                    b"Content-Length: %d\r\nDate: %s\r\nServer: cometd-broker\r\n%s%s\r\n%s"
+                    % (status, _REASONS.get(status, b"Unknown"), len(body), self.server.clock.date(),
+                       cookie, connection, body))
+
+    def _write(self, response: bytes) -> None:
+        """Send a whole response, then serve the next buffered request (or close, if asked to)."""
+        transport = self.transport
+        if transport is None:
+            return
+        transport.write(response)
         self.last_active = time.monotonic()
         self.busy = False
         if self._close_after:

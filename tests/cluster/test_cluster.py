@@ -20,12 +20,25 @@ import time
 
 import aiohttp
 import pytest
-from bayeux_helpers import broker_of, connect_message, events_in, handshake_message, publish_message, reply_to, send
+import redis
+from bayeux_helpers import (
+    both_http_servers,  # noqa: F401  (the routing tests run on both HTTP paths)
+    broker_of,
+    connect_message,
+    events_in,
+    handshake_message,
+    publish_message,
+    reply_to,
+    send,
+    wait_parked,
+)
 from conftest import USERS_OPTION, RunningBroker, free_port, start_broker, wait_listening
 from crash_helpers import BayeuxPublisher, Subscriber, Target, delivery_problems, seq_of
 from redis_helpers import RedisServer, require_redis
 
 from cometd_broker import BrokerConfig, create_app
+from cometd_broker.app import ENDPOINT
+from cometd_broker.routing import FORWARDED_BY
 
 BUDGET = 30.0  # seconds for a whole subprocess scenario
 
@@ -144,25 +157,98 @@ async def test_a_client_publish_and_per_user_events_cross_processes(two_brokers)
     assert event["data"] == {"for": "alice"}
 
 
-async def test_a_client_id_of_another_process_gets_402_and_resumes_there_by_replay(two_brokers):
+async def test_a_client_whose_owner_is_gone_gets_402_and_resumes_there_by_replay(two_brokers, redis_url):
     a, b = two_brokers
     on_a = await replay_session(a, "/feed", -1)
     for n in range(5):
         await broker_of(a).publish("/feed", {"n": n})
     seen = await receive(a, on_a, 5)
     last_id = seen[-1]["ext"]["replayId"]
-    for n in range(5, 10):  # published while the client is moving to B (no sticky routing)
+    router_a = a.app[ENDPOINT].router
+    tag, dead_address = router_a.tag, router_a.address
+    await a.close()  # A stops (its registration goes) ...
+    # ... and, as after a SIGKILL, its registration is back, naming a port nobody listens on.
+    redis.Redis.from_url(redis_url).set(router_a.key(tag), dead_address, px=10_000)
+    for n in range(5, 10):  # published while the client is moving to B
         await broker_of(b).publish("/feed", {"n": n})
 
     replies = await send(b, connect_message(on_a, timeout=0))
     connect = reply_to(replies, "/meta/connect")
     assert connect["successful"] is False and connect["error"].startswith("402::")
     assert connect["advice"]["reconnect"] == "handshake"
+    assert broker_of(b).stats.forward_failures == 1 and broker_of(b).stats.forwarded == 0
 
     on_b = await replay_session(b, "/feed", last_id)
     got = await receive(b, on_b, 5)
     assert [e["data"]["n"] for e in seen + got] == list(range(10))
     assert events_in(await send(b, connect_message(on_b, timeout=100))) == []
+
+
+# ---- session routing: a long-poll reaching a process that does not own its session is forwarded --------
+
+
+@pytest.fixture
+async def routed_brokers(make_client, redis_url):
+    """Two in-process brokers on one Redis, on the HTTP path of `http_server` (lean and aiohttp)."""
+    return (await make_client(redis=redis_url, allow_anonymous=True),
+            await make_client(redis=redis_url, allow_anonymous=True))
+
+
+async def test_a_long_poll_client_straddling_two_processes_gets_every_message_once_without_rehandshake(
+        routed_brokers):
+    a, b = routed_brokers
+    client_id = await replay_session(a, "/chat", -1)  # the session lives on A
+    assert client_id[:8] == a.app[ENDPOINT].router.tag != b.app[ENDPOINT].router.tag
+
+    async def hold_on_b() -> list[dict]:  # the held connect on the other connection, reaching B
+        return await send(b, connect_message(client_id, timeout=5000))
+
+    got: list[dict] = []
+    for n in range(6):
+        held = asyncio.create_task(hold_on_b())
+        await wait_parked(broker_of(a), client_id)  # held on A, through B
+        publisher = a if n % 2 else b  # the client's own publishes, to A or B
+        [ack] = await send(publisher, publish_message(client_id, "/chat", {"n": n}))
+        assert ack["successful"] is True, ack
+        replies = await asyncio.wait_for(held, 5)
+        assert reply_to(replies, "/meta/connect")["successful"] is True
+        got += events_in(replies)
+    got += events_in(await send(b, connect_message(client_id, timeout=0)))
+    assert [e["data"]["n"] for e in got] == list(range(6))
+    assert broker_of(a).stats.handshakes == 1 and broker_of(b).stats.handshakes == 0
+    assert broker_of(a).stats.unknown_sessions == broker_of(b).stats.unknown_sessions == 0
+    assert broker_of(b).stats.forwarded == 10 and broker_of(b).stats.forward_failures == 0
+    async with b.get("/metrics") as response:
+        assert 'cometd_forwarded_requests_total{result="forwarded"} 10\n' in await response.text()
+
+
+async def test_a_forwarding_header_from_a_client_grants_nothing(routed_brokers):
+    a, b = routed_brokers
+    router_a, router_b = a.app[ENDPOINT].router, b.app[ENDPOINT].router
+    client_id = await replay_session(a, "/chat", -1)
+    # On the public port the header is ignored: the request is forwarded to A as any other ...
+    for spoofed in (router_b.tag, router_a.tag, "x"):
+        replies = await send(b, connect_message(client_id, timeout=0), headers={FORWARDED_BY: spoofed})
+        assert reply_to(replies, "/meta/connect")["successful"] is True
+    assert broker_of(b).stats.forwarded == 3
+    # ... and a clientId of no live process is answered 402 however the request is labelled.
+    stranger = "0badc0de" + "0" * 40
+    replies = await send(b, connect_message(stranger, timeout=0), headers={FORWARDED_BY: router_b.tag})
+    assert reply_to(replies, "/meta/connect")["error"].startswith("402::")
+
+    # The private port serves only forwarded long-polls, and never forwards them again.
+    private = f"http://{router_a.address}/cometd"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(private, json=[connect_message(client_id, timeout=0)]) as response:
+            assert response.status == 400  # no forwarding header: not from a broker process
+        async with http.get(private) as response:
+            assert response.status == 400
+        b_session = await replay_session(b, "/chat", -1)
+        async with http.post(private, json=[connect_message(b_session, timeout=0)],
+                             headers={FORWARDED_BY: router_b.tag}) as response:
+            [connect] = await response.json()
+            assert connect["error"].startswith("402::")  # answered by A itself: no forwarding loop
+    assert broker_of(a).stats.forwarded == 0
 
 
 async def test_without_redis_reachable_publishes_fail_clearly(aiohttp_client):
@@ -296,41 +382,44 @@ async def test_workers_share_the_port_and_events_cross_them(redis_url):
         assert len(pids) == 2 and running.log().count("listening on") == 1, running.log()
 
         # One keep-alive connection per client, so each client stays on the worker it reached.
-        sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1, force_close=False),
-                                          cookie_jar=aiohttp.DummyCookieJar()) for _ in range(12)]
+        # Two keep-alive connections per client, as browsers use: the kernel puts each on a worker of
+        # its choice, so many clients hold their connect on one worker and publish on the other.
+        def connection() -> aiohttp.ClientSession:
+            return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1, force_close=False),
+                                         cookie_jar=aiohttp.DummyCookieJar())
+
+        sessions = [connection() for _ in range(12)]  # handshake, subscribe, publish
+        holders = [connection() for _ in range(12)]  # the held /meta/connect
         try:
             async def post(http: aiohttp.ClientSession, body: list[dict]) -> list[dict]:
                 async with asyncio.timeout(5), http.post(running.url, json=body) as response:
                     return await response.json()
 
             client_ids = []
-            for http in sessions:
+            for http, holder in zip(sessions, holders, strict=True):
                 [reply] = await post(http, [handshake_message(ext={"replay": True})])
                 client_ids.append(reply["clientId"])
-                await post(http, [connect_message(reply["clientId"], timeout=0)])
+                await post(holder, [connect_message(reply["clientId"], timeout=0)])
                 await post(http, [{"channel": "/meta/subscribe", "clientId": reply["clientId"],
                                    "subscription": "/feed", "ext": {"replay": {"/feed": -1}}}])
-            # Which worker holds which session: a clientId is unknown (402) on the other worker.
-            home = [0]
-            for i in range(1, len(sessions)):
-                replies = await post(sessions[0], [connect_message(client_ids[i], timeout=0)])
-                home.append(0 if reply_to(replies, "/meta/connect")["successful"] else 1)
-            assert set(home) == {0, 1}, "every connection reached the same worker: the port is not shared"
+            # Which worker holds which session: each worker's clientIds start with its own tag.
+            tags = sorted({client_id[:8] for client_id in client_ids})
+            assert len(tags) == 2, "every connection reached the same worker: the port is not shared"
 
-            publisher = home.index(1)  # publish on the worker that does not hold session 0
+            publisher = next(i for i, c in enumerate(client_ids) if c[:8] != client_ids[0][:8])
             await post(sessions[publisher], [publish_message(client_ids[publisher], "/feed", {"n": 1})])
-            for i, http in enumerate(sessions):
-                if i == 0:
-                    continue  # session 0's queue was drained by the probes above; checked below
-                events = []
+            for i, holder in enumerate(holders):
+                replies: list[dict] = []
                 async with asyncio.timeout(5):
-                    while not events:
-                        events = events_in(await post(http, [connect_message(client_ids[i], timeout=500)]))
-                assert [e["data"] for e in events] == [{"n": 1}], (i, events)
-            events = events_in(await post(sessions[0], [connect_message(client_ids[0], timeout=500)]))
-            assert [e["data"] for e in events] in ([{"n": 1}], []), events
+                    while not events_in(replies):
+                        replies = await post(holder, [connect_message(client_ids[i], timeout=500)])
+                        assert reply_to(replies, "/meta/connect")["successful"] is True, (i, replies)
+                assert [e["data"] for e in events_in(replies)] == [{"n": 1}], (i, replies)
+            forwarded = await _worker_metric(running.port, 'cometd_forwarded_requests_total{result="forwarded"}')
+            handshakes = await _worker_metric(running.port, 'cometd_handshakes_total{result="accepted"}')
+            assert sum(forwarded) > 0 and sum(handshakes) == 12, (forwarded, handshakes)
         finally:
-            for http in sessions:
+            for http in sessions + holders:
                 await http.close()
 
         process.send_signal(signal.SIGTERM)  # the supervisor forwards it and waits for its workers
@@ -339,6 +428,18 @@ async def test_workers_share_the_port_and_events_cross_them(redis_url):
             assert not os.path.exists(f"/proc/{pid}") or _is_zombie(pid), f"worker {pid} outlived the supervisor"
     finally:
         running.stop()
+
+
+async def _worker_metric(port: int, sample: str) -> list[float]:
+    """`sample`'s value in each worker's /metrics (a new connection reaches a worker the kernel picks)."""
+    by_worker: dict[str, float] = {}
+    async with asyncio.timeout(10):
+        while len(by_worker) < 2:
+            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                text = await response.text()
+            values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+            by_worker[values["cometd_start_time_seconds"]] = float(values[sample])
+    return list(by_worker.values())
 
 
 def _is_zombie(pid: int) -> bool:

@@ -1,0 +1,220 @@
+"""Session affinity inside a cluster: a long-poll that reaches a process not owning its session is
+relayed to the process that does, like a load balancer with sticky sessions.
+
+Why: a session lives in the process that handshook it, and `--workers N` lets the kernel pick a
+process per *connection*. Long-polling clients (browsers, the CometD JS client) hold /meta/connect on
+one connection and publish on another, so without this their two connections reach different
+processes and each request there is a 402 and a re-handshake, forever.
+
+- Tag: every clientId this process issues starts with its tag, 8 random hex digits drawn at start,
+  followed by the usual 160 random bits (bayeux.new_client_id), so a clientId stays unguessable.
+- Registry: the process listens on a private socket (private_port.py) and keeps
+  `{prefix}:route:{tag}` = "host:port" in Redis with a TTL it refreshes every TTL/3; it deletes the
+  key when it stops. A process SIGKILLed leaves the key until the TTL ends, but its port refuses.
+- Forwarding: a long-poll POST whose first message names another tag (never a handshake) is sent,
+  headers and body, to that owner's private port and the owner's reply bytes are relayed unchanged
+  (forwarding.py). If the owner is not registered, cannot be reached within a second, or drops the
+  request, the batch is handled here as before: 402 with handshake advice, so the client resumes on
+  this process by replay, losing nothing.
+- The private port serves only forwarded long-polls (the lean path, with `X-Cometd-Forwarded-By`,
+  anything else 400) and never forwards again. It needs no trust of its own: a forwarded request
+  carries the client's own clientId and browser cookie, which the owner checks as for any request.
+  For the same reason the header grants nothing on the public port: it is never read there, and is
+  replaced when a request is forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Iterable
+
+import redis
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from . import bayeux
+from .bayeux import Message
+from .broker import Broker
+from .forwarding import ForwardedReply, Forwarder, ForwardError
+from .private_port import HOP_BY_HOP, address_of, bind_private
+from .tasks import cancel_and_wait
+from .transports.lean_http import LeanHttp
+
+log = logging.getLogger(__name__)
+
+TAG_LENGTH = 8  # hex digits of the process tag that starts a clientId
+CLIENT_ID_LENGTH = TAG_LENGTH + 40  # the tag, then bayeux.new_client_id()
+FORWARDED_BY = "X-Cometd-Forwarded-By"  # set by the forwarding process (its tag); required on the private port
+REGISTRATION_TTL = 10.0  # seconds a registration lives unless refreshed
+MISS_TTL = 1.0  # seconds an unknown or unreachable owner is remembered as such
+MAX_CACHED = 4096  # owners remembered (tags come from clients: bounded)
+CONNECT_TIMEOUT = 1.0  # seconds to connect to an owner: on loopback, a live one takes microseconds
+_HEX = frozenset("0123456789abcdef")
+_NOT_RELAYED = HOP_BY_HOP | {FORWARDED_BY.lower()}
+
+
+class SessionRouter:
+    """This process's tag, its registration, its private port, and the forwarding of others' sessions."""
+
+    def __init__(self, broker: Broker, redis_url: str, host: str, *, prefix: str = "cometd",
+                 ttl: float = REGISTRATION_TTL) -> None:
+        self.broker = broker
+        self.tag = secrets.token_hex(TAG_LENGTH // 2)
+        broker.client_id_prefix = self.tag
+        self.host = host
+        self.prefix = prefix
+        self.ttl = ttl
+        self.address = ""  # "host:port" of the private port, once started
+        # A held connect may be answered up to its timeout late, plus the owner's queue of work.
+        self.forwarder = Forwarder(connect_timeout=CONNECT_TIMEOUT,
+                                   read_timeout=broker.config.timeout / 1000 + 30.0)
+        self._redis = aioredis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self._owners: dict[str, tuple[str | None, float]] = {}  # tag -> (address or None, valid until)
+        self._server: asyncio.AbstractServer | None = None
+        self._private: LeanHttp | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._redis_down = False  # logged once per outage
+
+    def key(self, tag: str) -> str:
+        return f"{self.prefix}:route:{tag}"
+
+    # --- lifetime -------------------------------------------------------------------------------------
+
+    async def start(self, _: web.Application | None = None) -> None:
+        sock = bind_private(self.host)
+        self.address = address_of(sock)
+        private = LeanHttp(self.broker, ["/"], _Refusal, forwarded_only=True)
+        try:
+            self._server = await asyncio.get_running_loop().create_server(private, sock=sock)
+        except OSError:
+            sock.close()
+            raise
+        self._private = private
+        await self._register()  # before the public port listens, when Redis answers
+        self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever(), name="session-router")
+        log.info("session router: tag %s, forwarded long-polls on %s", self.tag, self.address)
+
+    async def stop(self, _: web.Application | None = None) -> None:
+        """After the broker answered its held connects: unregister, close the private port and the pool."""
+        task, self._refresher = self._refresher, None
+        await cancel_and_wait(task)
+        with contextlib.suppress(redis.RedisError, OSError):
+            await self._redis.delete(self.key(self.tag))
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._private is not None:
+            self._private.close()
+            self._private = None
+        self.forwarder.close()
+        await self._redis.aclose()
+
+    async def _register(self) -> None:
+        try:
+            await self._redis.set(self.key(self.tag), self.address, px=max(1, int(self.ttl * 1000)))
+        except (redis.RedisError, OSError) as exc:
+            if not self._redis_down:
+                self._redis_down = True
+                log.warning("session router: cannot register in Redis (%s); other processes answer this "
+                            "process's clients with 402 until it can", exc)
+            return
+        if self._redis_down:
+            self._redis_down = False
+            log.info("session router: registered in Redis again")
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            await self._register()
+
+    # --- forwarding -----------------------------------------------------------------------------------
+
+    def owner_tag(self, messages: list[Message]) -> str | None:
+        """The tag of another process owning this batch's session (by its first message), else None."""
+        if not messages:
+            return None
+        first = messages[0]
+        client_id = first.get("clientId")
+        if type(client_id) is not str or len(client_id) != CLIENT_ID_LENGTH:
+            return None
+        tag = client_id[:TAG_LENGTH]
+        if tag == self.tag or first.get("channel") == bayeux.HANDSHAKE or not _HEX.issuperset(tag):
+            return None
+        return tag
+
+    async def forward(self, tag: str, target: str, headers: Iterable[tuple[str, str]],
+                      body: bytes) -> ForwardedReply | None:
+        """The owner's reply to this POST, or None when it is gone (then the caller answers as the owner
+        of nothing: 402, and the client resumes here)."""
+        stats = self.broker.stats
+        address = await self._owner(tag)
+        if address is None:
+            stats.forward_failures += 1
+            return None
+        try:
+            reply = await self.forwarder.send(address, self._request(target, headers, body))
+        except ForwardError as exc:
+            stats.forward_failures += 1
+            if self._owners.get(tag, (None,))[0] is not None:
+                log.warning("session router: forwarding to %s (tag %s) failed: %s; its clients resume here",
+                            address, tag, exc)
+            self._remember(tag, None, MISS_TTL)
+            return None
+        stats.forwarded += 1
+        return reply
+
+    def _request(self, target: str, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
+        lines = [f"POST {target} HTTP/1.1"]
+        lines += [f"{name}: {value}" for name, value in headers if name.lower() not in _NOT_RELAYED]
+        lines += [f"Content-Length: {len(body)}", f"{FORWARDED_BY}: {self.tag}", "", ""]
+        return "\r\n".join(lines).encode("latin-1", "replace") + body
+
+    async def _owner(self, tag: str) -> str | None:
+        cached = self._owners.get(tag)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        try:
+            value = await self._redis.get(self.key(tag))
+        except (redis.RedisError, OSError) as exc:
+            log.debug("session router: looking up tag %s failed: %s", tag, exc)
+            value = None
+        address = value.decode() if value else None
+        self._remember(tag, address, self.ttl / 3 if address else MISS_TTL)
+        return address
+
+    def _remember(self, tag: str, address: str | None, seconds: float) -> None:
+        if len(self._owners) >= MAX_CACHED and tag not in self._owners:
+            self._owners.clear()
+        self._owners[tag] = (address, time.monotonic() + seconds)
+
+
+class _Refusal(asyncio.Protocol):
+    """The private port's answer to anything but a forwarded long-poll."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        body = b"this port serves only long-polls forwarded by the broker's own processes\n"
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                        b"Connection: close\r\n\r\n%s" % (len(body), body))
+        transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        pass  # closing already
+
+
+def install_router(app: web.Application, broker: Broker) -> SessionRouter:
+    """With redis: tag this process's clientIds and forward others' long-polls to their owners."""
+    from .app import ENDPOINT
+
+    cfg = broker.config
+    router = SessionRouter(broker, cfg.redis, cfg.forward_host)
+    endpoint = app[ENDPOINT]
+    endpoint.router = router
+    endpoint.http.router = router
+    app.on_startup.append(router.start)  # after the broker's own start (registered before)
+    app.on_cleanup.append(router.stop)  # after on_shutdown, where the broker answered held connects
+    return router
