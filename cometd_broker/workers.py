@@ -6,8 +6,9 @@ readiness on a pipe instead of printing "listening". The supervisor prints that 
 every worker is ready; forwards SIGTERM/SIGINT to the workers and waits for them (bounded); and
 restarts a worker that dies, unless workers keep dying (then it stops them all and fails).
 
-Sessions live in one process, so a client whose next request reaches another worker gets 402 and
-re-handshakes there, resuming by replay from the shared Redis log: that is why N > 1 needs --redis.
+Sessions live in one process; a long-poll reaching another worker is relayed to the owner (routing.py),
+and a client whose owner died gets 402 and re-handshakes where it is, resuming by replay from the
+shared Redis log: that is why N > 1 needs --redis.
 """
 
 from __future__ import annotations

@@ -332,6 +332,61 @@ async def test_sigkill_one_process_under_load_every_client_resumes_on_the_other(
         b.stop()
 
 
+async def test_sigkill_of_the_owner_during_a_forwarded_connect_gets_402_and_the_client_resumes_by_replay(redis_url):
+    a, b = await asyncio.gather(asyncio.to_thread(start_cluster_broker, redis_url),
+                                asyncio.to_thread(start_cluster_broker, redis_url))
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def post(url: str, body: list[dict]) -> list[dict]:
+                async with asyncio.timeout(8), http.post(url, json=body) as response:
+                    return await response.json()
+
+            async def session_on(url: str, after: int) -> str:
+                [reply] = await post(url, [handshake_message(ext={"replay": True})])
+                client_id = reply["clientId"]
+                await post(b.url, [connect_message(client_id, timeout=0)])  # through B, wherever it lives
+                [sub] = await post(url, [{"channel": "/meta/subscribe", "clientId": client_id,
+                                          "subscription": "/feed", "ext": {"replay": {"/feed": after}}}])
+                assert sub["successful"] is True, sub
+                return client_id
+
+            [publisher] = await post(b.url, [handshake_message()])
+
+            async def publish(n: int) -> None:
+                [ack] = await post(b.url, [publish_message(publisher["clientId"], "/feed", {"n": n})])
+                assert ack["successful"] is True, ack
+
+            on_a = await session_on(a.url, -1)  # its connects reach B and are forwarded to A
+            got: list[dict] = []
+            for n in range(5):
+                await publish(n)
+            while len(got) < 5:
+                replies = await post(b.url, [connect_message(on_a, timeout=1000)])
+                assert reply_to(replies, "/meta/connect")["successful"] is True, replies
+                got += events_in(replies)
+            held = asyncio.create_task(post(b.url, [connect_message(on_a, timeout=5000)]))
+            await asyncio.sleep(0.5)  # held on A, through B
+            a.process.kill()
+            a.process.wait(timeout=5)
+            started = time.monotonic()
+            connect = reply_to(await held, "/meta/connect")  # the owner dropped it: B answers, at once
+            assert connect["error"].startswith("402::") and connect["advice"]["reconnect"] == "handshake"
+            assert time.monotonic() - started < 2.0
+            for n in range(5, 10):
+                await publish(n)
+
+            on_b = await session_on(b.url, got[-1]["ext"]["replayId"])  # resumes on B by replay
+            async with asyncio.timeout(5):
+                while len(got) < 10:
+                    got += events_in(await post(b.url, [connect_message(on_b, timeout=500)]))
+            got += events_in(await post(b.url, [connect_message(on_b, timeout=300)]))
+            assert [e["data"]["n"] for e in got] == list(range(10))
+            assert "session router: forwarding to" in b.log(), b.log()[-2000:]
+    finally:
+        a.stop()
+        b.stop()
+
+
 async def test_redis_restarted_brokers_reconnect_say_so_and_delivery_continues(redis_server, redis_url):
     a, b = await asyncio.gather(asyncio.to_thread(start_cluster_broker, redis_url),
                                 asyncio.to_thread(start_cluster_broker, redis_url))
