@@ -31,6 +31,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -195,9 +196,8 @@ class SessionRouter:
 class _Refusal(asyncio.Protocol):
     """The private port's answer to anything but a forwarded long-poll."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def connection_made(self, transport: Any) -> None:  # uvloop's transports are not asyncio's classes
         body = b"this port serves only long-polls forwarded by the broker's own processes\n"
-        assert isinstance(transport, asyncio.WriteTransport)
         transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
                         b"Connection: close\r\n\r\n%s" % (len(body), body))
         transport.close()
