@@ -74,7 +74,7 @@ for i = 1, (#KEYS - 1) / 2 do
     if state[2] and tonumber(state[2]) > tonumber(ts) then ts = state[2] end
     s = {tonumber(state[1] or '0'), ts}
     streams[meta] = s
-    redis.call('SADD', KEYS[1], ARGV[a])
+    if not state[1] then redis.call('SADD', KEYS[1], ARGV[a]) end  -- written with its first event
   end
   local floor = tonumber(ARGV[a + 1])
   if s[1] < floor then s[1] = floor end
