@@ -315,16 +315,43 @@ class Broker:
             result.replies.append(await self._handshake(first, ctx, result))
             return result
         alone = len(messages) == 1
+        together = self.engine.concurrent_publishes and not alone
+        publishes: list[tuple[int, ServerSession, Message]] = []  # to start together; where their replies go
         for message in messages:
+            joins = together and _plain_publish(message)
+            if publishes and not joins:  # what follows sees the effects of the publishes before it
+                await self._publish_together(publishes, result.replies)
             reply = self._handle_at_once(message, ctx, alone, result)
             if reply is None:  # validated, with a live session, and it needs to wait
                 session = self.sessions[message["clientId"]]
                 if message["channel"] == bayeux.SUBSCRIBE:
                     reply = await self._subscribe(session, message)
+                elif joins:
+                    publishes.append((len(result.replies), session, message))
+                    reply = {}  # its place, filled in by _publish_together
                 else:
                     reply = await self._client_publish(session, message)
             result.replies.append(reply)
+        if publishes:
+            await self._publish_together(publishes, result.replies)
         return result
+
+    async def _publish_together(self, publishes: list[tuple[int, ServerSession, Message]],
+                                replies: list[Message]) -> None:
+        """Start publishes at once (the engine sends them in one round trip), put each reply in its
+        place and empty `publishes`. Every publish runs to its end; the first unexpected exception
+        is raised afterwards."""
+        started, publishes[:] = publishes[:], []
+        outcomes = await asyncio.gather(*(self._client_publish(session, message) for _, session, message in started),
+                                        return_exceptions=True)
+        failure: BaseException | None = None
+        for (place, _, _), outcome in zip(started, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failure = failure or outcome
+            else:
+                replies[place] = outcome
+        if failure is not None:
+            raise failure
 
     def handle_now(self, messages: list[Message], ctx: RequestContext) -> HandleResult | None:
         """`handle` without a coroutine, for a batch that never waits: only connects, unsubscribes
@@ -825,6 +852,13 @@ class Broker:
                     listener(session, error)
                 except Exception:  # a listener's bug must not break session removal
                     log.exception("session-removed listener failed")
+
+
+def _plain_publish(message: Message) -> bool:
+    """A publish to a broadcast channel: no service handler, nothing that depends on the batch's order
+    except per-channel order, which the engine keeps for publishes started together."""
+    channel = message.get("channel")
+    return isinstance(channel, str) and not is_meta(channel) and not is_service(channel)
 
 
 def _ids(session: ServerSession) -> dict[str, str | None]:

@@ -98,26 +98,49 @@ async def test_trim_by_age_of_a_long_stream_uses_the_stored_timestamps(make_log)
     assert (await log.read("/a", 0, 1))[0].timestamp == 900.0
 
 
+async def _fanout_messages(pubsub, count: int) -> list[bytes]:
+    got = []
+    for _ in range(20):
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+        if message is not None:
+            got.append(message["data"])
+        if len(got) == count:
+            break
+    return got
+
+
 async def test_append_and_publish_fans_out_atomically_with_the_id(make_log, redis_server) -> None:
     log = make_log()
     pubsub = log.pubsub()
     try:
         await pubsub.subscribe("fanout")
         await pubsub.get_message(timeout=2)  # the subscribe confirmation
-        assert await log.append_and_publish("/a", b'{"n":1}', floor=0, channel="fanout", header=b'["h"]') == 1
+        assert await log.append_and_publish([("/a", b'{"n":1}', 0)], channel="fanout", header=b'["h"]') == [1]
         # The floor: a broker that saw id 7 before Redis lost its data keeps ids increasing.
-        assert await log.append_and_publish("/a", b'{"n":2}', floor=7, channel="fanout", header=b'["h"]') == 8
-        got = []
-        for _ in range(20):
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-            if message is not None:
-                got.append(message["data"])
-            if len(got) == 2:
-                break
-        assert got == [b'1\n["h"]\n{"n":1}', b'8\n["h"]\n{"n":2}']
+        assert await log.append_and_publish([("/a", b'{"n":2}', 7)], channel="fanout", header=b'["h"]') == [8]
+        assert await _fanout_messages(pubsub, 2) == [b'1\n["h"]\n{"n":1}', b'8\n["h"]\n{"n":2}']
         assert [e.id for e in await log.read("/a", 0, 10)] == [1, 8]
     finally:
         await pubsub.aclose()
+
+
+async def test_a_batch_spans_streams_in_one_script_and_one_message(make_log, redis_server) -> None:
+    log = make_log()
+    await log.append("/a", [b"a1"])
+    pubsub = log.pubsub()
+    try:
+        await pubsub.subscribe("fanout")
+        await pubsub.get_message(timeout=2)
+        batch = [("/a", b"a2", 0), ("/b", b"b1", 0), ("/a", b"a3", 0), ("/b", b"b2", 5)]
+        assert await log.append_and_publish(batch, channel="fanout", header=b"H") == [2, 1, 3, 6]
+        assert await _fanout_messages(pubsub, 1) == [b"2,1,3,6\nH\na2b1a3b2"]
+        assert await log.append_and_publish([], channel="fanout", header=b"H") == []
+    finally:
+        await pubsub.aclose()
+    assert [(e.id, e.payload) for e in await log.read("/a", 0, 10)] == [(1, b"a1"), (2, b"a2"), (3, b"a3")]
+    assert [(e.id, e.payload) for e in await log.read("/b", 0, 10)] == [(1, b"b1"), (6, b"b2")]
+    assert await log.bounds("/b") == (1, 6)
+    assert await log.streams() == ["/a", "/b"]
 
 
 async def test_an_unreachable_redis_is_reported_as_unavailable() -> None:

@@ -26,6 +26,10 @@ class EngineUnavailable(RuntimeError):
 
 @runtime_checkable
 class Engine(Protocol):
+    # Whether publishes started together are recorded together (one round trip): the broker then
+    # starts a batch's consecutive publishes at once instead of one after another.
+    concurrent_publishes: bool
+
     async def start(self) -> None:
         """Start background work (subscriptions, reconnects); idempotent."""
         ...

@@ -11,6 +11,8 @@ from .base import Dispatch, EngineUnavailable, Published
 class LocalEngine:
     """Today's single-process behaviour: the log assigns the id, the broker delivers synchronously."""
 
+    concurrent_publishes = False  # one append at a time: nothing to gain from starting them together
+
     def __init__(self, event_log: EventLog, dispatch: Dispatch) -> None:
         self._log = event_log
         self._dispatch = dispatch

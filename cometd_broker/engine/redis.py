@@ -1,8 +1,15 @@
 """RedisEngine: broker processes share fan-out through Redis pub/sub.
 
-Publishing is one Lua script (see RedisEventLog.append_and_publish): it assigns the event's id,
-appends it to the stream in Redis Streams and PUBLISHes it on the cluster's fan-out channel,
-atomically, so the order of ids and the order of fan-out messages always agree.
+Publishing is one Lua script (see RedisEventLog.append_and_publish): it assigns the events' ids,
+appends them to their streams in Redis Streams and PUBLISHes them on the cluster's fan-out channel,
+atomically, so the order of ids and the order of fan-out messages always agree. Publishes made in
+the same loop turn, or while the previous script call is in flight, share one call and one fan-out
+message (a Coalescer): a long-poll batch of N publishes costs one round trip, not N.
+
+A fan-out message is "<id>,<id>,...\n<header>\n<payload><payload>...": the header (JSON) names
+the publishing process, the send time and, per event, its stream, channel, user, ext flag, the
+publisher's reference and the payload's length, so a process slices out each payload without
+parsing it (the broker then looks up its subscription index and usually finds no local subscriber).
 
 Every process, the publisher included, delivers to its own sessions only what comes back through
 pub/sub, in the order it arrives. So all processes deliver a stream in the same order, and a
@@ -29,7 +36,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -39,6 +46,7 @@ from ..eventlog import EventLogUnavailable
 from ..eventlog.redis import RedisEventLog
 from ..tasks import cancel_and_wait
 from .base import Dispatch, EngineUnavailable, Published
+from .coalesce import Coalescer
 
 log = logging.getLogger("cometd_broker.engine")
 
@@ -46,7 +54,18 @@ _DISCONNECTS = (RedisConnectionError, RedisTimeoutError, EventLogUnavailable, OS
 _CONFIRM_TIMEOUT = 10.0  # seconds Redis has to confirm a SUBSCRIBE before we try again
 
 
+class _Publish(NamedTuple):
+    stream: str
+    channel: str
+    user_id: str | None
+    payload: bytes
+    has_ext: bool
+    ref: int  # the publisher's key of the future its fan-out message completes
+
+
 class RedisEngine:
+    concurrent_publishes = True  # publishes started together go to Redis together (see Coalescer)
+
     def __init__(
         self,
         event_log: RedisEventLog,
@@ -57,6 +76,7 @@ class RedisEngine:
         channel: str | None = None,
         echo_timeout: float = 5.0,  # seconds a publish waits for its own fan-out message
         max_pending: int = 10_000,  # publishes awaiting their echo at once; more wait for a slot
+        max_batch: int = 500,  # publishes per script call (the script blocks Redis while it runs)
         backoff_min: float = 0.05,  # seconds before the first reconnect attempt; doubles ...
         backoff_max: float = 2.0,  # ... up to this
         startup_wait: float = 5.0,  # seconds start() waits for the first subscription
@@ -69,6 +89,8 @@ class RedisEngine:
         self.node_id = secrets.token_hex(8)  # tells this process's echoes from the others' messages
         self._echo_timeout = echo_timeout
         self._slots = asyncio.Semaphore(max_pending)
+        self._appends: Coalescer[_Publish, int] = Coalescer(self._append_batch, max_batch=max_batch,
+                                                            name="redis-engine-appends")
         self._backoff = (backoff_min, backoff_max)
         self._startup_wait = startup_wait
         self._pending: dict[int, asyncio.Future[int]] = {}
@@ -84,7 +106,9 @@ class RedisEngine:
         self.reconnects = 0  # subscriptions restored after a loss
         self.disconnects = 0  # subscriptions lost
         self.published = 0  # events this process published
-        self.received = 0  # fan-out messages dispatched (every process's events)
+        self.publish_calls = 0  # script calls they took (published / publish_calls: the batching)
+        self.received = 0  # events dispatched from the fan-out (every process's events)
+        self.fanout_messages = 0  # fan-out messages they came in (one per script call)
         self.echo_timeouts = 0  # publishes whose own message did not come back in time
         self.lag_last = 0.0  # seconds from publish (publisher's clock) to dispatch, last message
         self.lag_max = 0.0
@@ -101,7 +125,9 @@ class RedisEngine:
             "reconnects": self.reconnects,
             "disconnects": self.disconnects,
             "published": self.published,
+            "publish_calls": self.publish_calls,
             "received": self.received,
+            "fanout_messages": self.fanout_messages,
             "echo_timeouts": self.echo_timeouts,
             "pending": len(self._pending),
             "fanout_lag_seconds": self.lag_last,
@@ -127,6 +153,7 @@ class RedisEngine:
         task, self._task = self._task, None
         await cancel_and_wait(task)
         self._subscribed.clear()
+        await self._appends.close(EngineUnavailable("the broker is stopping"))
         self._fail_pending()
 
     # ---- publishing --------------------------------------------------------------------------
@@ -141,17 +168,15 @@ class RedisEngine:
             echo: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             self._pending[ref] = echo
             try:
-                header = orjson.dumps([stream, channel, user_id, has_ext, self.node_id, ref, time.time()])
                 try:
-                    event_id = await self._log.append_and_publish(
-                        stream, payload, floor=self._seen.get(stream, 0), channel=self.channel, header=header)
+                    event_id = await self._appends.submit(_Publish(stream, channel, user_id, payload, has_ext, ref))
                 except EventLogUnavailable as exc:
                     # Almost always not recorded; only a connection lost after Redis ran the script
                     # leaves it recorded (and then fanned out) without this reply.
                     raise EngineUnavailable(str(exc)) from exc
-                self.published += 1
                 try:
-                    delivered = await asyncio.wait_for(echo, self._echo_timeout)
+                    # Often back already (pub/sub can beat the script's reply): skip the timer then.
+                    delivered = echo.result() if echo.done() else await asyncio.wait_for(echo, self._echo_timeout)
                 except TimeoutError:
                     # Recorded and fanned out, but not seen back here yet: replayed sessions get it
                     # from the log; report no local delivery rather than a failure (no re-publish).
@@ -162,6 +187,17 @@ class RedisEngine:
                 return Published(event_id, delivered)
             finally:
                 self._pending.pop(ref, None)
+
+    async def _append_batch(self, batch: list[_Publish]) -> list[int]:
+        """One script call for a batch of publishes: their ids, in order."""
+        header = orjson.dumps([self.node_id, time.time(), [
+            (p.stream, p.channel, p.user_id, p.has_ext, p.ref, len(p.payload)) for p in batch]])
+        seen = self._seen
+        events = [(p.stream, p.payload, seen.get(p.stream, 0)) for p in batch]
+        ids = await self._log.append_and_publish(events, channel=self.channel, header=header)
+        self.published += len(batch)
+        self.publish_calls += 1
+        return ids
 
     def _unavailable_text(self) -> str:
         if self._down_since is None:
@@ -231,22 +267,30 @@ class RedisEngine:
 
     def _handle(self, data: bytes) -> None:
         try:
-            id_text, header, payload = data.split(b"\n", 2)
-            stream, channel, user_id, has_ext, origin, ref, sent_at = orjson.loads(header)
-            event_id = int(id_text)
-        except ValueError:
+            id_text, header, payloads = data.split(b"\n", 2)
+            origin, sent_at, entries = orjson.loads(header)
+            ids = [int(text) for text in id_text.split(b",")]
+            if len(ids) != len(entries):
+                raise ValueError("ids and header disagree")
+        except (ValueError, TypeError):
             log.error("ignoring a malformed fan-out message on %s: %r", self.channel, data[:200])
             return
-        if event_id > self._seen.get(stream, 0):
-            self._seen[stream] = event_id
-        delivered = self._dispatch(stream, channel, user_id, payload, event_id, has_ext)
-        self.received += 1
+        mine = origin == self.node_id
+        seen, dispatch, pending = self._seen, self._dispatch, self._pending
+        end = 0
+        for (stream, channel, user_id, has_ext, ref, size), event_id in zip(entries, ids, strict=True):
+            start, end = end, end + size
+            if event_id > seen.get(stream, 0):
+                seen[stream] = event_id
+            delivered = dispatch(stream, channel, user_id, payloads[start:end], event_id, has_ext)
+            if mine:
+                echo = pending.get(ref)
+                if echo is not None and not echo.done():
+                    echo.set_result(delivered)
+        self.received += len(ids)
+        self.fanout_messages += 1
         self.lag_last = lag = max(0.0, time.time() - sent_at)
         self.lag_max = max(self.lag_max, lag)
-        if origin == self.node_id:
-            echo = self._pending.get(ref)
-            if echo is not None and not echo.done():
-                echo.set_result(delivered)
 
     def _lost(self, exc: BaseException) -> None:
         if self._down_since is not None:

@@ -13,7 +13,8 @@ stream keeps its last id), but `bounds` and the next append must agree on "lates
 snapshot, and a hash field read is cheaper than XINFO.
 
 Every write is one Lua script, so an append (ids, timestamps, trimming, the stream-name set and,
-for the Redis engine, the fan-out PUBLISH) is atomic: ids and fan-out order always agree.
+for the Redis engine, the fan-out PUBLISH) is atomic: ids and fan-out order always agree. One
+script call appends a whole batch of events, to any number of streams, in one round trip.
 
 Redis errors that mean "unreachable" (connection refused or lost, timeouts, a server still
 loading its data) become `EventLogUnavailable`, so callers can answer "retry later" instead of
@@ -55,33 +56,43 @@ log = logging.getLogger("cometd_broker.eventlog")
 
 _SCAN_PAGE = 500  # entries per XRANGE when read_range scans a stream
 
-# KEYS: meta hash, stream, stream-name set.
-# ARGV: now (seconds as text), max_count ('' = no limit), stream name, id floor,
-#       fan-out channel ('' = none), fan-out header, payload, payload, ...
+# KEYS: the stream-name set, then per event its meta hash and its stream.
+# ARGV: now (seconds as text), max_count ('' = no limit), fan-out channel ('' = none), fan-out
+#       header, then per event: stream name, id floor, payload. Returns the events' ids, in order.
+# One call appends a whole batch (one round trip, one PUBLISH however many events and streams).
 # The id floor lets the Redis engine keep ids increasing after Redis lost its data (restarted
 # without persistence): a broker passes the newest id it has seen, so ids are never handed out twice.
 _APPEND = """
-local latest = tonumber(redis.call('HGET', KEYS[1], 'latest') or '0')
-local floor = tonumber(ARGV[4])
-if latest < floor then latest = floor end
-local ts = ARGV[1]
-local last_ts = redis.call('HGET', KEYS[1], 'ts')
-if last_ts and tonumber(last_ts) > tonumber(ts) then ts = last_ts end
-local first = latest + 1
-for i = 7, #ARGV do
-  latest = latest + 1
-  if ARGV[2] ~= '' then
-    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], latest .. '-0', 't', ts, 'p', ARGV[i])
-  else
-    redis.call('XADD', KEYS[2], latest .. '-0', 't', ts, 'p', ARGV[i])
+local streams = {}  -- meta key -> {latest, ts}: read once per stream, written back once
+local ids, payloads = {}, {}
+for i = 1, (#KEYS - 1) / 2 do
+  local meta, log, a = KEYS[2 * i], KEYS[2 * i + 1], 2 + 3 * i
+  local s = streams[meta]
+  if not s then
+    local state = redis.call('HMGET', meta, 'latest', 'ts')
+    local ts = ARGV[1]
+    if state[2] and tonumber(state[2]) > tonumber(ts) then ts = state[2] end
+    s = {tonumber(state[1] or '0'), ts}
+    streams[meta] = s
+    if not state[1] then redis.call('SADD', KEYS[1], ARGV[a]) end  -- written with its first event
   end
+  local floor = tonumber(ARGV[a + 1])
+  if s[1] < floor then s[1] = floor end
+  s[1] = s[1] + 1
+  if ARGV[2] ~= '' then
+    redis.call('XADD', log, 'MAXLEN', ARGV[2], s[1] .. '-0', 't', s[2], 'p', ARGV[a + 2])
+  else
+    redis.call('XADD', log, s[1] .. '-0', 't', s[2], 'p', ARGV[a + 2])
+  end
+  ids[i], payloads[i] = s[1], ARGV[a + 2]
 end
-redis.call('HSET', KEYS[1], 'latest', latest, 'ts', ts)
-redis.call('SADD', KEYS[3], ARGV[3])
-if ARGV[5] ~= '' then
-  redis.call('PUBLISH', ARGV[5], latest .. '\\n' .. ARGV[6] .. '\\n' .. ARGV[7])
+for meta, s in pairs(streams) do
+  redis.call('HSET', meta, 'latest', s[1], 'ts', s[2])
 end
-return first
+if ARGV[3] ~= '' then
+  redis.call('PUBLISH', ARGV[3], table.concat(ids, ',') .. '\\n' .. ARGV[4] .. '\\n' .. table.concat(payloads))
+end
+return ids
 """
 
 # KEYS: stream. ARGV: cutoff ('' = no age limit), max_count ('' = no count limit). Returns dropped.
@@ -168,27 +179,33 @@ class RedisEventLog:
         payloads = as_payloads(payloads)
         if not payloads:
             return []
-        first = await self._run_append(stream, payloads, floor=0, channel="", header=b"")
-        return list(range(first, first + len(payloads)))
+        return await self._run_append([(stream, payload, 0) for payload in payloads], channel="", header=b"")
 
-    async def append_and_publish(self, stream: str, payload: bytes, *, floor: int, channel: str,
-                                 header: bytes) -> int:
-        """Append one event and PUBLISH "<id>\\n<header>\\n<payload>" on `channel`, atomically; its id.
+    async def append_and_publish(self, events: Sequence[tuple[str, bytes, int]], *, channel: str,
+                                 header: bytes) -> list[int]:
+        """Append `events` (stream, payload, id floor), in order and to any streams, and PUBLISH
+        "<id>,<id>,...\\n<header>\\n<payload><payload>..." on `channel`, atomically; their ids.
 
-        For the Redis engine: every subscriber sees the events of a stream in id order."""
+        For the Redis engine: every subscriber sees the events of a stream in id order, a whole
+        batch in one message (the header tells it where each payload ends)."""
         self._check_open()
-        return await self._run_append(stream, [bytes(payload)], floor=floor, channel=channel, header=header)
+        if not events:
+            return []
+        return await self._run_append(events, channel=channel, header=header)
 
-    async def _run_append(self, stream: str, payloads: list[bytes], *, floor: int, channel: str,
-                          header: bytes) -> int:
-        keys = [self._meta(stream), self._log(stream), self._streams_key]
-        args: list[Any] = [repr(float(self._clock())), self._max_count, stream, floor, channel, header, *payloads]
-        self.pending_appends += len(payloads)
+    async def _run_append(self, events: Sequence[tuple[str, bytes, int]], *, channel: str,
+                          header: bytes) -> list[int]:
+        keys = [self._streams_key]
+        args: list[Any] = [repr(float(self._clock())), self._max_count, channel, header]
+        for stream, payload, floor in events:
+            keys += (self._meta(stream), self._log(stream))
+            args += (stream, floor, payload)
+        self.pending_appends += len(events)
         try:
             with self._unavailable():
-                return int(await self._append(keys=keys, args=args))
+                return [int(event_id) for event_id in await self._append(keys=keys, args=args)]
         finally:
-            self.pending_appends -= len(payloads)
+            self.pending_appends -= len(events)
 
     async def trim(self, now: float) -> int:
         self._check_open()

@@ -157,6 +157,32 @@ async def test_a_client_publish_and_per_user_events_cross_processes(two_brokers)
     assert event["data"] == {"for": "alice"}
 
 
+async def test_a_batch_of_publishes_is_one_script_call_with_every_reply_in_place(two_brokers):
+    a, b = two_brokers
+    on_b = await replay_session(b, "/x", -1)
+    [sub] = await send(b, {"channel": "/meta/subscribe", "clientId": on_b, "subscription": "/y"})
+    assert sub["successful"] is True, sub
+    [reply] = await send(a, handshake_message())
+    publisher = reply["clientId"]
+    engine = broker_of(a).engine
+    before = engine.stats()
+    batch = [publish_message(publisher, "/x" if n % 3 else "/y", {"n": n}, id=f"p{n}") for n in range(12)]
+    batch.insert(5, publish_message(None, "/x", {"n": -1}, id="bad"))  # no session: its error keeps its place
+    replies = await send(a, batch)
+    assert [r["id"] for r in replies] == [m["id"] for m in batch]
+    assert [r["successful"] for r in replies] == [m["id"] != "bad" for m in batch]
+    after = engine.stats()
+    assert after["published"] - before["published"] == 12
+    assert after["publish_calls"] - before["publish_calls"] == 1  # the whole batch: one script call ...
+    got = await receive(b, on_b, 12)
+    for channel in ("/x", "/y"):
+        sent = [m["data"]["n"] for m in batch[:5] + batch[6:] if m["channel"] == channel]
+        mine = [e for e in got if e["channel"] == channel]
+        assert [e["data"]["n"] for e in mine] == sent  # publish order within each channel ...
+        assert [e["ext"]["replayId"] for e in mine] == list(range(1, len(sent) + 1))  # ... and id order
+    assert engine.stats()["fanout_messages"] - before["fanout_messages"] == 1  # ... and one fan-out message
+
+
 async def test_a_client_whose_owner_is_gone_gets_402_and_resumes_there_by_replay(two_brokers, redis_url):
     a, b = two_brokers
     on_a = await replay_session(a, "/feed", -1)
