@@ -22,6 +22,10 @@ MAX_HEAD = 16 * 1024  # bytes of a reply's status line and headers
 class ForwardError(Exception):
     """The owner could not be reached, or dropped the request before answering it in full."""
 
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused  # nothing listens there: the owner is gone, not merely busy
+
 
 @dataclass(slots=True)
 class ForwardedReply:
@@ -95,7 +99,8 @@ class Forwarder:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=MAX_HEAD),
                                                     self.connect_timeout)
         except (OSError, ValueError, TimeoutError) as exc:
-            raise ForwardError(f"cannot connect to {address}: {exc!r}") from None
+            raise ForwardError(f"cannot connect to {address}: {exc!r}",
+                               refused=isinstance(exc, ConnectionRefusedError | ValueError)) from None
         return _Connection(reader, writer)
 
     async def _exchange(self, address: str, connection: _Connection, request: bytes, *,

@@ -52,8 +52,10 @@ CLIENT_ID_LENGTH = TAG_LENGTH + 40  # the tag, then bayeux.new_client_id()
 FORWARDED_BY = "X-Cometd-Forwarded-By"  # set by the forwarding process (its tag); required on the private port
 REGISTRATION_TTL = 10.0  # seconds a registration lives unless refreshed
 MISS_TTL = 1.0  # seconds an unknown or unreachable owner is remembered as such
+PRIVATE_BACKLOG = 4096
 MAX_CACHED = 4096  # owners remembered (tags come from clients: bounded)
-CONNECT_TIMEOUT = 1.0  # seconds to connect to an owner: on loopback, a live one takes microseconds
+CONNECT_TIMEOUT = 5.0  # seconds to connect to an owner: a dead one on loopback refuses at once; this bounds
+# a host that is down, and leaves room for this process's own loop lag under a burst
 _HEX = frozenset("0123456789abcdef")
 _NOT_RELAYED = HOP_BY_HOP | {FORWARDED_BY.lower()}
 
@@ -71,7 +73,8 @@ class SessionRouter:
         self.ttl = ttl
         self.address = ""  # "host:port" of the private port, once started
         # A held connect may be answered up to its timeout late, plus the owner's queue of work.
-        self.forwarder = Forwarder(connect_timeout=CONNECT_TIMEOUT,
+        # Idle connections kept per owner: up to one per long-polling client it relays for.
+        self.forwarder = Forwarder(connect_timeout=CONNECT_TIMEOUT, max_idle=1024,
                                    read_timeout=broker.config.timeout / 1000 + 30.0)
         self._redis = aioredis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
         self._owners: dict[str, tuple[str | None, float]] = {}  # tag -> (address or None, valid until)
@@ -90,7 +93,9 @@ class SessionRouter:
         self.address = address_of(sock)
         private = LeanHttp(self.broker, ["/"], _Refusal, forwarded_only=True)
         try:
-            self._server = await asyncio.get_running_loop().create_server(private, sock=sock)
+            # Every held connect relayed here is a connection of its own: a deep accept queue, so
+            # a burst of them while this process is busy is not refused.
+            self._server = await asyncio.get_running_loop().create_server(private, sock=sock, backlog=PRIVATE_BACKLOG)
         except OSError:
             sock.close()
             raise
@@ -163,8 +168,9 @@ class SessionRouter:
             if self._owners.get(tag, (None,))[0] is not None:
                 log.warning("session router: forwarding to %s (tag %s) failed: %s; its clients resume here",
                             address, tag, exc)
-            self._remember(tag, None, MISS_TTL)
-            return None
+            if exc.refused:  # gone: its clients resume here until it registers again
+                self._remember(tag, None, MISS_TTL)
+            return None  # a busy owner fails this request only, not the next ones
         stats.forwarded += 1
         return reply
 
