@@ -743,25 +743,34 @@ class RawHttpPool:
         self.idle: list[_HttpConn] = []
         self.opened = 0
 
-    async def post(self, body: bytes, headers: dict[str, str], path: str | None = None
-                   ) -> tuple[int, list[bytes], bytes]:
-        loop = asyncio.get_running_loop()
-        conn = None
+    def _idle_connection(self) -> _HttpConn | None:
         while self.idle:
             c = self.idle.pop()
             if not c.closed:
-                conn = c
-                break
-        if conn is None:
-            _, conn = await loop.create_connection(lambda: _HttpConn(self), self.host, self.port)
-            self.opened += 1
+                return c
+        return None
+
+    async def _new_connection(self) -> _HttpConn:
+        _, conn = await asyncio.get_running_loop().create_connection(lambda: _HttpConn(self), self.host, self.port)
+        self.opened += 1
+        return conn
+
+    def _head(self, body: bytes, headers: dict[str, str], path: str | None) -> bytes:
         extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        head = (f"POST {path or self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+        return (f"POST {path or self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
                 f"Content-Length: {len(body)}\r\n{extra}\r\n").encode()
-        conn.waiter = loop.create_future()
+
+    @staticmethod
+    async def _exchange(conn: _HttpConn, request: bytes) -> tuple[int, list[bytes], bytes]:
+        conn.waiter = asyncio.get_running_loop().create_future()
         assert conn.transport is not None
-        conn.transport.write(head + body)
-        result = await conn.waiter
+        conn.transport.write(request)
+        return await conn.waiter
+
+    async def post(self, body: bytes, headers: dict[str, str], path: str | None = None
+                   ) -> tuple[int, list[bytes], bytes]:
+        conn = self._idle_connection() or await self._new_connection()
+        result = await self._exchange(conn, self._head(body, headers, path) + body)
         if not conn.closed:
             self.idle.append(conn)
         return result
@@ -803,28 +812,14 @@ class StickyPool(RawHttpPool):
 
     async def post(self, body: bytes, headers: dict[str, str], path: str | None = None
                    ) -> tuple[int, list[bytes], bytes]:
-        loop = asyncio.get_running_loop()
-        head = None
+        request = self._head(body, headers, path) + body
         for _ in range(self.MAX_TRIES):
-            conn = None
-            while self.idle:
-                c = self.idle.pop()
-                if not c.closed:
-                    conn = c
-                    break
+            conn = self._idle_connection()
             fresh = conn is None
             if conn is None:
-                _, conn = await loop.create_connection(lambda: _HttpConn(self), self.host, self.port)
+                conn = await self._new_connection()
                 conn.generation = self.generation  # type: ignore[attr-defined]
-                self.opened += 1
-            if head is None:
-                extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-                head = (f"POST {path or self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                        f"Content-Length: {len(body)}\r\n{extra}\r\n").encode()
-            conn.waiter = loop.create_future()
-            assert conn.transport is not None
-            conn.transport.write(head + body)
-            result = await conn.waiter
+            result = await self._exchange(conn, request)
             if fresh and result[0] == 200 and _misrouted(result[2]):
                 self.misrouted += 1
                 assert conn.transport is not None
