@@ -171,6 +171,7 @@ class Recorder:
         self.duplicates = 0
         self.stale = 0  # deliveries of an earlier step that arrived late
         self.parsed = 0  # deliveries that took the parsing path (gaps, repeats, late arrivals)
+        self.reads = 0  # replies or frames that carried deliveries
         self.step_first: dict[str, int] = {}  # channel -> first sequence number of this step
         self.sent_at: dict[str, list[float]] = {}  # channel -> send time of every sequence number
         self.batches: list[tuple[list[float], int, int, float]] = []  # (sent_at, first seq, count, arrival)
@@ -182,6 +183,7 @@ class Recorder:
         self.duplicates = 0
         self.stale = 0
         self.parsed = 0
+        self.reads = 0
         self.batches = []
 
     def arrived(self, channel: str, first: int, count: int, t: float) -> None:
@@ -261,7 +263,9 @@ class Client:
                 n > 2 and list(map(int, found)) != list(range(first, first + n))):
             return False
         self.expect[channel] = first + n
-        self.gen.rec.arrived(channel, first, n, t)
+        rec = self.gen.rec
+        rec.reads += 1
+        rec.arrived(channel, first, n, t)
         return True
 
     def deliver(self, message: dict[str, Any], t: float) -> None:
@@ -413,6 +417,7 @@ class LongPollingClient(Client):
     async def _handle(self, replies: list[dict[str, Any]], t: float) -> bool:
         """A connect's replies: deliveries accounted, a re-handshake when advised; False on failure."""
         ok = True
+        carried = False
         for m in replies:
             ch = m.get("channel")
             if ch == "/meta/connect":
@@ -425,8 +430,10 @@ class LongPollingClient(Client):
                         await self.setup()
             elif ch is not None and "data" in m:
                 self.deliver(m, t)
+                carried = True
             elif "http" in m:
                 ok = False
+        self.gen.rec.reads += carried
         self.ready.set()
         return ok
 
@@ -544,6 +551,7 @@ class WebSocketClient(Client):
         parsed = orjson.loads(data)
         if isinstance(parsed, dict):
             parsed = [parsed]
+        carried = False
         for m in parsed:
             ch = m.get("channel")
             if ch == "/meta/connect":
@@ -563,8 +571,10 @@ class WebSocketClient(Client):
                 f.set_result(m)
             elif "data" in m:
                 self.deliver(m, t)
+                carried = True
             elif mid is not None and mid in self.pending:
                 self.pending.pop(mid).set_result(m)
+        self.gen.rec.reads += carried
 
     async def run(self) -> None:
         assert self.ws is not None
@@ -1055,8 +1065,7 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         st.p50_ms = round(percentile(lat, 0.50) * 1000, 2)
         st.p99_ms = round(percentile(lat, 0.99) * 1000, 2)
         st.max_ms = round((lat[-1] if lat else 0) * 1000, 2)
-        reads = len(rec.batches) - rec.parsed + (rec.parsed > 0)
-        st.per_read = round(rec.received / reads, 2) if reads > 0 else 0.0
+        st.per_read = round(rec.received / rec.reads, 2) if rec.reads else 0.0
         st.parsed = rec.parsed
         st.server_cpu_s = round(cpu1 - cpu0, 3)
         st.server_cpu_pct = round(100 * (cpu1 - cpu0) / (t_end - t_start), 1)
