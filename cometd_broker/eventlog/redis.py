@@ -34,9 +34,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import (
@@ -53,6 +55,11 @@ from .base import (
 )
 
 log = logging.getLogger("cometd_broker.eventlog")
+
+try:
+    from hiredis import pack_command as _hiredis_pack  # hiredis >= 2.1
+except ImportError:
+    _hiredis_pack = None
 
 _SCAN_PAGE = 500  # entries per XRANGE when read_range scans a stream
 
@@ -161,6 +168,8 @@ class RedisEventLog:
         self._trim = self._client.register_script(_TRIM)
         self._streams_key = f"{prefix}:streams"
         self._max_count = "" if retention.max_count is None else str(retention.max_count)
+        self._own: AbstractConnection | None = None  # the engine's appends' connection (_eval_append)
+        self._own_busy = False
         self._closed = False
         # For logs and metrics: whether the last command reached Redis, and how often that changed.
         self.connected = True  # nothing failed yet
@@ -206,9 +215,38 @@ class RedisEventLog:
         self.pending_appends += len(events)
         try:
             with self._unavailable():
+                if channel:  # the engine's, one at a time (its Coalescer)
+                    return await self._eval_append(args)
                 return await self._append(args=args)  # Lua numbers: hiredis gives ints already
         finally:
             self.pending_appends -= len(events)
+
+    async def _eval_append(self, args: list[Any]) -> list[int]:
+        """The append script on a connection of the log's own, its command packed in C: redis-py's
+        generic command path (pool, retry, timing, a Python packer) cost more than the call itself."""
+        if self._own_busy:  # not expected (the engine sends one batch at a time): the general path
+            return await self._append(args=args)
+        self._own_busy = True
+        try:
+            pool = self._client.connection_pool
+            conn = self._own
+            if conn is None:
+                conn = self._own = await pool.get_connection()  # kept until close()
+            else:
+                await _drop_if_stale(conn)
+            try:
+                await conn.send_packed_command(_pack(conn, "EVALSHA", self._append.sha, 0, *args),
+                                               check_health=False)
+                return await conn.read_response()
+            except NoScriptError:  # a restarted Redis forgot the script: the general path loads it
+                return await self._append(args=args)
+            except ResponseError:
+                raise
+            except BaseException:
+                await conn.disconnect()  # its reply may be left unread
+                raise
+        finally:
+            self._own_busy = False
 
     async def trim(self, now: float) -> int:
         self._check_open()
@@ -323,6 +361,9 @@ class RedisEventLog:
         if self._closed:
             return
         self._closed = True
+        own, self._own = self._own, None
+        if own is not None:
+            await self._client.connection_pool.release(own)
         await self._client.aclose(close_connection_pool=True)
 
     def _check_open(self) -> None:
@@ -355,6 +396,27 @@ class RedisEventLog:
             self.reconnects += 1
             log.info("event log: redis at %s reconnected after %.1f s (reconnect #%d)",
                      self.url, time.monotonic() - self._down_since, self.reconnects)
+
+
+async def _drop_if_stale(conn: AbstractConnection) -> None:
+    """A connection Redis closed (a restart) is dropped, so the next command reconnects instead of
+    failing. (redis-py 8's pool skips this check while its maintenance notifications are on.)"""
+    if not conn.is_connected:
+        return
+    can_read = getattr(conn, "can_read", None) or conn.can_read_destructive  # redis-py < 5.1
+    try:
+        stale = await can_read()  # buffered bytes or EOF; no read from the socket
+    except (RedisConnectionError, OSError):
+        stale = True
+    if stale:
+        await conn.disconnect()
+
+
+def _pack(conn: AbstractConnection, *command: Any) -> Any:
+    """A command in RESP bytes: hiredis packs it in C; redis-py's packer when hiredis is too old."""
+    if _hiredis_pack is not None:
+        return _hiredis_pack(command)
+    return conn.pack_command(*command)
 
 
 def _start(after: int) -> str:
