@@ -24,7 +24,7 @@ from . import bayeux
 from .bayeux import Message
 from .channel import Pattern, SubscriptionIndex, channel_error, is_meta, is_service, is_wildcard
 from .config import BrokerConfig
-from .engine import Engine, EngineUnavailable, open_engine
+from .engine import Engine, EngineUnavailable, Outgoing, open_engine
 from .eventlog import EventLog, EventLogUnavailable, Retention, RetentionTask, open_event_log
 from .extensions import ack, replay
 from .extensions.ack import AckState
@@ -338,20 +338,35 @@ class Broker:
 
     async def _publish_together(self, publishes: list[tuple[int, ServerSession, Message]],
                                 replies: list[Message]) -> None:
-        """Start publishes at once (the engine sends them in one round trip), put each reply in its
-        place and empty `publishes`. Every publish runs to its end; the first unexpected exception
-        is raised afterwards."""
+        """Publish plain broadcast publishes as one engine call (one round trip, one echo wait), put
+        each one's reply (success, denial or failure) in its place and empty `publishes`."""
         started, publishes[:] = publishes[:], []
-        outcomes = await asyncio.gather(*(self._client_publish(session, message) for _, session, message in started),
-                                        return_exceptions=True)
-        failure: BaseException | None = None
-        for (place, _, _), outcome in zip(started, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                failure = failure or outcome
+        began = time.monotonic()
+        outgoing: list[Outgoing] = []
+        sent: list[tuple[int, ServerSession, Message]] = []
+        for place, session, message in started:
+            channel = message["channel"]
+            denied = self.authorizer.publish_denied(session.principal, channel)
+            if denied is not None:
+                replies[place] = bayeux.error_reply(message, bayeux.error(
+                    403, f"publish_denied ({denied})", session.client_id, channel))
+                continue
+            # As in _client_publish: the publisher's id is not forwarded.
+            event = bayeux.delivered(channel, message["data"])
+            outgoing.append(Outgoing(channel, channel, None, orjson.dumps(event), "ext" in event))
+            sent.append((place, session, message))
+        if not outgoing:
+            return
+        results = await self.engine.publish_many(outgoing)
+        took = time.monotonic() - began
+        for (place, session, message), result in zip(sent, results, strict=True):
+            if isinstance(result, EngineUnavailable):
+                log.warning("publish on %s failed: %s", message["channel"], result, extra=_ids(session))
+                replies[place] = bayeux.error_reply(message, bayeux.error(
+                    503, f"publish_failed ({result}; retry later)", message["channel"]))
             else:
-                replies[place] = outcome
-        if failure is not None:
-            raise failure
+                self.stats.published_one(took)
+                replies[place] = bayeux.reply_to(message)
 
     def handle_now(self, messages: list[Message], ctx: RequestContext) -> HandleResult | None:
         """`handle` without a coroutine, for a batch that never waits: only connects, unsubscribes

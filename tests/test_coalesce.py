@@ -66,3 +66,11 @@ async def test_close_fails_what_is_in_flight_and_queued() -> None:
     await coalescer.close(RuntimeError("stopping"))
     with pytest.raises(RuntimeError, match="stopping"):
         await in_flight
+
+
+async def test_weighted_items_fill_a_batch_by_weight_and_a_heavy_one_goes_alone() -> None:
+    send = Sender()
+    coalescer: Coalescer[int, int] = Coalescer(send, max_batch=5, weight=lambda n: n)
+    futures = [coalescer.submit(n) for n in (2, 3, 1, 7, 4)]
+    assert await asyncio.gather(*futures) == [20, 30, 10, 70, 40]
+    assert send.batches == [[2, 3], [1], [7], [4]]  # 2+3 fill it; 1+7 would not fit; 7 alone, unsplit

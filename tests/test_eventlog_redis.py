@@ -3,10 +3,12 @@ redis-server), plus what only Redis has: a shared log, ids across data loss, una
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 
 import pytest
+import redis
 import test_eventlog as contract
 from hypothesis.stateful import precondition, rule
 from redis_helpers import RedisServer, require_redis
@@ -141,6 +143,22 @@ async def test_a_batch_spans_streams_in_one_script_and_one_message(make_log, red
     assert [(e.id, e.payload) for e in await log.read("/b", 0, 10)] == [(1, b"b1"), (6, b"b2")]
     assert await log.bounds("/b") == (1, 6)
     assert await log.streams() == ["/a", "/b"]
+
+
+async def test_the_engine_path_survives_a_forgotten_script_and_a_closed_connection(make_log, redis_server) -> None:
+    log = make_log()
+    assert await log.append_and_publish([("/a", b"1", 0)], channel="fanout", header=b"H") == [1]
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        admin.script_flush()  # as after a restart: the script is loaded again, the append not lost
+        assert await log.append_and_publish([("/a", b"2", 0)], channel="fanout", header=b"H") == [2]
+        admin.client_kill_filter(_type="normal", skipme=True)  # every connection of the log is closed ...
+        await asyncio.sleep(0.2)  # ... and, as after a restart, the loop has seen it
+        assert await log.append_and_publish([("/a", b"3", 0)], channel="fanout", header=b"H") == [3]
+    finally:
+        admin.close()
+    # (Another opener reads: redis-py 8's pool lends this one's killed connection once more.)
+    assert [e.payload for e in await make_log().read("/a", 0, 10)] == [b"1", b"2", b"3"]
 
 
 async def test_an_unreachable_redis_is_reported_as_unavailable() -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from ..eventlog import EventLog, is_redis_url
-from .base import Dispatch, Engine, EngineUnavailable, Published
+from .base import Dispatch, Engine, EngineUnavailable, Outgoing, Published
 from .local import LocalEngine
 
-__all__ = ["Dispatch", "Engine", "EngineUnavailable", "LocalEngine", "Published", "open_engine"]
+__all__ = ["Dispatch", "Engine", "EngineUnavailable", "LocalEngine", "Outgoing", "Published", "open_engine"]
 
 
 def open_engine(redis_url: str, event_log: EventLog, dispatch: Dispatch, *,

@@ -7,7 +7,7 @@ delivers it to its own sessions, by calling that process's `Dispatch` in id orde
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
 # Broker._dispatch(stream, channel, user_id, payload, event_id, has_ext) -> sessions queued for.
@@ -18,6 +18,15 @@ Dispatch = Callable[[str, str, "str | None", bytes, int, bool], int]
 class Published(NamedTuple):
     event_id: int  # the event's id in its stream
     delivered: int  # sessions of this process it was queued for
+
+
+class Outgoing(NamedTuple):
+    """One event to publish: what `Engine.publish` takes, for `Engine.publish_many`."""
+    stream: str
+    channel: str
+    user_id: str | None
+    payload: bytes
+    has_ext: bool
 
 
 class EngineUnavailable(RuntimeError):
@@ -41,6 +50,11 @@ class Engine(Protocol):
         `payload` is the serialized Bayeux message without `ext.replayId` (the dispatch adds it);
         `has_ext` says whether the message already has an ext object. Raises EngineUnavailable when
         the event could not be recorded."""
+        ...
+
+    async def publish_many(self, events: Sequence[Outgoing]) -> list[Published | EngineUnavailable]:
+        """`publish` for several events, in order, as one unit of work (a long-poll batch's publishes):
+        per event its Published, or the EngineUnavailable that says it was not recorded."""
         ...
 
     async def close(self) -> None:

@@ -20,9 +20,12 @@ R = TypeVar("R")
 
 class Coalescer(Generic[T, R]):
     def __init__(self, send: Callable[[list[T]], Awaitable[Sequence[R]]], *, max_batch: int = 500,
-                 name: str = "coalescer") -> None:
+                 weight: Callable[[T], int] | None = None, name: str = "coalescer") -> None:
         self._send = send  # items -> one result per item, in order; raises for the whole batch
         self._max_batch = max_batch  # bounds one call's size (a Lua script blocks Redis while it runs)
+        # An item's share of max_batch (a group of events counts each); an item heavier than
+        # max_batch goes out alone, never split, so a group always shares one call.
+        self._weight = weight
         self._name = name
         self._queue: list[tuple[T, asyncio.Future[R]]] = []
         self._task: asyncio.Task[None] | None = None
@@ -43,7 +46,8 @@ class Coalescer(Generic[T, R]):
         batch: list[tuple[T, asyncio.Future[R]]] = []
         try:
             while self._queue:
-                batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
+                taken = self._take()
+                batch, self._queue = self._queue[:taken], self._queue[taken:]
                 try:
                     results = await self._send([item for item, _ in batch])
                 except Exception as exc:  # the batch's failure is each of its callers' failure
@@ -60,6 +64,17 @@ class Coalescer(Generic[T, R]):
             for _, future in batch:  # cancelled mid-send (close): its callers get close()'s error
                 if not future.done():
                     future.set_exception(self._closed_error)
+
+    def _take(self) -> int:
+        """How many queued items the next call sends: up to max_batch by weight, at least one."""
+        if self._weight is None:
+            return self._max_batch
+        total = 0
+        for taken, (item, _) in enumerate(self._queue):
+            total += self._weight(item)
+            if total > self._max_batch:
+                return max(taken, 1)
+        return len(self._queue)
 
     async def close(self, error: Exception) -> None:
         """Stop sending: the batch in flight is cancelled, queued items fail with `error`."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..eventlog import EventLog, EventLogUnavailable
-from .base import Dispatch, EngineUnavailable, Published
+from .base import Dispatch, EngineUnavailable, Outgoing, Published
 
 
 class LocalEngine:
@@ -27,6 +28,16 @@ class LocalEngine:
         except EventLogUnavailable as exc:  # a Redis event log without the Redis engine
             raise EngineUnavailable(str(exc)) from exc
         return Published(event_id, self._dispatch(stream, channel, user_id, payload, event_id, has_ext))
+
+    async def publish_many(self, events: Sequence[Outgoing]) -> list[Published | EngineUnavailable]:
+        # One after another: each is dispatched before the next is appended, as separate publishes are.
+        results: list[Published | EngineUnavailable] = []
+        for event in events:
+            try:
+                results.append(await self.publish(*event))
+            except EngineUnavailable as exc:
+                results.append(exc)
+        return results
 
     async def close(self) -> None:
         return None

@@ -14,8 +14,10 @@ parsing it (the broker then looks up its subscription index and usually finds no
 Every process, the publisher included, delivers to its own sessions only what comes back through
 pub/sub, in the order it arrives. So all processes deliver a stream in the same order, and a
 publisher never delivers an event locally that the others might not see. The publishing call
-waits for its own message to come back (a bounded table of futures, with a timeout) and returns
-how many local sessions it was queued for, so `Broker.publish` keeps its meaning.
+waits for its own message to come back (a bounded table of pending calls, with a timeout) and
+returns how many local sessions it was queued for, so `Broker.publish` keeps its meaning.
+`publish_many` (a long-poll batch's publishes) is one such call for all its events: one
+submission, one script call, one fan-out message and one wait, not one of each per event.
 
 Connection loss: the subscriber notices (the socket closes), logs a WARNING, calls `on_lost` and
 reconnects with exponential backoff; publishes fail at once with EngineUnavailable meanwhile
@@ -35,8 +37,8 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -45,7 +47,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..eventlog import EventLogUnavailable
 from ..eventlog.redis import RedisEventLog
 from ..tasks import cancel_and_wait
-from .base import Dispatch, EngineUnavailable, Published
+from .base import Dispatch, EngineUnavailable, Outgoing, Published
 from .coalesce import Coalescer
 
 log = logging.getLogger("cometd_broker.engine")
@@ -54,13 +56,17 @@ _DISCONNECTS = (RedisConnectionError, RedisTimeoutError, EventLogUnavailable, OS
 _CONFIRM_TIMEOUT = 10.0  # seconds Redis has to confirm a SUBSCRIBE before we try again
 
 
-class _Publish(NamedTuple):
-    stream: str
-    channel: str
-    user_id: str | None
-    payload: bytes
-    has_ext: bool
-    ref: int  # the publisher's key of the future its fan-out message completes
+class _Group:
+    """The events of one publish call: they share one script call, one fan-out message and one
+    wait for that message to come back (the echo), however many they are."""
+
+    __slots__ = ("events", "ref", "echo", "delivered")
+
+    def __init__(self, events: Sequence[Outgoing], ref: int, echo: asyncio.Future[None]) -> None:
+        self.events = events
+        self.ref = ref  # in the fan-out header, so the echo finds this group
+        self.echo = echo  # done once every event came back (or the subscription was lost)
+        self.delivered: list[int] = []  # per event, as the echo dispatches it
 
 
 class RedisEngine:
@@ -75,8 +81,8 @@ class RedisEngine:
         on_restored: Callable[[], Awaitable[None]] | None = None,
         channel: str | None = None,
         echo_timeout: float = 5.0,  # seconds a publish waits for its own fan-out message
-        max_pending: int = 10_000,  # publishes awaiting their echo at once; more wait for a slot
-        max_batch: int = 500,  # publishes per script call (the script blocks Redis while it runs)
+        max_pending: int = 10_000,  # publish calls awaiting their echo at once; more wait for a slot
+        max_batch: int = 500,  # events per script call (the script blocks Redis while it runs)
         backoff_min: float = 0.05,  # seconds before the first reconnect attempt; doubles ...
         backoff_max: float = 2.0,  # ... up to this
         startup_wait: float = 5.0,  # seconds start() waits for the first subscription
@@ -89,11 +95,12 @@ class RedisEngine:
         self.node_id = secrets.token_hex(8)  # tells this process's echoes from the others' messages
         self._echo_timeout = echo_timeout
         self._slots = asyncio.Semaphore(max_pending)
-        self._appends: Coalescer[_Publish, int] = Coalescer(self._append_batch, max_batch=max_batch,
-                                                            name="redis-engine-appends")
+        self._appends: Coalescer[_Group, list[int]] = Coalescer(
+            self._append_batch, max_batch=max_batch, weight=lambda group: len(group.events),
+            name="redis-engine-appends")
         self._backoff = (backoff_min, backoff_max)
         self._startup_wait = startup_wait
-        self._pending: dict[int, asyncio.Future[int]] = {}
+        self._pending: dict[int, _Group] = {}
         self._next_ref = 0
         self._seen: dict[str, int] = {}  # newest id per stream seen on the fan-out: the ids' floor
         self._subscribed = asyncio.Event()
@@ -160,44 +167,63 @@ class RedisEngine:
 
     async def publish(self, stream: str, channel: str, user_id: str | None, payload: bytes,
                       has_ext: bool) -> Published:
+        [result] = await self.publish_many([Outgoing(stream, channel, user_id, payload, has_ext)])
+        if isinstance(result, EngineUnavailable):
+            raise result
+        return result
+
+    async def publish_many(self, events: Sequence[Outgoing]) -> list[Published | EngineUnavailable]:
+        # All or nothing: the events share one script call, so they are recorded together or not at all.
+        if not events:
+            return []
         if not self._subscribed.is_set():
-            raise EngineUnavailable(self._unavailable_text())
+            return [EngineUnavailable(self._unavailable_text())] * len(events)
         async with self._slots:
             self._next_ref += 1
-            ref = self._next_ref
-            echo: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-            self._pending[ref] = echo
+            group = _Group(events, self._next_ref, asyncio.get_running_loop().create_future())
+            self._pending[group.ref] = group
             try:
                 try:
-                    event_id = await self._appends.submit(_Publish(stream, channel, user_id, payload, has_ext, ref))
+                    ids = await self._appends.submit(group)
                 except EventLogUnavailable as exc:
                     # Almost always not recorded; only a connection lost after Redis ran the script
                     # leaves it recorded (and then fanned out) without this reply.
-                    raise EngineUnavailable(str(exc)) from exc
-                try:
-                    # Often back already (pub/sub can beat the script's reply): skip the timer then.
-                    delivered = echo.result() if echo.done() else await asyncio.wait_for(echo, self._echo_timeout)
-                except TimeoutError:
-                    # Recorded and fanned out, but not seen back here yet: replayed sessions get it
-                    # from the log; report no local delivery rather than a failure (no re-publish).
-                    self.echo_timeouts += 1
-                    log.warning("event %s#%d: its fan-out message did not come back within %.1f s",
-                                stream, event_id, self._echo_timeout)
-                    delivered = 0
-                return Published(event_id, delivered)
+                    return [EngineUnavailable(str(exc))] * len(events)
+                if not group.echo.done():  # often back already (pub/sub can beat the script's reply)
+                    try:
+                        await asyncio.wait_for(group.echo, self._echo_timeout)
+                    except TimeoutError:
+                        # Recorded and fanned out, but not seen back here yet: replayed sessions get it
+                        # from the log; report no local delivery rather than a failure (no re-publish).
+                        missing = len(events) - len(group.delivered)
+                        self.echo_timeouts += missing
+                        log.warning("%d event(s) from %s#%d: their fan-out message did not come back within "
+                                    "%.1f s", missing, events[0].stream, ids[0], self._echo_timeout)
+                delivered = group.delivered + [0] * (len(events) - len(group.delivered))
+                return [Published(event_id, count) for event_id, count in zip(ids, delivered, strict=True)]
             finally:
-                self._pending.pop(ref, None)
+                self._pending.pop(group.ref, None)
 
-    async def _append_batch(self, batch: list[_Publish]) -> list[int]:
-        """One script call for a batch of publishes: their ids, in order."""
-        header = orjson.dumps([self.node_id, time.time(), [
-            (p.stream, p.channel, p.user_id, p.has_ext, p.ref, len(p.payload)) for p in batch]])
+    async def _append_batch(self, groups: list[_Group]) -> list[list[int]]:
+        """One script call for the groups of publishes: per group its events' ids, in order."""
+        entries: list[tuple[str, str, str | None, bool, int, int]] = []
+        events: list[tuple[str, bytes, int]] = []
         seen = self._seen
-        events = [(p.stream, p.payload, seen.get(p.stream, 0)) for p in batch]
+        for group in groups:
+            ref = group.ref
+            for stream, channel, user_id, payload, has_ext in group.events:
+                entries.append((stream, channel, user_id, has_ext, ref, len(payload)))
+                events.append((stream, payload, seen.get(stream, 0)))
+        header = orjson.dumps([self.node_id, time.time(), entries])
         ids = await self._log.append_and_publish(events, channel=self.channel, header=header)
-        self.published += len(batch)
+        self.published += len(events)
         self.publish_calls += 1
-        return ids
+        results, start = [], 0
+        for group in groups:
+            end = start + len(group.events)
+            results.append(ids[start:end])
+            start = end
+        return results
 
     def _unavailable_text(self) -> str:
         if self._down_since is None:
@@ -209,9 +235,9 @@ class RedisEngine:
 
     def _fail_pending(self) -> None:
         """Publishes waiting for an echo that may never come: they report no local delivery."""
-        for echo in self._pending.values():
-            if not echo.done():
-                echo.set_result(0)
+        for group in self._pending.values():
+            if not group.echo.done():
+                group.echo.set_result(None)
 
     # ---- the subscriber ----------------------------------------------------------------------
 
@@ -284,9 +310,11 @@ class RedisEngine:
                 seen[stream] = event_id
             delivered = dispatch(stream, channel, user_id, payloads[start:end], event_id, has_ext)
             if mine:
-                echo = pending.get(ref)
-                if echo is not None and not echo.done():
-                    echo.set_result(delivered)
+                group = pending.get(ref)
+                if group is not None and not group.echo.done():
+                    group.delivered.append(delivered)
+                    if len(group.delivered) == len(group.events):
+                        group.echo.set_result(None)
         self.received += len(ids)
         self.fanout_messages += 1
         self.lag_last = lag = max(0.0, time.time() - sent_at)

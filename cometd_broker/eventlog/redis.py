@@ -34,9 +34,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import (
@@ -54,43 +56,53 @@ from .base import (
 
 log = logging.getLogger("cometd_broker.eventlog")
 
+try:
+    from hiredis import pack_command as _hiredis_pack  # hiredis >= 2.1
+except ImportError:
+    _hiredis_pack = None
+
 _SCAN_PAGE = 500  # entries per XRANGE when read_range scans a stream
 
-# KEYS: the stream-name set, then per event its meta hash and its stream.
-# ARGV: now (seconds as text), max_count ('' = no limit), fan-out channel ('' = none), fan-out
-#       header, then per event: stream name, id floor, payload. Returns the events' ids, in order.
+# ARGV: key prefix, now (seconds as text), max_count ('' = no limit), fan-out channel ('' = none),
+#       fan-out header, then per event: stream name, payload, id floor. Returns the events' ids, in order.
+# The script builds its keys from the prefix (once per stream of the batch) rather than receiving
+# two per event: a third fewer arguments to encode and send. (Undeclared keys are fine on a
+# single Redis; Redis Cluster would need every key of a call in one hash slot anyway.)
 # One call appends a whole batch (one round trip, one PUBLISH however many events and streams).
 # The id floor lets the Redis engine keep ids increasing after Redis lost its data (restarted
 # without persistence): a broker passes the newest id it has seen, so ids are never handed out twice.
 _APPEND = """
-local streams = {}  -- meta key -> {latest, ts}: read once per stream, written back once
+local prefix = ARGV[1]
+local streams = {}  -- stream -> {latest, ts, log key}: read once per stream, written back once
 local ids, payloads = {}, {}
-for i = 1, (#KEYS - 1) / 2 do
-  local meta, log, a = KEYS[2 * i], KEYS[2 * i + 1], 2 + 3 * i
-  local s = streams[meta]
+local n = 0
+for a = 6, #ARGV, 3 do
+  local stream = ARGV[a]
+  local s = streams[stream]
   if not s then
-    local state = redis.call('HMGET', meta, 'latest', 'ts')
-    local ts = ARGV[1]
+    local state = redis.call('HMGET', prefix .. ':meta:' .. stream, 'latest', 'ts')
+    local ts = ARGV[2]
     if state[2] and tonumber(state[2]) > tonumber(ts) then ts = state[2] end
-    s = {tonumber(state[1] or '0'), ts}
-    streams[meta] = s
-    if not state[1] then redis.call('SADD', KEYS[1], ARGV[a]) end  -- written with its first event
+    s = {tonumber(state[1] or '0'), ts, prefix .. ':log:' .. stream}
+    streams[stream] = s
+    if not state[1] then redis.call('SADD', prefix .. ':streams', stream) end  -- with its first event
   end
-  local floor = tonumber(ARGV[a + 1])
+  local floor = tonumber(ARGV[a + 2])
   if s[1] < floor then s[1] = floor end
   s[1] = s[1] + 1
-  if ARGV[2] ~= '' then
-    redis.call('XADD', log, 'MAXLEN', ARGV[2], s[1] .. '-0', 't', s[2], 'p', ARGV[a + 2])
+  if ARGV[3] ~= '' then
+    redis.call('XADD', s[3], 'MAXLEN', ARGV[3], s[1] .. '-0', 't', s[2], 'p', ARGV[a + 1])
   else
-    redis.call('XADD', log, s[1] .. '-0', 't', s[2], 'p', ARGV[a + 2])
+    redis.call('XADD', s[3], s[1] .. '-0', 't', s[2], 'p', ARGV[a + 1])
   end
-  ids[i], payloads[i] = s[1], ARGV[a + 2]
+  n = n + 1
+  ids[n], payloads[n] = s[1], ARGV[a + 1]
 end
-for meta, s in pairs(streams) do
-  redis.call('HSET', meta, 'latest', s[1], 'ts', s[2])
+for stream, s in pairs(streams) do
+  redis.call('HSET', prefix .. ':meta:' .. stream, 'latest', s[1], 'ts', s[2])
 end
-if ARGV[3] ~= '' then
-  redis.call('PUBLISH', ARGV[3], table.concat(ids, ',') .. '\\n' .. ARGV[4] .. '\\n' .. table.concat(payloads))
+if ARGV[4] ~= '' then
+  redis.call('PUBLISH', ARGV[4], table.concat(ids, ',') .. '\\n' .. ARGV[5] .. '\\n' .. table.concat(payloads))
 end
 return ids
 """
@@ -156,6 +168,8 @@ class RedisEventLog:
         self._trim = self._client.register_script(_TRIM)
         self._streams_key = f"{prefix}:streams"
         self._max_count = "" if retention.max_count is None else str(retention.max_count)
+        self._own: AbstractConnection | None = None  # the engine's appends' connection (_eval_append)
+        self._own_busy = False
         self._closed = False
         # For logs and metrics: whether the last command reached Redis, and how often that changed.
         self.connected = True  # nothing failed yet
@@ -195,17 +209,44 @@ class RedisEventLog:
 
     async def _run_append(self, events: Sequence[tuple[str, bytes, int]], *, channel: str,
                           header: bytes) -> list[int]:
-        keys = [self._streams_key]
-        args: list[Any] = [repr(float(self._clock())), self._max_count, channel, header]
-        for stream, payload, floor in events:
-            keys += (self._meta(stream), self._log(stream))
-            args += (stream, floor, payload)
+        args: list[Any] = [self.prefix, repr(float(self._clock())), self._max_count, channel, header]
+        for event in events:
+            args += event  # stream, payload, floor
         self.pending_appends += len(events)
         try:
             with self._unavailable():
-                return [int(event_id) for event_id in await self._append(keys=keys, args=args)]
+                if channel:  # the engine's, one at a time (its Coalescer)
+                    return await self._eval_append(args)
+                return await self._append(args=args)  # Lua numbers: hiredis gives ints already
         finally:
             self.pending_appends -= len(events)
+
+    async def _eval_append(self, args: list[Any]) -> list[int]:
+        """The append script on a connection of the log's own, its command packed in C: redis-py's
+        generic command path (pool, retry, timing, a Python packer) cost more than the call itself."""
+        if self._own_busy:  # not expected (the engine sends one batch at a time): the general path
+            return await self._append(args=args)
+        self._own_busy = True
+        try:
+            pool = self._client.connection_pool
+            conn = self._own
+            if conn is None:
+                conn = self._own = await pool.get_connection()  # kept until close()
+            else:
+                await _drop_if_stale(conn)
+            try:
+                await conn.send_packed_command(_pack(conn, "EVALSHA", self._append.sha, 0, *args),
+                                               check_health=False)
+                return await conn.read_response()
+            except NoScriptError:  # a restarted Redis forgot the script: the general path loads it
+                return await self._append(args=args)
+            except ResponseError:
+                raise
+            except BaseException:
+                await conn.disconnect()  # its reply may be left unread
+                raise
+        finally:
+            self._own_busy = False
 
     async def trim(self, now: float) -> int:
         self._check_open()
@@ -320,6 +361,9 @@ class RedisEventLog:
         if self._closed:
             return
         self._closed = True
+        own, self._own = self._own, None
+        if own is not None:
+            await self._client.connection_pool.release(own)
         await self._client.aclose(close_connection_pool=True)
 
     def _check_open(self) -> None:
@@ -352,6 +396,27 @@ class RedisEventLog:
             self.reconnects += 1
             log.info("event log: redis at %s reconnected after %.1f s (reconnect #%d)",
                      self.url, time.monotonic() - self._down_since, self.reconnects)
+
+
+async def _drop_if_stale(conn: AbstractConnection) -> None:
+    """A connection Redis closed (a restart) is dropped, so the next command reconnects instead of
+    failing. (redis-py 8's pool skips this check while its maintenance notifications are on.)"""
+    if not conn.is_connected:
+        return
+    can_read = getattr(conn, "can_read", None) or conn.can_read_destructive  # redis-py < 5.1
+    try:
+        stale = await can_read()  # buffered bytes or EOF; no read from the socket
+    except (RedisConnectionError, OSError):
+        stale = True
+    if stale:
+        await conn.disconnect()
+
+
+def _pack(conn: AbstractConnection, *command: Any) -> Any:
+    """A command in RESP bytes: hiredis packs it in C; redis-py's packer when hiredis is too old."""
+    if _hiredis_pack is not None:
+        return _hiredis_pack(command)
+    return conn.pack_command(*command)
 
 
 def _start(after: int) -> str:

@@ -19,6 +19,7 @@ import tempfile
 import time
 
 import aiohttp
+import orjson
 import pytest
 import redis
 from bayeux_helpers import (
@@ -38,6 +39,7 @@ from redis_helpers import RedisServer, require_redis
 
 from cometd_broker import BrokerConfig, create_app
 from cometd_broker.app import ENDPOINT
+from cometd_broker.engine import Outgoing, Published
 from cometd_broker.routing import FORWARDED_BY
 
 BUDGET = 30.0  # seconds for a whole subprocess scenario
@@ -183,6 +185,34 @@ async def test_a_batch_of_publishes_is_one_script_call_with_every_reply_in_place
     assert engine.stats()["fanout_messages"] - before["fanout_messages"] == 1  # ... and one fan-out message
 
 
+async def test_a_batch_is_delivered_locally_before_its_replies_with_one_echo_wait(two_brokers):
+    a, _ = two_brokers
+    on_a = await replay_session(a, "/z", -1)
+    [reply] = await send(a, handshake_message())
+    publisher = reply["clientId"]
+    broker = broker_of(a)
+    before = broker.engine.stats()
+    replies = await send(a, [publish_message(publisher, "/z", {"n": n}, id=f"p{n}") for n in range(5)])
+    assert [r["successful"] for r in replies] == [True] * 5
+    # The replies come after the echo: this process's subscriber has every event queued already.
+    assert len(broker.sessions[on_a].queue) == 5
+    after = broker.engine.stats()
+    assert after["fanout_messages"] - before["fanout_messages"] == 1
+    assert after["echo_timeouts"] == before["echo_timeouts"] and after["pending"] == 0
+
+
+async def test_publish_many_gives_each_event_its_id_and_local_delivery(two_brokers):
+    a, _ = two_brokers
+    on_a = await replay_session(a, "/m", -1)
+    engine = broker_of(a).engine
+    events = [Outgoing("/m", "/m", None, orjson.dumps({"channel": "/m", "data": n}), False) for n in range(3)]
+    events.append(Outgoing("/n", "/n", None, b'{"channel":"/n","data":0}', False))  # nobody here listens
+    results = await engine.publish_many(events)
+    assert results == [Published(1, 1), Published(2, 1), Published(3, 1), Published(1, 0)]
+    assert [e["data"] for e in await receive(a, on_a, 3)] == [0, 1, 2]
+    assert await engine.publish_many([]) == []
+
+
 async def test_a_client_whose_owner_is_gone_gets_402_and_resumes_there_by_replay(two_brokers, redis_url):
     a, b = two_brokers
     on_a = await replay_session(a, "/feed", -1)
@@ -286,6 +316,9 @@ async def test_without_redis_reachable_publishes_fail_clearly(aiohttp_client):
     failed = reply_to(replies, "/chat")
     assert failed["successful"] is False and failed["error"].startswith("503:"), failed
     assert "redis" in failed["error"]
+    batch = [publish_message(reply["clientId"], "/chat", {"n": n}, id=f"p{n}") for n in range(3)]
+    replies = await send(client, batch)  # a batch fails publish by publish, each reply in its place
+    assert [(r["id"], r["successful"], r["error"][:4]) for r in replies] == [(f"p{n}", False, "503:") for n in range(3)]
 
 
 # ---- subprocesses: SIGKILL a process, restart Redis, --workers -----------------------------------
