@@ -7,8 +7,8 @@ import asyncio
 import base64
 from typing import Any
 
-import aiohttp
 import pytest
+from desktop_helpers import BrowserSession
 
 from channels.app import ContactCenterConfig, install_contact_center
 from channels.auth import User, UserDirectory, hash_password
@@ -32,17 +32,12 @@ async def server(aiohttp_server):
     return await aiohttp_server(app)
 
 
-class Desktop:
-    """One browser: a cookie jar shared by its REST calls and its CometD session."""
+class Desktop(BrowserSession):
+    """One browser with the CSRF token of its login."""
 
     def __init__(self, server: Any) -> None:
-        self.server = server
-        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        super().__init__(server)
         self.csrf = ""
-        self.client_id = ""
-
-    def url(self, path: str) -> str:
-        return str(self.server.make_url(path))
 
     async def login(self, user: str) -> dict[str, Any]:
         async with self.http.get(self.url("/api/v2/me"), headers=basic(user)) as response:
@@ -56,30 +51,11 @@ class Desktop:
         async with self.http.request(method, self.url(path), json=body, headers=headers) as response:
             return response.status, await response.json()
 
-    async def bayeux(self, messages: list[dict[str, Any]], mount: str = "/api/v2/notifications") -> list[dict]:
-        async with self.http.post(self.url(mount), json=messages) as response:
-            assert response.status == 200, await response.text()
-            return await response.json()
-
-    async def listen(self, *channels: str) -> None:
-        """Handshake with the login cookie only (no credentials) and subscribe."""
-        [reply] = await self.bayeux([{"channel": "/meta/handshake", "version": "1.0",
-                                      "supportedConnectionTypes": ["long-polling"]}])
-        assert reply["successful"] is True, reply
-        self.client_id = reply["clientId"]
-        await self.bayeux([{"channel": "/meta/connect", "clientId": self.client_id, "connectionType": "long-polling"}])
-        replies = await self.bayeux([{"channel": "/meta/subscribe", "clientId": self.client_id,
-                                      "subscription": list(channels)}])
-        assert replies[0]["successful"] is True, replies
-
     async def events(self) -> list[dict[str, Any]]:
         async with asyncio.timeout(WAIT):
             replies = await self.bayeux([{"channel": "/meta/connect", "clientId": self.client_id,
                                           "connectionType": "long-polling", "advice": {"timeout": 1000}}])
         return [m for m in replies if not m["channel"].startswith("/meta/")]
-
-    async def close(self) -> None:
-        await self.http.close()
 
 
 @pytest.fixture

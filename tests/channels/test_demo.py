@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import pytest
+from desktop_helpers import BrowserSession
 
 from channels.app import ContactCenterConfig, install_contact_center
 from channels.demo import DEMO, MAX_ACTIVE, NICKNAMES, SCRIPTS, CustomerSimulator, install_demo
@@ -25,19 +25,14 @@ TOPICS = ("/v2/me/smssessions", "/v2/me/chats", "/v2/me/channels")
 COLLECTION = {"/v2/me/smssessions": ("smssessions", "smssession"), "/v2/me/chats": ("chats", "chat")}
 
 
-class Desktop:
-    """One browser: a cookie jar shared by its REST calls and its CometD session (as in test_agent_api)."""
+class Desktop(BrowserSession):
+    """One browser (as in test_agent_api), logged in with Basic, collecting its events."""
 
     def __init__(self, client: Any, user: str, password: str) -> None:
-        self.client = client
+        super().__init__(client)
         self.user = user
         self.password = password
-        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-        self.client_id = ""
         self.pending: list[tuple[str, dict[str, Any]]] = []
-
-    def url(self, path: str) -> str:
-        return str(self.client.make_url(path))
 
     async def login(self) -> None:
         token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
@@ -47,22 +42,6 @@ class Desktop:
     async def rest(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         async with self.http.request(method, self.url(path), json=body) as response:
             return await response.json()
-
-    async def bayeux(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        async with self.http.post(self.url("/api/v2/notifications"), json=messages) as response:
-            assert response.status == 200, await response.text()
-            return await response.json()
-
-    async def listen(self, *channels: str) -> None:
-        """Handshake with the login cookie only (no credentials) and subscribe."""
-        [reply] = await self.bayeux([{"channel": "/meta/handshake", "version": "1.0",
-                                      "supportedConnectionTypes": ["long-polling"]}])
-        assert reply["successful"] is True, reply
-        self.client_id = reply["clientId"]
-        await self.bayeux([{"channel": "/meta/connect", "clientId": self.client_id, "connectionType": "long-polling"}])
-        replies = await self.bayeux([{"channel": "/meta/subscribe", "clientId": self.client_id,
-                                      "subscription": list(channels)}])
-        assert replies[0]["successful"] is True, replies
 
     async def start_ready(self, *channels: str) -> None:
         reply = await self.rest("POST", "/api/v2/me", {"operationName": "StartContactCenterSession",
@@ -94,9 +73,6 @@ class Desktop:
     async def next_of(self, interaction_id: str, count: int) -> list[dict[str, Any]]:
         """The next `count` events about one interaction, in order (others are skipped)."""
         return [(await self.wait_for(lambda _, data: about(data, interaction_id)))[1] for _ in range(count)]
-
-    async def close(self) -> None:
-        await self.http.close()
 
 
 def about(data: dict[str, Any], interaction_id: str) -> bool:
