@@ -7,7 +7,7 @@ import asyncio
 import base64
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 from aiohttp import web
@@ -37,12 +37,14 @@ class Stack:
     routing: Routing
     conversations: Conversations
 
+    passwords: ClassVar[dict[str, str]] = PASSWORDS  # of the users `rest` may act as
+
     async def rest(self, method: str, path: str, user: str | None = None, body: Any = None, *,
                    data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         """One REST call as `user` (Basic, no cookies kept); (HTTP status, JSON body)."""
         sent = dict(headers or {})
         if user is not None:
-            sent["Authorization"] = "Basic " + base64.b64encode(f"{user}:{PASSWORDS[user]}".encode()).decode()
+            sent["Authorization"] = "Basic " + base64.b64encode(f"{user}:{self.passwords[user]}".encode()).decode()
         async with self.client.request(method, path, json=body if data is None else None, data=data,
                                        headers=sent) as response:
             return response.status, await response.json()

@@ -3,10 +3,9 @@ and desks that also listen on /v2/me/interactions and /v2/me/workbins. Every wai
 
 from __future__ import annotations
 
-import base64
 import itertools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 from aiohttp import web
@@ -40,14 +39,7 @@ class IxDesk(Desk):
 class IxStack(Stack):
     workbins: workbins.Workbins | None = None
 
-    async def rest(self, method: str, path: str, user: str | None = None, body: Any = None, *,
-                   data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-        sent = dict(headers or {})
-        if user is not None:
-            sent["Authorization"] = "Basic " + base64.b64encode(f"{user}:{PASSWORDS[user]}".encode()).decode()
-        async with self.client.request(method, path, json=body if data is None else None, data=data,
-                                       headers=sent) as response:
-            return response.status, await response.json()
+    passwords: ClassVar[dict[str, str]] = PASSWORDS
 
     async def desk(self, user: str) -> IxDesk:
         desk = IxDesk(self.client, user)
