@@ -1,11 +1,12 @@
 """A small HTTP/1.1 client that relays a request's bytes to another broker process and returns its reply's bytes.
 
 Why not aiohttp's client: the reply is relayed to the client unchanged, so the raw bytes are what we
-need, and a forwarded long-poll is one small POST answered with one Content-Length body (the owner's
-private port is always the lean path). One connection per in-flight request, because a held
-/meta/connect occupies its connection for up to the connect timeout; idle connections are kept for
-reuse, at most `max_idle` per owner and for at most `idle_timeout` seconds (below the owner's own
-keep-alive timeout, so a reused connection is rarely one the owner is closing).
+need, and a forwarded long-poll (a POST, or a JSONP GET) is one small request answered with one
+Content-Length body (the owner's private port is the lean path, or aiohttp for JSONP: both set one).
+One connection per in-flight request, because a held /meta/connect occupies its connection for up
+to the connect timeout; idle connections are kept for reuse, at most `max_idle` per owner and for at
+most `idle_timeout` seconds (below the owner's own keep-alive timeout, so a reused connection is
+rarely one the owner is closing).
 """
 
 from __future__ import annotations

@@ -11,16 +11,17 @@ processes and each request there is a 402 and a re-handshake, forever.
 - Registry: the process listens on a private socket (private_port.py) and keeps
   `{prefix}:route:{tag}` = "host:port" in Redis with a TTL it refreshes every TTL/3; it deletes the
   key when it stops. A process SIGKILLed leaves the key until the TTL ends, but its port refuses.
-- Forwarding: a long-poll POST whose first message names another tag (never a handshake) is sent,
-  headers and body, to that owner's private port and the owner's reply bytes are relayed unchanged
-  (forwarding.py). If the owner is not registered, cannot be reached within a second, or drops the
-  request, the batch is handled here as before: 402 with handshake advice, so the client resumes on
-  this process by replay, losing nothing.
-- The private port serves only forwarded long-polls (the lean path, with `X-Cometd-Forwarded-By`,
-  anything else 400) and never forwards again. It needs no trust of its own: a forwarded request
-  carries the client's own clientId and browser cookie, which the owner checks as for any request.
-  For the same reason the header grants nothing on the public port: it is never read there, and is
-  replaced when a request is forwarded.
+- Forwarding: a long-poll POST, or a callback-polling (JSONP) GET, whose first message names another
+  tag (never a handshake) is sent, method, target, headers and body, to that owner's private port
+  and the owner's reply bytes are relayed unchanged (forwarding.py). If the owner is not registered,
+  cannot be reached within a second, or drops the request, the batch is handled here as before: 402
+  with handshake advice, so the client resumes on this process by replay, losing nothing.
+- The private port serves only forwarded requests (with `X-Cometd-Forwarded-By`, anything else 400)
+  and never forwards again: POSTs on the lean path, and GETs (JSONP) handed to aiohttp's handler of
+  callback-polling, so the owner wraps the reply in the client's callback exactly as on its public
+  port. It needs no trust of its own: a forwarded request carries the client's own clientId and
+  browser cookie, which the owner checks as for any request. For the same reason the header grants
+  nothing on the public port: it is never read there, and is replaced when a request is forwarded.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable
-from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -43,6 +43,7 @@ from .broker import Broker
 from .forwarding import ForwardedReply, Forwarder, ForwardError
 from .private_port import HOP_BY_HOP, address_of, bind_private
 from .tasks import cancel_and_wait
+from .transports.http import HttpTransport
 from .transports.lean_http import LeanHttp
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,9 @@ class SessionRouter:
     """This process's tag, its registration, its private port, and the forwarding of others' sessions."""
 
     def __init__(self, broker: Broker, redis_url: str, host: str, *, prefix: str = "cometd",
-                 ttl: float = REGISTRATION_TTL) -> None:
+                 ttl: float = REGISTRATION_TTL, http: HttpTransport | None = None) -> None:
         self.broker = broker
+        self.http = http or HttpTransport(broker)  # serves the forwarded requests the lean path hands over
         self.tag = secrets.token_hex(TAG_LENGTH // 2)
         broker.client_id_prefix = self.tag
         self.host = host
@@ -80,6 +82,7 @@ class SessionRouter:
         self._owners: dict[str, tuple[str | None, float]] = {}  # tag -> (address or None, valid until)
         self._server: asyncio.AbstractServer | None = None
         self._private: LeanHttp | None = None
+        self._private_aiohttp: web.Server | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._redis_down = False  # logged once per outage
 
@@ -91,7 +94,8 @@ class SessionRouter:
     async def start(self, _: web.Application | None = None) -> None:
         sock = bind_private(self.host)
         self.address = address_of(sock)
-        private = LeanHttp(self.broker, ["/"], _Refusal, forwarded_only=True)
+        fallback = web.Server(self._serve_handed_over, access_log=None)
+        private = LeanHttp(self.broker, ["/"], fallback, forwarded_only=True)
         try:
             # Every held connect relayed here is a connection of its own: a deep accept queue, so
             # a burst of them while this process is busy is not refused.
@@ -99,10 +103,10 @@ class SessionRouter:
         except OSError:
             sock.close()
             raise
-        self._private = private
+        self._private, self._private_aiohttp = private, fallback
         await self._register()  # before the public port listens, when Redis answers
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever(), name="session-router")
-        log.info("session router: tag %s, forwarded long-polls on %s", self.tag, self.address)
+        log.info("session router: tag %s, forwarded requests on %s", self.tag, self.address)
 
     async def stop(self, _: web.Application | None = None) -> None:
         """After the broker answered its held connects: unregister, close the private port and the pool."""
@@ -116,6 +120,9 @@ class SessionRouter:
         if self._private is not None:
             self._private.close()
             self._private = None
+        if self._private_aiohttp is not None:
+            await self._private_aiohttp.shutdown(1.0)
+            self._private_aiohttp = None
         self.forwarder.close()
         await self._redis.aclose()
 
@@ -152,9 +159,9 @@ class SessionRouter:
             return None
         return tag
 
-    async def forward(self, tag: str, target: str, headers: Iterable[tuple[str, str]],
-                      body: bytes) -> ForwardedReply | None:
-        """The owner's reply to this POST, or None when it is gone (then the caller answers as the owner
+    async def forward(self, tag: str, target: str, headers: Iterable[tuple[str, str]], body: bytes, *,
+                      method: str = "POST") -> ForwardedReply | None:
+        """The owner's reply to this request, or None when it is gone (then the caller answers as the owner
         of nothing: 402, and the client resumes here)."""
         stats = self.broker.stats
         address = await self._owner(tag)
@@ -162,7 +169,7 @@ class SessionRouter:
             stats.forward_failures += 1
             return None
         try:
-            reply = await self.forwarder.send(address, self._request(target, headers, body))
+            reply = await self.forwarder.send(address, self._request(method, target, headers, body))
         except ForwardError as exc:
             stats.forward_failures += 1
             if self._owners.get(tag, (None,))[0] is not None:
@@ -174,8 +181,8 @@ class SessionRouter:
         stats.forwarded += 1
         return reply
 
-    def _request(self, target: str, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
-        lines = [f"POST {target} HTTP/1.1"]
+    def _request(self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
+        lines = [f"{method} {target} HTTP/1.1"]
         lines += [f"{name}: {value}" for name, value in headers if name.lower() not in _NOT_RELAYED]
         lines += [f"Content-Length: {len(body)}", f"{FORWARDED_BY}: {self.tag}", "", ""]
         return "\r\n".join(lines).encode("latin-1", "replace") + body
@@ -199,17 +206,17 @@ class SessionRouter:
         self._owners[tag] = (address, time.monotonic() + seconds)
 
 
-class _Refusal(asyncio.Protocol):
-    """The private port's answer to anything but a forwarded long-poll."""
-
-    def connection_made(self, transport: Any) -> None:  # uvloop's transports are not asyncio's classes
-        body = b"this port serves only long-polls forwarded by the broker's own processes\n"
-        transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                        b"Connection: close\r\n\r\n%s" % (len(body), body))
-        transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        pass  # closing already
+    async def _serve_handed_over(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The private port's requests the lean path hands over: forwarded JSONP GETs, and any forwarded
+        request after one on the same (pooled) connection. Never forwarded again."""
+        allowed = self.broker.transports
+        if FORWARDED_BY in request.headers:
+            if request.method == "GET" and "callback-polling" in allowed and "message" in request.query:
+                return await self.http.callback_polling(request, relay=False)
+            if request.method == "POST" and "long-polling" in allowed:
+                return await self.http.long_polling(request, relay=False)
+        return web.Response(status=400, text="this port serves only requests forwarded by the broker's own "
+                                             "processes\n", headers={"Connection": "close"})
 
 
 def install_router(app: web.Application, broker: Broker) -> SessionRouter:
@@ -217,7 +224,7 @@ def install_router(app: web.Application, broker: Broker) -> SessionRouter:
     from .app import ENDPOINT
 
     cfg = broker.config
-    router = SessionRouter(broker, cfg.redis, cfg.forward_host)
+    router = SessionRouter(broker, cfg.redis, cfg.forward_host, http=app[ENDPOINT].http)
     endpoint = app[ENDPOINT]
     endpoint.router = router
     endpoint.http.router = router

@@ -73,7 +73,7 @@ def browser_id_of(cookies: Mapping[str, str], cookie_name: str) -> str | None:
     return browser_id if browser_id is not None and _BROWSER_ID.match(browser_id) else None
 
 
-def context_for(request: web.Request, transport: str, cookie_name: str) -> RequestContext:
+def context_for(request: web.BaseRequest, transport: str, cookie_name: str) -> RequestContext:
     return RequestContext(transport, request.headers, request.cookies, request.remote,
                           browser_id_of(request.cookies, cookie_name))
 
@@ -87,33 +87,34 @@ class HttpTransport:
         self.cookie_name = broker.config.browser_cookie
         self.router: SessionRouter | None = None  # set in a cluster (routing.install_router)
 
-    async def long_polling(self, request: web.Request) -> web.StreamResponse:
+    async def long_polling(self, request: web.BaseRequest, *, relay: bool = True) -> web.StreamResponse:
+        """`relay`: False on the private port, which never forwards again (routing.py)."""
         try:
             body = await self._read_body(request)
             messages = parse_long_poll_body(body, request.content_type == "application/x-www-form-urlencoded")
         except BodyError as exc:
             return web.Response(status=exc.http_status, body=encode(bayeux.body_error_reply(exc.error)),
                                 content_type=JSON)
-        if self.router is not None:
-            forwarded = await self._forward(self.router, request, messages, body)
-            if forwarded is not None:
-                return forwarded
+        forwarded = await self._forward(request, messages, body, "POST") if relay else None
+        if forwarded is not None:
+            return forwarded
         status, body, browser_id = await self._process(request, messages, "long-polling")
         return self._respond(status, body, JSON, browser_id)
 
-    async def _forward(self, router: SessionRouter, request: web.Request, messages: list[Message],
-                       body: bytes) -> web.Response | None:
+    async def _forward(self, request: web.BaseRequest, messages: list[Message], body: bytes,
+                       method: str) -> web.Response | None:
         """The reply of the process owning the batch's session, if another one does and it answered."""
-        tag = router.owner_tag(messages)
-        if tag is None:
+        router = self.router
+        tag = None if router is None else router.owner_tag(messages)
+        if router is None or tag is None:
             return None
-        reply = await router.forward(tag, request.raw_path, request.headers.items(), body)
+        reply = await router.forward(tag, request.raw_path, request.headers.items(), body, method=method)
         if reply is None:
             return None  # the owner is gone: answered here (402), the client resumes on this process
         headers = [(k, v) for k, v in reply.headers if k.lower() not in HOP_BY_HOP]
         return web.Response(status=reply.status, reason=reply.reason, headers=headers, body=reply.body)
 
-    async def callback_polling(self, request: web.Request) -> web.StreamResponse:
+    async def callback_polling(self, request: web.BaseRequest, *, relay: bool = True) -> web.StreamResponse:
         callback = request.query.get("jsonp", "jsonpcallback")
         if not _CALLBACK.match(callback):
             return web.Response(status=400, content_type=JSON, body=encode(bayeux.body_error_reply(
@@ -121,6 +122,10 @@ class HttpTransport:
         browser_id = None
         try:
             messages = parse_message_params(request.query.getall("message", []))
+            # Relayed as the same GET: the owner wraps the reply itself, exactly as it would here.
+            forwarded = await self._forward(request, messages, b"", "GET") if relay else None
+            if forwarded is not None:
+                return forwarded
             status, body, browser_id = await self._process(request, messages, "callback-polling")
         except BodyError as exc:
             status, body = 200, encode(bayeux.body_error_reply(exc.error))
@@ -128,7 +133,7 @@ class HttpTransport:
         wrapped = callback.encode() + b"(" + body + b");"
         return self._respond(200 if status < 500 else status, wrapped, "text/javascript", browser_id)
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    async def _read_body(self, request: web.BaseRequest) -> bytes:
         limit = self.max_size
         length = request.content_length
         if length is not None:
@@ -146,7 +151,7 @@ class HttpTransport:
         return BodyError(bayeux.error(
             413, f"message_too_large (the body exceeds max_message_size of {self.max_size} bytes)"), 413)
 
-    async def _process(self, request: web.Request, messages: list[Message],
+    async def _process(self, request: web.BaseRequest, messages: list[Message],
                        transport: str) -> tuple[int, bytes, str | None]:
         """Handle a batch: the HTTP status, the body, and a browser id to set as cookie (or None)."""
         broker = self.broker
@@ -161,7 +166,7 @@ class HttpTransport:
             events = broker.take_events(session, result.connect_reply)
         return 200, encode(result.replies, events), result.new_browser_id
 
-    async def _hold(self, request: web.Request, result: HandleResult) -> tuple[int, bytes]:
+    async def _hold(self, request: web.BaseRequest, result: HandleResult) -> tuple[int, bytes]:
         pending = result.park
         assert pending is not None
         released: asyncio.Future[str] = asyncio.get_running_loop().create_future()

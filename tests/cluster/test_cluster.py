@@ -23,10 +23,12 @@ import orjson
 import pytest
 import redis
 from bayeux_helpers import (
+    HttpReply,
     both_http_servers,  # noqa: F401  (the routing tests run on both HTTP paths)
     broker_of,
     connect_message,
     events_in,
+    get_raw,
     handshake_message,
     publish_message,
     reply_to,
@@ -276,6 +278,44 @@ async def test_a_long_poll_client_straddling_two_processes_gets_every_message_on
     assert broker_of(b).stats.forwarded == 10 and broker_of(b).stats.forward_failures == 0
     async with b.get("/metrics") as response:
         assert 'cometd_forwarded_requests_total{result="forwarded"} 10\n' in await response.text()
+
+
+async def test_a_callback_polling_client_straddling_two_processes_is_relayed_with_its_jsonp_wrapping(
+        routed_brokers):
+    a, b = routed_brokers
+    cp = "callback-polling"
+
+    async def jsonp(client, message: dict, callback: str = "cb") -> tuple[HttpReply, list[dict]]:
+        reply = await get_raw(client, {"message": orjson.dumps([message]).decode(), "jsonp": callback})
+        assert reply.status == 200, reply.text
+        return reply, reply.jsonp(callback)
+
+    direct, [handshake] = await jsonp(a, handshake_message(connection_types=[cp], ext={"replay": True}))
+    client_id = handshake["clientId"]  # the session lives on A
+    assert client_id[:8] == a.app[ENDPOINT].router.tag
+    await jsonp(a, connect_message(client_id, connection_type=cp, timeout=0))
+    _, [sub] = await jsonp(b, {"channel": "/meta/subscribe", "clientId": client_id, "subscription": "/chat",
+                               "ext": {"replay": {"/chat": -1}}})  # through B
+    assert sub["successful"] is True, sub
+
+    got: list[dict] = []
+    for n in range(6):  # the held connect reaches B, the client's publishes A or B
+        held = asyncio.create_task(jsonp(b, connect_message(client_id, connection_type=cp, timeout=5000),
+                                         callback=f"jQuery_{n}"))
+        await wait_parked(broker_of(a), client_id)  # held on A, through B
+        _, [ack] = await jsonp(a if n % 2 else b, publish_message(client_id, "/chat", {"n": n}))
+        assert ack["successful"] is True, ack
+        relayed, replies = await asyncio.wait_for(held, 5)  # unwrapped with its own callback name
+        assert reply_to(replies, "/meta/connect")["successful"] is True
+        assert relayed.headers["Content-Type"] == direct.headers["Content-Type"]
+        got += events_in(replies)
+    assert [e["data"]["n"] for e in got] == list(range(6))
+    assert broker_of(a).stats.handshakes == 1 and broker_of(b).stats.handshakes == 0
+    assert broker_of(a).stats.unknown_sessions == broker_of(b).stats.unknown_sessions == 0
+    assert broker_of(b).stats.forwarded == 10 and broker_of(b).stats.forward_failures == 0
+    # A handshake reaching B is answered there, never relayed.
+    _, [other] = await jsonp(b, handshake_message(connection_types=[cp]))
+    assert other["clientId"][:8] == b.app[ENDPOINT].router.tag and broker_of(b).stats.forwarded == 10
 
 
 async def test_a_forwarding_header_from_a_client_grants_nothing(routed_brokers):
