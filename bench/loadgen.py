@@ -317,8 +317,12 @@ class LongPollingClient(Client):
             h["Cookie"] = self.cookie if "Cookie" not in h else h["Cookie"] + "; " + self.cookie
         return h
 
+    def _pool(self, messages: list[dict[str, Any]]) -> RawHttpPool | None:
+        """The lean pool this request goes through (None: aiohttp's client)."""
+        return self.gen.raw
+
     async def post(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        raw = self.gen.raw
+        raw = self._pool(messages)
         if raw is not None:
             status, cookies, body = await raw.post(orjson.dumps(messages), self._headers())
             if status != 200:
@@ -857,16 +861,10 @@ class StickyLongPollingClient(LongPollingClient):
     def misrouted(self) -> int:
         return self.pool.misrouted
 
-    async def post(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _pool(self, messages: list[dict[str, Any]]) -> RawHttpPool | None:
         if messages and messages[0].get("channel") == "/meta/handshake":
             self.pool.forget()  # the new session may live in another process
-        status, cookies, body = await self.pool.post(orjson.dumps(messages), self._headers())
-        if status != 200:
-            self.errors += 1
-            return [{"successful": False, "http": status}]
-        if cookies and not self.cookie:
-            self.cookie = "; ".join(c.split(b";", 1)[0].decode() for c in cookies)
-        return orjson.loads(body)
+        return self.pool
 
 
 # --------------------------------------------------------------------------- the generator

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import socket
 
+# Set by the forwarding process (its tag) on every relayed request; required on the private port.
+FORWARDED_BY = "X-Cometd-Forwarded-By"
+
 # Headers that describe one connection, not the message: never relayed (RFC 9110 7.6.1), plus the
 # framing headers the relaying side sets again for the relayed body.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",

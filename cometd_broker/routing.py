@@ -41,7 +41,7 @@ from . import bayeux
 from .bayeux import Message
 from .broker import Broker
 from .forwarding import ForwardedReply, Forwarder, ForwardError
-from .private_port import HOP_BY_HOP, address_of, bind_private
+from .private_port import FORWARDED_BY, HOP_BY_HOP, address_of, bind_private
 from .tasks import cancel_and_wait
 from .transports.http import HttpTransport
 from .transports.lean_http import LeanHttp
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 
 TAG_LENGTH = 8  # hex digits of the process tag that starts a clientId
 CLIENT_ID_LENGTH = TAG_LENGTH + 40  # the tag, then bayeux.new_client_id()
-FORWARDED_BY = "X-Cometd-Forwarded-By"  # set by the forwarding process (its tag); required on the private port
 REGISTRATION_TTL = 10.0  # seconds a registration lives unless refreshed
 MISS_TTL = 1.0  # seconds an unknown or unreachable owner is remembered as such
 PRIVATE_BACKLOG = 4096

@@ -276,3 +276,12 @@ def delivery_problems(subscriber: Subscriber, publisher: Publisher) -> list[str]
     if unexpected:
         problems.append(f"seqs delivered that were never published: {unexpected[:20]}")
     return [f"{subscriber.name}: {p}" for p in problems]
+
+
+async def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    """Until `predicate()` holds, polling every 20 ms; AssertionError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from crash_helpers import BayeuxPublisher, RestPublisher, Subscriber, Target, delivery_problems, seq_of
+from crash_helpers import BayeuxPublisher, RestPublisher, Subscriber, Target, delivery_problems, seq_of, wait_for
 
 from channels.auth import User, UserDirectory, hash_password
 
@@ -26,14 +26,6 @@ BUDGET = 35.0  # seconds for the whole scenario
 def broker_flags(event_log: str, users_file: str) -> list[str]:
     return ["--event-log", event_log, "--allow-anonymous", "--users", "u:pw", "--users-file", users_file,
             "--no-csrf", "--state-db", ":memory:", "--log-level", "WARNING"]
-
-
-async def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def test_sigkill_mid_stream_then_restart_on_the_same_log_loses_and_repeats_nothing(broker_process, tmp_path):

@@ -30,13 +30,14 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from .. import bayeux
 from ..bayeux import BodyError, Message
 from ..broker import Broker, HandleResult, PendingConnect, RequestContext
+from ..private_port import FORWARDED_BY
 from .http import browser_id_of, encode, parse_long_poll_body
 from .lean_websocket import LeanWebSocket, upgrade_response
 
 if TYPE_CHECKING:  # routing.py imports this module
     from ..routing import SessionRouter
 
-_FORWARDED_BY = "x-cometd-forwarded-by"  # routing.FORWARDED_BY (routing.py imports this module)
+_FORWARDED_BY_KEY = FORWARDED_BY.lower()
 MAX_HEAD = 16 * 1024  # request line and headers; aiohttp's own limits are of the same order
 KEEPALIVE_TIMEOUT = 75.0  # seconds an idle keep-alive connection is kept (aiohttp's default)
 log = logging.getLogger(__name__)
@@ -253,7 +254,7 @@ class LeanHttpConnection(asyncio.Protocol):
         del buffer[:head.body_at + length]
         self._close_after = not head.keep_alive
         self.busy = True
-        self._serve(head, head.ctx, body)
+        self._serve(head, body)
 
     def _parse_head(self, raw_head: bytes) -> _Head | None:
         """The request head if it is a plain Bayeux long-poll POST (or, with no context, a websocket
@@ -299,7 +300,7 @@ class LeanHttpConnection(asyncio.Protocol):
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
         if length < 0 or length > self.server.max_size:
             return None  # no length, or too large: aiohttp answers (411/413) as everywhere else
-        if self.server.forwarded_only and not any(n.lower() == _FORWARDED_BY for n, _ in headers):
+        if self.server.forwarded_only and not any(n.lower() == _FORWARDED_BY_KEY for n, _ in headers):
             return None  # the private port refuses what another broker process did not forward
         form = content_type.split(b";", 1)[0].strip().lower() == b"application/x-www-form-urlencoded"
         return _Head(raw_head, headers, length, keep_alive, form, self._context("long-polling", headers),
@@ -321,8 +322,10 @@ class LeanHttpConnection(asyncio.Protocol):
             return None
         return _Head(raw_head, headers, 0, True, False, None)
 
-    def _serve(self, head: _Head, ctx: RequestContext, body: bytes) -> None:
+    def _serve(self, head: _Head, body: bytes) -> None:
         server = self.server
+        ctx = head.ctx
+        assert ctx is not None  # a POST's head (an upgrade's has none and never gets here)
         try:
             messages = parse_long_poll_body(body, head.form)
         except BodyError as exc:

@@ -36,7 +36,7 @@ from bayeux_helpers import (
     wait_parked,
 )
 from conftest import USERS_OPTION, RunningBroker, free_port, start_broker, wait_listening
-from crash_helpers import BayeuxPublisher, Subscriber, Target, delivery_problems, seq_of
+from crash_helpers import BayeuxPublisher, Subscriber, Target, delivery_problems, seq_of, wait_for
 from redis_helpers import RedisServer, require_redis
 
 from cometd_broker import BrokerConfig, create_app
@@ -103,14 +103,6 @@ async def receive(client, client_id: str, count: int, timeout: float = 5.0) -> l
         while len(got) < count:
             got += events_in(await send(client, connect_message(client_id, timeout=200)))
     return got
-
-
-async def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 # ---- in-process: two brokers, one Redis ---------------------------------------------------------
