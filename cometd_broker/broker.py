@@ -346,10 +346,9 @@ class Broker:
         sent: list[tuple[int, ServerSession, Message]] = []
         for place, session, message in started:
             channel = message["channel"]
-            denied = self.authorizer.publish_denied(session.principal, channel)
+            denied = self._publish_denied(session, message)
             if denied is not None:
-                replies[place] = bayeux.error_reply(message, bayeux.error(
-                    403, f"publish_denied ({denied})", session.client_id, channel))
+                replies[place] = denied
                 continue
             # As in _client_publish: the publisher's id is not forwarded.
             event = bayeux.delivered(channel, message["data"])
@@ -361,9 +360,7 @@ class Broker:
         took = time.monotonic() - began
         for (place, session, message), result in zip(sent, results, strict=True):
             if isinstance(result, EngineUnavailable):
-                log.warning("publish on %s failed: %s", message["channel"], result, extra=_ids(session))
-                replies[place] = bayeux.error_reply(message, bayeux.error(
-                    503, f"publish_failed ({result}; retry later)", message["channel"]))
+                replies[place] = self._publish_failed(session, message, result)
             else:
                 self.stats.published_one(took)
                 replies[place] = bayeux.reply_to(message)
@@ -800,12 +797,26 @@ class Broker:
         reply["clientId"] = session.client_id
         return reply
 
-    async def _client_publish(self, session: ServerSession, message: Message) -> Message:
+    def _publish_denied(self, session: ServerSession, message: Message) -> Message | None:
+        """The 403 reply when `session` may not publish `message`, else None."""
         channel = message["channel"]
         denied = self.authorizer.publish_denied(session.principal, channel)
+        if denied is None:
+            return None
+        return bayeux.error_reply(message, bayeux.error(403, f"publish_denied ({denied})", session.client_id, channel))
+
+    @staticmethod
+    def _publish_failed(session: ServerSession, message: Message, exc: EngineUnavailable) -> Message:
+        """The 503 reply of a publish the engine could not take (logged)."""
+        channel = message["channel"]
+        log.warning("publish on %s failed: %s", channel, exc, extra=_ids(session))
+        return bayeux.error_reply(message, bayeux.error(503, f"publish_failed ({exc}; retry later)", channel))
+
+    async def _client_publish(self, session: ServerSession, message: Message) -> Message:
+        channel = message["channel"]
+        denied = self._publish_denied(session, message)
         if denied is not None:
-            return bayeux.error_reply(message, bayeux.error(403, f"publish_denied ({denied})",
-                                                            session.client_id, channel))
+            return denied
         reply = bayeux.reply_to(message)
         if is_service(channel):
             try:
@@ -821,9 +832,7 @@ class Broker:
         try:
             await self._publish_event(channel, None, channel, bayeux.delivered(channel, message["data"]))
         except EngineUnavailable as exc:
-            log.warning("publish on %s failed: %s", channel, exc, extra=_ids(session))
-            return bayeux.error_reply(message, bayeux.error(
-                503, f"publish_failed ({exc}; retry later)", channel))
+            return self._publish_failed(session, message, exc)
         return reply
 
     async def _call_services(self, session: ServerSession, message: Message) -> None:
