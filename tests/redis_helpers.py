@@ -7,12 +7,14 @@ are skipped, except under CI (CI=true), where that is a broken setup and fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 
 import pytest
 from conftest import free_port
@@ -33,9 +35,22 @@ def require_redis() -> str:
     return binary
 
 
+@contextlib.contextmanager
+def running_redis(*args: str) -> Iterator[RedisServer]:
+    """A started redis-server (with extra command-line `args`), stopped afterwards: the body of the
+    test modules' `redis_server` fixtures, each of its own scope."""
+    server = RedisServer(require_redis(), args)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 class RedisServer:
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, args: Sequence[str] = ()) -> None:
         self.binary = binary
+        self.args = list(args)
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="redis-test-")
         self.log_path = os.path.join(self.dir, "redis.log")
@@ -50,7 +65,7 @@ class RedisServer:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", self.dir],
+                 "--dir", self.dir, *self.args],
                 stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -59,7 +74,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
+                    if sock.recv(64).startswith((b"+PONG", b"-NOAUTH")):  # up (with or without a password)
                         return
             except OSError:
                 pass

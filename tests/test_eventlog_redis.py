@@ -4,6 +4,7 @@ redis-server), plus what only Redis has: a shared log, ids across data loss, una
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import Callable
 
@@ -11,7 +12,7 @@ import pytest
 import redis
 import test_eventlog as contract
 from hypothesis.stateful import precondition, rule
-from redis_helpers import RedisServer, require_redis
+from redis_helpers import running_redis
 from test_eventlog import (  # noqa: F401  (collected here again, with this module's make_log)
     FakeClock,
     test_bounds,
@@ -28,6 +29,7 @@ from test_eventlog import (  # noqa: F401  (collected here again, with this modu
     test_trim_everything_never_reuses_ids,
 )
 
+from cometd_broker.engine.redis_link import RedisLink
 from cometd_broker.eventlog import (
     KEEP_ALL,
     EventLog,
@@ -42,10 +44,8 @@ from cometd_broker.eventlog.redis import RedisEventLog
 
 @pytest.fixture(scope="module")
 def redis_server():
-    server = RedisServer(require_redis())
-    server.start()
-    yield server
-    server.stop()
+    with running_redis() as server:
+        yield server
 
 
 @pytest.fixture
@@ -100,65 +100,62 @@ async def test_trim_by_age_of_a_long_stream_uses_the_stored_timestamps(make_log)
     assert (await log.read("/a", 0, 1))[0].timestamp == 900.0
 
 
-async def _fanout_messages(pubsub, count: int) -> list[bytes]:
-    got = []
-    for _ in range(20):
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-        if message is not None:
-            got.append(message["data"])
-        if len(got) == count:
-            break
-    return got
+async def _append_script(link: RedisLink, log: RedisEventLog, events, header: bytes) -> list[int]:
+    """The append script as the Redis engine calls it, on its link (subscribed to "fanout")."""
+    return await link.call("EVAL", log.append_script, 0, *log.append_args(events, channel="fanout", header=header))
 
 
-async def test_append_and_publish_fans_out_atomically_with_the_id(make_log, redis_server) -> None:
+@pytest.fixture
+async def fanout_link(redis_server):
+    """A link subscribed to "fanout" and the messages it received."""
+    link = await RedisLink.open(redis_server.url, client_name="fanout-test", timeout=5)
+    got: list[bytes] = []
+    await link.subscribe("fanout", timeout=5)
+    link.deliver_to(lambda channel, data: got.append(data))
+    yield link, got
+    link.close()
+
+
+async def test_the_append_script_fans_out_atomically_with_the_id(make_log, fanout_link) -> None:
     log = make_log()
-    pubsub = log.pubsub()
-    try:
-        await pubsub.subscribe("fanout")
-        await pubsub.get_message(timeout=2)  # the subscribe confirmation
-        assert await log.append_and_publish([("/a", b'{"n":1}', 0)], channel="fanout", header=b'["h"]') == [1]
-        # The floor: a broker that saw id 7 before Redis lost its data keeps ids increasing.
-        assert await log.append_and_publish([("/a", b'{"n":2}', 7)], channel="fanout", header=b'["h"]') == [8]
-        assert await _fanout_messages(pubsub, 2) == [b'1\n["h"]\n{"n":1}', b'8\n["h"]\n{"n":2}']
-        assert [e.id for e in await log.read("/a", 0, 10)] == [1, 8]
-    finally:
-        await pubsub.aclose()
+    link, got = fanout_link
+    assert await _append_script(link, log, [("/a", b'{"n":1}', 0)], b'["h"]') == [1]
+    # The floor: a broker that saw id 7 before Redis lost its data keeps ids increasing.
+    assert await _append_script(link, log, [("/a", b'{"n":2}', 7)], b'["h"]') == [8]
+    assert got == [b'1\n["h"]\n{"n":1}', b'8\n["h"]\n{"n":2}']  # here before the replies: one connection
+    assert [e.id for e in await log.read("/a", 0, 10)] == [1, 8]
+    assert log.append_sha == hashlib.sha1(log.append_script.encode()).hexdigest()  # what the engine's EVALSHA names
 
 
-async def test_a_batch_spans_streams_in_one_script_and_one_message(make_log, redis_server) -> None:
+async def test_a_batch_spans_streams_in_one_script_and_one_message(make_log, fanout_link) -> None:
     log = make_log()
+    link, got = fanout_link
     await log.append("/a", [b"a1"])
-    pubsub = log.pubsub()
-    try:
-        await pubsub.subscribe("fanout")
-        await pubsub.get_message(timeout=2)
-        batch = [("/a", b"a2", 0), ("/b", b"b1", 0), ("/a", b"a3", 0), ("/b", b"b2", 5)]
-        assert await log.append_and_publish(batch, channel="fanout", header=b"H") == [2, 1, 3, 6]
-        assert await _fanout_messages(pubsub, 1) == [b"2,1,3,6\nH\na2b1a3b2"]
-        assert await log.append_and_publish([], channel="fanout", header=b"H") == []
-    finally:
-        await pubsub.aclose()
+    batch = [("/a", b"a2", 0), ("/b", b"b1", 0), ("/a", b"a3", 0), ("/b", b"b2", 5)]
+    assert await _append_script(link, log, batch, b"H") == [2, 1, 3, 6]
+    assert got == [b"2,1,3,6\nH\na2b1a3b2"]
     assert [(e.id, e.payload) for e in await log.read("/a", 0, 10)] == [(1, b"a1"), (2, b"a2"), (3, b"a3")]
     assert [(e.id, e.payload) for e in await log.read("/b", 0, 10)] == [(1, b"b1"), (6, b"b2")]
     assert await log.bounds("/b") == (1, 6)
     assert await log.streams() == ["/a", "/b"]
 
 
-async def test_the_engine_path_survives_a_forgotten_script_and_a_closed_connection(make_log, redis_server) -> None:
+async def test_connections_redis_closed_cost_no_failed_command(make_log, redis_server) -> None:
+    """As after a Redis restart: every pooled connection is dead, and the next commands notice it
+    before sending (they reconnect) instead of failing once per dead connection."""
     log = make_log()
-    assert await log.append_and_publish([("/a", b"1", 0)], channel="fanout", header=b"H") == [1]
+    await log.append("/a", [b"1"])
+    await asyncio.gather(*(log.read("/a", 0, 5) for _ in range(4)))  # several connections in the pool
     admin = redis.Redis.from_url(redis_server.url)
     try:
-        admin.script_flush()  # as after a restart: the script is loaded again, the append not lost
-        assert await log.append_and_publish([("/a", b"2", 0)], channel="fanout", header=b"H") == [2]
-        admin.client_kill_filter(_type="normal", skipme=True)  # every connection of the log is closed ...
-        await asyncio.sleep(0.2)  # ... and, as after a restart, the loop has seen it
-        assert await log.append_and_publish([("/a", b"3", 0)], channel="fanout", header=b"H") == [3]
+        admin.client_kill_filter(_type="normal", skipme=True)
     finally:
         admin.close()
-    # (Another opener reads: redis-py 8's pool lends this one's killed connection once more.)
-    assert [e.payload for e in await make_log().read("/a", 0, 10)] == [b"1", b"2", b"3"]
+    await asyncio.sleep(0.2)  # the loop has seen the connections close
+    for _ in range(6):
+        assert [e.payload for e in await log.read("/a", 0, 5)] == [b"1"]
+    assert await log.bounds("/a") == (1, 1)
+    assert await log.append("/a", [b"2"]) == [2]
 
 
 async def test_an_unreachable_redis_is_reported_as_unavailable() -> None:

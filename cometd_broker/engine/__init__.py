@@ -28,7 +28,12 @@ def open_engine(redis_url: str, event_log: EventLog, dispatch: Dispatch, *,
     if not is_redis_url(redis_url):
         raise ValueError(f"redis must be a redis://, rediss:// or unix:// URL, not {redis_url!r}")
     from ..eventlog.redis import RedisEventLog  # the redis package is needed only for a cluster
-    from .redis import RedisEngine
+
+    try:
+        from .redis import RedisEngine
+    except ImportError as exc:
+        raise ValueError(f"the Redis engine needs redis-py and hiredis >= 3.0: pip install 'cometd-broker[redis]' "
+                         f"({exc})") from None
 
     if not isinstance(event_log, RedisEventLog):
         raise ValueError("the Redis engine needs the event log in the same Redis (event_log = the redis URL)")

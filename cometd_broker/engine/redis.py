@@ -1,10 +1,15 @@
 """RedisEngine: broker processes share fan-out through Redis pub/sub.
 
-Publishing is one Lua script (see RedisEventLog.append_and_publish): it assigns the events' ids,
+Publishing is one Lua script (see RedisEventLog's append script): it assigns the events' ids,
 appends them to their streams in Redis Streams and PUBLISHes them on the cluster's fan-out channel,
 atomically, so the order of ids and the order of fan-out messages always agree. Publishes made in
 the same loop turn, or while the previous script call is in flight, share one call and one fan-out
 message (a Coalescer): a long-poll batch of N publishes costs one round trip, not N.
+
+The engine talks to Redis over one RESP3 connection of its own (RedisLink) that both calls the
+script and is subscribed to the fan-out channel: Redis writes the messages of every process and
+this one's replies into it in the order it ran them, so a publish's own fan-out message comes
+back with its reply, in the same read.
 
 A fan-out message is "<id>,<id>,...\n<header>\n<payload><payload>...": the header (JSON) names
 the publishing process, the send time and, per event, its stream, channel, user, ext flag, the
@@ -14,21 +19,24 @@ parsing it (the broker then looks up its subscription index and usually finds no
 Every process, the publisher included, delivers to its own sessions only what comes back through
 pub/sub, in the order it arrives. So all processes deliver a stream in the same order, and a
 publisher never delivers an event locally that the others might not see. The publishing call
-waits for its own message to come back (a bounded table of pending calls, with a timeout) and
-returns how many local sessions it was queued for, so `Broker.publish` keeps its meaning.
-`publish_many` (a long-poll batch's publishes) is one such call for all its events: one
-submission, one script call, one fan-out message and one wait, not one of each per event.
+waits for its own message to come back (a bounded table of pending calls, with a timeout, though on
+the shared connection the message is normally there before the reply) and returns how many local
+sessions it was queued for, so `Broker.publish` keeps its meaning. `publish_many` (a long-poll
+batch's publishes) is one such call for all its events: one submission, one script call, one
+fan-out message and one wait, not one of each per event.
 
-Connection loss: the subscriber notices (the socket closes), logs a WARNING, calls `on_lost` and
-reconnects with exponential backoff; publishes fail at once with EngineUnavailable meanwhile
-(nothing is published, the caller may retry). Once subscribed again it logs INFO "redis
-reconnected" and awaits `on_restored` before dispatching anything newer: the broker re-reads
-from the log every replayed subscription, so a session that resumes by replay misses nothing.
-Sessions without replay have no position to resume from and may miss what was published while
-the subscription was down (the same at-most-once a Bayeux client without replay always has).
+Connection loss: the link notices (the socket closes, or a call goes unanswered for
+`stall_timeout`), the engine logs a WARNING, calls `on_lost` and reconnects with exponential
+backoff; publishes fail at once with EngineUnavailable meanwhile (nothing is published, the caller
+may retry). Once subscribed again it logs INFO "redis reconnected" and awaits `on_restored` before
+dispatching anything newer: the broker re-reads from the log every replayed subscription, so a
+session that resumes by replay misses nothing. Sessions without replay have no position to resume
+from and may miss what was published while the subscription was down (the same at-most-once a
+Bayeux client without replay always has).
 
-Not detected: a Redis that stops answering without closing the connection (no keepalive here);
-a publish whose echo does not come back in `echo_timeout` returns delivered=0 and is counted.
+Not detected: an idle Redis that stops answering without closing the connection, until TCP
+keepalive gives up on it; a publish whose echo does not come back in `echo_timeout` returns
+delivered=0 and is counted.
 """
 
 from __future__ import annotations
@@ -40,19 +48,19 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import hiredis
 import orjson
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..eventlog import EventLogUnavailable
 from ..eventlog.redis import RedisEventLog
 from ..tasks import cancel_and_wait
 from .base import Dispatch, EngineUnavailable, Outgoing, Published
 from .coalesce import Coalescer
+from .redis_link import RedisLink
 
 log = logging.getLogger("cometd_broker.engine")
 
-_DISCONNECTS = (RedisConnectionError, RedisTimeoutError, EventLogUnavailable, OSError)
+_DISCONNECTS = (EventLogUnavailable, OSError)  # OSError: ConnectionError, TimeoutError and the socket's own
 _CONFIRM_TIMEOUT = 10.0  # seconds Redis has to confirm a SUBSCRIBE before we try again
 
 
@@ -86,6 +94,7 @@ class RedisEngine:
         backoff_min: float = 0.05,  # seconds before the first reconnect attempt; doubles ...
         backoff_max: float = 2.0,  # ... up to this
         startup_wait: float = 5.0,  # seconds start() waits for the first subscription
+        stall_timeout: float | None = None,  # seconds a call may go unanswered; the log's socket timeout
     ) -> None:
         self._log = event_log
         self._dispatch = dispatch
@@ -100,6 +109,8 @@ class RedisEngine:
             name="redis-engine-appends")
         self._backoff = (backoff_min, backoff_max)
         self._startup_wait = startup_wait
+        self._stall_timeout = event_log.socket_timeout if stall_timeout is None else stall_timeout
+        self._link: RedisLink | None = None  # while subscribed
         self._pending: dict[int, _Group] = {}
         self._next_ref = 0
         self._seen: dict[str, int] = {}  # newest id per stream seen on the fan-out: the ids' floor
@@ -215,7 +226,7 @@ class RedisEngine:
                 entries.append((stream, channel, user_id, has_ext, ref, len(payload)))
                 events.append((stream, payload, seen.get(stream, 0)))
         header = orjson.dumps([self.node_id, time.time(), entries])
-        ids = await self._log.append_and_publish(events, channel=self.channel, header=header)
+        ids = await self._call_append(self._log.append_args(events, channel=self.channel, header=header))
         self.published += len(events)
         self.publish_calls += 1
         results, start = [], 0
@@ -224,6 +235,24 @@ class RedisEngine:
             results.append(ids[start:end])
             start = end
         return results
+
+    async def _call_append(self, args: list[Any]) -> list[int]:
+        """The append script on the link, by its digest (EVALSHA); a Redis that forgot the script (a
+        restart, SCRIPT FLUSH) gets its source once (EVAL, which loads it again)."""
+        link = self._link
+        if link is None:
+            raise EventLogUnavailable(self._unavailable_text())
+        try:
+            try:
+                return await link.send(hiredis.pack_command(("EVALSHA", self._log.append_sha, 0, *args)))
+            except hiredis.ReplyError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                return await link.call("EVAL", self._log.append_script, 0, *args)
+        except ConnectionError as exc:
+            raise EventLogUnavailable(str(exc)) from exc
+        except hiredis.ReplyError as exc:  # e.g. OOM, or a replica that is read-only: nothing appended
+            raise EventLogUnavailable(f"redis at {self._log.url} refused the append: {exc}") from exc
 
     def _unavailable_text(self) -> str:
         if self._down_since is None:
@@ -244,13 +273,14 @@ class RedisEngine:
     async def _run(self) -> None:
         delay = self._backoff[0]
         while not self._closing:
-            pubsub = self._log.pubsub()
+            link: RedisLink | None = None
             try:
-                await pubsub.subscribe(self.channel)
-                await self._await_confirmation(pubsub)
+                link = await RedisLink.open(self._log.url, client_name=self._log.client_name,
+                                            timeout=self._log.connect_timeout + self._log.socket_timeout)
+                await link.subscribe(self.channel, _CONFIRM_TIMEOUT)
                 if self._down_since is not None:
-                    # Order matters: the broker re-reads the log (on_restored) before this task
-                    # dispatches anything newer; what arrives meanwhile waits in the socket.
+                    # Order matters: the broker re-reads the log (on_restored) before anything newer
+                    # is dispatched; the link keeps what arrives meanwhile until deliver_to.
                     if self._on_restored is not None:
                         await self._on_restored()
                     down_for = time.monotonic() - self._down_since
@@ -261,35 +291,44 @@ class RedisEngine:
                     else:
                         log.info("redis at %s reachable after %.1f s; fan-out started", self._log.url, down_for)
                     self._down_since = None
+                link.deliver_to(self._on_message)
+                self._link = link
                 self._subscribed.set()
                 self._ever_connected = True
                 delay = self._backoff[0]
-                await self._receive(pubsub)
+                await self._watch(link)
             except _DISCONNECTS as exc:
                 self._lost(exc)
             except Exception as exc:  # a bug must not end the cluster's fan-out for good
                 log.exception("redis engine subscriber failed; resubscribing")
                 self._lost(exc)
             finally:
-                await _close_quietly(pubsub)
+                self._link = None
+                if link is not None:
+                    link.close()
             if not self._closing:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._backoff[1])
 
-    async def _await_confirmation(self, pubsub: Any) -> None:
-        """Read until Redis confirms the subscription: only then can no later message be missed."""
-        async with asyncio.timeout(_CONFIRM_TIMEOUT):
-            while True:
-                message = await pubsub.get_message(timeout=1.0)
-                if message is not None and message.get("type") == "subscribe":
-                    return
-
-    async def _receive(self, pubsub: Any) -> None:
+    async def _watch(self, link: RedisLink) -> None:
+        """Until the link closes (raising what closed it). A call still unanswered after a whole
+        `stall_timeout` (no reply at all since the check before) closes it: Redis stopped answering."""
+        waited_on = -1  # replies counted at the last check, if calls were in flight then
         while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-            if message is None or message.get("type") != "message":
+            try:
+                async with asyncio.timeout(self._stall_timeout):
+                    cause = await link.wait_closed()
+            except TimeoutError:
+                if link.replies == waited_on and link.in_flight:
+                    stalled = TimeoutError(f"redis answered nothing for {self._stall_timeout:.1f} s")
+                    link.close(stalled)  # its calls in flight fail with this reason
+                    raise stalled from None
+                waited_on = link.replies if link.in_flight else -1
                 continue
-            self._handle(message["data"])
+            raise cause if cause is not None else ConnectionError("redis connection closed")
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        self._handle(data)  # the link is subscribed to the fan-out channel alone
 
     def _handle(self, data: bytes) -> None:
         try:
@@ -336,9 +375,3 @@ class RedisEngine:
             self._on_lost()
         self._fail_pending()
 
-
-async def _close_quietly(pubsub: Any) -> None:
-    try:
-        await pubsub.aclose()
-    except _DISCONNECTS:
-        pass  # the connection is gone already: nothing left to release

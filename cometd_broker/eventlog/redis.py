@@ -34,11 +34,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import (
@@ -57,9 +55,9 @@ from .base import (
 log = logging.getLogger("cometd_broker.eventlog")
 
 try:
-    from hiredis import pack_command as _hiredis_pack  # hiredis >= 2.1
+    from redis.maint_notifications import MaintNotificationsConfig  # redis-py >= 7
 except ImportError:
-    _hiredis_pack = None
+    MaintNotificationsConfig = None
 
 _SCAN_PAGE = 500  # entries per XRANGE when read_range scans a stream
 
@@ -152,24 +150,29 @@ class RedisEventLog:
         if not is_redis_url(url):
             raise ValueError(f"not a Redis URL: {url!r} (use redis://, rediss:// or unix://)")
         self.url = url
+        self.connect_timeout = connect_timeout
+        self.socket_timeout = socket_timeout
         self.retention = retention
         self.prefix = prefix
         self._clock = clock
         # Every connection says whose it is in CLIENT LIST (operators; tests kill one broker's).
         self.client_name = f"cometd-broker-{os.getpid()}-{secrets.token_hex(3)}"
         # No retries (see the module docstring). The blocking pool bounds connections; stale ones
-        # are detected by redis-py before use, so a restarted Redis costs no failed command.
+        # are detected by redis-py before use, so a restarted Redis costs no failed command. (That
+        # check is skipped while redis-py's maintenance notifications are on, its default since 7:
+        # they are for Redis Enterprise's failovers, which this log does not follow anyway.)
+        options: dict[str, Any] = {}
+        if MaintNotificationsConfig is not None:
+            options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=connect_timeout + socket_timeout,
             socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout, retry=Retry(NoBackoff(), 0),
-            client_name=self.client_name)
+            client_name=self.client_name, **options)
         self._client = aioredis.Redis(connection_pool=pool)
         self._append = self._client.register_script(_APPEND)
         self._trim = self._client.register_script(_TRIM)
         self._streams_key = f"{prefix}:streams"
         self._max_count = "" if retention.max_count is None else str(retention.max_count)
-        self._own: AbstractConnection | None = None  # the engine's appends' connection (_eval_append)
-        self._own_busy = False
         self._closed = False
         # For logs and metrics: whether the last command reached Redis, and how often that changed.
         self.connected = True  # nothing failed yet
@@ -193,60 +196,36 @@ class RedisEventLog:
         payloads = as_payloads(payloads)
         if not payloads:
             return []
-        return await self._run_append([(stream, payload, 0) for payload in payloads], channel="", header=b"")
+        return await self._run_append([(stream, payload, 0) for payload in payloads])
 
-    async def append_and_publish(self, events: Sequence[tuple[str, bytes, int]], *, channel: str,
-                                 header: bytes) -> list[int]:
-        """Append `events` (stream, payload, id floor), in order and to any streams, and PUBLISH
-        "<id>,<id>,...\\n<header>\\n<payload><payload>..." on `channel`, atomically; their ids.
+    # The Redis engine calls the append script itself, on its own connection (see RedisLink):
+    @property
+    def append_script(self) -> str:
+        return _APPEND
 
-        For the Redis engine: every subscriber sees the events of a stream in id order, a whole
-        batch in one message (the header tells it where each payload ends)."""
-        self._check_open()
-        if not events:
-            return []
-        return await self._run_append(events, channel=channel, header=header)
+    @property
+    def append_sha(self) -> str:
+        return self._append.sha
 
-    async def _run_append(self, events: Sequence[tuple[str, bytes, int]], *, channel: str,
-                          header: bytes) -> list[int]:
+    def append_args(self, events: Sequence[tuple[str, bytes, int]], *, channel: str, header: bytes) -> list[Any]:
+        """The append script's arguments for `events` (stream, payload, id floor), in order and to any
+        streams, PUBLISHing "<id>,<id>,...\\n<header>\\n<payload><payload>..." on `channel`.
+
+        It returns their ids. For the Redis engine: every subscriber sees the events of a stream in
+        id order, a whole batch in one message (the header tells it where each payload ends)."""
         args: list[Any] = [self.prefix, repr(float(self._clock())), self._max_count, channel, header]
         for event in events:
             args += event  # stream, payload, floor
+        return args
+
+    async def _run_append(self, events: Sequence[tuple[str, bytes, int]]) -> list[int]:
+        args = self.append_args(events, channel="", header=b"")
         self.pending_appends += len(events)
         try:
             with self._unavailable():
-                if channel:  # the engine's, one at a time (its Coalescer)
-                    return await self._eval_append(args)
                 return await self._append(args=args)  # Lua numbers: hiredis gives ints already
         finally:
             self.pending_appends -= len(events)
-
-    async def _eval_append(self, args: list[Any]) -> list[int]:
-        """The append script on a connection of the log's own, its command packed in C: redis-py's
-        generic command path (pool, retry, timing, a Python packer) cost more than the call itself."""
-        if self._own_busy:  # not expected (the engine sends one batch at a time): the general path
-            return await self._append(args=args)
-        self._own_busy = True
-        try:
-            pool = self._client.connection_pool
-            conn = self._own
-            if conn is None:
-                conn = self._own = await pool.get_connection()  # kept until close()
-            else:
-                await _drop_if_stale(conn)
-            try:
-                await conn.send_packed_command(_pack(conn, "EVALSHA", self._append.sha, 0, *args),
-                                               check_health=False)
-                return await conn.read_response()
-            except NoScriptError:  # a restarted Redis forgot the script: the general path loads it
-                return await self._append(args=args)
-            except ResponseError:
-                raise
-            except BaseException:
-                await conn.disconnect()  # its reply may be left unread
-                raise
-        finally:
-            self._own_busy = False
 
     async def trim(self, now: float) -> int:
         self._check_open()
@@ -340,20 +319,8 @@ class RedisEventLog:
     async def ping(self) -> None:
         """A round trip, for readiness probes: raises EventLogUnavailable when Redis does not answer."""
         self._check_open()
-        try:
-            with self._unavailable():
-                await self._client.ping()
-        except EventLogUnavailable:
-            # After a Redis restart the idle pooled connections are all dead, and each would fail one
-            # command: drop them and ask once more on a new connection (a PING is safe to repeat).
-            await self._client.connection_pool.disconnect(inuse_connections=False)
-            with self._unavailable():
-                await self._client.ping()
-
-    def pubsub(self) -> aioredis.client.PubSub:
-        """A pub/sub connection to the same Redis (the caller owns and closes it)."""
-        self._check_open()
-        return self._client.pubsub()
+        with self._unavailable():
+            await self._client.ping()
 
     # ---- lifetime ----------------------------------------------------------------------------
 
@@ -361,9 +328,6 @@ class RedisEventLog:
         if self._closed:
             return
         self._closed = True
-        own, self._own = self._own, None
-        if own is not None:
-            await self._client.connection_pool.release(own)
         await self._client.aclose(close_connection_pool=True)
 
     def _check_open(self) -> None:
@@ -396,27 +360,6 @@ class RedisEventLog:
             self.reconnects += 1
             log.info("event log: redis at %s reconnected after %.1f s (reconnect #%d)",
                      self.url, time.monotonic() - self._down_since, self.reconnects)
-
-
-async def _drop_if_stale(conn: AbstractConnection) -> None:
-    """A connection Redis closed (a restart) is dropped, so the next command reconnects instead of
-    failing. (redis-py 8's pool skips this check while its maintenance notifications are on.)"""
-    if not conn.is_connected:
-        return
-    can_read = getattr(conn, "can_read", None) or conn.can_read_destructive  # redis-py < 5.1
-    try:
-        stale = await can_read()  # buffered bytes or EOF; no read from the socket
-    except (RedisConnectionError, OSError):
-        stale = True
-    if stale:
-        await conn.disconnect()
-
-
-def _pack(conn: AbstractConnection, *command: Any) -> Any:
-    """A command in RESP bytes: hiredis packs it in C; redis-py's packer when hiredis is too old."""
-    if _hiredis_pack is not None:
-        return _hiredis_pack(command)
-    return conn.pack_command(*command)
 
 
 def _start(after: int) -> str:

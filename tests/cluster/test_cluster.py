@@ -37,7 +37,7 @@ from bayeux_helpers import (
 )
 from conftest import USERS_OPTION, RunningBroker, free_port, start_broker, wait_listening
 from crash_helpers import BayeuxPublisher, Subscriber, Target, delivery_problems, seq_of, wait_for
-from redis_helpers import RedisServer, require_redis
+from redis_helpers import running_redis
 
 from cometd_broker import BrokerConfig, create_app
 from cometd_broker.app import ENDPOINT
@@ -49,10 +49,8 @@ BUDGET = 30.0  # seconds for a whole subprocess scenario
 
 @pytest.fixture(scope="session")
 def redis_server():
-    server = RedisServer(require_redis())
-    server.start()
-    yield server
-    server.stop()
+    with running_redis() as server:
+        yield server
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ import orjson
 import pytest
 from bayeux_helpers import connect, events_in, open_session
 from conftest import RunningBroker, free_port, start_broker, wait_listening
-from redis_helpers import RedisServer, require_redis
+from redis_helpers import running_redis
 from yarl import URL
 
 from channels.auth import User, UserDirectory, hash_password
@@ -41,10 +41,8 @@ LEASE = f"{PREFIX}:leader"
 
 @pytest.fixture(scope="module")
 def redis_server():
-    server = RedisServer(require_redis())
-    server.start()
-    yield server
-    server.stop()
+    with running_redis() as server:
+        yield server
 
 
 def raw_redis(port: int, *command: str) -> bytes:
