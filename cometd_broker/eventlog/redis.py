@@ -2,15 +2,17 @@
 
 Layout (every key starts with `prefix`, "cometd" unless told otherwise):
     {prefix}:streams         SET of stream names ever written (`streams()`)
-    {prefix}:meta:{stream}   HASH latest (the last id ever assigned), ts (the last timestamp given)
+    {prefix}:meta            HASH l:{stream} (the last id ever assigned to the stream) and
+                             t:{stream} (the last timestamp given), for every stream
     {prefix}:log:{stream}    STREAM, one entry per event with the explicit id "<id>-0" and the
                              fields t (epoch seconds, as text) and p (the payload bytes)
 
 Why explicit ids: XRANGE then pages by our integer id directly ("<after+1>-0" .. "+"), and the
 retained ids stay contiguous, which `trim` uses to find the age cutoff by binary search.
-Why the counter lives in its own hash: the stream forgets nothing it needs (a fully trimmed
-stream keeps its last id), but `bounds` and the next append must agree on "latest" in one
-snapshot, and a hash field read is cheaper than XINFO.
+Why the counters live in a hash: the stream forgets nothing it needs (a fully trimmed stream keeps
+its last id), but `bounds` and the next append must agree on "latest" in one snapshot, and a hash
+field read is cheaper than XINFO. Why one hash for all streams: an append of events to many
+streams (a point-to-point batch) reads and writes every counter in one command each.
 
 Every write is one Lua script, so an append (ids, timestamps, trimming, the stream-name set and,
 for the Redis engine, the fan-out PUBLISH) is atomic: ids and fan-out order always agree. One
@@ -63,28 +65,41 @@ _SCAN_PAGE = 500  # entries per XRANGE when read_range scans a stream
 
 # ARGV: key prefix, now (seconds as text), max_count ('' = no limit), fan-out channel ('' = none),
 #       fan-out header, then per event: stream name, payload, id floor. Returns the events' ids, in order.
-# The script builds its keys from the prefix (once per stream of the batch) rather than receiving
-# two per event: a third fewer arguments to encode and send. (Undeclared keys are fine on a
-# single Redis; Redis Cluster would need every key of a call in one hash slot anyway.)
-# One call appends a whole batch (one round trip, one PUBLISH however many events and streams).
-# The id floor lets the Redis engine keep ids increasing after Redis lost its data (restarted
-# without persistence): a broker passes the newest id it has seen, so ids are never handed out twice.
+# The script builds its keys from the prefix rather than receiving two per event: a third fewer
+# arguments to encode and send. (Undeclared keys are fine on a single Redis; Redis Cluster would
+# need every key of a call in one hash slot anyway.) The counters of every stream of the batch are
+# read with one HMGET and written back with one HSET of the shared meta hash: per event only its
+# XADD remains. One call appends a whole batch (one round trip, one PUBLISH however many events
+# and streams). The id floor lets the Redis engine keep ids increasing after Redis lost its data
+# (restarted without persistence): a broker passes the newest id it has seen, so ids are never
+# handed out twice.
 _APPEND = """
 local prefix = ARGV[1]
-local streams = {}  -- stream -> {latest, ts, log key}: read once per stream, written back once
+local meta = prefix .. ':meta'
+local streams, order, fields = {}, {}, {}  -- the batch's streams, first-seen order, their meta fields
+local m = 0
+for a = 6, #ARGV, 3 do
+  local stream = ARGV[a]
+  if not streams[stream] then
+    streams[stream] = true
+    m = m + 1
+    order[m] = stream
+    fields[2 * m - 1], fields[2 * m] = 'l:' .. stream, 't:' .. stream
+  end
+end
+local state = redis.call('HMGET', meta, unpack(fields))
+local now = ARGV[2]
+for i = 1, m do
+  local stream = order[i]
+  local latest, ts = state[2 * i - 1], state[2 * i]
+  if not latest then redis.call('SADD', prefix .. ':streams', stream) end  -- with its first event
+  if not ts or tonumber(ts) < tonumber(now) then ts = now end  -- timestamps never go back in a stream
+  streams[stream] = {tonumber(latest or '0'), ts, prefix .. ':log:' .. stream}
+end
 local ids, payloads = {}, {}
 local n = 0
 for a = 6, #ARGV, 3 do
-  local stream = ARGV[a]
-  local s = streams[stream]
-  if not s then
-    local state = redis.call('HMGET', prefix .. ':meta:' .. stream, 'latest', 'ts')
-    local ts = ARGV[2]
-    if state[2] and tonumber(state[2]) > tonumber(ts) then ts = state[2] end
-    s = {tonumber(state[1] or '0'), ts, prefix .. ':log:' .. stream}
-    streams[stream] = s
-    if not state[1] then redis.call('SADD', prefix .. ':streams', stream) end  -- with its first event
-  end
+  local s = streams[ARGV[a]]
   local floor = tonumber(ARGV[a + 2])
   if s[1] < floor then s[1] = floor end
   s[1] = s[1] + 1
@@ -96,9 +111,12 @@ for a = 6, #ARGV, 3 do
   n = n + 1
   ids[n], payloads[n] = s[1], ARGV[a + 1]
 end
-for stream, s in pairs(streams) do
-  redis.call('HSET', prefix .. ':meta:' .. stream, 'latest', s[1], 'ts', s[2])
+local out = {}
+for i = 1, m do
+  local s = streams[order[i]]
+  out[4 * i - 3], out[4 * i - 2], out[4 * i - 1], out[4 * i] = fields[2 * i - 1], s[1], fields[2 * i], s[2]
 end
+redis.call('HSET', meta, unpack(out))
 if ARGV[4] ~= '' then
   redis.call('PUBLISH', ARGV[4], table.concat(ids, ',') .. '\\n' .. ARGV[5] .. '\\n' .. table.concat(payloads))
 end
@@ -183,8 +201,8 @@ class RedisEventLog:
 
     # ---- keys --------------------------------------------------------------------------------
 
-    def _meta(self, stream: str) -> str:
-        return f"{self.prefix}:meta:{stream}"
+    def _meta(self) -> str:
+        return f"{self.prefix}:meta"
 
     def _log(self, stream: str) -> str:
         return f"{self.prefix}:log:{stream}"
@@ -255,7 +273,7 @@ class RedisEventLog:
         # One transaction, one snapshot: latest and oldest agree even while others append.
         with self._unavailable():
             async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hget(self._meta(stream), "latest")
+                pipe.hget(self._meta(), f"l:{stream}")
                 pipe.xrange(self._log(stream), "-", "+", count=1)
                 latest_text, first = await pipe.execute()
         if latest_text is None:
