@@ -102,7 +102,8 @@ async def test_trim_by_age_of_a_long_stream_uses_the_stored_timestamps(make_log)
 
 async def _append_script(link: RedisLink, log: RedisEventLog, events, header: bytes) -> list[int]:
     """The append script as the Redis engine calls it, on its link (subscribed to "fanout")."""
-    return await link.call("EVAL", log.append_script, 0, *log.append_args(events, channel="fanout", header=header))
+    reply = await link.call("EVAL", log.append_script, 0, *log.append_args(events, channel="fanout", header=header))
+    return log.parse_ids(reply)
 
 
 @pytest.fixture
@@ -124,7 +125,26 @@ async def test_the_append_script_fans_out_atomically_with_the_id(make_log, fanou
     assert await _append_script(link, log, [("/a", b'{"n":2}', 7)], b'["h"]') == [8]
     assert got == [b'1\n["h"]\n{"n":1}', b'8\n["h"]\n{"n":2}']  # here before the replies: one connection
     assert [e.id for e in await log.read("/a", 0, 10)] == [1, 8]
+    # A floor behind the stream (another process appended since this one looked) is just passed by.
+    assert await _append_script(link, log, [("/a", b'{"n":3}', 2)], b'["h"]') == [9]
     assert log.append_sha == hashlib.sha1(log.append_script.encode()).hexdigest()  # what the engine's EVALSHA names
+
+
+async def test_a_stream_redis_lost_starts_again_above_the_floor_and_is_listed(make_log, fanout_link,
+                                                                             redis_server) -> None:
+    log = make_log()
+    link, _ = fanout_link
+    assert await _append_script(link, log, [("/a", b"1", 0), ("/b", b"1", 0)], b"H") == [1, 1]
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        admin.delete(*admin.keys(f"{log.prefix}:*"))  # as if Redis restarted without its data
+    finally:
+        admin.close()
+    # A broker that saw /a up to 40 publishes again: /a is created above it, and listed again;
+    # /b, which it never saw, starts from 1.
+    assert await _append_script(link, log, [("/a", b"2", 40), ("/b", b"2", 0)], b"H") == [41, 1]
+    assert await log.bounds("/a") == (41, 41)
+    assert await log.streams() == ["/a", "/b"]
 
 
 async def test_a_batch_spans_streams_in_one_script_and_one_message(make_log, fanout_link) -> None:

@@ -244,11 +244,12 @@ class RedisEngine:
             raise EventLogUnavailable(self._unavailable_text())
         try:
             try:
-                return await link.send(hiredis.pack_command(("EVALSHA", self._log.append_sha, 0, *args)))
+                reply = await link.send(hiredis.pack_command(("EVALSHA", self._log.append_sha, 0, *args)))
             except hiredis.ReplyError as exc:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
-                return await link.call("EVAL", self._log.append_script, 0, *args)
+                reply = await link.call("EVAL", self._log.append_script, 0, *args)
+            return self._log.parse_ids(reply)
         except ConnectionError as exc:
             raise EventLogUnavailable(str(exc)) from exc
         except hiredis.ReplyError as exc:  # e.g. OOM, or a replica that is read-only: nothing appended

@@ -2,17 +2,15 @@
 
 Layout (every key starts with `prefix`, "cometd" unless told otherwise):
     {prefix}:streams         SET of stream names ever written (`streams()`)
-    {prefix}:meta            HASH l:{stream} (the last id ever assigned to the stream) and
-                             t:{stream} (the last timestamp given), for every stream
-    {prefix}:log:{stream}    STREAM, one entry per event with the explicit id "<id>-0" and the
-                             fields t (epoch seconds, as text) and p (the payload bytes)
+    {prefix}:ts              HASH: per stream the last timestamp given (they never go back)
+    {prefix}:log:{stream}    STREAM, one entry per event with the id "0-<id>" and the fields t
+                             (epoch seconds, as text) and p (the payload bytes)
 
-Why explicit ids: XRANGE then pages by our integer id directly ("<after+1>-0" .. "+"), and the
-retained ids stay contiguous, which `trim` uses to find the age cutoff by binary search.
-Why the counters live in a hash: the stream forgets nothing it needs (a fully trimmed stream keeps
-its last id), but `bounds` and the next append must agree on "latest" in one snapshot, and a hash
-field read is cheaper than XINFO. Why one hash for all streams: an append of events to many
-streams (a point-to-point batch) reads and writes every counter in one command each.
+Why ids "0-<id>": Redis hands out the next sequence number itself (XADD key 0-*), so an append
+needs no counter of its own to read and write: per event it is one XADD. XRANGE pages by our
+integer id directly ("0-<after+1>" .. "+"), the retained ids stay contiguous, which `trim` uses
+to find the age cutoff by binary search, and a stream keeps its last id when trimmed empty
+(XINFO's last-generated-id, what `bounds` reads).
 
 Every write is one Lua script, so an append (ids, timestamps, trimming, the stream-name set and,
 for the Redis engine, the fan-out PUBLISH) is atomic: ids and fan-out order always agree. One
@@ -39,6 +37,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import (
@@ -64,63 +63,74 @@ except ImportError:
 _SCAN_PAGE = 500  # entries per XRANGE when read_range scans a stream
 
 # ARGV: key prefix, now (seconds as text), max_count ('' = no limit), fan-out channel ('' = none),
-#       fan-out header, then per event: stream name, payload, id floor. Returns the events' ids, in order.
-# The script builds its keys from the prefix rather than receiving two per event: a third fewer
-# arguments to encode and send. (Undeclared keys are fine on a single Redis; Redis Cluster would
-# need every key of a call in one hash slot anyway.) The counters of every stream of the batch are
-# read with one HMGET and written back with one HSET of the shared meta hash: per event only its
-# XADD remains. One call appends a whole batch (one round trip, one PUBLISH however many events
-# and streams). The id floor lets the Redis engine keep ids increasing after Redis lost its data
-# (restarted without persistence): a broker passes the newest id it has seen, so ids are never
-# handed out twice.
+#       fan-out header, then per event: stream name, payload, id floor ('0' = none). Returns the
+#       events' ids, in order, as one string "<id>,<id>,...".
+# The script builds its keys from the prefix rather than receiving them per event: fewer arguments
+# to encode and send. (Undeclared keys are fine on a single Redis; Redis Cluster would need every
+# key of a call in one hash slot anyway.) One call appends a whole batch (one round trip, one
+# PUBLISH however many events and streams). The id floor lets the Redis engine keep ids increasing
+# after Redis lost its data (restarted without persistence): a broker passes the newest id it has
+# seen for the stream, and the event gets an id above both it and the stream's last. Normally the
+# stream's last id is that floor, so the explicit id is simply the next one.
 _APPEND = """
-local prefix = ARGV[1]
-local meta = prefix .. ':meta'
-local streams, order, fields = {}, {}, {}  -- the batch's streams, first-seen order, their meta fields
-local m = 0
+local prefix, now, maxlen = ARGV[1], ARGV[2], ARGV[3]
+local tskey = prefix .. ':ts'
+local order, ts = {}, {}  -- the batch's streams; per stream its timestamp
 for a = 6, #ARGV, 3 do
-  local stream = ARGV[a]
-  if not streams[stream] then
-    streams[stream] = true
-    m = m + 1
-    order[m] = stream
-    fields[2 * m - 1], fields[2 * m] = 'l:' .. stream, 't:' .. stream
+  if not ts[ARGV[a]] then ts[ARGV[a]] = true; order[#order + 1] = ARGV[a] end
+end
+local last = redis.call('HMGET', tskey, unpack(order))
+local changed, c = {}, 0
+local now_n = tonumber(now)
+for i = 1, #order do
+  local stream, t = order[i], last[i]
+  if t and tonumber(t) >= now_n then  -- timestamps never go back within a stream
+    ts[stream] = t
+  else
+    ts[stream] = now
+    changed[c + 1], changed[c + 2] = stream, now
+    c = c + 2
   end
 end
-local state = redis.call('HMGET', meta, unpack(fields))
-local now = ARGV[2]
-for i = 1, m do
-  local stream = order[i]
-  local latest, ts = state[2 * i - 1], state[2 * i]
-  if not latest then redis.call('SADD', prefix .. ':streams', stream) end  -- with its first event
-  if not ts or tonumber(ts) < tonumber(now) then ts = now end  -- timestamps never go back in a stream
-  streams[stream] = {tonumber(latest or '0'), ts, prefix .. ':log:' .. stream}
+if c > 0 then redis.call('HSET', tskey, unpack(changed)) end
+local xadd, xadd_existing  -- XADD; the same only to a stream that exists (nil if it does not)
+if maxlen == '' then
+  xadd = function(key, id, t, p) return redis.call('XADD', key, id, 't', t, 'p', p) end
+  xadd_existing = function(key, id, t, p) return redis.pcall('XADD', key, 'NOMKSTREAM', id, 't', t, 'p', p) end
+else
+  xadd = function(key, id, t, p) return redis.call('XADD', key, 'MAXLEN', maxlen, id, 't', t, 'p', p) end
+  xadd_existing = function(key, id, t, p)
+    return redis.pcall('XADD', key, 'NOMKSTREAM', 'MAXLEN', maxlen, id, 't', t, 'p', p)
+  end
 end
 local ids, payloads = {}, {}
 local n = 0
 for a = 6, #ARGV, 3 do
-  local s = streams[ARGV[a]]
-  local floor = tonumber(ARGV[a + 2])
-  if s[1] < floor then s[1] = floor end
-  s[1] = s[1] + 1
-  if ARGV[3] ~= '' then
-    redis.call('XADD', s[3], 'MAXLEN', ARGV[3], s[1] .. '-0', 't', s[2], 'p', ARGV[a + 1])
-  else
-    redis.call('XADD', s[3], s[1] .. '-0', 't', s[2], 'p', ARGV[a + 1])
+  local stream, payload, floor = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local key, t = prefix .. ':log:' .. stream, ts[stream]
+  local id
+  if floor ~= '0' then
+    local above = '0-' .. (tonumber(floor) + 1)
+    id = xadd_existing(key, above, t, payload)
+    if id == false then  -- the stream is gone (Redis lost its data): it starts again above the floor
+      redis.call('SADD', prefix .. ':streams', stream)
+      id = xadd(key, above, t, payload)
+    elseif type(id) == 'table' then  -- the stream is past the floor already
+      id = nil
+    end
+  end
+  if not id then
+    id = xadd(key, '0-*', t, payload)
+    if id == '0-1' then redis.call('SADD', prefix .. ':streams', stream) end  -- its first event
   end
   n = n + 1
-  ids[n], payloads[n] = s[1], ARGV[a + 1]
+  ids[n], payloads[n] = string.sub(id, 3), payload
 end
-local out = {}
-for i = 1, m do
-  local s = streams[order[i]]
-  out[4 * i - 3], out[4 * i - 2], out[4 * i - 1], out[4 * i] = fields[2 * i - 1], s[1], fields[2 * i], s[2]
-end
-redis.call('HSET', meta, unpack(out))
+local joined = table.concat(ids, ',')
 if ARGV[4] ~= '' then
-  redis.call('PUBLISH', ARGV[4], table.concat(ids, ',') .. '\\n' .. ARGV[5] .. '\\n' .. table.concat(payloads))
+  redis.call('PUBLISH', ARGV[4], joined .. '\\n' .. ARGV[5] .. '\\n' .. table.concat(payloads))
 end
-return ids
+return joined
 """
 
 # KEYS: stream. ARGV: cutoff ('' = no age limit), max_count ('' = no count limit). Returns dropped.
@@ -134,7 +144,7 @@ end
 if ARGV[1] == '' then return dropped end
 local cutoff = tonumber(ARGV[1])
 local function ts_of(entry) return tonumber(entry[2][2]) end
-local function id_of(entry) return tonumber(string.match(entry[1], '^(%d+)')) end
+local function id_of(entry) return tonumber(string.match(entry[1], '^0%-(%d+)$')) end
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
 if #first == 0 or ts_of(first[1]) >= cutoff then return dropped end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
@@ -144,10 +154,10 @@ end
 local lo, hi = id_of(first[1]), id_of(last[1])
 while lo < hi do
   local mid = math.floor((lo + hi) / 2)
-  local entry = redis.call('XRANGE', KEYS[1], mid .. '-0', '+', 'COUNT', 1)[1]
+  local entry = redis.call('XRANGE', KEYS[1], '0-' .. mid, '+', 'COUNT', 1)[1]
   if ts_of(entry) < cutoff then lo = id_of(entry) + 1 else hi = mid end
 end
-return dropped + redis.call('XTRIM', KEYS[1], 'MINID', lo .. '-0')
+return dropped + redis.call('XTRIM', KEYS[1], 'MINID', '0-' .. lo)
 """
 
 
@@ -201,9 +211,6 @@ class RedisEventLog:
 
     # ---- keys --------------------------------------------------------------------------------
 
-    def _meta(self) -> str:
-        return f"{self.prefix}:meta"
-
     def _log(self, stream: str) -> str:
         return f"{self.prefix}:log:{stream}"
 
@@ -229,19 +236,25 @@ class RedisEventLog:
         """The append script's arguments for `events` (stream, payload, id floor), in order and to any
         streams, PUBLISHing "<id>,<id>,...\\n<header>\\n<payload><payload>..." on `channel`.
 
-        It returns their ids. For the Redis engine: every subscriber sees the events of a stream in
-        id order, a whole batch in one message (the header tells it where each payload ends)."""
+        It returns their ids as "<id>,<id>,..." (`parse_ids`). For the Redis engine: every subscriber
+        sees the events of a stream in id order, a whole batch in one message (the header tells it
+        where each payload ends)."""
         args: list[Any] = [self.prefix, repr(float(self._clock())), self._max_count, channel, header]
         for event in events:
             args += event  # stream, payload, floor
         return args
+
+    @staticmethod
+    def parse_ids(reply: bytes) -> list[int]:
+        """The ids the append script returned."""
+        return [int(text) for text in reply.split(b",")]
 
     async def _run_append(self, events: Sequence[tuple[str, bytes, int]]) -> list[int]:
         args = self.append_args(events, channel="", header=b"")
         self.pending_appends += len(events)
         try:
             with self._unavailable():
-                return await self._append(args=args)  # Lua numbers: hiredis gives ints already
+                return self.parse_ids(await self._append(args=args))
         finally:
             self.pending_appends -= len(events)
 
@@ -270,16 +283,17 @@ class RedisEventLog:
 
     async def bounds(self, stream: str) -> Bounds:
         self._check_open()
-        # One transaction, one snapshot: latest and oldest agree even while others append.
+        # One command, one snapshot: latest and oldest agree even while others append.
         with self._unavailable():
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hget(self._meta(), f"l:{stream}")
-                pipe.xrange(self._log(stream), "-", "+", count=1)
-                latest_text, first = await pipe.execute()
-        if latest_text is None:
-            return UNKNOWN_BOUNDS
-        latest = int(latest_text)
-        return Bounds(_id_of(first[0][0]) if first else latest + 1, latest)
+            try:
+                info = await self._client.xinfo_stream(self._log(stream))
+            except ResponseError as exc:
+                if "no such key" in str(exc).lower():
+                    return UNKNOWN_BOUNDS
+                raise
+        latest = _id_of(info["last-generated-id"])
+        first = info.get("first-entry")
+        return Bounds(_id_of(first[0]) if first else latest + 1, latest)
 
     async def streams(self) -> list[str]:
         self._check_open()
@@ -382,11 +396,12 @@ class RedisEventLog:
 
 def _start(after: int) -> str:
     """The XRANGE start for "ids greater than `after`"."""
-    return f"{after + 1}-0" if after >= 0 else "-"
+    return f"0-{after + 1}" if after >= 0 else "-"
 
 
-def _id_of(entry_id: bytes) -> int:
-    return int(entry_id.split(b"-", 1)[0])
+def _id_of(entry_id: bytes | str) -> int:
+    """Our id of a stream entry "0-<id>"."""
+    return int(entry_id[2:])
 
 
 def _event(stream: str, entry: tuple[bytes, dict[bytes, bytes]]) -> Event:
