@@ -148,21 +148,44 @@ async def test_a_batch_is_one_script_call_whose_echo_is_home_with_the_reply(engi
     assert engine.publish_calls == 1 and engine.fanout_messages == 1 and engine.echo_timeouts == 0
 
 
-async def test_publishing_survives_a_forgotten_script_and_a_killed_connection(engine, redis_server) -> None:
+async def test_a_forgotten_script_costs_a_reconnect_and_one_clear_failure(engine, redis_server) -> None:
     assert (await engine.publish("/a", "/a", None, b"1", False)).event_id == 1
     admin = redis.Redis.from_url(redis_server.url)
     try:
-        admin.script_flush()  # as after a restart: the script is sent again, the publish not lost
-        assert (await engine.publish("/a", "/a", None, b"2", False)).event_id == 2
+        admin.script_flush()  # an operator's SCRIPT FLUSH while the link is up
+    finally:
+        admin.close()
+    [failed] = await engine.publish_many([Outgoing("/a", "/a", None, b"lost?", False)])
+    assert isinstance(failed, EngineUnavailable) and "forgot the publish script" in str(failed)
+    await wait_for(lambda: engine.connected and engine.reconnects == 1, 5, "the engine to reconnect")
+    assert (await engine.publish("/a", "/a", None, b"2", False)).event_id == 2  # the script is loaded again
+    assert [e.payload for e in await engine._log.read("/a", 0, 10)] == [b"1", b"2"]
+
+
+async def test_publishing_survives_a_killed_connection(engine, redis_server) -> None:
+    assert (await engine.publish("/a", "/a", None, b"1", False)).event_id == 1
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
         [mine] = [c for c in admin.client_list(_type="pubsub") if c["name"] == engine._log.client_name]
         admin.client_kill_filter(_id=mine["id"])
     finally:
         admin.close()
     await wait_for(lambda: engine.disconnects == 1, 5, "the engine to notice its link is gone")
     await wait_for(lambda: engine.connected, 5, "the engine to reconnect")
-    assert (await engine.publish("/a", "/a", None, b"3", False)).event_id == 3
-    assert [e.payload for e in await engine._log.read("/a", 0, 10)] == [b"1", b"2", b"3"]
-    assert [payload for _, payload, _ in engine.seen] == [b"1", b"2", b"3"]
+    assert (await engine.publish("/a", "/a", None, b"2", False)).event_id == 2
+    assert [e.payload for e in await engine._log.read("/a", 0, 10)] == [b"1", b"2"]
+    assert [payload for _, payload, _ in engine.seen] == [b"1", b"2"]
+
+
+async def test_publishes_of_one_turn_share_a_call_and_later_ones_are_pipelined_in_order(engine) -> None:
+    first = [engine.publish_many([Outgoing("/a", "/a", None, f"a{n}".encode(), False)]) for n in range(3)]
+    together = asyncio.gather(*first)  # started in one turn: one script call
+    await asyncio.sleep(0)
+    later = asyncio.gather(*(engine.publish("/a", "/a", None, f"b{n}".encode(), False) for n in range(3)))
+    results = [r for [r] in await together] + list(await later)
+    assert [r.event_id for r in results] == [1, 2, 3, 4, 5, 6]
+    assert [payload for _, payload, _ in engine.seen] == [b"a0", b"a1", b"a2", b"b0", b"b1", b"b2"]
+    assert engine.publish_calls == 2
 
 
 async def test_an_append_redis_refuses_fails_that_publish_clearly(engine, redis_server) -> None:

@@ -3,13 +3,16 @@
 Publishing is one Lua script (see RedisEventLog's append script): it assigns the events' ids,
 appends them to their streams in Redis Streams and PUBLISHes them on the cluster's fan-out channel,
 atomically, so the order of ids and the order of fan-out messages always agree. Publishes made in
-the same loop turn, or while the previous script call is in flight, share one call and one fan-out
-message (a Coalescer): a long-poll batch of N publishes costs one round trip, not N.
+the same loop turn share one call and one fan-out message: a long-poll batch of N publishes costs
+one round trip, not N.
 
 The engine talks to Redis over one RESP3 connection of its own (RedisLink) that both calls the
 script and is subscribed to the fan-out channel: Redis writes the messages of every process and
 this one's replies into it in the order it ran them, so a publish's own fan-out message comes
-back with its reply, in the same read.
+back with its reply, in the same read. Calls are pipelined on it (Redis runs a connection's
+commands in the order sent, so the order of publishes holds without waiting for each reply),
+and the script is loaded (SCRIPT LOAD) each time the link connects, before any publish: a Redis
+that forgets it while connected (SCRIPT FLUSH) costs a reconnect, never a reordered publish.
 
 A fan-out message is "<id>,<id>,...\n<header>\n<payload><payload>...": the header (JSON) names
 the publishing process, the send time and, per event, its stream, channel, user, ext flag, the
@@ -55,7 +58,6 @@ from ..eventlog import EventLogUnavailable
 from ..eventlog.redis import RedisEventLog
 from ..tasks import cancel_and_wait
 from .base import Dispatch, EngineUnavailable, Outgoing, Published
-from .coalesce import Coalescer
 from .redis_link import RedisLink
 
 log = logging.getLogger("cometd_broker.engine")
@@ -68,17 +70,22 @@ class _Group:
     """The events of one publish call: they share one script call, one fan-out message and one
     wait for that message to come back (the echo), however many they are."""
 
-    __slots__ = ("events", "ref", "echo", "delivered")
+    __slots__ = ("events", "ref", "ids", "echo", "delivered")
 
-    def __init__(self, events: Sequence[Outgoing], ref: int, echo: asyncio.Future[None]) -> None:
+    def __init__(self, events: Sequence[Outgoing], ref: int, loop: asyncio.AbstractEventLoop) -> None:
         self.events = events
         self.ref = ref  # in the fan-out header, so the echo finds this group
-        self.echo = echo  # done once every event came back (or the subscription was lost)
+        self.ids: asyncio.Future[list[int]] = loop.create_future()  # the events' ids, from the reply
+        self.echo: asyncio.Future[None] = loop.create_future()  # every event came back (or the link was lost)
         self.delivered: list[int] = []  # per event, as the echo dispatches it
+
+    def fail(self, error: Exception) -> None:
+        if not self.ids.done():
+            self.ids.set_exception(error)
 
 
 class RedisEngine:
-    concurrent_publishes = True  # publishes started together go to Redis together (see Coalescer)
+    concurrent_publishes = True  # publishes started together go to Redis together (one loop turn's flush)
 
     def __init__(
         self,
@@ -104,9 +111,8 @@ class RedisEngine:
         self.node_id = secrets.token_hex(8)  # tells this process's echoes from the others' messages
         self._echo_timeout = echo_timeout
         self._slots = asyncio.Semaphore(max_pending)
-        self._appends: Coalescer[_Group, list[int]] = Coalescer(
-            self._append_batch, max_batch=max_batch, weight=lambda group: len(group.events),
-            name="redis-engine-appends")
+        self._max_batch = max_batch
+        self._outbox: list[_Group] = []  # this loop turn's publishes, sent together by _flush
         self._backoff = (backoff_min, backoff_max)
         self._startup_wait = startup_wait
         self._stall_timeout = event_log.socket_timeout if stall_timeout is None else stall_timeout
@@ -171,7 +177,9 @@ class RedisEngine:
         task, self._task = self._task, None
         await cancel_and_wait(task)
         self._subscribed.clear()
-        await self._appends.close(EngineUnavailable("the broker is stopping"))
+        stopping = EventLogUnavailable("the broker is stopping")
+        for group in self._pending.values():
+            group.fail(stopping)
         self._fail_pending()
 
     # ---- publishing --------------------------------------------------------------------------
@@ -191,16 +199,20 @@ class RedisEngine:
             return [EngineUnavailable(self._unavailable_text())] * len(events)
         async with self._slots:
             self._next_ref += 1
-            group = _Group(events, self._next_ref, asyncio.get_running_loop().create_future())
+            loop = asyncio.get_running_loop()
+            group = _Group(events, self._next_ref, loop)
             self._pending[group.ref] = group
+            if not self._outbox:
+                loop.call_soon(self._flush)  # after the rest of this turn's publishes joined the outbox
+            self._outbox.append(group)
             try:
                 try:
-                    ids = await self._appends.submit(group)
+                    ids = await group.ids
                 except EventLogUnavailable as exc:
                     # Almost always not recorded; only a connection lost after Redis ran the script
                     # leaves it recorded (and then fanned out) without this reply.
                     return [EngineUnavailable(str(exc))] * len(events)
-                if not group.echo.done():  # often back already (pub/sub can beat the script's reply)
+                if not group.echo.done():  # normally back already: it comes before (or with) the reply
                     try:
                         await asyncio.wait_for(group.echo, self._echo_timeout)
                     except TimeoutError:
@@ -215,8 +227,28 @@ class RedisEngine:
             finally:
                 self._pending.pop(group.ref, None)
 
-    async def _append_batch(self, groups: list[_Group]) -> list[list[int]]:
-        """One script call for the groups of publishes: per group its events' ids, in order."""
+    def _flush(self) -> None:
+        """Send this loop turn's publishes: one script call per `max_batch` events (a group is never
+        split), pipelined on the link without waiting for earlier replies."""
+        outbox, self._outbox = self._outbox, []
+        link = self._link
+        if link is None:
+            error = EventLogUnavailable(self._unavailable_text())
+            for group in outbox:
+                group.fail(error)
+            return
+        chunk: list[_Group] = []
+        weight = 0
+        for group in outbox:
+            if chunk and weight + len(group.events) > self._max_batch:
+                self._send(link, chunk)
+                chunk, weight = [], 0
+            chunk.append(group)
+            weight += len(group.events)
+        self._send(link, chunk)
+
+    def _send(self, link: RedisLink, groups: list[_Group]) -> None:
+        """One script call for the groups of publishes; its reply gives each group its ids."""
         entries: list[tuple[str, str, str | None, bool, int, int]] = []
         events: list[tuple[str, bytes, int]] = []
         seen = self._seen
@@ -226,34 +258,35 @@ class RedisEngine:
                 entries.append((stream, channel, user_id, has_ext, ref, len(payload)))
                 events.append((stream, payload, seen.get(stream, 0)))
         header = orjson.dumps([self.node_id, time.time(), entries])
-        ids = await self._call_append(self._log.append_args(events, channel=self.channel, header=header))
+        args = self._log.append_args(events, channel=self.channel, header=header)
+        reply = link.send(hiredis.pack_command(("EVALSHA", self._log.append_sha, 0, *args)))
+        reply.add_done_callback(lambda done: self._replied(link, groups, done))
         self.published += len(events)
         self.publish_calls += 1
-        results, start = [], 0
-        for group in groups:
-            end = start + len(group.events)
-            results.append(ids[start:end])
-            start = end
-        return results
 
-    async def _call_append(self, args: list[Any]) -> list[int]:
-        """The append script on the link, by its digest (EVALSHA); a Redis that forgot the script (a
-        restart, SCRIPT FLUSH) gets its source once (EVAL, which loads it again)."""
-        link = self._link
-        if link is None:
-            raise EventLogUnavailable(self._unavailable_text())
-        try:
-            try:
-                reply = await link.send(hiredis.pack_command(("EVALSHA", self._log.append_sha, 0, *args)))
-            except hiredis.ReplyError as exc:
-                if not str(exc).startswith("NOSCRIPT"):
-                    raise
-                reply = await link.call("EVAL", self._log.append_script, 0, *args)
-            return self._log.parse_ids(reply)
-        except ConnectionError as exc:
-            raise EventLogUnavailable(str(exc)) from exc
-        except hiredis.ReplyError as exc:  # e.g. OOM, or a replica that is read-only: nothing appended
-            raise EventLogUnavailable(f"redis at {self._log.url} refused the append: {exc}") from exc
+    def _replied(self, link: RedisLink, groups: list[_Group], reply: asyncio.Future[Any]) -> None:
+        error = None if reply.cancelled() else reply.exception()
+        if reply.cancelled() or isinstance(error, ConnectionError):
+            failure = EventLogUnavailable(str(error) if error else "redis connection closed")
+        elif isinstance(error, hiredis.ReplyError):
+            if str(error).startswith("NOSCRIPT"):  # SCRIPT FLUSH: reconnecting loads it before any publish
+                link.close(ConnectionError("redis forgot the publish script (SCRIPT FLUSH?)"))
+                failure = EventLogUnavailable(f"redis at {self._log.url} forgot the publish script; reconnecting")
+            else:  # e.g. OOM, or a replica that is read-only: nothing appended
+                failure = EventLogUnavailable(f"redis at {self._log.url} refused the append: {error}")
+        elif error is not None:
+            failure = EventLogUnavailable(f"redis append failed: {error!r}")
+        else:
+            ids = self._log.parse_ids(reply.result())
+            start = 0
+            for group in groups:
+                end = start + len(group.events)
+                if not group.ids.done():
+                    group.ids.set_result(ids[start:end])
+                start = end
+            return
+        for group in groups:
+            group.fail(failure)
 
     def _unavailable_text(self) -> str:
         if self._down_since is None:
@@ -279,6 +312,7 @@ class RedisEngine:
                 link = await RedisLink.open(self._log.url, client_name=self._log.client_name,
                                             timeout=self._log.connect_timeout + self._log.socket_timeout)
                 await link.subscribe(self.channel, _CONFIRM_TIMEOUT)
+                await link.call("SCRIPT", "LOAD", self._log.append_script)  # before any publish's EVALSHA
                 if self._down_since is not None:
                     # Order matters: the broker re-reads the log (on_restored) before anything newer
                     # is dispatched; the link keeps what arrives meanwhile until deliver_to.
