@@ -178,6 +178,18 @@ async def test_connections_redis_closed_cost_no_failed_command(make_log, redis_s
     assert await log.append("/a", [b"2"]) == [2]
 
 
+async def test_an_append_to_a_redis_older_than_7_says_why_it_fails(make_log, monkeypatch) -> None:
+    log = make_log()
+
+    async def info_of_redis_6(*args, **kwargs):  # no Redis 6 here to run: it answers INFO as one would
+        return {"redis_version": "6.2.14"}
+
+    monkeypatch.setattr(log._client, "info", info_of_redis_6)
+    with pytest.raises(EventLogUnavailable, match=r"is 6\.2\.14: the event log needs Redis 7\.0 or newer"):
+        await log.append("/a", [b"x"])
+    assert await log.streams() == []  # nothing was written
+
+
 async def test_an_unreachable_redis_is_reported_as_unavailable() -> None:
     from conftest import free_port
 

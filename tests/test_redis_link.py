@@ -18,7 +18,7 @@ from redis_helpers import running_redis
 from cometd_broker.engine.base import EngineUnavailable, Outgoing
 from cometd_broker.engine.redis import RedisEngine
 from cometd_broker.engine.redis_link import RedisLink
-from cometd_broker.eventlog.redis import RedisEventLog
+from cometd_broker.eventlog.redis import RedisEventLog, parse_version
 
 
 @pytest.fixture(scope="module")
@@ -216,5 +216,37 @@ async def test_a_redis_that_stops_answering_is_dropped_and_reconnected(redis_ser
         assert engine.disconnects == 1
     finally:
         admin.close()
+        await engine.close()
+        await log.close()
+
+
+async def test_the_link_reads_the_server_version(redis_server) -> None:
+    link = await _open(redis_server.url)
+    try:
+        assert link.server_version >= (6,) and len(link.server_version) == 3  # e.g. (7, 0, 15)
+    finally:
+        link.close()
+    assert parse_version(b"7.2.4") == (7, 2, 4) and parse_version("6.2.x") == (6, 2, 0)
+
+
+async def test_a_redis_older_than_7_is_refused_with_the_reason(redis_server, monkeypatch, caplog) -> None:
+    # No Redis 6 here to run: the link reports one (the engine's check is what is under test).
+    real_open = RedisLink.open
+
+    async def open_as_redis_6(*args, **kwargs):
+        link = await real_open(*args, **kwargs)
+        link.server_version = (6, 2, 14)
+        return link
+
+    monkeypatch.setattr(RedisLink, "open", open_as_redis_6)
+    log = RedisEventLog(redis_server.url, prefix=f"t{uuid.uuid4().hex[:12]}")
+    engine = RedisEngine(log, lambda *event: 0, startup_wait=0.3, backoff_min=0.05, backoff_max=0.1)
+    try:
+        await engine.start()
+        assert not engine.connected
+        [result] = await engine.publish_many([Outgoing("/a", "/a", None, b"x", False)])
+        assert isinstance(result, EngineUnavailable)
+        assert "is 6.2.14: the cluster needs Redis 7.0 or newer" in caplog.text
+    finally:
         await engine.close()
         await log.close()

@@ -55,7 +55,7 @@ import hiredis
 import orjson
 
 from ..eventlog import EventLogUnavailable
-from ..eventlog.redis import RedisEventLog
+from ..eventlog.redis import MIN_REDIS, RedisEventLog
 from ..tasks import cancel_and_wait
 from .base import Dispatch, EngineUnavailable, Outgoing, Published
 from .redis_link import RedisLink
@@ -311,6 +311,9 @@ class RedisEngine:
             try:
                 link = await RedisLink.open(self._log.url, client_name=self._log.client_name,
                                             timeout=self._log.connect_timeout + self._log.socket_timeout)
+                if link.server_version < MIN_REDIS:  # the log's XADD 0-* and NOMKSTREAM
+                    raise ConnectionError(f"redis at {self._log.url} is {'.'.join(map(str, link.server_version))}: "
+                                          f"the cluster needs Redis {'.'.join(map(str, MIN_REDIS))} or newer")
                 await link.subscribe(self.channel, _CONFIRM_TIMEOUT)
                 await link.call("SCRIPT", "LOAD", self._log.append_script)  # before any publish's EVALSHA
                 if self._down_since is not None:

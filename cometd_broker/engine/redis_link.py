@@ -29,6 +29,8 @@ from typing import Any
 import hiredis
 from redis.asyncio.connection import parse_url
 
+from ..eventlog.redis import parse_version
+
 if not hasattr(hiredis, "PushNotification"):  # RESP3 pushes told apart from replies: hiredis 3.0
     raise ImportError(f"hiredis {getattr(hiredis, '__version__', '?')} is too old: 3.0 or newer is needed")
 
@@ -51,6 +53,7 @@ class RedisLink(asyncio.Protocol):
         self._confirmed: dict[bytes, asyncio.Future[None]] = {}  # SUBSCRIBE confirmations awaited
         self._closed: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
         self.replies = 0  # replies received (a watchdog compares it over time)
+        self.server_version: tuple[int, ...] = ()  # Redis's, from its HELLO reply
 
     # ---- opening -----------------------------------------------------------------------------
 
@@ -74,13 +77,14 @@ class RedisLink(asyncio.Protocol):
                 hello: list[Any] = ["HELLO", "3"]
                 if params.get("password") is not None:
                     hello += ["AUTH", params.get("username") or "default", params["password"]]
-                await link.call(*hello, "SETNAME", client_name)
+                server = await link.call(*hello, "SETNAME", client_name)
+                link.server_version = parse_version(server.get(b"version", b"0"))
                 if params.get("db"):
                     await link.call("SELECT", params["db"])
             except hiredis.ReplyError as exc:
                 link.close()
                 if str(exc).startswith(("ERR unknown command", "NOPROTO")):
-                    raise ConnectionError(f"redis at {url} does not speak RESP3 (Redis 6 or newer is needed): "
+                    raise ConnectionError(f"redis at {url} does not speak RESP3 (Redis 7.0 or newer is needed): "
                                           f"{exc}") from None
                 raise ConnectionError(f"redis at {url} refused the connection: {exc}") from None
             except BaseException:

@@ -61,6 +61,7 @@ except ImportError:
     MaintNotificationsConfig = None
 
 _SCAN_PAGE = 500  # entries per XRANGE when read_range scans a stream
+MIN_REDIS = (7, 0)  # XADD with "<ms>-*" ids (and NOMKSTREAM, 6.2)
 
 # ARGV: key prefix, now (seconds as text), max_count ('' = no limit), fan-out channel ('' = none),
 #       fan-out header, then per event: stream name, payload, id floor ('0' = none). Returns the
@@ -201,6 +202,7 @@ class RedisEventLog:
         self._trim = self._client.register_script(_TRIM)
         self._streams_key = f"{prefix}:streams"
         self._max_count = "" if retention.max_count is None else str(retention.max_count)
+        self._version_checked = False  # Redis's version, checked before the first append
         self._closed = False
         # For logs and metrics: whether the last command reached Redis, and how often that changed.
         self.connected = True  # nothing failed yet
@@ -254,9 +256,19 @@ class RedisEventLog:
         self.pending_appends += len(events)
         try:
             with self._unavailable():
+                if not self._version_checked:
+                    await self._check_version()
                 return self.parse_ids(await self._append(args=args))
         finally:
             self.pending_appends -= len(events)
+
+    async def _check_version(self) -> None:
+        """Once, before the first append: an older Redis would refuse every one with a cryptic error."""
+        version_text = str((await self._client.info("server")).get("redis_version", "0"))
+        if parse_version(version_text) < MIN_REDIS:
+            raise EventLogUnavailable(f"redis at {self.url} is {version_text}: the event log needs Redis "
+                                      f"{'.'.join(map(str, MIN_REDIS))} or newer")
+        self._version_checked = True
 
     async def trim(self, now: float) -> int:
         self._check_open()
@@ -392,6 +404,13 @@ class RedisEventLog:
             self.reconnects += 1
             log.info("event log: redis at %s reconnected after %.1f s (reconnect #%d)",
                      self.url, time.monotonic() - self._down_since, self.reconnects)
+
+
+def parse_version(text: bytes | str) -> tuple[int, ...]:
+    """(7, 0, 15) from "7.0.15"; a part that is not a number counts as 0."""
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return tuple(int(part) if part.isdigit() else 0 for part in text.split("."))
 
 
 def _start(after: int) -> str:
