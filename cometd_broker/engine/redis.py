@@ -55,7 +55,7 @@ import hiredis
 import orjson
 
 from ..eventlog import EventLogUnavailable
-from ..eventlog.redis import MIN_REDIS, RedisEventLog
+from ..eventlog.redis import RedisEventLog, require_version
 from ..tasks import cancel_and_wait
 from .base import Dispatch, EngineUnavailable, Outgoing, Published
 from .redis_link import RedisLink
@@ -311,9 +311,7 @@ class RedisEngine:
             try:
                 link = await RedisLink.open(self._log.url, client_name=self._log.client_name,
                                             timeout=self._log.connect_timeout + self._log.socket_timeout)
-                if link.server_version < MIN_REDIS:  # the log's XADD 0-* and NOMKSTREAM
-                    raise ConnectionError(f"redis at {self._log.url} is {'.'.join(map(str, link.server_version))}: "
-                                          f"the cluster needs Redis {'.'.join(map(str, MIN_REDIS))} or newer")
+                require_version(self._log.url, link.server_version, "the cluster")  # the log's XADD 0-*
                 await link.subscribe(self.channel, _CONFIRM_TIMEOUT)
                 await link.call("SCRIPT", "LOAD", self._log.append_script)  # before any publish's EVALSHA
                 if self._down_since is not None:
@@ -372,7 +370,7 @@ class RedisEngine:
         try:
             id_text, header, payloads = data.split(b"\n", 2)
             origin, sent_at, entries = orjson.loads(header)
-            ids = [int(text) for text in id_text.split(b",")]
+            ids = self._log.parse_ids(id_text)
             if len(ids) != len(entries):
                 raise ValueError("ids and header disagree")
         except (ValueError, TypeError):

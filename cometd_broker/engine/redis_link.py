@@ -110,10 +110,10 @@ class RedisLink(asyncio.Protocol):
 
     async def subscribe(self, channel: str, timeout: float) -> None:
         """SUBSCRIBE and wait until Redis confirms it: from then on no message on `channel` is missed."""
-        key = channel.encode()
-        confirmed = self._confirmed[key] = asyncio.get_running_loop().create_future()
         if self._closed.done():
             raise ConnectionError(self._lost_text())
+        key = channel.encode()
+        confirmed = self._confirmed[key] = asyncio.get_running_loop().create_future()
         self._transport.write(hiredis.pack_command(("SUBSCRIBE", channel)))  # type: ignore[union-attr]
         try:
             async with asyncio.timeout(timeout):

@@ -265,9 +265,7 @@ class RedisEventLog:
     async def _check_version(self) -> None:
         """Once, before the first append: an older Redis would refuse every one with a cryptic error."""
         version_text = str((await self._client.info("server")).get("redis_version", "0"))
-        if parse_version(version_text) < MIN_REDIS:
-            raise EventLogUnavailable(f"redis at {self.url} is {version_text}: the event log needs Redis "
-                                      f"{'.'.join(map(str, MIN_REDIS))} or newer")
+        require_version(self.url, parse_version(version_text), "the event log")
         self._version_checked = True
 
     async def trim(self, now: float) -> int:
@@ -411,6 +409,13 @@ def parse_version(text: bytes | str) -> tuple[int, ...]:
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
     return tuple(int(part) if part.isdigit() else 0 for part in text.split("."))
+
+
+def require_version(url: str, version: tuple[int, ...], needed_by: str) -> None:
+    """Raise EventLogUnavailable, saying why, when the Redis at `url` is older than MIN_REDIS."""
+    if version < MIN_REDIS:
+        raise EventLogUnavailable(f"redis at {url} is {'.'.join(map(str, version))}: {needed_by} needs Redis "
+                                  f"{'.'.join(map(str, MIN_REDIS))} or newer")
 
 
 def _start(after: int) -> str:
