@@ -2,7 +2,7 @@
 
 Layout (every key starts with `prefix`, "cometd" unless told otherwise):
     {prefix}:streams         SET of stream names ever written (`streams()`)
-    {prefix}:ts              HASH: per stream the last timestamp given (they never go back)
+    {prefix}:ts              HASH: per stream key the last timestamp given (they never go back)
     {prefix}:log:{stream}    STREAM, one entry per event with the id "0-<id>" and the fields t
                              (epoch seconds, as text) and p (the payload bytes)
 
@@ -64,19 +64,20 @@ _SCAN_PAGE = 500  # entries per XRANGE when read_range scans a stream
 MIN_REDIS = (7, 0)  # XADD with "<ms>-*" ids (and NOMKSTREAM, 6.2)
 
 # ARGV: key prefix, now (seconds as text), max_count ('' = no limit), fan-out channel ('' = none),
-#       fan-out header, then per event: stream name, payload, id floor ('0' = none). Returns the
-#       events' ids, in order, as one string "<id>,<id>,...".
-# The script builds its keys from the prefix rather than receiving them per event: fewer arguments
-# to encode and send. (Undeclared keys are fine on a single Redis; Redis Cluster would need every
-# key of a call in one hash slot anyway.) One call appends a whole batch (one round trip, one
-# PUBLISH however many events and streams). The id floor lets the Redis engine keep ids increasing
-# after Redis lost its data (restarted without persistence): a broker passes the newest id it has
-# seen for the stream, and the event gets an id above both it and the stream's last. Normally the
-# stream's last id is that floor, so the explicit id is simply the next one.
+#       fan-out header, then per event: its stream's key, payload, and the explicit id to try first
+#       ('' = none). Returns the events' ids, in order, as one string "<id>,<id>,...".
+# The caller builds each event's key and explicit id (append_args): string work in Lua costs Redis
+# more than in the broker, and Redis's CPU is the cluster's shared bottleneck. (Undeclared keys are
+# fine on a single Redis; Redis Cluster would need every key of a call in one hash slot anyway.)
+# One call appends a whole batch (one round trip, one PUBLISH however many events and streams).
+# The explicit id is one above the id floor, which keeps ids increasing after Redis lost its data
+# (restarted without persistence): a broker passes the newest id it has seen for the stream, and
+# the event gets an id above both it and the stream's last. Normally the stream's last id is that
+# floor, so the explicit id is simply the next one.
 _APPEND = """
 local prefix, now, maxlen = ARGV[1], ARGV[2], ARGV[3]
-local tskey = prefix .. ':ts'
-local order, ts = {}, {}  -- the batch's streams; per stream its timestamp
+local tskey, streams, name_at = prefix .. ':ts', prefix .. ':streams', #prefix + 6  -- after ':log:'
+local order, ts = {}, {}  -- the batch's stream keys; per key its timestamp
 for a = 6, #ARGV, 3 do
   if not ts[ARGV[a]] then ts[ARGV[a]] = true; order[#order + 1] = ARGV[a] end
 end
@@ -84,12 +85,12 @@ local last = redis.call('HMGET', tskey, unpack(order))
 local changed, c = {}, 0
 local now_n = tonumber(now)
 for i = 1, #order do
-  local stream, t = order[i], last[i]
+  local key, t = order[i], last[i]
   if t and tonumber(t) >= now_n then  -- timestamps never go back within a stream
-    ts[stream] = t
+    ts[key] = t
   else
-    ts[stream] = now
-    changed[c + 1], changed[c + 2] = stream, now
+    ts[key] = now
+    changed[c + 1], changed[c + 2] = key, now
     c = c + 2
   end
 end
@@ -107,14 +108,13 @@ end
 local ids, payloads = {}, {}
 local n = 0
 for a = 6, #ARGV, 3 do
-  local stream, payload, floor = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  local key, t = prefix .. ':log:' .. stream, ts[stream]
+  local key, payload, above = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local t = ts[key]
   local id
-  if floor ~= '0' then
-    local above = '0-' .. (tonumber(floor) + 1)
+  if above ~= '' then
     id = xadd_existing(key, above, t, payload)
     if id == false then  -- the stream is gone (Redis lost its data): it starts again above the floor
-      redis.call('SADD', prefix .. ':streams', stream)
+      redis.call('SADD', streams, string.sub(key, name_at))
       id = xadd(key, above, t, payload)
     elseif type(id) == 'table' then  -- the stream is past the floor already
       id = nil
@@ -122,7 +122,7 @@ for a = 6, #ARGV, 3 do
   end
   if not id then
     id = xadd(key, '0-*', t, payload)
-    if id == '0-1' then redis.call('SADD', prefix .. ':streams', stream) end  -- its first event
+    if id == '0-1' then redis.call('SADD', streams, string.sub(key, name_at)) end  -- its first event
   end
   n = n + 1
   ids[n], payloads[n] = string.sub(id, 3), payload
@@ -201,6 +201,7 @@ class RedisEventLog:
         self._append = self._client.register_script(_APPEND)
         self._trim = self._client.register_script(_TRIM)
         self._streams_key = f"{prefix}:streams"
+        self._log_prefix = f"{prefix}:log:"  # the script finds a stream's name after it (name_at)
         self._max_count = "" if retention.max_count is None else str(retention.max_count)
         self._version_checked = False  # Redis's version, checked before the first append
         self._closed = False
@@ -214,7 +215,7 @@ class RedisEventLog:
     # ---- keys --------------------------------------------------------------------------------
 
     def _log(self, stream: str) -> str:
-        return f"{self.prefix}:log:{stream}"
+        return self._log_prefix + stream
 
     # ---- writes ------------------------------------------------------------------------------
 
@@ -242,8 +243,9 @@ class RedisEventLog:
         sees the events of a stream in id order, a whole batch in one message (the header tells it
         where each payload ends)."""
         args: list[Any] = [self.prefix, repr(float(self._clock())), self._max_count, channel, header]
-        for event in events:
-            args += event  # stream, payload, floor
+        log_prefix = self._log_prefix
+        for stream, payload, floor in events:
+            args += (log_prefix + stream, payload, f"0-{floor + 1}" if floor else "")
         return args
 
     @staticmethod
