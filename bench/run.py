@@ -231,20 +231,26 @@ CLIENT_MODES = ("shared", "affinity")
 REDIS_CASES = (("affinity", "single"), ("affinity", "single-sqlite"), ("affinity", "redis-1"),
                ("affinity", "redis-2"), ("shared", "redis-2"))
 REDIS_TARGET = 0.8
+VIA_TEXT = {"unix": "through its Unix socket (`--redis unix:///...`, as brokers on Redis's host would)",
+            "tcp": "over loopback TCP (`--redis redis://127.0.0.1:PORT/0`)"}
 
 
 class RedisServer:
-    """A private redis-server on a free loopback port, pinned with the servers; stopped by its pid."""
+    """A private redis-server on a free loopback port and a Unix socket, pinned with the servers; stopped
+    by its pid. The brokers reach it through the socket (`via="unix"`, as brokers on Redis's host would:
+    cheaper than loopback TCP) or through the port (`via="tcp"`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, via: str = "unix") -> None:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(binary).exists():
             raise RuntimeError("redis-server not found")
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
         self.dir = tempfile.mkdtemp(prefix="bench-redis-")
+        socket_path = Path(self.dir) / "redis.sock"
+        self.url = f"unix://{socket_path}?db=0" if via == "unix" else f"redis://127.0.0.1:{self.port}/0"
         self.log = open(Path(self.dir) / "redis.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(pinned(SERVER_CORE, [binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                                                          "--unixsocket", str(socket_path), "--unixsocketperm", "700",
                                                           "--save", "", "--appendonly", "no", "--dir", self.dir]),
                                      stdout=self.log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid  # taskset execs redis-server
@@ -447,34 +453,33 @@ REDIS_CPU_COLUMNS = [
     ("other_cpu_pct", "other procs CPU %")]
 
 
-def redis_scenario(size: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def redis_scenario(size: dict[str, Any], via: str) -> tuple[dict[str, Any], list[str]]:
     """Every configuration at the same fixed offered rate; delivered messages per server CPU-second."""
     report: dict[str, Any] = {"configs": list(REDIS_CONFIGS), "modes": list(CLIENT_MODES),
-                              "target": REDIS_TARGET, "workloads": {}}
+                              "target": REDIS_TARGET, "redis_via": via, "workloads": {}}
     md = ["## Redis engine: delivered messages per server CPU-second", "",
-          "cometd-broker alone, at fixed offered rates below saturation, in four configurations on a fresh "
-          "port each: `single` (`--event-log memory:`), `single-sqlite` (SQLite event log in a temp dir), "
-          "`redis-1` (`--redis`: event log in Redis Streams), `redis-2` (`--workers 2 --redis`: two processes "
-          "on one port via SO_REUSEPORT). A private redis-server (`--save '' --appendonly no`) is pinned with "
-          "the broker to core 0 and flushed before each run. Two load-generator steps at the same rate: the "
-          "first warms up, the second is measured. Broker CPU is the server process and all its descendants "
-          "(the workers); redis CPU is redis-server's. The configurations run in turn, in rounds; each round's "
-          "ratios compare msgs per CPU-second with that round's `single` / `single-sqlite` (runs a minute "
-          "apart at most: this machine's speed drifts by more than the effect between distant runs). Each row "
-          "is the round with the median ratio; `all rounds` gives the range. The target is broker+redis >= "
-          f"{REDIS_TARGET}x `single` with nothing lost. Client connections: `shared` is the load generator's "
-          "usual pool (a long-polling session's requests may travel on any idle keep-alive connection, hence "
-          "behind `--workers 2` on either worker, which relays them to the session's owner); `affinity` "
+          "cometd-broker alone, at fixed offered rates below saturation, in four configurations on a fresh port "
+          "each: `single` (`--event-log memory:`), `single-sqlite` (SQLite event log in a temp dir), `redis-1` "
+          "(`--redis`: event log in Redis Streams), `redis-2` (`--workers 2 --redis`: two processes on one port via "
+          "SO_REUSEPORT). A private redis-server (`--save '' --appendonly no`) is pinned with the broker to core 0 "
+          f"and flushed before each run; the brokers reach it {VIA_TEXT[via]}. Two load-generator steps at the same "
+          "rate: the first warms up, the second is measured. Broker CPU is the server process and all its "
+          "descendants (the workers); redis CPU is redis-server's. The configurations run in turn, in rounds; each "
+          "round's ratios compare msgs per CPU-second with that round's `single` / `single-sqlite` (runs a minute "
+          "apart at most: this machine's speed drifts by more than the effect between distant runs). Each row is "
+          "the round with the median ratio; `all rounds` gives the range. The target is broker+redis >= "
+          f"{REDIS_TARGET}x `single` with nothing lost. Client connections: `shared` is the load generator's usual "
+          "pool (a long-polling session's requests may travel on any idle keep-alive connection, hence behind "
+          "`--workers 2` on either worker, which relays them to the session's owner); `affinity` "
           "(`--sticky-connections`) keeps each session, and the publisher's, on connections that reached its "
-          "worker, as a load balancer with session affinity would (one process does the same work either way, "
-          "so only `redis-2` runs both). `misrouted conns` counts new connections that reached the wrong worker "
-          "(402) and were dropped. `402s per worker` and `sessions per worker` are each worker's "
+          "worker, as a load balancer with session affinity would (one process does the same work either way, so "
+          "only `redis-2` runs both). `misrouted conns` counts new connections that reached the wrong worker (402) "
+          "and were dropped. `402s per worker` and `sessions per worker` are each worker's "
           "`cometd_unknown_session_total` and `cometd_sessions` from /metrics after the run, ordered by process "
-          "start; `per-worker CPU s` is in worker order. Delivered, lost, latency and CPU are the measured "
-          "step's; rehandshakes, misrouted connections and publish failures count the whole run (setup and "
-          "both steps).", ""]
+          "start; `per-worker CPU s` is in worker order. Delivered, lost, latency and CPU are the measured step's; "
+          "rehandshakes, misrouted connections and publish failures count the whole run (setup and both steps).", ""]
     try:
-        redis = RedisServer()
+        redis = RedisServer(via)
     except (RuntimeError, OSError) as exc:
         report["error"] = str(exc)
         return report, [*md, f"error: {exc}", ""]
@@ -619,6 +624,8 @@ def main() -> int:
     p.add_argument("--agents", type=int, help="agents in the agents scenario (default: 1000, --quick 40)")
     p.add_argument("--profile", action="store_true", help="py-spy record cometd-broker during each scenario "
                                                          "(raw stacks in bench/results/profile/)")
+    p.add_argument("--redis-via", choices=sorted(VIA_TEXT), default="unix",
+                   help="how the redis scenario's brokers reach their Redis (default: its Unix socket)")
     p.add_argument("--out", default=str(RESULTS / "latest"), help="write OUT.json and OUT.md")
     args = p.parse_args()
     # a SIGTERM (timeout, CI) unwinds through the finally blocks that stop the servers
@@ -700,7 +707,7 @@ def main() -> int:
         log(text)
     if (not wanted or "redis" in wanted) and OURS in servers:
         log("== redis: delivered messages per server CPU-second, single process against the Redis engine")
-        report["scenarios"]["redis"], text = redis_scenario(size)
+        report["scenarios"]["redis"], text = redis_scenario(size, args.redis_via)
         md += text
     report["seconds"] = round(time.monotonic() - began, 1)
     md += [f"Total run time {report['seconds']} s. Ratios: ours / best peer (msg/s: higher is better; CPU, RSS: "

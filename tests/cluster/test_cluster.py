@@ -205,6 +205,26 @@ async def test_publish_many_gives_each_event_its_id_and_local_delivery(two_broke
     assert await engine.publish_many([]) == []
 
 
+async def test_brokers_reach_redis_through_its_unix_socket(aiohttp_client):
+    # Brokers on Redis's host may use its Unix socket (cheaper than loopback TCP): the engine's link
+    # (script calls and the fan-out subscription) and the event log's pool (replay reads) both.
+    socket_path = os.path.join(tempfile.mkdtemp(prefix="redis-sock-"), "redis.sock")
+    with running_redis("--unixsocket", socket_path, "--unixsocketperm", "700"):
+        url = f"unix://{socket_path}?db=2"
+        config = BrokerConfig(redis=url, allow_anonymous=True, users=USERS_OPTION)
+        a, b = await aiohttp_client(create_app(config)), await aiohttp_client(create_app(config))
+        on_b = await replay_session(b, "/feed", -1)
+        for n in range(20):
+            await broker_of(a).publish("/feed", {"n": n})
+        got = await receive(b, on_b, 20)
+        assert [(e["ext"]["replayId"], e["data"]["n"]) for e in got] == [(n + 1, n) for n in range(20)]
+        resumed = await replay_session(a, "/feed", 15)  # read back from the log, on the other process
+        assert [e["data"]["n"] for e in await receive(a, resumed, 5)] == [15, 16, 17, 18, 19]
+        assert broker_of(a).engine.stats()["connected"] and broker_of(b).engine.stats()["connected"]
+        keys = redis.Redis(unix_socket_path=socket_path, db=2).keys("cometd:log:*")
+        assert keys == [b"cometd:log:/feed"]  # in the URL's database
+
+
 async def test_a_client_whose_owner_is_gone_gets_402_and_resumes_there_by_replay(two_brokers, redis_url):
     a, b = two_brokers
     on_a = await replay_session(a, "/feed", -1)
