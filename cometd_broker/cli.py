@@ -18,6 +18,7 @@ from .app import BROKER, create_app
 from .config import ENV_PREFIX, BrokerConfig, options, resolve
 from .configfile import CONFIG_ENV, Option, Setting
 from .logs import configure as configure_logging
+from .metrics import share_worker_metrics
 from .serving import serve_app
 from .tools.commands import add_commands as add_event_commands
 
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             f"an environment variable {ENV_PREFIX}<OPTION> or in the file of "
                                             "--config; flags win over variables, variables over the file.")
     serve.add_argument("--worker-of", help=argparse.SUPPRESS)  # set by `--workers N` for its workers
+    serve.add_argument("--worker-metrics-dir", help=argparse.SUPPRESS)  # ditto: where they share /metrics
     serve.set_defaults(plugin_options=_add_serve_options(serve, named))
     show = commands.add_parser("config", help="print the effective configuration and where each value comes from",
                                description="Print the configuration `serve` would run with, given the same "
@@ -196,7 +198,10 @@ def serve(args: argparse.Namespace, config: BrokerConfig) -> int:
     lean = config.http_server == "lean"
     worker_of = getattr(args, "worker_of", None)
     if worker_of:  # one of `--workers N`: share the port; the supervisor announces, once, for all
-        from .workers import report_ready
+        from .workers import report_ready, worker_index
+
+        if args.worker_metrics_dir:
+            share_worker_metrics(app, args.worker_metrics_dir, worker_index(worker_of))
 
         asyncio.run(serve_app(app, config.host, config.port, lean=lean, reuse_port=True,
                               ready=lambda: report_ready(worker_of)))

@@ -11,11 +11,12 @@ keeps no runtime dependency it does not need.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -23,6 +24,8 @@ from aiohttp import web
 
 from .eventlog import EventLogClosed, EventLogUnavailable
 from .stats import LATENCY_BUCKETS, Disconnect, Histogram
+from .tasks import cancel_and_wait
+from .worker_metrics import SHARE_INTERVAL, SharedMetrics
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -63,11 +66,13 @@ def format_value(value: float) -> str:
 
 
 class Exposition:
-    """Builds one scrape's text: each family's HELP and TYPE lines, then its samples."""
+    """Builds one scrape's text: each family's HELP and TYPE lines, then its samples. `labels` go on
+    every sample (a worker's index, with `serve --workers N`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, labels: Labels = ()) -> None:
         self._lines: list[str] = []
         self._families: set[str] = set()
+        self._labels = tuple(labels)
 
     def family(self, name: str, kind: str, help_text: str) -> None:
         if not _NAME.match(name) or kind not in _KINDS:
@@ -79,6 +84,8 @@ class Exposition:
         self._lines.append(f"# TYPE {name} {kind}")
 
     def sample(self, name: str, value: float, labels: Labels = ()) -> None:
+        if self._labels:
+            labels = (*self._labels, *labels)
         if labels:
             pairs = ",".join(f'{key}="{escape_label(str(val))}"' for key, val in labels)
             self._lines.append(f"{name}{{{pairs}}} {format_value(value)}")
@@ -177,6 +184,7 @@ class Metrics:
         self.broker = broker
         self.families: dict[str, CounterFamily | HistogramFamily] = {}
         self.stopping = False  # set when the app starts shutting down: /ready says so
+        self.shared: SharedMetrics | None = None  # with `serve --workers N`: the workers' pages
 
     def counter(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> CounterFamily:
         """The counter family `name`, created on first use."""
@@ -197,28 +205,44 @@ class Metrics:
             raise ValueError(f"metric {name!r} is already registered with another type or labels")
         return family
 
-    def render(self, ready: bool) -> bytes:
-        out = Exposition()
+    def render(self, ready: bool, labels: Labels = ()) -> bytes:
+        out = Exposition(labels)
         write_broker_metrics(out, self.broker, ready)
         for name in sorted(self.families):
             self.families[name].write(out)
         return out.text()
 
+    def page(self, labels: Labels = ()) -> bytes:
+        """This process's page now. Readiness as /ready would say without probing: a scrape must not
+        wait on a dead Redis."""
+        return self.render(not self.problems(), labels)
+
+    def scrape(self) -> bytes:
+        """What /metrics answers: this process's page, or with `--workers N` every worker's."""
+        if self.shared is None:
+            return self.page()
+        return self.shared.combined(self.page(self.shared.labels))
+
     async def readiness(self, probe: bool = True) -> list[str]:
         """Why the broker does not accept work now (empty: ready). `probe`: ask an event log that
         is down whether it is back (a Redis PING, bounded by its connect timeout)."""
+        event_log = self.broker.event_log
+        if probe and not component_stats(event_log).get("up", True) and hasattr(event_log, "ping") \
+                and not self.stopping:
+            # A networked log learns that it is back only from a command: ask it one.
+            try:
+                await event_log.ping()
+            except (EventLogUnavailable, EventLogClosed):
+                pass  # still down: stats() says why
+        return self.problems()
+
+    def problems(self) -> list[str]:
+        """`readiness` as the components last saw it, without asking them."""
         broker = self.broker
         problems = []
         if self.stopping:
             problems.append("the broker is shutting down")
         log_stats = component_stats(broker.event_log)
-        if probe and not log_stats.get("up", True) and hasattr(broker.event_log, "ping") and not self.stopping:
-            # A networked log learns that it is back only from a command: ask it one.
-            try:
-                await broker.event_log.ping()
-            except (EventLogUnavailable, EventLogClosed):
-                pass  # still down: stats() says why
-            log_stats = component_stats(broker.event_log)
         if not log_stats.get("up", True):
             problems.append(log_stats.get("problem") or "the event log is not available")
         engine_stats = component_stats(broker.engine)
@@ -394,9 +418,8 @@ class MetricsEndpoints:
                                   "status": 401}, 401)
                 response.headers["WWW-Authenticate"] = 'Bearer realm="cometd-broker metrics"'
                 return response
-        ready = not await self.metrics.readiness(probe=False)  # a scrape must not wait on a dead Redis
-        return web.Response(body=self.metrics.render(ready), headers={"Content-Type": CONTENT_TYPE,
-                                                                      "Cache-Control": "no-store"})
+        return web.Response(body=self.metrics.scrape(), headers={"Content-Type": CONTENT_TYPE,
+                                                                 "Cache-Control": "no-store"})
 
     async def health(self, _: web.Request) -> web.Response:
         """Liveness: answering at all proves the event loop runs."""
@@ -423,3 +446,19 @@ def add_metrics(app: web.Application, broker: Broker, token: str = "") -> Metric
 
     app.on_shutdown.append(stopping)
     return metrics
+
+
+def share_worker_metrics(app: web.Application, directory: str, index: int,
+                         interval: float = SHARE_INTERVAL) -> None:
+    """With `serve --workers N`: this worker keeps its page in `directory` (rewritten every `interval`
+    seconds) and answers a scrape for every worker there (worker_metrics.py)."""
+    metrics = app[METRICS]
+    shared = metrics.shared = SharedMetrics(directory, index, lambda: metrics.page(shared.labels),
+                                            interval=interval)
+
+    async def sharing(_: web.Application) -> AsyncIterator[None]:
+        task = asyncio.get_running_loop().create_task(shared.run(), name="worker-metrics")
+        yield
+        await cancel_and_wait(task)
+
+    app.cleanup_ctx.append(sharing)

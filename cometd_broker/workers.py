@@ -4,7 +4,8 @@ Each worker is `cometd-broker serve` again with `--workers 1` and a hidden `--wo
 makes it bind with SO_REUSEPORT (the kernel spreads new connections over the workers) and report
 readiness on a pipe instead of printing "listening". The supervisor prints that line once, when
 every worker is ready; forwards SIGTERM/SIGINT to the workers and waits for them (bounded); and
-restarts a worker that dies, unless workers keep dying (then it stops them all and fails).
+restarts a worker that dies, unless workers keep dying (then it stops them all and fails). It also
+makes the directory in which the workers share their /metrics pages (worker_metrics.py) and removes it.
 
 Sessions live in one process; a long-poll reaching another worker is relayed to the owner (routing.py),
 and a client whose owner died gets 402 and re-handshakes where it is, resuming by replay from the
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 
@@ -37,9 +40,11 @@ class Supervisor:
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
         self._stopping = False
         self._deaths: list[float] = []
+        self.metrics_dir = ""
 
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self.metrics_dir = tempfile.mkdtemp(prefix="cometd-broker-metrics-")  # mode 0700: ours alone
         try:
             pipes = {index: self._spawn(index) for index in range(1, self.count + 1)}
             if not self._await_ready(pipes):
@@ -50,6 +55,7 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._stopping = True
@@ -58,7 +64,7 @@ class Supervisor:
         """Start worker `index`; return the read end of its readiness pipe."""
         read_fd, write_fd = os.pipe()
         command = [sys.executable, "-m", "cometd_broker", *self.argv, "--workers", "1",
-                   "--worker-of", f"{os.getpid()}:{index}:{write_fd}"]
+                   "--worker-of", f"{os.getpid()}:{index}:{write_fd}", "--worker-metrics-dir", self.metrics_dir]
         try:
             process = subprocess.Popen(command, pass_fds=(write_fd,), preexec_fn=_die_with_parent)
         finally:
@@ -136,6 +142,11 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass  # not Linux: workers outlive a killed supervisor
+
+
+def worker_index(worker_of: str) -> int:
+    """In a worker: its index, 1..N (`worker_of` is "<pid>:<index>:<fd>")."""
+    return int(worker_of.split(":")[1])
 
 
 def report_ready(worker_of: str) -> None:
