@@ -14,8 +14,12 @@ processes and each request there is a 402 and a re-handshake, forever.
 - Forwarding: a long-poll POST, or a callback-polling (JSONP) GET, whose first message names another
   tag (never a handshake) is sent, method, target, headers and body, to that owner's private port
   and the owner's reply bytes are relayed unchanged (forwarding.py). If the owner is not registered,
-  cannot be reached within a second, or drops the request, the batch is handled here as before: 402
+  cannot be reached in time, or drops the request, the batch is handled here as before: 402
   with handshake advice, so the client resumes on this process by replay, losing nothing.
+- Lookups: one Redis GET per tag at a time, however many requests name it at once; a known owner is
+  then routed to without waiting, its registration re-read in the background every TTL/3, and a
+  failed lookup changes nothing (it says nothing about the owner, and a dead owner's port refuses).
+  Under load a lookup's timeout must not turn into a second of 402s for every session of a live owner.
 - The private port serves only forwarded requests (with `X-Cometd-Forwarded-By`, anything else 400)
   and never forwards again: POSTs on the lean path, and GETs (JSONP) handed to aiohttp's handler of
   callback-polling, so the owner wraps the reply in the client's callback exactly as on its public
@@ -78,7 +82,8 @@ class SessionRouter:
         self.forwarder = Forwarder(connect_timeout=CONNECT_TIMEOUT, max_idle=1024,
                                    read_timeout=broker.config.timeout / 1000 + 30.0)
         self._redis = aioredis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        self._owners: dict[str, tuple[str | None, float]] = {}  # tag -> (address or None, valid until)
+        self._owners: dict[str, tuple[str | None, float]] = {}  # tag -> (address or None, fresh until)
+        self._lookups: dict[str, asyncio.Task[str | None]] = {}  # tag -> its lookup in flight
         self._server: asyncio.AbstractServer | None = None
         self._private: LeanHttp | None = None
         self._private_aiohttp: web.Server | None = None
@@ -111,6 +116,8 @@ class SessionRouter:
         """After the broker answered its held connects: unregister, close the private port and the pool."""
         task, self._refresher = self._refresher, None
         await cancel_and_wait(task)
+        for lookup in list(self._lookups.values()):
+            await cancel_and_wait(lookup)
         with contextlib.suppress(redis.RedisError, OSError):
             await self._redis.delete(self.key(self.tag))
         if self._server is not None:
@@ -188,13 +195,29 @@ class SessionRouter:
 
     async def _owner(self, tag: str) -> str | None:
         cached = self._owners.get(tag)
-        if cached is not None and cached[1] > time.monotonic():
+        if cached is not None and (cached[1] > time.monotonic() or cached[0] is not None):
+            if cached[1] <= time.monotonic():  # due for a refresh: route by what we know meanwhile
+                self._lookup(tag)
             return cached[0]
+        return await asyncio.shield(self._lookup(tag))  # a request given up on does not cancel the lookup
+
+    def _lookup(self, tag: str) -> asyncio.Task[str | None]:
+        """The one lookup of `tag` in flight: every request for an owner not known yet awaits the same
+        Redis GET, not one each (hundreds of long-polls can name it at once, every refresh)."""
+        task = self._lookups.get(tag)
+        if task is None:
+            task = self._lookups[tag] = asyncio.get_running_loop().create_task(self._fetch(tag))
+            task.add_done_callback(lambda _: self._lookups.pop(tag, None))
+        return task
+
+    async def _fetch(self, tag: str) -> str | None:
         try:
             value = await self._redis.get(self.key(tag))
         except (redis.RedisError, OSError) as exc:
+            # Says nothing about the owner: keep routing by what we knew (a dead owner refuses anyway).
             log.debug("session router: looking up tag %s failed: %s", tag, exc)
-            value = None
+            cached = self._owners.get(tag)
+            return cached[0] if cached is not None else None
         address = value.decode() if value else None
         self._remember(tag, address, self.ttl / 3 if address else MISS_TTL)
         return address

@@ -357,6 +357,40 @@ async def test_a_forwarding_header_from_a_client_grants_nothing(routed_brokers):
     assert broker_of(a).stats.forwarded == 0
 
 
+async def test_a_burst_of_long_polls_for_one_owner_costs_one_lookup_and_a_failed_lookup_costs_no_402(
+        routed_brokers):
+    a, b = routed_brokers
+    router_b = b.app[ENDPOINT].router
+    client_ids = [await replay_session(a, "/feed", -1) for _ in range(40)]
+    lookups = 0
+    real_get = router_b._redis.get
+
+    async def counted_get(key):
+        nonlocal lookups
+        lookups += 1
+        await asyncio.sleep(0.05)  # a Redis slow under load: the burst arrives while it looks up
+        return await real_get(key)
+
+    router_b._redis.get = counted_get
+    # Forty sessions of A reach B at once (as after a restart of B, or a refresh falling due).
+    replies = await asyncio.gather(*(send(b, connect_message(c, timeout=0)) for c in client_ids))
+    assert all(reply_to(r, "/meta/connect")["successful"] for r in replies)
+    assert lookups == 1 and broker_of(b).stats.forwarded == 40
+
+    # A's registration falls due for a refresh while Redis fails: B keeps routing to A, no 402.
+    async def failing_get(key):
+        nonlocal lookups
+        lookups += 1
+        raise redis.ConnectionError("redis is busy")
+
+    router_b._redis.get = failing_get
+    router_b._owners = {tag: (address, 0.0) for tag, (address, _) in router_b._owners.items()}
+    replies = await asyncio.gather(*(send(b, connect_message(c, timeout=0)) for c in client_ids))
+    assert all(reply_to(r, "/meta/connect")["successful"] for r in replies), replies
+    assert broker_of(b).stats.forward_failures == 0 and lookups == 2  # one refresh, in the background
+    router_b._redis.get = real_get
+
+
 async def test_without_redis_reachable_publishes_fail_clearly(aiohttp_client):
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     broker_config = BrokerConfig(redis=url, allow_anonymous=True)
