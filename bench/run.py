@@ -312,29 +312,35 @@ def start_config(config: str, redis: RedisServer, tmp: Path, websocket: bool) ->
 
 
 def scrape_workers(port: int, workers: int) -> dict[str, dict[str, float]]:
-    """Counters of each broker process from /metrics, asked on new connections until every worker
-    answered (the kernel picks the worker per connection); keyed by the process's start time."""
+    """Counters of each broker process from /metrics, keyed by worker index ("1" alone). One scrape
+    answers for every worker (samples labelled worker="<index>"), a worker's sibling's figures as of
+    its last share, at most 2 s ago: so with workers it waits that long first."""
     import urllib.request
 
     wanted = ("cometd_start_time_seconds", "cometd_unknown_session_total", 'cometd_handshakes_total{result="accepted"}',
               "cometd_published_total", "cometd_subscriptions")
+    if workers > 1:
+        time.sleep(2.5)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
     seen: dict[str, dict[str, float]] = {}
-    for _ in range(30):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                text = r.read().decode()
-        except OSError:
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
             continue
-        values = {}
-        for line in text.splitlines():
-            name, _, value = line.rpartition(" ")
-            if name in wanted:
-                values[name.split("{")[0]] = float(value)
-            elif name.startswith("cometd_sessions{"):
-                values["cometd_sessions"] = values.get("cometd_sessions", 0.0) + float(value)
-        seen[str(values.get("cometd_start_time_seconds"))] = values
-        if len(seen) >= workers:
-            break
+        name, _, value = line.rpartition(" ")
+        worker = "1"
+        labelled = re.fullmatch(r'(\w+)\{worker="(\d+)",?(.*)\}', name)
+        if labelled:
+            worker, rest = labelled[2], labelled[3]
+            name = labelled[1] + (f"{{{rest}}}" if rest else "")
+        values = seen.setdefault(worker, {})
+        if name in wanted:
+            values[name.split("{")[0]] = float(value)
+        elif name.startswith("cometd_sessions{"):
+            values["cometd_sessions"] = values.get("cometd_sessions", 0.0) + float(value)
     return seen
 
 
@@ -414,7 +420,7 @@ def _redis_rows(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             row["worker_cpu_s"] = " / ".join(f"{c:.2f}" for c in per)
             if not all(c > 0 for c in per):
                 row["problems"] = "; ".join(filter(None, [row["problems"], "a worker used no CPU"]))
-        metrics = dict(sorted((r.get("broker_metrics") or {}).items()))  # by process start time
+        metrics = dict(sorted((r.get("broker_metrics") or {}).items()))  # by worker index
         if metrics:
             row["unknown_session_402s"] = " / ".join(str(int(m.get("cometd_unknown_session_total", 0)))
                                                      for m in metrics.values())
@@ -481,8 +487,8 @@ def redis_scenario(size: dict[str, Any], via: str) -> tuple[dict[str, Any], list
           "worker, as a load balancer with session affinity would (one process does the same work either way, so "
           "only `redis-2` runs both). `misrouted conns` counts new connections that reached the wrong worker (402) "
           "and were dropped. `402s per worker` and `sessions per worker` are each worker's "
-          "`cometd_unknown_session_total` and `cometd_sessions` from /metrics after the run, ordered by process "
-          "start; `per-worker CPU s` is in worker order. Delivered, lost, latency and CPU are the measured step's; "
+          "`cometd_unknown_session_total` and `cometd_sessions` from /metrics after the run, by its `worker` "
+          "label; `per-worker CPU s` is in the same order. Delivered, lost, latency and CPU are the measured step's; "
           "rehandshakes, misrouted connections and publish failures count the whole run (setup and both steps).", ""]
     try:
         redis = RedisServer(via)
