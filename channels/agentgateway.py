@@ -31,6 +31,7 @@ import orjson
 from aiohttp import web
 
 from cometd_broker.logs import bind_user, session_fields
+from cometd_broker.metrics import METRICS
 from cometd_broker.tasks import cancel_and_wait
 
 from .auth import User, UserDirectory
@@ -39,6 +40,7 @@ from .store import Change, Document, StateStore
 log = logging.getLogger("channels.agentgateway")
 
 PREFIX = "/agentgateway/resource"
+RETCODE = web.ResponseKey("agentgateway.retcode", str)  # a reply's retcode, kept on it for the metrics
 
 # ---------------------------------------------------------------- retcodes (reference/domain.md 5.4)
 
@@ -104,30 +106,51 @@ def reply(retcode: str = SUCCESS, message: str = "success", result: Json | None 
           headers: dict[str, str] | None = None) -> web.Response:
     """The Huawei envelope, always HTTP 200: clients branch on `retcode`, not on the HTTP status."""
     body = {"message": message, "retcode": retcode, "result": {} if result is None else result}
-    return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
+    response = web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
+    response[RETCODE] = retcode  # for the metrics, without parsing the body back
+    return response
 
 
 def event_reply(event: Json | None) -> web.Response:
-    return web.Response(body=orjson.dumps({"message": "", "retcode": SUCCESS, "event": event}),
-                        content_type="application/json")
+    response = web.Response(body=orjson.dumps({"message": "", "retcode": SUCCESS, "event": event}),
+                            content_type="application/json")
+    response[RETCODE] = SUCCESS
+    return response
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def guarded(handler: Handler) -> Handler:
-    """Turn refusals into the envelope, and contain bugs: a desktop never sees a traceback."""
+    """Turn refusals into the envelope, and contain bugs: a desktop never sees a traceback. Each
+    request is counted in the app's metrics (when it has them) by route and retcode."""
 
     async def wrapper(request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
         try:
-            return await handler(request)
+            response = await handler(request)
         except GatewayError as exc:
-            return reply(exc.retcode, exc.message)
+            response = reply(exc.retcode, exc.message)
         except Exception:
             log.exception("unexpected error in %s %s", request.method, request.path)
-            return reply(OPERATION_FAILED, "internal error in the agent gateway: the request was not applied")
+            response = reply(OPERATION_FAILED, "internal error in the agent gateway: the request was not applied")
+        _count(request, response, time.monotonic() - started)
+        return response
 
     return wrapper
+
+
+def _count(request: web.Request, response: web.StreamResponse, seconds: float) -> None:
+    metrics = request.app.get(METRICS)
+    if metrics is None:
+        return
+    # The route's template, never the raw path: an agent id in it would make a series per agent.
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    metrics.counter("agentgateway_requests_total", "Huawei agent gateway requests, by route and retcode",
+                    ("method", "route", "retcode")).inc((request.method, route, str(response.get(RETCODE, ""))))
+    metrics.histogram("agentgateway_request_duration_seconds", "Time to answer a Huawei agent gateway request "
+                      "(an event poll waits for events up to its poll time), by route",
+                      ("method", "route")).observe((request.method, route), seconds)
 
 
 # ---------------------------------------------------------------- validation (pure functions)

@@ -447,6 +447,31 @@ async def test_rest_operations_are_counted_by_route_operation_and_status(aiohttp
                    for name, labels in page.samples if name == "gws_requests_total")
 
 
+async def test_huawei_gateway_requests_are_counted_by_route_and_retcode(aiohttp_client):
+    users = UserDirectory(User(name, hash_password(pw, iterations=1), agent_id="101")
+                          for name, pw in PASSWORDS.items())
+    app = create_app(BrokerConfig())
+    install_contact_center(app, app[BROKER], ContactCenterConfig(csrf=False), users=users)
+    client = await aiohttp_client(app)
+
+    async def call(method: str, path: str, body: Any = None) -> str:
+        async with client.request(method, "/agentgateway/resource" + path, json=body) as response:
+            return (await response.json())["retcode"]
+
+    assert await call("PUT", "/onlineagent/101", {"password": "alice-pw"}) == "0"
+    assert await call("PUT", "/onlineagent/101", {"password": "alice-pw"}) == "100-002"  # signed in already
+    assert await call("PUT", "/onlineagent/7", {"password": "x"}) == "000-002"  # not an agent id
+
+    page = await scrape(client)
+    assert page.types["agentgateway_requests"] == "counter"
+    route = "/agentgateway/resource/onlineagent/{agentid}"  # the template: no series per agent
+    assert page.value("agentgateway_requests_total", method="PUT", route=route, retcode="0") == 1
+    assert page.value("agentgateway_requests_total", method="PUT", route=route, retcode="100-002") == 1
+    assert page.value("agentgateway_requests_total", method="PUT", route=route, retcode="000-002") == 1
+    assert page.value("agentgateway_request_duration_seconds_count", method="PUT", route=route) == 3
+    assert not any(name.startswith("gws_") for name, _ in page.samples)  # not a GWS REST operation
+
+
 # ---------------------------------------------------------------------------- Redis restarts
 
 

@@ -8,6 +8,8 @@ import contextlib
 import os
 import time
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from cometd_broker import BrokerConfig, create_app
 from cometd_broker.metrics import METRICS, Exposition, share_worker_metrics
 from cometd_broker.worker_metrics import SharedMetrics, merge_pages
@@ -38,6 +40,10 @@ def test_pages_merge_into_one_family_each_with_every_workers_samples() -> None:
         'cometd_latency_seconds_bucket{worker="2",le="+Inf"} 1', 'cometd_latency_seconds_count{worker="2"} 1']
     assert 'gws_requests_total{worker="2",route="/api/v2/me"} 3' in lines
     assert merged.count("# TYPE ") == 3 and merged.endswith("\n")
+    # Prometheus's own parser reads it: each family once, with every worker's samples.
+    families = {family.name: family for family in text_string_to_metric_families(merged)}
+    assert sorted(families) == ["cometd_latency_seconds", "cometd_sessions", "gws_requests"]
+    assert [sample.labels["worker"] for sample in families["cometd_sessions"].samples] == ["1", "2"]
 
 
 def test_the_scraped_worker_answers_fresh_for_itself_and_leaves_out_stale_siblings(tmp_path) -> None:
