@@ -470,26 +470,27 @@ def redis_scenario(size: dict[str, Any], via: str) -> tuple[dict[str, Any], list
     report: dict[str, Any] = {"configs": list(REDIS_CONFIGS), "modes": list(CLIENT_MODES),
                               "target": REDIS_TARGET, "redis_via": via, "workloads": {}}
     md = ["## Redis engine: delivered messages per server CPU-second", "",
-          "cometd-broker alone, at fixed offered rates below saturation, in four configurations on a fresh port "
-          "each: `single` (`--event-log memory:`), `single-sqlite` (SQLite event log in a temp dir), `redis-1` "
-          "(`--redis`: event log in Redis Streams), `redis-2` (`--workers 2 --redis`: two processes on one port via "
-          "SO_REUSEPORT). A private redis-server (`--save '' --appendonly no`) is pinned with the broker to core 0 "
-          f"and flushed before each run; the brokers reach it {VIA_TEXT[via]}. Two load-generator steps at the same "
-          "rate: the first warms up, the second is measured. Broker CPU is the server process and all its "
-          "descendants (the workers); redis CPU is redis-server's. The configurations run in turn, in rounds; each "
-          "round's ratios compare msgs per CPU-second with that round's `single` / `single-sqlite` (runs a minute "
-          "apart at most: this machine's speed drifts by more than the effect between distant runs). Each row is "
-          "the round with the median ratio; `all rounds` gives the range. The target is broker+redis >= "
-          f"{REDIS_TARGET}x `single` with nothing lost. Client connections: `shared` is the load generator's usual "
-          "pool (a long-polling session's requests may travel on any idle keep-alive connection, hence behind "
-          "`--workers 2` on either worker, which relays them to the session's owner); `affinity` "
-          "(`--sticky-connections`) keeps each session, and the publisher's, on connections that reached its "
-          "worker, as a load balancer with session affinity would (one process does the same work either way, so "
-          "only `redis-2` runs both). `misrouted conns` counts new connections that reached the wrong worker (402) "
-          "and were dropped. `402s per worker` and `sessions per worker` are each worker's "
-          "`cometd_unknown_session_total` and `cometd_sessions` from /metrics after the run, by its `worker` "
-          "label; `per-worker CPU s` is in the same order. Delivered, lost, latency and CPU are the measured step's; "
-          "rehandshakes, misrouted connections and publish failures count the whole run (setup and both steps).", ""]
+          "cometd-broker alone, at fixed offered rates (a configuration the rate saturates shows it in `problems`: "
+          "p99 over 250 ms), in four configurations on a fresh port each: `single` (`--event-log memory:`), "
+          "`single-sqlite` (SQLite event log in a temp dir), `redis-1` (`--redis`: event log in Redis Streams), "
+          "`redis-2` (`--workers 2 --redis`: two processes on one port via SO_REUSEPORT). A private redis-server "
+          "(`--save '' --appendonly no`) is pinned with the broker to core 0 and flushed before each run; the "
+          f"brokers reach it {VIA_TEXT[via]}. Two load-generator steps at the same rate: the first warms up, the "
+          "second is measured. Broker CPU is the server process and all its descendants (the workers); redis CPU is "
+          "redis-server's. The configurations run in turn, in rounds; each round's ratios compare msgs per "
+          "CPU-second with that round's `single` / `single-sqlite` (runs a minute apart at most: this machine's "
+          "speed drifts by more than the effect between distant runs). Each row is the round with the median ratio; "
+          f"`all rounds` gives the range. The target is broker+redis >= {REDIS_TARGET}x `single` with nothing lost. "
+          "Client connections: `shared` is the load generator's usual pool (a long-polling session's requests may "
+          "travel on any idle keep-alive connection, hence behind `--workers 2` on either worker, which relays them "
+          "to the session's owner); `affinity` (`--sticky-connections`) keeps each session, and the publisher's, on "
+          "connections that reached its worker, as a load balancer with session affinity would (one process does "
+          "the same work either way, so only `redis-2` runs both). `misrouted conns` counts new connections that "
+          "reached the wrong worker (402) and were dropped. `402s per worker` and `sessions per worker` are each "
+          "worker's `cometd_unknown_session_total` and `cometd_sessions` from /metrics after the run, by its "
+          "`worker` label; `per-worker CPU s` is in the same order. Delivered, lost, latency and CPU are the "
+          "measured step's; rehandshakes, misrouted connections and publish failures count the whole run (setup and "
+          "both steps).", ""]
     try:
         redis = RedisServer(via)
     except (RuntimeError, OSError) as exc:
