@@ -31,7 +31,7 @@ import orjson
 from aiohttp import web
 
 from cometd_broker.logs import bind_user, session_fields
-from cometd_broker.metrics import METRICS
+from cometd_broker.metrics import METRICS, route_label
 from cometd_broker.tasks import cancel_and_wait
 
 from .auth import User, UserDirectory
@@ -144,8 +144,7 @@ def _count(request: web.Request, response: web.StreamResponse, seconds: float) -
     metrics = request.app.get(METRICS)
     if metrics is None:
         return
-    # The route's template, never the raw path: an agent id in it would make a series per agent.
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    route = route_label(request)
     metrics.counter("agentgateway_requests_total", "Huawei agent gateway requests, by route and retcode",
                     ("method", "route", "retcode")).inc((request.method, route, str(response.get(RETCODE, ""))))
     metrics.histogram("agentgateway_request_duration_seconds", "Time to answer a Huawei agent gateway request "

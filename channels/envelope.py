@@ -20,7 +20,7 @@ from aiohttp import web
 
 from cometd_broker.engine import EngineUnavailable
 from cometd_broker.eventlog import EventLogUnavailable
-from cometd_broker.metrics import METRICS, Metrics
+from cometd_broker.metrics import METRICS, Metrics, route_label
 
 log = logging.getLogger("channels")
 
@@ -113,9 +113,7 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
 
 def _count(metrics: Metrics, request: web.Request, operation: str, status_code: str, http_status: int,
            seconds: float) -> None:
-    resource = request.match_info.route.resource
-    # The route's template, never the raw path: ids in paths would make a series per interaction.
-    route = resource.canonical if resource is not None else "unmatched"
+    route = route_label(request)
     metrics.counter("gws_requests_total", "REST API requests, by route, operationName and GWS statusCode",
                     ("method", "route", "operation", "status_code", "http_status")).inc(
         (request.method, route, operation, status_code, str(http_status)))

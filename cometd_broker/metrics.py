@@ -254,6 +254,13 @@ class Metrics:
 METRICS = web.AppKey("metrics", Metrics)
 
 
+def route_label(request: web.Request) -> str:
+    """A request's route for a metric label: the route's template, never the raw path (ids in paths
+    would make a series per interaction or agent); "unmatched" when no route matched."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
 def component_stats(component: object) -> dict[str, Any]:
     """An engine's or event log's `stats()` (a plain dict), or {} for one without."""
     stats = getattr(component, "stats", None)
