@@ -195,10 +195,13 @@ class SessionRouter:
 
     async def _owner(self, tag: str) -> str | None:
         cached = self._owners.get(tag)
-        if cached is not None and (cached[1] > time.monotonic() or cached[0] is not None):
-            if cached[1] <= time.monotonic():  # due for a refresh: route by what we know meanwhile
+        if cached is not None:
+            address, fresh_until = cached
+            if fresh_until > time.monotonic():
+                return address
+            if address is not None:  # due for a refresh: route by what we know meanwhile
                 self._lookup(tag)
-            return cached[0]
+                return address
         return await asyncio.shield(self._lookup(tag))  # a request given up on does not cancel the lookup
 
     def _lookup(self, tag: str) -> asyncio.Task[str | None]:
