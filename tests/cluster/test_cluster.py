@@ -649,7 +649,7 @@ async def _worker_metric(port: int, sample: str, until=lambda values: True) -> l
             values = {}
             for line in text.splitlines():
                 found = re.fullmatch(r'(\w+)\{worker="(\d+)",?(.*) (\S+)', line)
-                if found and found[1] == name and ("{" + found[3] == "{" + labels):
+                if found and found[1] == name and found[3] == labels:
                     values[found[2]] = float(found[4])
             if sorted(values) == ["1", "2"] and until(list(values.values())):
                 return [values["1"], values["2"]]
