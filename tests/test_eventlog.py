@@ -25,6 +25,7 @@ from cometd_broker.eventlog import (
     Event,
     EventLog,
     EventLogClosed,
+    EventLogUnavailable,
     MemoryEventLog,
     Retention,
     RetentionTask,
@@ -481,6 +482,24 @@ async def test_retention_task_survives_a_failing_trim_and_ends_when_the_log_clos
     await log.close()
     await wait_for(lambda: not task.running)  # EventLogClosed ends it quietly
     await task.stop()
+
+
+async def test_retention_task_warns_in_one_line_while_the_log_is_unavailable(caplog) -> None:
+    class Unreachable(MemoryEventLog):
+        async def trim(self, now: float) -> int:
+            raise EventLogUnavailable("redis at redis://127.0.0.1:1/0 is unavailable: connection refused")
+
+    log = Unreachable(Retention(max_age=1))
+    task = RetentionTask(log, period=0.01)
+    with caplog.at_level(logging.WARNING, logger="cometd_broker.eventlog"):
+        task.start()
+        await wait_for(lambda: caplog.text.count("retention trim skipped") >= 2)  # and it keeps trying
+    await task.stop()
+    [record, *_] = caplog.records
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert record.getMessage() == ("event log retention trim skipped (redis at redis://127.0.0.1:1/0 is "
+                                   "unavailable: connection refused); retrying in 0 s")
+    await log.close()
 
 
 # ---- model-based: every store against a list of dicts ------------------------------------------

@@ -393,7 +393,7 @@ class RedisEventLog:
             yield
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             # BusyLoadingError (a restarted Redis reading its data) is a ConnectionError too.
-            reason = f"redis at {self.url} is unavailable: {exc or type(exc).__name__}"
+            reason = f"redis at {self.url} is unavailable: {str(exc).rstrip('.') or type(exc).__name__}"
             if self.connected:
                 self.connected, self._down_since = False, time.monotonic()
                 self.disconnects += 1

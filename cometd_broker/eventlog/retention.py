@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 from ..tasks import cancel_and_wait
-from .base import EventLog, EventLogClosed
+from .base import EventLog, EventLogClosed, EventLogUnavailable
 
 log = logging.getLogger("cometd_broker.eventlog")
 
@@ -19,7 +19,8 @@ class RetentionTask:
     It trims at start so a broker restarted after a long pause drops stale
     events at once instead of one period later. A failing trim is logged and
     retried next period: retention is housekeeping and must not take the
-    broker down, but the error must be visible.
+    broker down, but the error must be visible (a store that is unreachable
+    gets a one-line warning; anything else is a bug and gets its traceback).
     """
 
     def __init__(self, event_log: EventLog, *, period: float = 60.0, clock: Callable[[], float] = time.time) -> None:
@@ -53,6 +54,8 @@ class RetentionTask:
                 self.runs += 1
             except EventLogClosed:
                 return  # the log's owner closed it first; nothing left to trim
+            except EventLogUnavailable as exc:  # an outage the log reports itself: one line, no traceback
+                log.warning("event log retention trim skipped (%s); retrying in %.0f s", exc, self._period)
             except Exception:
                 log.exception("event log retention trim failed; retrying in %.0f s", self._period)
             await asyncio.sleep(self._period)
