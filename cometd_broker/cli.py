@@ -204,7 +204,7 @@ def serve(args: argparse.Namespace, config: BrokerConfig) -> int:
             share_worker_metrics(app, args.worker_metrics_dir, worker_index(worker_of))
 
         asyncio.run(serve_app(app, config.host, config.port, lean=lean, reuse_port=True,
-                              ready=lambda: report_ready(worker_of)))
+                              ready=lambda: report_ready(worker_of), name=f"worker {worker_index(worker_of)}"))
         return 0
     asyncio.run(serve_app(app, config.host, config.port, lean=lean, ready=lambda: announce("")))
     return 0

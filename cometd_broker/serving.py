@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +21,8 @@ from aiohttp import web
 
 from .app import BROKER, ENDPOINT
 from .transports.lean_http import LeanHttp
+
+log = logging.getLogger("cometd_broker")
 
 SHUTDOWN_TIMEOUT = 5.0  # seconds aiohttp waits for its in-flight requests when stopping
 # Collect the youngest generation after this many new container objects instead of 700: every
@@ -76,16 +80,24 @@ class LeanAppRunner(web.AppRunner):
 
 
 async def serve_app(app: web.Application, host: str, port: int, *, lean: bool, reuse_port: bool = False,
-                    ready: Callable[[], None] = lambda: None) -> None:
-    """Serve until SIGINT/SIGTERM; `ready` is called once the port listens."""
+                    ready: Callable[[], None] = lambda: None, name: str = "") -> None:
+    """Serve until SIGINT/SIGTERM; `ready` is called once the port listens. The stop is logged (INFO,
+    prefixed by `name`, a worker's): which signal, how many sessions were open, and how long stopping
+    took, so an operator sees a restart that hangs on its held connects, or one that was quick."""
     runner_class = LeanAppRunner if lean else web.AppRunner
     runner = runner_class(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     tune_gc()
     stop = asyncio.Event()
+    signals: list[str] = []
     loop = asyncio.get_running_loop()
+
+    def stop_on(signum: signal.Signals) -> None:
+        signals.append(signum.name)
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stop_on, signum)
     try:
         await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
         ready()
@@ -93,4 +105,10 @@ async def serve_app(app: web.Application, host: str, port: int, *, lean: bool, r
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+        started, who = time.monotonic(), f"{name}: " if name else ""
+        if signals:
+            log.info("%sstopping on %s: %d session(s) open, answering their held connects", who, signals[0],
+                     len(app[BROKER].sessions))
         await runner.cleanup()
+        if signals:
+            log.info("%sstopped in %.2f s", who, time.monotonic() - started)

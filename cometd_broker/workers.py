@@ -39,6 +39,7 @@ class Supervisor:
         self.listening = listening  # printed once every worker listens
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
         self._stopping = False
+        self._signal = ""  # the signal that stopped us, for the log
         self._deaths: list[float] = []
         self.metrics_dir = ""
 
@@ -59,6 +60,7 @@ class Supervisor:
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._stopping = True
+        self._signal = self._signal or signal.Signals(signum).name
 
     def _spawn(self, index: int) -> int:
         """Start worker `index`; return the read end of its readiness pipe."""
@@ -114,7 +116,12 @@ class Supervisor:
                 print(f"cometd-broker: worker {index} (pid {process.pid}) exited with {status}; restarting",
                       file=sys.stderr, flush=True)
                 os.close(self._spawn(index))  # its clients re-handshake on the others meanwhile
-        return self._stop_all()
+        started = time.monotonic()
+        print(f"cometd-broker: stopping {len(self.workers)} workers on {self._signal}", file=sys.stderr, flush=True)
+        status = self._stop_all()
+        print(f"cometd-broker: stopped in {time.monotonic() - started:.2f} s"
+              + ("" if status == 0 else " (a worker did not stop cleanly)"), file=sys.stderr, flush=True)
+        return status
 
     def _stop_all(self) -> int:
         """SIGTERM every worker, wait (bounded), SIGKILL the rest; 0 if all stopped cleanly."""

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -38,10 +40,19 @@ def test_serve_prints_where_it_listens_and_stops_cleanly_on_sigterm():
         log = running.log()
         assert f"listening on http://127.0.0.1:{running.port}/push" in log
         assert "transports: websocket, long-polling, callback-polling" in log
+        handshake = json.dumps([{"channel": "/meta/handshake", "version": "1.0",
+                                 "supportedConnectionTypes": ["long-polling"]}]).encode()
+        request = urllib.request.Request(running.url, data=handshake, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.load(response)[0]["successful"] is True
     finally:
         running.process.send_signal(signal.SIGTERM)
         assert running.process.wait(timeout=15) == 0
-    assert "Traceback" not in running.log()
+    log = running.log()
+    assert "Traceback" not in log
+    # The operator sees the stop: which signal, the sessions it ended, and how long it took.
+    assert "INFO cometd_broker: stopping on SIGTERM: 1 session(s) open, answering their held connects" in log, log
+    assert re.search(r"INFO cometd_broker: stopped in \d+\.\d\d s\n", log), log
 
 
 def test_environment_configures_and_flags_win():
