@@ -30,6 +30,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 from .envelope import GwsError, Status, check_operation, param
 from .model import (
@@ -62,14 +63,19 @@ T = TypeVar("T")
 DEFAULT_DISPOSITION_KEY = "DispositionCode"
 
 OPERATIONS = ("Accept", "Reject", "Invite", "Consult", "Transfer", "Leave", "Complete", "SendMessage",
-              "SendStartTypingNotification", "SendStopTypingNotification", "SendToAgents",
-              "SendStartTypingToAgentsNotification", "SendStopTypingToAgentsNotification", "SetInFocus",
-              "SetDisposition", "AttachUserData", "UpdateUserData", "DeleteUserData",
-              "RemoveParticipantFromConference")
+              "SendStartTypingNotification", "SendStopTypingNotification", "SendUrl", "SendCustomNotice",
+              "SendToAgents", "SendStartTypingToAgentsNotification", "SendStopTypingToAgentsNotification",
+              "SendCustomNoticeToAgents", "SetInFocus", "SetDisposition", "AttachUserData", "UpdateUserData",
+              "DeleteUserData", "RemoveParticipantFromConference")
 
-# RemoveParticipantFromConference is in no documented capabilities list; it is allowed to whoever may
-# shape the conference (holds Invite), rather than adding a name to the seed-000 list.
-_CAPABILITY_OF = {"RemoveParticipantFromConference": "Invite"}
+# Operations in no documented capabilities list are allowed to whoever holds the capability they are a
+# variant of, rather than adding names to the seed lists: RemoveParticipantFromConference to whoever may
+# shape the conference (Invite); a URL or a custom notice for everyone to whoever may write to the
+# customer (SendMessage: not a consultant); a custom notice for agents to whoever may write to the other
+# agents (SendToAgents: in a conference or a consultation, as the GWS page says).
+_CAPABILITY_OF = {"RemoveParticipantFromConference": "Invite", "SendUrl": "SendMessage",
+                  "SendCustomNotice": "SendMessage", "SendCustomNoticeToAgents": "SendToAgents"}
+MAX_URL_LENGTH = 2048
 
 _USER_PATH = re.compile(r"(?:.*/api/v2)?/users/([^/?#]+)/?")
 _QUEUE_PATH = re.compile(r"(?:.*/api/v2)?/queues/([^/?#]+)/?")
@@ -410,6 +416,15 @@ class Conversations:
     def _op_SendStopTypingNotification(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
         return self._say(ix, leg, MessageType.TYPING_STOPPED, Visibility.ALL)
 
+    def _op_SendUrl(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        return self._say(ix, leg, MessageType.PUSH_URL, Visibility.ALL, url=_pushable_url(param(params, "url", str)))
+
+    def _op_SendCustomNotice(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        return self._say(ix, leg, MessageType.CUSTOM_NOTICE, Visibility.ALL, param(params, "noticeText", str))
+
+    def _op_SendCustomNoticeToAgents(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
+        return self._say(ix, leg, MessageType.CUSTOM_NOTICE, Visibility.AGENTS, param(params, "noticeText", str))
+
     def _op_SendToAgents(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
         return self._say(ix, leg, MessageType.TEXT, Visibility.AGENTS, param(params, "text", str))
 
@@ -664,9 +679,9 @@ class Conversations:
             self._publish_message(ix, self._log(ix, MessageType.TEXT, leg.participant, _visibility(leg), text=text))
 
     def _say(self, ix: Interaction, leg: Leg, kind: MessageType, visibility: Visibility,
-             text: str | None = None) -> Apply:
+             text: str | None = None, *, url: str | None = None) -> Apply:
         def apply(ref: int) -> None:
-            message = self._log(ix, kind, leg.participant, visibility, text=text)
+            message = self._log(ix, kind, leg.participant, visibility, text=text, url=url)
             self._publish_message(ix, message, caller=leg.user_id, ref=ref)
 
         return apply
@@ -684,10 +699,10 @@ class Conversations:
     # --- notifications -----------------------------------------------------------------------------------
 
     def _log(self, ix: Interaction, kind: MessageType, sender: Participant | None, visibility: Visibility, *,
-             text: str | None = None) -> Message:
+             text: str | None = None, url: str | None = None) -> Message:
         assert sender is not None, "only participants of the chat session write to its log"
         self._touch(ix)
-        return ix.append(kind, sender, visibility, self._now(), text=text)
+        return ix.append(kind, sender, visibility, self._now(), text=text, url=url)
 
     def _state_data(self, ix: Interaction, leg: Leg, notification_type: str, *, ref: int | None = None,
                     participants: list[dict[str, str]] | None = None,
@@ -812,6 +827,20 @@ class Conversations:
         outbox, self._outbox = self._outbox, []
         for user_id, topic, data in outbox:
             await self._publish(user_id, topic, data)
+
+
+def _pushable_url(url: str) -> str:
+    """SendUrl's `url`: the customer's client opens it, so only an absolute http(s) URL (never javascript:,
+    data: or a relative path), of a bounded length."""
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. an unbalanced IPv6 bracket
+        valid = False
+    if not valid or len(url) > MAX_URL_LENGTH or any(c.isspace() for c in url):
+        raise GwsError(Status.VALIDATION_ERROR, f"parameter 'url' must be an absolute http or https URL of at most "
+                                                f"{MAX_URL_LENGTH} characters without spaces, got {url[:80]!r}")
+    return url
 
 
 def _visibility(leg: Leg) -> Visibility:

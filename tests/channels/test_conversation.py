@@ -190,6 +190,17 @@ async def test_unknown_ids_operations_and_other_peoples_interactions() -> None:
     ("DeleteUserData", {"keys": "k"}, Status.VALIDATION_ERROR),
     ("Accept", {"nickname": 4}, Status.INVALID_STATE),  # the state is checked before the parameters
     ("SendToAgents", {"text": "x"}, Status.INVALID_STATE),  # not a conference
+    ("SendCustomNoticeToAgents", {"noticeText": "x"}, Status.INVALID_STATE),  # no other agent to notify
+    ("SendUrl", {}, Status.MISSING_PARAMETER),
+    ("SendUrl", {"url": 7}, Status.VALIDATION_ERROR),
+    ("SendUrl", {"url": "javascript:alert(1)"}, Status.VALIDATION_ERROR),  # the customer's client opens it
+    ("SendUrl", {"url": "/relative/path"}, Status.VALIDATION_ERROR),
+    ("SendUrl", {"url": "https://"}, Status.VALIDATION_ERROR),
+    ("SendUrl", {"url": "http://[::1"}, Status.VALIDATION_ERROR),
+    ("SendUrl", {"url": "https://example.com/a b"}, Status.VALIDATION_ERROR),
+    ("SendUrl", {"url": "https://example.com/" + "x" * 2100}, Status.VALIDATION_ERROR),
+    ("SendCustomNotice", {}, Status.MISSING_PARAMETER),
+    ("SendCustomNotice", {"noticeText": ["x"]}, Status.VALIDATION_ERROR),
     ("RemoveParticipantFromConference", {"targetPath": "/users/bob"}, Status.NOT_FOUND),
 ])
 async def test_bad_parameters_change_nothing(operation: str, params: dict, status: Status) -> None:
@@ -220,6 +231,47 @@ async def test_messages_both_ways_with_gap_free_indexes() -> None:
     assert events[2]["referenceId"] == ref and "referenceId" not in events[1]
     assert events[2]["smssessionUri"].endswith(ix.id)
     assert [m["index"] for m in ix.transcript()] == list(range(1, 9))
+    await conv.close()
+
+
+async def test_send_url_and_custom_notices_reach_who_they_are_for() -> None:
+    """SendUrl: a PushUrl message with `url`, for everyone; SendCustomNotice: a CustomNotice with
+    `noticeText`, for everyone; SendCustomNoticeToAgents: the same for the agents of a consultation or
+    conference only (GWS chat and SMS pages)."""
+    conv, routing, rec = make_engine()
+    ix = await chatting(conv, routing, rec)
+    rec.clear()
+    ref = await conv.operate("alice", SMS, ix.id, "SendUrl", {"url": "https://shop.example.com/orders/17?x=1"})
+    [pushed] = rec.of("alice", TOPIC)
+    assert pushed["referenceId"] == ref and pushed["notificationType"] == "NewMessages"
+    [message] = pushed["messages"]
+    assert (message["type"], message["url"], message["visibility"]) == (
+        "PushUrl", "https://shop.example.com/orders/17?x=1", "All")
+    assert "text" not in message and message["from"]["type"] == "Agent"
+    await conv.operate("alice", SMS, ix.id, "SendCustomNotice", {"noticeText": "Your refund is on its way"})
+    notice = rec.of("alice", TOPIC)[-1]["messages"][0]
+    assert (notice["type"], notice["noticeText"], notice["visibility"]) == (
+        "CustomNotice", "Your refund is on its way", "All")
+    assert "text" not in notice
+
+    await routing.set_ready("bob", "sms")
+    await conv.operate("alice", SMS, ix.id, "Consult", {"targetPath": "/users/bob"})
+    await conv.operate("bob", SMS, ix.id, "Accept", {})
+    # A consultant writes to the agents only: no URL or notice for the customer.
+    await expect_error(Status.INVALID_STATE, conv.operate("bob", SMS, ix.id, "SendUrl", {"url": "https://x.example"}))
+    await expect_error(Status.INVALID_STATE, conv.operate("bob", SMS, ix.id, "SendCustomNotice", {"noticeText": "x"}))
+    rec.clear()
+    ref = await conv.operate("bob", SMS, ix.id, "SendCustomNoticeToAgents", {"noticeText": "Checked: eligible"})
+    for agent in ("alice", "bob"):
+        [event] = rec.of(agent, TOPIC)
+        [message] = event["messages"]
+        assert (message["type"], message["noticeText"], message["visibility"]) == (
+            "CustomNotice", "Checked: eligible", "Agents")
+        assert (event.get("referenceId") == ref) is (agent == "bob")  # the caller's own echo carries it
+
+    customer_saw = [(m["type"], m.get("url") or m.get("noticeText") or m.get("text")) for m in ix.transcript()]
+    assert customer_saw[-2:] == [("PushUrl", "https://shop.example.com/orders/17?x=1"),
+                                 ("CustomNotice", "Your refund is on its way")]
     await conv.close()
 
 

@@ -183,6 +183,32 @@ async def test_a_whole_chat_conversation(aiohttp_client) -> None:
     assert listing == {"statusCode": 0, "uris": []}
 
 
+async def test_send_url_and_custom_notice_reach_the_agent_and_the_customer(aiohttp_client) -> None:
+    stack = await make_stack(aiohttp_client)
+    alice = await stack.desk("alice")
+    sms_id = await _accepted(stack, alice)
+    sent = await stack.operate("alice", "smssessions", sms_id, "SendUrl", url="https://www.genesys.com")
+    assert set(sent) == {"statusCode", "referenceId"} and sent["statusCode"] == 0
+    await stack.operate("alice", "smssessions", sms_id, "SendCustomNotice", noticeText="We are open until 8 pm")
+    pushed, notice = await alice.next(2, SMS_TOPIC)
+    assert (pushed["messageType"], pushed["notificationType"], pushed["referenceId"]) == (
+        "MessageLogUpdated", "NewMessages", sent["referenceId"])
+    assert pushed["smssessionUri"] == f"{BASE_URL}/api/v2/smssessions/{sms_id}"
+    assert set(pushed["messages"][0]) == {"index", "type", "from", "visibility", "timestamp", "timestampSeconds",
+                                          "url"}
+    assert (pushed["messages"][0]["type"], pushed["messages"][0]["url"]) == ("PushUrl", "https://www.genesys.com")
+    assert (notice["messages"][0]["type"], notice["messages"][0]["noticeText"]) == (
+        "CustomNotice", "We are open until 8 pm")
+    _, transcript = await stack.gateway("GET", f"sms/interactions/{sms_id}/transcript")
+    assert [(m["type"], m.get("url") or m.get("noticeText")) for m in transcript["messages"][-2:]] == [
+        ("PushUrl", "https://www.genesys.com"), ("CustomNotice", "We are open until 8 pm")]
+
+    refused = await stack.operate("alice", "smssessions", sms_id, "SendUrl", url="javascript:alert(document.cookie)")
+    assert refused == {"statusCode": 10, "statusMessage": "parameter 'url' must be an absolute http or https URL "
+                       "of at most 2048 characters without spaces, got 'javascript:alert(document.cookie)'"}
+    await alice.quiet()
+
+
 async def test_reject_goes_to_the_next_agent(aiohttp_client) -> None:
     stack = await make_stack(aiohttp_client)
     alice, bob = await stack.desk("alice"), await stack.desk("bob")
