@@ -486,7 +486,7 @@ function renderTranscript(rec) {
         const time = (message.timestamp ?? "").slice(11, 16);
         if (message.type !== "Text") {
             const what = {ParticipantJoined: "joined", ParticipantLeft: "left"}[message.type] ??
-                (message.text ?? message.noticeText ?? message.type);
+                (message.text ?? message.noticeText ?? (message.url ? `sent ${message.url}` : message.type));
             return element("li", {class: "msg system", "data-index": message.index, "data-type": message.type},
                 element("span", {class: "text"}, `${from.nickname ?? ""} ${what}`), element("time", {}, time));
         }
