@@ -7,6 +7,7 @@ serves the GWS-style REST API beside the Bayeux endpoint without the broker impo
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from aiohttp.typedefs import Middleware
 from cometd_broker import Broker
 from cometd_broker.app import add_mount
 from cometd_broker.security import ChainedAuthenticator
+from cometd_broker.tasks import cancel_and_wait
 
 from . import agent, chats, desktop, interactions, media, openapi, smssessions, users_cli, workbins
 from .agentgateway import MIRROR_CHANNEL, AgentGateway
@@ -39,6 +41,7 @@ API_PREFIX = "/api/v2"
 NOTIFICATIONS = "/api/v2/notifications"  # where GWS clients find the CometD endpoint
 MEDIA_PREFIX = "/api/v2/media"  # the media gateway's own bearer-token API
 STATE_DB = "cometd-broker-state.db"  # what `cometd-broker serve` persists to unless told otherwise
+PRUNE_PERIOD_MIN, PRUNE_PERIOD_MAX = 0.05, 60.0  # seconds between sweeps for ended interactions: retention/4
 
 
 @dataclass
@@ -53,6 +56,9 @@ class ContactCenterConfig:
     # ":memory:" keeps nothing: code that builds a config (tests, embedding) never writes files unasked.
     # `cometd-broker serve` defaults to the file STATE_DB instead (--state-db).
     state_db: str = ":memory:"
+    # Seconds an interaction that is over (customer gone, every agent done, in no workbin or queue) stays
+    # readable before it is forgotten; 0 keeps every interaction forever (memory and state grow with them).
+    ended_retention: float = 86400.0
 
 
 @dataclass
@@ -135,11 +141,22 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
     gateway.add_routes(app)  # the Huawei agent gateway: its own Guid authentication
     openapi.add_routes(app, csrf=config.csrf, media=bool(config.media_token))
 
+    pruning: list[asyncio.Task[None]] = []
+
+    async def start_pruning(_: web.Application) -> None:
+        if config.ended_retention > 0:
+            period = min(PRUNE_PERIOD_MAX, max(PRUNE_PERIOD_MIN, config.ended_retention / 4))
+            pruning.append(asyncio.get_running_loop().create_task(
+                conversations.prune_forever(config.ended_retention, period), name="contact-center-pruning"))
+
     async def close(_: web.Application) -> None:
+        for task in pruning:
+            await cancel_and_wait(task)
         await conversations.close()
         await routing.close()
         store.close()  # last: every write above has been committed
 
+    app.on_startup.append(start_pruning)
     app.on_cleanup.append(close)
     app[CENTER] = center
     return center
@@ -209,6 +226,12 @@ class ContactCenterPlugin:
         group.add_argument("--offer-timeout", type=float, default=float(_env("OFFER_TIMEOUT", "30")),
                            help="seconds an offered interaction waits for Accept/Reject before the next "
                                 "agent (env COMETD_BROKER_OFFER_TIMEOUT); default: 30")
+        group.add_argument("--ended-retention", type=float, default=float(_env("ENDED_RETENTION", "86400")),
+                           metavar="SECONDS",
+                           help="seconds an interaction that is over (customer gone, every agent done, in no "
+                                "workbin or queue) stays readable (GET, transcript) before it is forgotten, in "
+                                "memory and in the state store; 0 keeps them all forever "
+                                "(env COMETD_BROKER_ENDED_RETENTION); default: 86400 (a day)")
         group.add_argument("--queues", default=_env("QUEUES", "default"),
                            help="comma-separated queue names (env COMETD_BROKER_QUEUES); default: default")
         group.add_argument("--demo", action="store_true",
@@ -248,6 +271,8 @@ class ContactCenterPlugin:
             raise ValueError("offer-timeout must be > 0")
         if args.demo_interval <= 0:
             raise ValueError("demo-interval must be > 0")
+        if not args.ended_retention >= 0:
+            raise ValueError("ended-retention must be >= 0 seconds (0 keeps ended interactions forever)")
         if not (args.users_file or args.demo or args.media_token):
             # Nobody could log in: serve the broker alone, without the API's middlewares on every request.
             log.info("contact-center API off: give --users-file (or --demo) to serve it")
@@ -262,7 +287,8 @@ class ContactCenterPlugin:
         config = ContactCenterConfig(
             users_file=args.users_file, csrf=args.csrf, media_token=args.media_token,
             base_url=args.base_url or f"http://{broker.config.host}:{broker.config.port}",
-            offer_timeout=args.offer_timeout, queues=queues, state_db=args.state_db)
+            offer_timeout=args.offer_timeout, queues=queues, state_db=args.state_db,
+            ended_retention=args.ended_retention)
         if args.desktop_dir:
             desktop.add_routes(app, args.desktop_dir, broker.config.mount)  # DesktopDirError names the option
         if clustered:

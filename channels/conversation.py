@@ -128,6 +128,8 @@ class Conversations:
         self._lock = asyncio.Lock()
         self._listeners: list[StateListener] = []
         self._holders: list[Callable[[str], bool]] = []
+        self._over_since: dict[str, float] = {}  # interaction id -> monotonic time it was first seen over
+        self.pruned = 0  # interactions forgotten by `prune`, for logs and tests
         self._ops: dict[str, Callable[[Interaction, Leg, dict[str, Any]], Apply]] = {
             name: getattr(self, "_op_" + name) for name in OPERATIONS}
         routing.attach(self, self._dispatch_waiting)
@@ -136,6 +138,61 @@ class Conversations:
 
     async def close(self) -> None:
         await self.routing.close()
+
+    # --- forgetting what is over --------------------------------------------------------------------------
+
+    def _over(self, ix: Interaction, waiting: set[str]) -> bool:
+        """Over for everyone: the customer's side ended, no agent holds a leg (wrap-up included), no
+        workbin holds it and no routing request waits for it. Nothing can change it any more."""
+        return (ix.ended and not ix.active_legs() and ix.id not in waiting
+                and not any(holds(ix.id) for holds in self._holders))
+
+    async def prune(self, retention: float, now: float | None = None) -> int:
+        """Forget the interactions that have been over for `retention` seconds (by the monotonic clock,
+        counted from when a sweep first saw them over: after a restart, from the first sweep): out of
+        memory and out of the store, in one run. Their transcripts and GETs answer 'not found' from then
+        on. Returns how many were forgotten."""
+        now = time.monotonic() if now is None else now
+
+        def forget() -> int:
+            waiting = {request.interaction_id for request in self.routing.waiting()}
+            gone = []
+            for ix in self._interactions.values():
+                if not self._over(ix, waiting):
+                    self._over_since.pop(ix.id, None)  # e.g. back in a workbin: counts again when over
+                elif now - self._over_since.setdefault(ix.id, now) >= retention:
+                    gone.append(ix)
+            for ix in gone:
+                del self._interactions[ix.id]
+                self._over_since.pop(ix.id, None)
+                self._dirty.pop(ix.id, None)
+                for user_id in ix.legs:
+                    ids = self._by_user.get(user_id)
+                    if ids is not None:
+                        ids.discard(ix.id)
+                        if not ids:
+                            del self._by_user[user_id]
+                self.stage("interaction", ix.id, lambda: None)
+            return len(gone)
+
+        count = await self._run(forget)
+        self.pruned += count
+        return count
+
+    async def prune_forever(self, retention: float, period: float) -> None:
+        """`prune` every `period` seconds until cancelled; a failed sweep (the store unavailable) is
+        logged and retried at the next one, its deletions still staged."""
+        while True:
+            await asyncio.sleep(period)
+            try:
+                count = await self.prune(retention)
+            except Exception as exc:  # housekeeping must outlive a store outage (or a leader change)
+                log.warning("contact center: forgetting ended interactions failed (%s); retrying in %g s",
+                            exc, period)
+                continue
+            if count:
+                log.info("contact center: forgot %d interaction(s) over for more than %g s (%d kept)",
+                         count, retention, len(self._interactions))
 
     # --- hooks for other APIs over the same interactions (interactions.py, workbins.py) --------------------
 

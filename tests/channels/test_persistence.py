@@ -23,6 +23,7 @@ from channels.agentgateway import AgentGateway, Conference
 from channels.agentgateway import Participant as ConfParticipant
 from channels.auth import User, UserDirectory, hash_password
 from channels.conversation import Conversations, ReferenceIds
+from channels.envelope import GwsError, Status
 from channels.model import (
     CHAT,
     SMS,
@@ -414,6 +415,84 @@ def state_of(resource_key: str, ix_id: str, state: str) -> Callable[[dict[str, A
 
 def new_message(text: str) -> Callable[[dict[str, Any]], bool]:
     return lambda data: any(m.get("text") == text for m in data.get("messages", ()))
+
+
+async def test_interactions_over_for_the_retention_are_forgotten_in_memory_and_on_disk(tmp_path, clock) -> None:
+    path = tmp_path / "state.db"
+    engine = make_engine(path, clock)
+    conv, routing = engine.conversations, engine.routing
+    await routing.set_ready("alice", "sms")
+    done = (await conv.create_inbound(SMS, "Done")).id
+    await op(engine, "alice", SMS, done, "Accept")
+    await op(engine, "alice", SMS, done, "Complete")
+    assert conv.interaction(done).ended and not conv.interaction(done).active_legs()
+    # Wrap-up: the customer left a chat, alice has not completed it yet.
+    await routing.set_ready("alice", "chat")
+    wrapup = (await conv.create_inbound(CHAT, "Wrapup")).id
+    await op(engine, "alice", CHAT, wrapup, "Accept")
+    await conv.customer_left(CHAT, wrapup)
+    assert conv.interaction(wrapup).ended and conv.interaction(wrapup).legs["alice"].state is LegState.LEFT_CHAT
+    live = (await conv.create_inbound(SMS, "Live")).id  # offered to alice, not answered yet
+    # Parked in a workbin: alice's leg is done, the customer's side is kept open.
+    await routing.set_ready("bob", "chat")
+    parked = (await conv.create_inbound(CHAT, "Parked")).id
+    await op(engine, "bob", CHAT, parked, "Accept")
+    await engine.workbins.place("bob", engine.workbins.find("bob", "InProgress"), parked)
+
+    assert await conv.prune(60, now=1000.0) == 0  # over from now on
+    assert await conv.prune(60, now=1059.9) == 0
+    assert await conv.prune(60, now=1060.0) == 1 and conv.pruned == 1
+    assert conv.interaction(done) is None
+    with pytest.raises(GwsError) as missing:
+        conv.transcript(SMS, done)
+    assert missing.value.status is Status.NOT_FOUND
+    assert {ix.id for ix in conv.all_interactions()} == {wrapup, live, parked}
+    await engine.stop()
+
+    engine = make_engine(path, clock)  # gone from the store too
+    conv = engine.conversations
+    assert {ix.id for ix in conv.all_interactions()} == {wrapup, live, parked}
+    await op(engine, "alice", CHAT, wrapup, "Complete")  # wrap-up done: over, counted from the next sweep
+    assert await conv.prune(60, now=5000.0) == 0
+    assert await conv.prune(60, now=5060.0) == 1
+    assert {ix.id for ix in conv.all_interactions()} == {live, parked}
+    await engine.stop()
+    engine = make_engine(path, clock)
+    assert {ix.id for ix in engine.conversations.all_interactions()} == {live, parked}
+    await engine.stop()
+
+
+async def test_a_completed_interaction_is_forgotten_after_ended_retention(tmp_path, brokers) -> None:
+    users_file = tmp_path / "users.json"
+    directory = UserDirectory()
+    directory.add("alice", PASSWORD, first_name="Alice", last_name="Agent")
+    directory.save(users_file)
+    running = await asyncio.to_thread(start_broker, "--users-file", str(users_file), "--state-db",
+                                      str(tmp_path / "state.db"), "--media-token", TOKEN, "--no-csrf",
+                                      "--ended-retention", "0.4")
+    brokers.append(running)
+    async with aiohttp.ClientSession() as http:
+        alice = Client(http, running.port)
+        await alice.subscribe()
+        await alice.start_session("sms")
+        await alice.ready("sms")
+        sms = (await alice.media("sms/interactions", {"nickname": "PersonP", "text": "Hello"}))["id"]
+        await alice.next_event("/v2/me/smssessions", state_of("smssession", sms, "Invited"))
+        await alice.operate("smssessions", sms, "Accept")
+        await alice.operate("smssessions", sms, "Complete")
+        assert len((await alice.media(f"sms/interactions/{sms}/transcript", method="GET"))["messages"]) >= 2
+
+        async def transcript_status() -> int:
+            async with http.get(f"{alice.base}/api/v2/media/sms/interactions/{sms}/transcript",
+                                headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+                return (await response.json())["statusCode"]
+
+        deadline = time.monotonic() + WAIT
+        while await transcript_status() == 0:
+            assert time.monotonic() < deadline, "the completed interaction was never forgotten"
+            await asyncio.sleep(0.1)
+        assert await transcript_status() == 6  # not found
+    assert "contact center: forgot 1 interaction(s) over for more than 0.4 s (0 kept)" in running.log(), running.log()
 
 
 async def test_restart_keeps_state(tmp_path, brokers) -> None:
