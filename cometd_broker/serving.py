@@ -82,7 +82,7 @@ class LeanAppRunner(web.AppRunner):
 async def serve_app(app: web.Application, host: str, port: int, *, lean: bool, reuse_port: bool = False,
                     ready: Callable[[], None] = lambda: None, name: str = "") -> None:
     """Serve until SIGINT/SIGTERM; `ready` is called once the port listens. The stop is logged (INFO,
-    prefixed by `name`, a worker's): which signal, how many sessions were open, and how long stopping
+    prefixed by `name`, a worker's): which signal, how many clients were connected, and how long stopping
     took, so an operator sees a restart that hangs on its held connects, or one that was quick."""
     runner_class = LeanAppRunner if lean else web.AppRunner
     runner = runner_class(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
@@ -107,7 +107,7 @@ async def serve_app(app: web.Application, host: str, port: int, *, lean: bool, r
             loop.remove_signal_handler(signum)
         started, who = time.monotonic(), f"{name}: " if name else ""
         if signals:
-            log.info("%sstopping on %s: %d session(s) open, answering their held connects", who, signals[0],
+            log.info("%sstopping on %s: %d client(s) connected, answering their held connects", who, signals[0],
                      len(app[BROKER].sessions))
         await runner.cleanup()
         if signals:

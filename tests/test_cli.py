@@ -51,7 +51,7 @@ def test_serve_prints_where_it_listens_and_stops_cleanly_on_sigterm():
     log = running.log()
     assert "Traceback" not in log
     # The operator sees the stop: which signal, the sessions it ended, and how long it took.
-    assert "INFO cometd_broker: stopping on SIGTERM: 1 session(s) open, answering their held connects" in log, log
+    assert "INFO cometd_broker: stopping on SIGTERM: 1 client(s) connected, answering their held connects" in log, log
     assert re.search(r"INFO cometd_broker: stopped in \d+\.\d\d s\n", log), log
 
 

@@ -631,7 +631,7 @@ async def test_workers_share_the_port_and_events_cross_them(redis_url):
         assert await asyncio.to_thread(process.wait, 15) == 0, running.log()
         log = running.log()
         assert "cometd-broker: stopping 2 workers on SIGTERM" in log, log
-        assert re.search(r"worker 1: stopping on SIGTERM: \d+ session\(s\) open", log), log
+        assert re.search(r"worker 1: stopping on SIGTERM: \d+ client\(s\) connected", log), log
         assert re.search(r"worker 2: stopped in \d+\.\d\d s", log), log
         assert re.search(r"\ncometd-broker: stopped in \d+\.\d\d s\n", log), log
         for pid in pids:
