@@ -1,6 +1,12 @@
 """/api/v2/me: the agent's own resource, the contact-center session and channel readiness.
 
 State changes of a channel are published by routing on /v2/me/channels.
+
+In a cluster (a `store` given) each agent's session channels and readiness are written to the store
+before the change is published, and a new leader restores them: the desktops stay logged in across a
+leader failover (their HTTP sessions live in Redis too), so they stay Ready as well. A single process
+does not keep them: its HTTP sessions end with it, and an agent restored Ready without a desktop would
+be offered work nobody answers.
 """
 
 from __future__ import annotations
@@ -12,6 +18,9 @@ from aiohttp import web
 from .auth import SessionStore, User, current_session, current_user
 from .envelope import GwsError, Status, ok, operation_name, param, read_json_object
 from .routing import ROUTED_CHANNELS, Routing
+from .store import Document, DocumentStore
+
+AGENT_KIND = "agent"  # store documents: user -> {"channels": [...], "states": {channel: state}}
 
 CHANNEL_OPERATIONS = ("Ready", "NotReady")
 ME_OPERATIONS = ("StartContactCenterSession", "EndContactCenterSession")
@@ -20,11 +29,33 @@ ME_OPERATIONS = ("StartContactCenterSession", "EndContactCenterSession")
 class AgentApi:
     """Who is logged in to which channels; Ready/NotReady only inside a contact-center session."""
 
-    def __init__(self, routing: Routing, sessions: SessionStore, base_url: str) -> None:
+    def __init__(self, routing: Routing, sessions: SessionStore, base_url: str,
+                 store: DocumentStore | None = None) -> None:
+        """With `store`, sessions and readiness are kept there (and restored from it now)."""
         self.routing = routing
         self.sessions = sessions
         self.base_url = base_url
         self._logged_in: dict[str, list[str]] = {}  # user -> channels of its contact-center session
+        self._store = store
+        if store is not None:
+            self._restore(store)
+            routing.on_state_change = self._save
+
+    def _document(self, user_id: str) -> Document:
+        return {"channels": self._logged_in.get(user_id, []),
+                "states": {channel: state.to_document() for channel, state in self.routing.states(user_id).items()}}
+
+    def _save(self, user_id: str) -> None:
+        if self._store is not None:
+            self._store.apply([(AGENT_KIND, user_id, self._document(user_id))])
+
+    def _restore(self, store: DocumentStore) -> None:
+        for user_id, doc in sorted(store.load(AGENT_KIND).items()):
+            if doc["channels"]:
+                self._logged_in[user_id] = list(doc["channels"])
+            for channel, state in doc["states"].items():
+                if channel in ROUTED_CHANNELS:
+                    self.routing.restore_state(user_id, channel, state)
 
     def user_view(self, user: User, subresources: bool) -> dict[str, Any]:
         view: dict[str, Any] = {
@@ -60,9 +91,17 @@ class AgentApi:
         if not known:
             raise GwsError(Status.VALIDATION_ERROR,
                            f"unknown channel {unknown[0]!r}: this server routes {', '.join(ROUTED_CHANNELS)}")
+        before = self._logged_in.get(user.user_id)
         self._logged_in[user.user_id] = known
-        for channel in known:
-            await self.routing.set_not_ready(user.user_id, channel, "LoggedIn")
+        try:
+            for channel in known:
+                await self.routing.set_not_ready(user.user_id, channel, "LoggedIn")
+        except BaseException:
+            if before is None:  # the store refused the first write: not logged in after all
+                self._logged_in.pop(user.user_id, None)
+            else:
+                self._logged_in[user.user_id] = before
+            raise
         if unknown:
             # GWS: some channels failed -> 7 with a status per channel.
             return ok(statusCode=Status.PARTIAL_SUCCESS.value, channels=[

@@ -103,10 +103,12 @@ def install_contact_center(app: web.Application, broker: Broker, config: Contact
 
 def install_engine(app: web.Application, broker: Broker, config: ContactCenterConfig, users: UserDirectory,
                    sessions: SessionStore, store: DocumentStore,
-                   inner_middlewares: tuple[Middleware, ...] = ()) -> ContactCenter:
+                   inner_middlewares: tuple[Middleware, ...] = (), *, keep_readiness: bool = False) -> ContactCenter:
     """The engine (state loaded from `store`) and its REST routes on `app`, closed with the app.
 
-    `inner_middlewares` run inside the envelope, before authentication (a cluster maps its store's errors)."""
+    `inner_middlewares` run inside the envelope, before authentication (a cluster maps its store's errors).
+    `keep_readiness`: agents' contact-center sessions and Ready states are kept in `store` too (a cluster,
+    whose HTTP sessions outlive the leader: see agent.py)."""
 
     async def publish(user_id: str, channel: str, data: dict[str, Any]) -> None:
         await broker.publish_to_user(user_id, channel, data)
@@ -122,8 +124,8 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
         await broker.publish_to_user(user_id, MIRROR_CHANNEL, event)
 
     gateway = AgentGateway(users, poll_wait=config.gateway_poll_wait, mirror=mirror, store=store)
-    center = ContactCenter(users, sessions, routing, conversations,
-                           agent.AgentApi(routing, sessions, config.base_url), gateway, bins, store)
+    agent_api = agent.AgentApi(routing, sessions, config.base_url, store=store if keep_readiness else None)
+    center = ContactCenter(users, sessions, routing, conversations, agent_api, gateway, bins, store)
 
     # The OpenAPI document is public: a client reads it before it can log in.
     exempt = (NOTIFICATIONS, MEDIA_PREFIX, openapi.OPENAPI_PATH)
@@ -143,7 +145,9 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
 
     pruning: list[asyncio.Task[None]] = []
 
-    async def start_pruning(_: web.Application) -> None:
+    async def start(_: web.Application) -> None:
+        if keep_readiness:
+            await conversations.save()  # one engine run: what waits is offered to the agents restored Ready
         if config.ended_retention > 0:
             period = min(PRUNE_PERIOD_MAX, max(PRUNE_PERIOD_MIN, config.ended_retention / 4))
             pruning.append(asyncio.get_running_loop().create_task(
@@ -156,7 +160,7 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
         await routing.close()
         store.close()  # last: every write above has been committed
 
-    app.on_startup.append(start_pruning)
+    app.on_startup.append(start)
     app.on_cleanup.append(close)
     app[CENTER] = center
     return center
@@ -179,7 +183,7 @@ def install_clustered_contact_center(app: web.Application, broker: Broker, confi
         store = RedisStateStore(options.redis_url, prefix=options.prefix, lease_key=options.lease_key,
                                 lease_value=lease, timeout=options.redis_timeout)
         install_engine(engine, broker, config, users, sessions, store,
-                       inner_middlewares=(store_errors(node, API_PREFIX),))
+                       inner_middlewares=(store_errors(node, API_PREFIX),), keep_readiness=True)
         return engine
 
     node = ClusterNode(options, engine_app)

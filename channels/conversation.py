@@ -661,21 +661,24 @@ class Conversations:
         else:
             self._error(ix, request, f"user {target} cannot be reached: not Ready for {ix.media.name}")
 
-    def _offer_failed(self, ix: Interaction, leg: Leg, why: str) -> None:
-        """An offer was rejected or timed out: the next agent from the queue, or tell the requester."""
+    def _offer_failed(self, ix: Interaction, leg: Leg, why: str, *, declined: bool = True) -> None:
+        """An offer was rejected or timed out: the next agent from the queue, or tell the requester.
+        `declined` False: the agent did not answer because the server stopped (a restart, a failover), so
+        the routed request may come back to them."""
         request: OfferRequest | None = leg.offer
         leg.offer = None
         if request is None:
             return
         if request.target is None:
-            request.declined.add(leg.user_id)
+            if declined:
+                request.declined.add(leg.user_id)
             self.routing.enqueue(request)
         elif self._member(ix, request.requester or "") is not None:
             self._error(ix, request, f"user {leg.user_id} {why}")
         elif request.role is Role.OWNER and not ix.ended:
             # The transferrer is gone already: the customer must not be left with nobody.
             self.routing.enqueue(OfferRequest(ix.id, ix.media.name, Role.OWNER, queue=ix.queue,
-                                              declined={leg.user_id}))
+                                              declined={leg.user_id} if declined else set()))
         self._end_if_unheld(ix)
 
     def _error(self, ix: Interaction, request: OfferRequest, message: str) -> None:
@@ -840,8 +843,9 @@ class Conversations:
     def _restore(self, store: StateStore) -> None:
         """Load the state a previous server wrote. Agents' readiness is not persisted: after a restart every
         agent is NotReady until their desktop logs in and goes Ready again, as after a desktop restart. So an
-        offer that was pending at the crash is treated like one that timed out: a routed request goes back to
-        its queue (offered when agents are Ready again), an owner offer nobody else holds (a workbin pull, a
+        offer that was pending at the crash is treated like one that timed out, except that it does not count as
+        declined by its agent: a routed request goes back to its queue (offered when agents are Ready again; in
+        a cluster, whose readiness is kept, at once), an owner offer nobody else holds (a workbin pull, a
         transfer whose transferrer is gone) goes to the interaction's queue, a failed Invite/Consult leaves
         the requester as they were. Chatting and LeftChat legs come back as they were."""
         counter = store.load("counter").get("referenceId")
@@ -872,7 +876,7 @@ class Conversations:
                 self.routing.enqueue(request)
         for ix, leg in pending:
             leg.state = LegState.REVOKED
-            self._offer_failed(ix, leg, "was offered it when the server restarted")
+            self._offer_failed(ix, leg, "was offered it when the server restarted", declined=False)
             self._touch(ix)
         self._outbox = []  # nobody is connected yet to be told; the views show the outcome
         self._persist()  # disk and memory agree again before the first run

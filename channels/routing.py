@@ -71,6 +71,13 @@ class ChannelState:
     idle_since: int = 0  # logical clock tick of the last offer or Ready
     state_id: str = ""
 
+    def to_document(self) -> dict[str, Any]:
+        return {"ready": self.ready, "reason": self.reason, "stateId": self.state_id}
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any], idle_since: int) -> ChannelState:
+        return cls(ready=doc["ready"], reason=doc["reason"], idle_since=idle_since, state_id=doc["stateId"])
+
     def user_state(self) -> dict[str, Any]:
         if self.ready:
             return {"state": "Ready", "displayName": "Ready", "id": self.state_id}
@@ -115,6 +122,8 @@ class Routing:
         self._offerer: Offerer | None = None
         self._available: list[Callable[[], Awaitable[None]]] = []
         self._timers: dict[Hashable, asyncio.Task[None]] = {}
+        # Called with the user after a readiness change, before it is published; raising undoes the change.
+        self.on_state_change: Callable[[str], None] | None = None
 
     # --- configuration ---------------------------------------------------------------------------------
 
@@ -148,6 +157,15 @@ class Routing:
     def is_ready(self, user_id: str, channel: str) -> bool:
         return self.state(user_id, channel).ready
 
+    def states(self, user_id: str) -> dict[str, ChannelState]:
+        """The agent's state per channel it has one on."""
+        return dict(self._agents.get(user_id, {}))
+
+    def restore_state(self, user_id: str, channel: str, state: dict[str, Any]) -> None:
+        """A state kept by a previous leader (ChannelState.to_document), set without notifying anyone;
+        agents restored Ready count as idle since now, in the order they are restored."""
+        self._agents.setdefault(user_id, {})[channel] = ChannelState.from_document(state, next(self._tick))
+
     def channels_view(self, user_id: str) -> list[dict[str, Any]]:
         """`[{"channel": "chat", "userState": {...}}]` for every channel the agent has a state on."""
         return [{"channel": name, "userState": st.user_state()} for name, st in self._agents.get(user_id, {}).items()]
@@ -162,10 +180,18 @@ class Routing:
         if channel not in ROUTED_CHANNELS:
             raise ValueError(f"unknown channel {channel!r} (known: {', '.join(ROUTED_CHANNELS)})")
         state = self._agents.setdefault(user_id, {}).setdefault(channel, ChannelState())
+        before = (state.ready, state.reason, state.state_id, state.idle_since)
         became_ready = ready and not state.ready
         state.ready, state.reason, state.state_id = ready, reason, str(uuid.uuid4()).upper()
         if became_ready:
             state.idle_since = next(self._tick)
+        if self.on_state_change is not None:
+            try:
+                self.on_state_change(user_id)  # kept (a cluster's store) before anyone hears of it
+            except BaseException:
+                state.ready, state.reason, state.state_id, state.idle_since = before
+                raise
+        if became_ready:
             self._forget_declines(user_id)
         await self._publish(user_id, CHANNELS_TOPIC,
                             {"channels": [{"channel": channel, "userState": state.user_state()}]})

@@ -7,11 +7,14 @@ import asyncio
 import base64
 from typing import Any
 
+import aiohttp
 import pytest
 from desktop_helpers import BrowserSession
 
-from channels.app import ContactCenterConfig, install_contact_center
-from channels.auth import User, UserDirectory, hash_password
+from channels.app import ContactCenterConfig, install_contact_center, install_engine
+from channels.auth import HttpSessions, User, UserDirectory, hash_password
+from channels.model import SMS
+from channels.store import StateStore
 from cometd_broker import BrokerConfig, create_app
 from cometd_broker.app import BROKER
 
@@ -206,3 +209,50 @@ async def test_an_unreachable_cluster_engine_gives_a_clear_503(server, desktops,
     assert status == 503
     assert reply == {"statusCode": 4, "statusMessage": "notification service unavailable, retry later "
                                                        "(redis connection lost)"}
+
+
+async def test_a_cluster_store_keeps_sessions_and_readiness_for_the_next_leader(aiohttp_server, tmp_path) -> None:
+    """keep_readiness (a cluster): the next leader, on the same store and the same shared HTTP sessions,
+    has alice logged in and Ready, and offers her work without her calling anything again."""
+    users = UserDirectory(User(name, hash_password(pw, iterations=1)) for name, pw in PASSWORDS.items())
+    sessions = HttpSessions()  # shared by every leader, as a cluster's sessions in Redis are
+
+    async def leader() -> tuple[Any, Any]:
+        app = create_app(BrokerConfig())
+        center = install_engine(app, app[BROKER], ContactCenterConfig(csrf=False), users, sessions,
+                                StateStore(tmp_path / "state.db"), keep_readiness=True)
+        return center, await aiohttp_server(app)
+
+    async with aiohttp.ClientSession() as http:
+        async def rest(server: Any, method: str, path: str, body: Any = None) -> dict[str, Any]:
+            async with http.request(method, server.make_url(path), json=body, headers=basic("alice")) as response:
+                return await response.json()
+
+        async def states(server: Any) -> dict[str, str]:
+            channels = (await rest(server, "GET", "/api/v2/me?subresources=*"))["user"]["channels"]
+            return {c["channel"]: c["userState"]["state"] for c in channels}
+
+        first_center, first = await leader()
+        reply = await rest(first, "POST", "/api/v2/me", {"operationName": "StartContactCenterSession",
+                                                         "channels": ["sms", "chat"]})
+        assert reply["statusCode"] == 0, reply
+        assert (await rest(first, "POST", "/api/v2/me/channels/sms", {"operationName": "Ready"}))["statusCode"] == 0
+        assert (await rest(first, "POST", "/api/v2/me/channels/chat",
+                           {"operationName": "NotReady", "reason": "Break"}))["statusCode"] == 0
+        channels = (await rest(first, "GET", "/api/v2/me?subresources=*"))["user"]["channels"]
+        offered = (await first_center.conversations.create_inbound(SMS, "Early", text="hi")).id
+        assert first_center.conversations.interaction(offered).legs["alice"].state.value == "Invited"
+        await first.close()  # the leader is gone; its store and the sessions remain
+
+        second_center, second = await leader()
+        assert (await rest(second, "GET", "/api/v2/me?subresources=*"))["user"]["channels"] == channels
+        assert await states(second) == {"sms": "Ready", "chat": "NotReady"}
+        # The offer pending at the failover is made again, to alice, still Ready: no new login, no Ready.
+        assert second_center.conversations.interaction(offered).legs["alice"].state.value == "Invited"
+        # Still logged in: the channel operations work without StartContactCenterSession.
+        reply = await rest(second, "POST", "/api/v2/me/channels/sms", {"operationName": "NotReady"})
+        assert reply["statusCode"] == 0, reply
+        await second.close()
+
+        _, third = await leader()  # and that change was kept too
+        assert await states(third) == {"sms": "NotReady", "chat": "NotReady"}

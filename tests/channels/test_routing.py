@@ -178,3 +178,25 @@ def test_configuration_is_checked() -> None:
         Routing(Recorder(), capacity=-1)
     with pytest.raises(ValueError):
         Routing(Recorder(), offer_timeout=0)
+
+
+async def test_a_readiness_change_the_store_refuses_is_undone_and_not_published() -> None:
+    routing, offerer, recorder = make()
+    await routing.set_ready("alice", "sms")
+    kept = routing.state("alice", "sms")
+    before = (kept.ready, kept.reason, kept.state_id, kept.idle_since)
+    recorder.clear()
+    calls = offerer.available_calls
+
+    def refuse(user_id: str) -> None:
+        raise OSError(f"the store is down (writing {user_id})")
+
+    routing.on_state_change = refuse
+    with pytest.raises(OSError, match="writing alice"):
+        await routing.set_not_ready("alice", "sms", "Break")
+    with pytest.raises(OSError):
+        await routing.set_ready("bob", "chat")
+    state = routing.state("alice", "sms")
+    assert (state.ready, state.reason, state.state_id, state.idle_since) == before
+    assert not routing.is_ready("bob", "chat")
+    assert recorder.events == [] and offerer.available_calls == calls  # nobody heard of either change

@@ -315,9 +315,11 @@ async def test_sms_flow_alternating_processes_survives_killing_the_leader(redis_
         assert sent["referenceId"] == ref and sent["messages"][0]["index"] == transcript[-1]["index"] + 1
         await media(http, follower.port, f"sms/interactions/{sms}/messages", {"text": "thanks"})
         await alice.next_event("/v2/me/smssessions", new_message("thanks"))
-        # Readiness is not part of the state (as after a restart): the queued chat waits for alice.
-        await alice.rest(follower.port, "POST", "/api/v2/me", {"operationName": "StartContactCenterSession",
-                                                               "channels": ["sms", "chat"]})
+        # Her contact-center session and readiness were kept in Redis with the state (her desktop stayed
+        # logged in): still Ready on sms, and Ready on chat needs no new StartContactCenterSession.
+        me = await alice.rest(follower.port, "GET", "/api/v2/me?subresources=*")
+        assert {c["channel"]: c["userState"]["state"] for c in me["user"]["channels"]} == {
+            "sms": "Ready", "chat": "NotReady"}
         await alice.rest(follower.port, "POST", "/api/v2/me/channels/chat", {"operationName": "Ready"})
         await alice.next_event("/v2/me/chats", state_of("chat", queued, "Invited"))
 
