@@ -147,7 +147,10 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
 
     async def start(_: web.Application) -> None:
         if keep_readiness:
-            await conversations.save()  # one engine run: what waits is offered to the agents restored Ready
+            try:  # one engine run: what waits is offered to the agents restored Ready
+                await conversations.save()
+            except Exception as exc:  # the next run offers it instead (a store outage, a lost lease)
+                log.warning("contact center: offering what waits to the agents restored Ready failed: %s", exc)
         if config.ended_retention > 0:
             period = min(PRUNE_PERIOD_MAX, max(PRUNE_PERIOD_MIN, config.ended_retention / 4))
             pruning.append(asyncio.get_running_loop().create_task(

@@ -841,8 +841,9 @@ class Conversations:
         self._saved_ref = last_ref
 
     def _restore(self, store: StateStore) -> None:
-        """Load the state a previous server wrote. Agents' readiness is not persisted: after a restart every
-        agent is NotReady until their desktop logs in and goes Ready again, as after a desktop restart. So an
+        """Load the state a previous server wrote. Agents' readiness is not part of it: after a restart every
+        agent is NotReady until their desktop logs in and goes Ready again, as after a desktop restart (in a
+        cluster, AgentApi restores it from the same store, so agents are Ready again at once). So an
         offer that was pending at the crash is treated like one that timed out, except that it does not count as
         declined by its agent: a routed request goes back to its queue (offered when agents are Ready again; in
         a cluster, whose readiness is kept, at once), an owner offer nobody else holds (a workbin pull, a
