@@ -109,6 +109,12 @@ class Forwarder:
         done = False
         try:
             async with asyncio.timeout(self.read_timeout):
+                if connection.writer.is_closing():
+                    # Closed (or reset: the owner died) since it was opened or pooled: nothing was sent, and
+                    # writing would raise (uvloop) or vanish (asyncio) rather than fail as a send.
+                    if reused:
+                        raise _Stale
+                    raise ForwardError(f"{address} closed the connection before the request was sent")
                 connection.writer.write(request)
                 try:
                     head = await connection.reader.readuntil(b"\r\n\r\n")
