@@ -35,7 +35,7 @@ from cometd_broker.metrics import METRICS, route_label
 from cometd_broker.tasks import cancel_and_wait
 
 from .auth import User, UserDirectory
-from .store import Change, Document, StateStore
+from .store import Change, Document, StateStore, StoreUnavailable
 
 log = logging.getLogger("channels.agentgateway")
 
@@ -131,6 +131,9 @@ def guarded(handler: Handler) -> Handler:
             response = await handler(request)
         except GatewayError as exc:
             response = reply(exc.retcode, exc.message)
+        except StoreUnavailable as exc:  # a cluster's Redis is down, or this process lost the lead: retry
+            log.warning("%s %s: state store unavailable: %s", request.method, request.path, exc)
+            response = reply(OPERATION_FAILED, f"agent gateway state unavailable, retry later ({exc})")
         except Exception:
             log.exception("unexpected error in %s %s", request.method, request.path)
             response = reply(OPERATION_FAILED, "internal error in the agent gateway: the request was not applied")

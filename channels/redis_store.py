@@ -23,7 +23,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .store import Change, Document
+from .store import Change, Document, StoreUnavailable
 
 # KEYS[1] the lease; ARGV[1] the lease value this leader holds. Then for i >= 2: KEYS[i] a kind's hash,
 # ARGV[2i-2] the document key, ARGV[2i-1] its JSON ("" deletes it: a document is never empty JSON).
@@ -37,10 +37,6 @@ for i = 2, #KEYS do
 end
 return #KEYS - 1
 """
-
-
-class StoreUnavailable(Exception):
-    """The state could not be read or written: Redis is unreachable, or this process is no longer leader."""
 
 
 class NotLeader(StoreUnavailable):

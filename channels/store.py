@@ -19,6 +19,11 @@ import orjson
 Document = dict[str, Any]
 Change = tuple[str, str, Document | None]  # (kind, key, document or None to delete)
 
+
+class StoreUnavailable(Exception):
+    """The state could not be read or written: Redis is unreachable, or this process is no longer leader
+    (a cluster's store; here so that code serving both kinds of store needs no Redis to name it)."""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
     kind TEXT NOT NULL,

@@ -7,6 +7,7 @@ refused request is also shown to have changed nothing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from channels.agentgateway import AgentGateway, BatchAdd, GatewayError, Participant, parse_batch_add
 from channels.auth import User, UserDirectory, hash_password
+from channels.store import StateStore, StoreUnavailable
 
 PASSWORDS = {"101": "pw101", "102": "pw102", "103": "pw103", "104": "pw104"}
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\.AgentGateway1$")
@@ -905,3 +907,21 @@ def test_add_routes_refuses_a_second_app(users):
 def test_nonsense_limits_are_refused(users, options):
     with pytest.raises(ValueError):
         AgentGateway(users, **options)
+
+
+async def test_a_state_store_that_is_unavailable_is_a_retry_later_not_a_traceback(make_gateway, caplog):
+    """A cluster's Redis down (or the lead lost) while writing a conference: 100-007 saying to retry,
+    and one warning line in the log, not the traceback of an unexpected error."""
+    class Down(StateStore):
+        def apply(self, changes):
+            raise StoreUnavailable("contact-center state store (Redis) unavailable: connection refused")
+
+    gw = await make_gateway(store=Down(":memory:"))
+    chair = await signed_in(gw.client, "101")
+    with caplog.at_level(logging.WARNING, logger="channels.agentgateway"):
+        answer = await chair.conf("requestagentconf")
+    assert answer == {"retcode": "100-007", "result": {}, "message": "agent gateway state unavailable, retry "
+                      "later (contact-center state store (Redis) unavailable: connection refused)"}
+    [record] = [r for r in caplog.records if r.name == "channels.agentgateway"]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "state store unavailable" in record.getMessage()
