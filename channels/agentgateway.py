@@ -11,13 +11,18 @@ between the two.
 
 Persistence (given a `StateStore`): conferences (chairperson, participants) and the conference-id counter
 are written at the end of each change, before the handler yields, so before any event leaves the process
-(events reach desktops only through a later poll or the mirror flush). Sign-in sessions and their Guids are
-not persisted: they expire by design, so after a restart agents sign in again and find their conferences.
+(events reach desktops only through a later poll or the mirror flush). Sign-in sessions are written too, at
+the end of each request that changed them and before a poll hands out an event: the agent, a SHA-256 digest
+of its Guid (never the Guid, never the password), its sign-in options and its queue of events not polled
+yet. So after a restart (or, in a cluster, a leader failover) a desktop polls on with the same Guid and gets
+every event queued before; the idle sign-out counts from the restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import hmac
 import logging
 import time
@@ -381,6 +386,14 @@ def new_guid() -> str:
     return f"{uuid.uuid4()}.AgentGateway1"
 
 
+def guid_digest(guid: str) -> str:
+    """What is kept of a Guid: enough to check one, not to present one (the store may be read by others)."""
+    return hashlib.sha256(guid.encode()).hexdigest()
+
+
+SESSION_KIND = "gateway-session"  # store documents: agent ID -> its sign-in session
+
+
 def agent_event(event_type: str, agent_id: str, content: Json) -> Json:
     return {"eventType": event_type, "workNo": agent_id, "content": content}
 
@@ -397,8 +410,8 @@ class AgentSession:
     """One signed-in agent: its Guid, its bounded event queue and its (single) parked poll."""
 
     agent_id: str
-    guid: str
-    options: SignInOptions
+    guid_digest: str  # guid_digest() of the Guid handed out at sign-in
+    options: SignInOptions  # without the password
     last_poll: float
     max_events: int
     events: deque[Json] = field(default_factory=deque)
@@ -469,6 +482,7 @@ class AgentGateway:
         self._routes_added = False
         self.mirror = mirror
         self._mirror_outbox: list[tuple[str, Json]] = []
+        self._dirty_sessions: set[str] = set()  # agent IDs whose session changed since the last save
         self.store = store
         if store is not None:
             self._restore(store)
@@ -486,6 +500,31 @@ class AgentGateway:
         counter = store.load("counter").get("confId")
         highest = max(self.conferences, default=0)
         self._next_conf_id = max(counter["next"] if counter is not None else 1, highest + 1)
+        for agent_id, doc in store.load(SESSION_KIND).items():
+            events = deque(doc["events"][-self.max_events:])
+            self.sessions[agent_id] = AgentSession(agent_id, doc["guidDigest"], SignInOptions(**doc["options"]),
+                                                   self.clock(), self.max_events, events, doc["dropped"])
+        if self.sessions:
+            log.info("restored %d agent gateway sign-in(s) with %d event(s) not polled yet", len(self.sessions),
+                     sum(len(session.events) for session in self.sessions.values()))
+
+    def _save_sessions(self) -> None:
+        """Write the sessions changed since the last save (signed in or out, an event queued or taken), in
+        one transaction; if it fails they stay due for the next save."""
+        dirty, self._dirty_sessions = self._dirty_sessions, set()
+        if self.store is None or not dirty:
+            return
+        changes: list[Change] = []
+        for agent_id in sorted(dirty):
+            session = self.sessions.get(agent_id)
+            changes.append((SESSION_KIND, agent_id, None if session is None else {
+                "guidDigest": session.guid_digest, "options": dataclasses.asdict(session.options),
+                "events": list(session.events), "dropped": session.dropped}))
+        try:
+            self.store.apply(changes)
+        except BaseException:
+            self._dirty_sessions |= dirty
+            raise
 
     def _save(self, conference: Conference) -> None:
         """Write the conference as it is now (deleted once it has ended) with the id counter, in one
@@ -540,6 +579,7 @@ class AgentGateway:
             await asyncio.sleep(self.sweep_period)
             try:
                 self.sign_out_idle_agents()
+                self._save_sessions()
                 await self.flush_mirror()
             except Exception:
                 # One bad sweep must not stop idle sign-outs for the rest of the app's life.
@@ -578,7 +618,7 @@ class AgentGateway:
         if not guid:
             raise GatewayError(GUID_ERROR, "GUID error: the Guid header is missing")
         # Constant-time: the Guid is the only credential after sign-in.
-        if not hmac.compare_digest(guid.encode(), session.guid.encode()):
+        if not hmac.compare_digest(guid_digest(guid).encode(), session.guid_digest.encode()):
             raise GatewayError(GUID_ERROR, f"GUID error: the Guid header is not agent {agent_id}'s sign-in GUID")
         bind_user(self._user_of(agent_id))  # every log line of this request names its user
         return session
@@ -590,6 +630,7 @@ class AgentGateway:
     def _end_session(self, session: AgentSession) -> None:
         if self.sessions.get(session.agent_id) is session:
             del self.sessions[session.agent_id]
+            self._dirty_sessions.add(session.agent_id)
         session.wake(WAKE_SIGNED_OUT)
         self._leave_conference(session.agent_id)
 
@@ -599,6 +640,7 @@ class AgentGateway:
         if session is None:
             return
         event = agent_event(event_type, agent_id, content)
+        self._dirty_sessions.add(agent_id)
         if session.push(event):
             self.dropped_events += 1
             log.warning("agent %s event queue full (%d): oldest event dropped", agent_id, self.max_events,
@@ -621,7 +663,10 @@ class AgentGateway:
             try:
                 return await handler(request)
             finally:
-                await self.flush_mirror()
+                try:
+                    self._save_sessions()  # before the reply, and before the mirror lets any event out
+                finally:
+                    await self.flush_mirror()
 
         return run
 
@@ -639,11 +684,14 @@ class AgentGateway:
         # Checked after the password (an await): a concurrent sign-in may have won meanwhile.
         if self._session(agent_id) is not None:
             raise GatewayError(ALREADY_SIGNED_IN, f"agent {agent_id} is already signed in")
-        session = AgentSession(agent_id, new_guid(), options, self.clock(), self.max_events)
+        guid = new_guid()
+        session = AgentSession(agent_id, guid_digest(guid), dataclasses.replace(options, password=""), self.clock(),
+                               self.max_events)
         self.sessions[agent_id] = session
+        self._dirty_sessions.add(agent_id)
         bind_user(user.user_id)
         log.info("agent %s signed in", agent_id)
-        return reply(result={"guid": session.guid}, headers={"Set-GUID": session.guid})
+        return reply(result={"guid": guid}, headers={"Set-GUID": guid})
 
     async def _authenticate(self, agent_id: str, password: str) -> User | None:
         owner = self.users.by_agent_id(agent_id)
@@ -663,7 +711,7 @@ class AgentGateway:
         session = self._authorized(request)
         session.last_poll = self.clock()
         if session.events:
-            return event_reply(session.events.popleft())
+            return event_reply(self._take_event(session))
         # The newest poll wins: the one it replaces is answered at once with no event.
         session.wake(WAKE_SUPERSEDED)
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -678,8 +726,19 @@ class AgentGateway:
         if self.sessions.get(session.agent_id) is not session:
             raise GatewayError(NOT_SIGNED_IN, f"agent {session.agent_id} was signed out while polling")
         if why != WAKE_SUPERSEDED and session.events:
-            return event_reply(session.events.popleft())
+            return event_reply(self._take_event(session))
         return event_reply(None)
+
+    def _take_event(self, session: AgentSession) -> Json:
+        """The oldest queued event, its removal saved first: an event is handed out once, or stays queued."""
+        event = session.events.popleft()
+        self._dirty_sessions.add(session.agent_id)
+        try:
+            self._save_sessions()
+        except BaseException:
+            session.events.appendleft(event)
+            raise
+        return event
 
     # ------------------------------------------------------------ conferences
 

@@ -19,7 +19,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from channels.agentgateway import AgentGateway, BatchAdd, GatewayError, Participant, parse_batch_add
+from channels.agentgateway import (
+    CHANGE_LEAVE,
+    AgentGateway,
+    BatchAdd,
+    GatewayError,
+    Participant,
+    parse_batch_add,
+)
 from channels.auth import User, UserDirectory, hash_password
 from channels.store import StateStore, StoreUnavailable
 
@@ -909,15 +916,24 @@ def test_nonsense_limits_are_refused(users, options):
         AgentGateway(users, **options)
 
 
+class FlakyStore(StateStore):
+    """A store that refuses every write while `down` (a cluster's Redis gone)."""
+
+    down = False
+
+    def apply(self, changes):
+        if self.down:
+            raise StoreUnavailable("contact-center state store (Redis) unavailable: connection refused")
+        super().apply(changes)
+
+
 async def test_a_state_store_that_is_unavailable_is_a_retry_later_not_a_traceback(make_gateway, caplog):
     """A cluster's Redis down (or the lead lost) while writing a conference: 100-007 saying to retry,
     and one warning line in the log, not the traceback of an unexpected error."""
-    class Down(StateStore):
-        def apply(self, changes):
-            raise StoreUnavailable("contact-center state store (Redis) unavailable: connection refused")
-
-    gw = await make_gateway(store=Down(":memory:"))
+    store = FlakyStore(":memory:")
+    gw = await make_gateway(store=store)
     chair = await signed_in(gw.client, "101")
+    store.down = True
     with caplog.at_level(logging.WARNING, logger="channels.agentgateway"):
         answer = await chair.conf("requestagentconf")
     assert answer == {"retcode": "100-007", "result": {}, "message": "agent gateway state unavailable, retry "
@@ -925,3 +941,45 @@ async def test_a_state_store_that_is_unavailable_is_a_retry_later_not_a_tracebac
     [record] = [r for r in caplog.records if r.name == "channels.agentgateway"]
     assert record.levelno == logging.WARNING and record.exc_info is None
     assert "state store unavailable" in record.getMessage()
+
+
+async def test_sign_ins_and_unpolled_events_survive_a_restart_on_the_same_store(make_gateway, tmp_path, clock):
+    """A restart (or a cluster's leader failover): the desktop polls on with its Guid and gets, once each,
+    the events queued before; the store holds neither the Guid nor the password."""
+    path = tmp_path / "state.db"
+    first = await make_gateway(store=StateStore(path))
+    chair = await signed_in(first.client, "101")
+    member = await signed_in(first.client, "102")
+    conf_id = await chair.request_conf()
+    assert (await chair.poll())["event"]["eventType"] == "AgentConf_SelfJoinResult"  # taken before the restart
+    assert (await chair.add({"addresses": [agent_entry("102")]}))["retcode"] == "0"
+    stored = str(StateStore(path).load("gateway-session"))
+    assert chair.guid not in stored and member.guid not in stored and PASSWORDS["101"] not in stored
+
+    clock.now += IDLE - 1  # nearly idle before the restart: the idle time counts from the restart
+    second = await make_gateway(store=StateStore(path))
+    chair, member = Agent(second.client, "101", chair.guid), Agent(second.client, "102", member.guid)
+    clock.now += 2
+    assert [(e["eventType"], e["content"]["confId"]) for e in await chair.events()] == [
+        ("AgentConf_RequestSuccess", conf_id), ("AgentConf_ParticipantChanged", conf_id)]
+    assert [e["eventType"] for e in await member.events()] == ["AgentConf_ParticipantChanged"]
+    assert (await Agent(second.client, "101", member.guid).poll())["retcode"] == "000-003"  # still its own Guid
+    assert (await chair.sign_in())["retcode"] == "100-002"  # still signed in
+    assert (await member.sign_out())["retcode"] == "0"
+
+    third = await make_gateway(store=StateStore(path))
+    later = await Agent(third.client, "101", chair.guid).events()  # only what came after: nothing twice
+    assert [(e["eventType"], e["content"]["participant"], e["content"]["changeType"]) for e in later] == [
+        ("AgentConf_ParticipantChanged", "102", CHANGE_LEAVE)]
+    assert (await Agent(third.client, "102", member.guid).poll())["retcode"] == "100-006"  # signed out
+
+
+async def test_an_event_whose_taking_cannot_be_saved_stays_queued(make_gateway):
+    store = FlakyStore(":memory:")
+    gw = await make_gateway(store=store)
+    chair = await signed_in(gw.client, "101")
+    await chair.request_conf()
+    store.down = True
+    assert (await chair.poll())["retcode"] == "100-007"  # not handed out: it would come back after a restart
+    store.down = False
+    assert [e["eventType"] for e in await chair.events()] == ["AgentConf_SelfJoinResult", "AgentConf_RequestSuccess"]
