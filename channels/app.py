@@ -249,8 +249,9 @@ class ContactCenterPlugin:
                            help="seconds between simulated customers in --demo (env COMETD_BROKER_DEMO_INTERVAL); "
                                 "default: 8")
         group.add_argument("--state-db", default=_env("STATE_DB", STATE_DB), metavar="PATH",
-                           help="SQLite file where interactions, queues, workbins and conferences are kept "
-                                "across restarts; ':memory:' keeps nothing (env COMETD_BROKER_STATE_DB); "
+                           help="SQLite file where interactions, queues, workbins, conferences and gateway "
+                                "sign-ins are kept across restarts; ':memory:' keeps nothing "
+                                "(env COMETD_BROKER_STATE_DB); "
                                 f"default: {STATE_DB} in the working directory (only the command line "
                                 "defaults to a file: ContactCenterConfig in code defaults to ':memory:'); "
                                 "with --redis the state is kept in Redis instead")
