@@ -689,6 +689,11 @@ class AgentGateway:
                                self.max_events)
         self.sessions[agent_id] = session
         self._dirty_sessions.add(agent_id)
+        try:
+            self._save_sessions()
+        except BaseException:  # not kept: not signed in either, or the Guid nobody received would lock the agent out
+            del self.sessions[agent_id]
+            raise
         bind_user(user.user_id)
         log.info("agent %s signed in", agent_id)
         return reply(result={"guid": guid}, headers={"Set-GUID": guid})

@@ -983,3 +983,12 @@ async def test_an_event_whose_taking_cannot_be_saved_stays_queued(make_gateway):
     assert (await chair.poll())["retcode"] == "100-007"  # not handed out: it would come back after a restart
     store.down = False
     assert [e["eventType"] for e in await chair.events()] == ["AgentConf_SelfJoinResult", "AgentConf_RequestSuccess"]
+
+
+async def test_a_sign_in_the_store_cannot_keep_is_not_made(make_gateway):
+    store = FlakyStore(":memory:")
+    gw = await make_gateway(store=store)
+    store.down = True
+    assert (await Agent(gw.client, "101").sign_in())["retcode"] == "100-007"
+    store.down = False
+    assert (await signed_in(gw.client, "101")).guid  # not "already signed in" with a Guid nobody received
