@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -143,27 +143,28 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
     gateway.add_routes(app)  # the Huawei agent gateway: its own Guid authentication
     openapi.add_routes(app, csrf=config.csrf, media=bool(config.media_token))
 
-    pruning: list[asyncio.Task[None]] = []
-
-    async def start(_: web.Application) -> None:
+    async def housekeeping(_: web.Application) -> AsyncIterator[None]:
+        """While the app runs: the first dispatch after restoring readiness, then the pruning sweeps
+        (a cleanup context ends before the on_cleanup below closes the store)."""
         if keep_readiness:
             try:  # one engine run: what waits is offered to the agents restored Ready
                 await conversations.save()
             except Exception as exc:  # the next run offers it instead (a store outage, a lost lease)
                 log.warning("contact center: offering what waits to the agents restored Ready failed: %s", exc)
+        pruning = None
         if config.ended_retention > 0:
             period = min(PRUNE_PERIOD_MAX, max(PRUNE_PERIOD_MIN, config.ended_retention / 4))
-            pruning.append(asyncio.get_running_loop().create_task(
-                conversations.prune_forever(config.ended_retention, period), name="contact-center-pruning"))
+            pruning = asyncio.get_running_loop().create_task(
+                conversations.prune_forever(config.ended_retention, period), name="contact-center-pruning")
+        yield
+        await cancel_and_wait(pruning)
 
     async def close(_: web.Application) -> None:
-        for task in pruning:
-            await cancel_and_wait(task)
         await conversations.close()
         await routing.close()
         store.close()  # last: every write above has been committed
 
-    app.on_startup.append(start)
+    app.cleanup_ctx.append(housekeeping)
     app.on_cleanup.append(close)
     app[CENTER] = center
     return center
