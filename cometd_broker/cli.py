@@ -200,11 +200,12 @@ def serve(args: argparse.Namespace, config: BrokerConfig) -> int:
     if worker_of:  # one of `--workers N`: share the port; the supervisor announces, once, for all
         from .workers import report_ready, worker_index
 
+        index = worker_index(worker_of)
         if args.worker_metrics_dir:
-            share_worker_metrics(app, args.worker_metrics_dir, worker_index(worker_of))
+            share_worker_metrics(app, args.worker_metrics_dir, index)
 
         asyncio.run(serve_app(app, config.host, config.port, lean=lean, reuse_port=True,
-                              ready=lambda: report_ready(worker_of), name=f"worker {worker_index(worker_of)}"))
+                              ready=lambda: report_ready(worker_of), name=f"worker {index}"))
         return 0
     asyncio.run(serve_app(app, config.host, config.port, lean=lean, ready=lambda: announce("")))
     return 0
