@@ -407,7 +407,7 @@ WAKE_SHUTDOWN = "shutdown"
 
 @dataclass(eq=False)
 class AgentSession:
-    """One signed-in agent: its Guid, its bounded event queue and its (single) parked poll."""
+    """One signed-in agent: a digest of its Guid, its bounded event queue and its (single) parked poll."""
 
     agent_id: str
     guid_digest: str  # guid_digest() of the Guid handed out at sign-in
