@@ -12,6 +12,7 @@ from .security import (
     Principal,
 )
 from .session import ServerSession
+from .version import __version__
 
 __all__ = [
     "AuthenticationError",
@@ -23,6 +24,6 @@ __all__ = [
     "HandshakeRequest",
     "Principal",
     "ServerSession",
+    "__version__",
     "create_app",
 ]
-__version__ = "0.1.0"

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import hdrs, web
 
 from .admin import add_admin
 from .broker import Broker
 from .config import BrokerConfig
+from .exchange import Exchange
+from .forwarding import Relay
 from .metrics import add_metrics
 from .security import Authenticator, Authorizer
+from .transports.browser import BrowserPolicy
 from .transports.http import HttpTransport
 from .transports.websocket import WebSocketTransport
-
-if TYPE_CHECKING:
-    from .routing import SessionRouter
 
 BROKER = web.AppKey("broker", Broker)
 
@@ -24,11 +22,14 @@ class BayeuxEndpoint:
     """Dispatches any request under a mount to the right transport."""
 
     def __init__(self, broker: Broker) -> None:
-        self.http = HttpTransport(broker)
-        self.websocket = WebSocketTransport(broker)
+        # One exchange and one browser policy per broker, shared by aiohttp's handlers and the lean path.
+        self.exchange = Exchange(broker)
+        self.browser = BrowserPolicy(broker.config)
+        self.http = HttpTransport(self.exchange, self.browser)
+        self.websocket = WebSocketTransport(self.exchange, self.browser)
         self.allowed = broker.transports
         self.mounts: list[str] = []  # see add_mount
-        self.router: SessionRouter | None = None  # in a cluster: see routing.install_router
+        self.router: Relay | None = None  # in a cluster: see routing.install_router
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.method == hdrs.METH_GET:
@@ -76,6 +77,7 @@ def add_bayeux_endpoint(app: web.Application, broker: Broker, *mounts: str) -> B
     async def stop(_: web.Application) -> None:
         # Answer parked connects first, then let websocket writers send those answers.
         await broker.close()
+        endpoint.exchange.close()  # answer the connects the broker released, now
         await endpoint.websocket.close_all()
 
     app.on_startup.append(start)
@@ -97,5 +99,5 @@ def create_app(config: BrokerConfig | None = None, *, authenticator: Authenticat
     if cfg.redis and cfg.forward_host and "long-polling" in broker.transports:
         from .routing import install_router  # needs the optional redis package, like the engine
 
-        install_router(app, broker)
+        install_router(app, broker, app[ENDPOINT])
     return app

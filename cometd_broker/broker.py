@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -40,12 +39,10 @@ from .security import (
 )
 from .session import (
     DROP_OLDEST_POLICY,
-    MESSAGES,
     REMOVED,
     SHUTDOWN,
     SUPERSEDED,
     HoldTimers,
-    ParkedConnect,
     ServerSession,
     SessionQueue,
     Sink,
@@ -55,7 +52,6 @@ from .tasks import cancel_and_wait
 
 log = logging.getLogger("cometd_broker")
 
-HTTP_TRANSPORTS = ("long-polling", "callback-polling")
 # Meta messages handled without waiting on anything (see Broker.handle_now).
 _AT_ONCE = frozenset((bayeux.CONNECT, bayeux.UNSUBSCRIBE, bayeux.DISCONNECT))
 _TOMBSTONES = 10_000  # recently ended sessions remembered so their next message gets a specific error
@@ -76,8 +72,11 @@ class RequestContext:
     headers: Mapping[str, str] = field(default_factory=dict)
     cookies: Mapping[str, str] = field(default_factory=dict)
     remote: str | None = None
-    browser_id: str | None = None
+    browser_id: str | None = None  # the browser cookie presented, if it is one the broker could have issued
     sink: Sink | None = None  # the websocket connection, for websocket batches
+    # The HTTP layer's browser policy (transports/browser.py): binds sessions to browser cookies and
+    # limits held long-polls per browser. None: no binding (an in-process client, a forwarded request).
+    browser: Any = None
 
 
 @dataclass(slots=True)
@@ -96,15 +95,6 @@ class HandleResult:
     connect_reply: Message | None = None  # ... with this connect reply (see Broker.take_events)
     park: PendingConnect | None = None
     new_browser_id: str | None = None  # set the browser cookie to this
-
-
-@dataclass(slots=True)
-class ConnectOutcome:
-    """What to send for a connect that was parked, once released."""
-
-    status: int
-    replies: list[Message]
-    events: list[bytes]
 
 
 @dataclass(slots=True)
@@ -134,15 +124,12 @@ class Broker:
         self._users: dict[str, set[ServerSession]] = {}
         self._index: SubscriptionIndex[ServerSession] = SubscriptionIndex()
         self._user_index: dict[str, SubscriptionIndex[ServerSession]] = {}
-        self._browser_parked: dict[str, int] = {}
-        self._holds = HoldTimers()  # the timeouts of parked connects
+        self.holds = HoldTimers()  # the timeouts of parked connects
         self._ended: OrderedDict[str, _Ended] = OrderedDict()
-        # Browser cookies issued to cookie-less handshakes in the last expiry window.
-        self._fresh_browser_ids: dict[str, tuple[float, Principal]] = {}
         self._services: list[tuple[Pattern, ServiceHandler]] = []
         self._added_listeners: list[SessionListener] = []
         self._removed_listeners: list[RemovalListener] = []
-        self._expiry_window = (cfg.interval + cfg.max_interval) / 1000
+        self.expiry_window = (cfg.interval + cfg.max_interval) / 1000
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self._connect_advice = bayeux.advice(bayeux.RETRY, cfg.interval, cfg.timeout)
@@ -177,7 +164,7 @@ class Broker:
             session.unpark(SHUTDOWN)
             self._remove(session, bayeux.error(503, "server_shutdown (the broker is stopping)"),
                          bayeux.HANDSHAKE_ADVICE)
-        self._holds.close()
+        self.holds.close()
         await self.engine.close()
         await self._retention.stop()
         await self.event_log.close()
@@ -189,10 +176,6 @@ class Broker:
 
     def sweep(self, now: float) -> int:
         """End sessions whose expiry passed; returns how many ended."""
-        issued_before = now - self._expiry_window
-        stale = [b for b, (issued, _) in self._fresh_browser_ids.items() if issued < issued_before]
-        for browser_id in stale:
-            del self._fresh_browser_ids[browser_id]
         expired = [s for s in self.sessions.values() if s.expires_at < now]
         self.stats.ended(Disconnect.EXPIRED, len(expired))
         for session in expired:
@@ -369,7 +352,8 @@ class Broker:
         """`handle` without a coroutine, for a batch that never waits: only connects, unsubscribes
         and disconnects (a long-poll's usual request). None for any other batch: use `handle`."""
         for message in messages:
-            if message.get("channel") not in _AT_ONCE:
+            channel = message.get("channel")
+            if not isinstance(channel, str) or channel not in _AT_ONCE:
                 return None
         result = HandleResult([])
         alone = len(messages) == 1
@@ -394,7 +378,7 @@ class Broker:
         if session is None:
             return self._unknown_session_reply(message)
         if session.parked is None:
-            session.expires_at = max(session.expires_at, time.monotonic() + self._expiry_window)
+            session.expires_at = max(session.expires_at, time.monotonic() + self.expiry_window)
         if channel == bayeux.CONNECT:
             return self._connect(session, message, ctx, alone, result)
         if channel == bayeux.UNSUBSCRIBE:
@@ -408,20 +392,17 @@ class Broker:
         session = self.sessions.get(client_id) if isinstance(client_id, str) else None
         if session is None:
             return None
-        presented = ctx.browser_id
-        if presented is not None and presented != session.browser_id:
-            if session.browser_id is not None and not self._sibling_tab_cookie(session, presented):
-                return None  # another browser must not drive this session (clientId hijack protection)
-            session.browser_id = presented
+        browser = ctx.browser
+        if browser is not None and not browser.may_use(session, ctx):
+            return None  # another browser must not drive this session (clientId hijack protection)
         return session
 
-    def _sibling_tab_cookie(self, session: ServerSession, presented: str) -> bool:
-        """Tabs of one browser that handshake at the same moment each get a new cookie, and the
-        browser keeps only the last, which all of them then send. A session bound to a just-issued
-        cookie may move to another cookie just issued to a handshake of the same principal."""
-        fresh = self._fresh_browser_ids
-        mine, theirs = fresh.get(session.browser_id or ""), fresh.get(presented)
-        return mine is not None and theirs is not None and mine[1] == theirs[1] == session.principal
+    def ended(self, client_id: str) -> tuple[str, str]:
+        """The error and reconnect advice for a session that is gone (ended here, or unknown)."""
+        ended = self._ended.get(client_id)
+        if ended is None:
+            return bayeux.SESSION_UNKNOWN, bayeux.HANDSHAKE_ADVICE
+        return ended.error, ended.reconnect
 
     def _unknown_session_reply(self, message: Message) -> Message:
         self.stats.unknown_sessions += 1
@@ -461,18 +442,15 @@ class Broker:
             reply = bayeux.error_reply(message, bayeux.HANDSHAKE_DENIED, bayeux.advice(bayeux.NONE, 0))
             reply["ext"] = {"authentication": {"failureReason": str(exc)}}
             return reply
-        # A handshake with no browser cookie gets one, but its session is bound to whichever
-        # cookie its first later request carries (see _session_for).
-        browser_id = ctx.browser_id
-        if browser_id is None and ctx.transport in HTTP_TRANSPORTS:
-            browser_id = result.new_browser_id = secrets.token_hex(16)
-            self._fresh_browser_ids[browser_id] = (time.monotonic(), principal)
+        browser_id = None
+        if ctx.browser is not None:  # the HTTP layer binds the session to a browser cookie, maybe a new one
+            browser_id, result.new_browser_id = ctx.browser.bind(ctx, principal)
         cfg = self.config
         session = ServerSession(
             self.client_id_prefix + bayeux.new_client_id(), principal, browser_id,
             SessionQueue(cfg.max_queue, cfg.max_queue_bytes, cfg.queue_full == DROP_OLDEST_POLICY, self.stats),
             ctx.transport)
-        session.expires_at = time.monotonic() + self._expiry_window
+        session.expires_at = time.monotonic() + self.expiry_window
         self.sessions[session.client_id] = session
         self.stats.handshakes += 1
         if principal.user_id is not None:
@@ -518,21 +496,21 @@ class Broker:
         reply["advice"] = self._connect_advice
         session.latest_connect = reply
         timeout = self._hold_time(message)
-        may_park = alone and session.connected and timeout > 0 and not len(session.queue)
-        if may_park and ctx.sink is None and not self._browser_allows_park(session, ctx):
-            reply["advice"] = bayeux.advice(bayeux.RETRY, self.config.multi_session_interval,
-                                            self.config.timeout, **{"multiple-clients": True})
-            may_park = False
-        if may_park:
-            result.park = PendingConnect(session, reply, timeout)
+        if alone and session.connected and timeout > 0 and not len(session.queue):
+            result.park = PendingConnect(session, reply, timeout)  # the exchange holds it
             return reply
-        if session.parked is not None:
-            session.unpark(SUPERSEDED)
-        session.connected = True
-        session.expires_at = time.monotonic() + self._expiry_window
+        self.connected(session)
         result.deliver_to = session
         result.connect_reply = reply
         return reply
+
+    def connected(self, session: ServerSession) -> None:
+        """A connect of `session` is answered at once: a held one is superseded, and the session
+        must connect again within the expiry window."""
+        if session.parked is not None:
+            session.unpark(SUPERSEDED)
+        session.connected = True
+        session.expires_at = time.monotonic() + self.expiry_window
 
     def _hold_time(self, message: Message) -> float:
         """Seconds to hold this connect: the server timeout, or less when the client asks (advice.timeout)."""
@@ -544,80 +522,6 @@ class Broker:
                 timeout = asked
         return timeout / 1000
 
-    def _browser_allows_park(self, session: ServerSession, ctx: RequestContext) -> bool:
-        browser = session.browser_id
-        if browser is None:
-            return True
-        if session.parked is not None:
-            return True  # it replaces its own parked connect: the browser's count does not grow
-        return self._browser_parked.get(browser, 0) < self.config.max_sessions_per_browser
-
-    def park(self, pending: PendingConnect, release: Callable[[str], None]) -> None:
-        """Hold a connect; `release(reason)` is called once when it must be answered."""
-        session = pending.session
-        if session.client_id not in self.sessions:
-            release(REMOVED)
-            return
-        if len(session.queue):
-            release(MESSAGES)
-            return
-        browser = session.browser_id if session.sink is None else None
-        if browser is not None:
-            if session.parked is not None:
-                session.unpark(SUPERSEDED)
-            counts = self._browser_parked
-            counts[browser] = counts.get(browser, 0) + 1
-            parked = ParkedConnect(pending.reply, release, browser, counts)
-        else:
-            parked = ParkedConnect(pending.reply, release)
-        session.park(parked, pending.timeout, self._holds, asyncio.get_running_loop())
-
-    def complete_connect(self, session: ServerSession, reply: Message, reason: str,
-                         deliverable: bool = True) -> ConnectOutcome:
-        """The response for a released connect. `deliverable` is False when the client went away,
-        so queued events stay queued for its next connect."""
-        if reason != SHUTDOWN and session.latest_connect is not reply:
-            # Released, then overtaken by a newer connect before it could be answered (a client
-            # that gave up on this connection): the events belong to the newer one.
-            reason = SUPERSEDED
-        if reason == SUPERSEDED:
-            self.stats.superseded_connects += 1
-            return ConnectOutcome(self.config.duplicate_connect_status, [bayeux.error_reply(
-                reply, bayeux.error(409, "connect_superseded (a newer /meta/connect of this session replaced it)"),
-                bayeux.advice(bayeux.RETRY, self.config.interval))], [])
-        alive = self.sessions.get(session.client_id) is session
-        events = self.take_events(session, reply) if deliverable and (alive or reason == SHUTDOWN) else []
-        if reason == SHUTDOWN:
-            return ConnectOutcome(200, [bayeux.error_reply(
-                reply, bayeux.error(503, "server_shutdown (the broker is stopping)"),
-                bayeux.advice(bayeux.HANDSHAKE_ADVICE, 0))], events)
-        if not alive:
-            ended = self._ended.get(session.client_id)
-            error = ended.error if ended else bayeux.SESSION_UNKNOWN
-            reconnect = ended.reconnect if ended else bayeux.HANDSHAKE_ADVICE
-            return ConnectOutcome(200, [bayeux.error_reply(reply, error, bayeux.advice(reconnect, 0))], [])
-        session.connected = True
-        if session.parked is None:
-            session.expires_at = time.monotonic() + self._expiry_window
-        return ConnectOutcome(200, [reply], events)
-
-    def take_events(self, session: ServerSession, connect_reply: Message | None) -> list[bytes]:
-        """The session's queued events, to send now with `connect_reply`; with acknowledgements
-        they become the reply's numbered batch, kept until the client acknowledges it."""
-        events = session.queue.drain()
-        if session.ack is not None and connect_reply is not None:
-            connect_reply["ext"] = {"ack": session.ack.send(events)}
-        if session.drained is not None:
-            session.drained.set()
-        return events
-
-    def abandon(self, session: ServerSession) -> None:
-        """The client of a held connect went away: stop holding it and let the session expire
-        normally unless the client comes back."""
-        session.unpark("abandoned")
-        if session.parked is None:
-            session.expires_at = time.monotonic() + self._expiry_window
-
     def detach(self, session: ServerSession, sink: Sink) -> None:
         """A websocket closed: its session stays until expiry so the client can reconnect."""
         if session.sink is sink:
@@ -625,7 +529,7 @@ class Broker:
             if session.parked is not None:
                 parked, session.parked = session.parked, None
                 parked.cancel_timeout()
-            session.expires_at = time.monotonic() + self._expiry_window
+            session.expires_at = time.monotonic() + self.expiry_window
 
     async def _subscribe(self, session: ServerSession, message: Message) -> Message:
         names = bayeux.subscriptions_of(message) or []

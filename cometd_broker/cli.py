@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-from . import __version__, configfile
+from . import configfile
 from .app import BROKER, create_app
 from .config import ENV_PREFIX, BrokerConfig, options, resolve
 from .configfile import CONFIG_ENV, Option, Setting
@@ -21,6 +21,7 @@ from .logs import configure as configure_logging
 from .metrics import share_worker_metrics
 from .serving import serve_app
 from .tools.commands import add_commands as add_event_commands
+from .version import __version__
 
 log = logging.getLogger("cometd_broker.cli")
 

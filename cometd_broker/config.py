@@ -61,6 +61,9 @@ class BrokerConfig:
         "when a session's queue is full: disconnect (the slow session must re-handshake) or drop-oldest"))
     max_message_size: int = field(default=256 * 1024, metadata=_doc(
         "largest inbound HTTP body or websocket frame, in bytes"))
+    request_timeout: float = field(default=60.0, metadata=_doc(
+        "seconds a client has to send a whole HTTP request (head and body) once it started; a slower one is "
+        "answered 408 and closed (nginx's client_header_timeout and client_body_timeout are 60 s)"))
     allow_anonymous: bool = field(default=False, metadata=_doc(
         "let clients handshake without credentials (development); they cannot use per-user channels"))
     users: str = field(default="", metadata=_secret(
@@ -134,6 +137,8 @@ class BrokerConfig:
         self.role_map  # noqa: B018
         if self.sweep_period <= 0:
             raise ValueError("sweep_period must be > 0")
+        if self.request_timeout <= 0:
+            raise ValueError("request_timeout must be > 0")
         for name in ("retention_age", "retention_period"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")

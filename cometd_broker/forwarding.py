@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from .private_port import split_address
 
@@ -35,6 +37,16 @@ class ForwardedReply:
     headers: list[tuple[str, str]]
     body: bytes
     raw: bytes  # the whole reply as the owner sent it: head and body
+
+
+class Relay(Protocol):
+    """What an HTTP transport asks of the cluster (routing.SessionRouter): which other process owns a
+    batch's session, and that process's reply to the request relayed there (None: it is gone)."""
+
+    def owner_tag(self, messages: list[dict[str, Any]]) -> str | None: ...
+
+    async def forward(self, tag: str, target: str, headers: Iterable[tuple[str, str]], body: bytes, *,
+                      method: str = "POST") -> ForwardedReply | None: ...
 
 
 @dataclass(slots=True)

@@ -25,6 +25,7 @@ from aiohttp import web
 from .eventlog import EventLogClosed, EventLogUnavailable
 from .stats import LATENCY_BUCKETS, Disconnect, Histogram
 from .tasks import cancel_and_wait
+from .version import __version__
 from .worker_metrics import SHARE_INTERVAL, SharedMetrics
 
 if TYPE_CHECKING:
@@ -271,8 +272,6 @@ def component_stats(component: object) -> dict[str, Any]:
 
 
 def write_broker_metrics(out: Exposition, broker: Broker, ready: bool) -> None:
-    from . import __version__  # here: the package imports this module while it initialises
-
     stats = broker.stats
     log_stats = component_stats(broker.event_log)
     engine_stats = component_stats(broker.engine)

@@ -36,6 +36,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -68,9 +69,9 @@ class SessionRouter:
     """This process's tag, its registration, its private port, and the forwarding of others' sessions."""
 
     def __init__(self, broker: Broker, redis_url: str, host: str, *, prefix: str = "cometd",
-                 ttl: float = REGISTRATION_TTL, http: HttpTransport | None = None) -> None:
+                 ttl: float = REGISTRATION_TTL, http: HttpTransport) -> None:
         self.broker = broker
-        self.http = http or HttpTransport(broker)  # serves the forwarded requests the lean path hands over
+        self.http = http  # serves the forwarded requests the lean path hands over
         self.tag = secrets.token_hex(TAG_LENGTH // 2)
         broker.client_id_prefix = self.tag
         self.host = host
@@ -99,7 +100,7 @@ class SessionRouter:
         sock = bind_private(self.host)
         self.address = address_of(sock)
         fallback = web.Server(self._serve_handed_over, access_log=None)
-        private = LeanHttp(self.broker, ["/"], fallback, forwarded_only=True)
+        private = LeanHttp(self.http.exchange, self.http.browser, ["/"], fallback, forwarded_only=True)
         try:
             # Every held connect relayed here is a connection of its own: a deep accept queue, so
             # a burst of them while this process is busy is not refused.
@@ -244,13 +245,11 @@ class SessionRouter:
                                              "processes\n", headers={"Connection": "close"})
 
 
-def install_router(app: web.Application, broker: Broker) -> SessionRouter:
-    """With redis: tag this process's clientIds and forward others' long-polls to their owners."""
-    from .app import ENDPOINT
-
+def install_router(app: web.Application, broker: Broker, endpoint: Any) -> SessionRouter:
+    """With redis: tag this process's clientIds and forward others' long-polls to their owners.
+    `endpoint` is the app's Bayeux endpoint (app.BayeuxEndpoint), whose transports relay through it."""
     cfg = broker.config
-    router = SessionRouter(broker, cfg.redis, cfg.forward_host, http=app[ENDPOINT].http)
-    endpoint = app[ENDPOINT]
+    router = SessionRouter(broker, cfg.redis, cfg.forward_host, http=endpoint.http)
     endpoint.router = router
     endpoint.http.router = router
     app.on_startup.append(router.start)  # after the broker's own start (registered before)

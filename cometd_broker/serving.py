@@ -65,7 +65,8 @@ class LeanAppRunner(web.AppRunner):
         await super().setup()
         mounts = lean_mounts(self.app)
         if mounts and self._server is not None:
-            self.lean = LeanHttp(self.app[BROKER], mounts, self._server, router=self.app[ENDPOINT].router)
+            endpoint = self.app[ENDPOINT]
+            self.lean = LeanHttp(endpoint.exchange, endpoint.browser, mounts, self._server, router=endpoint.router)
 
     @property
     def server(self) -> Any:

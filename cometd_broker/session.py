@@ -98,30 +98,17 @@ Release = Callable[[str], None]
 class ParkedConnect:
     """A /meta/connect held open until events arrive or its timeout passes."""
 
-    __slots__ = ("reply", "release", "holds", "slot", "browser_id", "per_browser")
+    __slots__ = ("reply", "release", "holds", "slot")
 
-    def __init__(self, reply: dict[str, Any], release: Release, browser_id: str | None = None,
-                 per_browser: dict[str, int] | None = None) -> None:
+    def __init__(self, reply: dict[str, Any], release: Release) -> None:
         self.reply = reply
         self.release = release
         self.holds: HoldTimers | None = None  # where its timeout is kept, while it is held
         self.slot = 0
-        # The broker's count of connects parked per browser (this one included), for the
-        # max-sessions-per-browser rule; it shrinks when this one is released.
-        self.browser_id = browser_id
-        self.per_browser = per_browser
 
     def finish(self, reason: str) -> None:
-        """Stop holding: uncount it from its browser, and have the transport answer it."""
+        """Stop holding, and have whoever holds it (the exchange) answer it."""
         self.cancel_timeout()
-        counts = self.per_browser
-        if counts is not None:
-            browser = self.browser_id
-            left = counts.get(browser, 1) - 1  # type: ignore[arg-type]
-            if left > 0:
-                counts[browser] = left  # type: ignore[index]
-            else:
-                counts.pop(browser, None)  # type: ignore[arg-type]
         self.release(reason)
 
     def cancel_timeout(self) -> None:

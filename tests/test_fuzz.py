@@ -26,6 +26,7 @@ from channels.auth import User, UserDirectory, hash_password
 from cometd_broker import Broker, BrokerConfig, bayeux, create_app
 from cometd_broker.app import BROKER
 from cometd_broker.broker import RequestContext
+from cometd_broker.exchange import Exchange
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
 FEW = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
@@ -151,7 +152,7 @@ def test_broker_handle_answers_every_message_and_never_raises(first, second):
                 result = await broker.handle(batch, ctx)
                 check_replies(batch, result.replies)
                 if result.deliver_to is not None:
-                    broker.take_events(result.deliver_to, result.connect_reply)
+                    Exchange(broker).take_events(result.deliver_to, result.connect_reply)
         finally:
             await broker.close()
 

@@ -17,6 +17,8 @@ import aiohttp
 import orjson
 from bayeux_helpers import broker_of, connect_message, events_in, handshake_message, reply_to, send, subscribe_message
 
+from cometd_broker.exchange import Exchange
+
 ANON = {"allow_anonymous": True}
 FLOOD = 20_000
 MAX_QUEUE = 200
@@ -49,7 +51,7 @@ async def retained(broker, stream: str) -> int:
 
 def take(broker, client_id: str) -> list[int]:
     """What the transport would send the session now (its queue, drained), as seqs."""
-    return [orjson.loads(item)["data"]["n"] for item in broker.take_events(broker.session(client_id), None)]
+    return [orjson.loads(item)["data"]["n"] for item in Exchange(broker).take_events(broker.session(client_id), None)]
 
 
 async def test_a_client_that_never_connects_again_is_disconnected_as_a_slow_consumer(make_client):

@@ -1,15 +1,12 @@
 """Long-polling (JSON or form-encoded POST) and callback-polling (JSONP GET) over aiohttp.
 
-Thin: read and bound the body, decode it, hand the messages to the broker,
-park a connect if the broker says so, and write the reply array.
+Thin: read and bound the body, decode it, hand the messages to the exchange (which runs the batch
+and holds a connect if it must), and write the answer it gives.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 import orjson
@@ -17,28 +14,14 @@ from aiohttp import web
 
 from .. import bayeux
 from ..bayeux import BodyError, Message
-from ..broker import Broker, HandleResult, RequestContext
+from ..broker import RequestContext
+from ..exchange import Exchange, encode
+from ..forwarding import Relay
 from ..private_port import HOP_BY_HOP
-
-if TYPE_CHECKING:  # routing.py imports the transports
-    from ..routing import SessionRouter
+from .browser import BrowserPolicy, browser_id_of
 
 JSON = "application/json"
 _CALLBACK = re.compile(r"[A-Za-z_$][\w$.]{0,127}\Z")
-_BROWSER_ID = re.compile(r"[0-9a-f]{32}\Z")
-
-
-def encode(replies: Iterable[Message], events: Iterable[bytes] = ()) -> bytes:
-    """One JSON array of replies then events; events are already-serialized shared bytes."""
-    # One orjson call for all the replies (a batch of publishes has hundreds), then the events
-    # spliced in before its closing bracket.
-    head = orjson.dumps(replies if isinstance(replies, list) else list(replies))
-    if not events:
-        return head
-    tail = b",".join(events)
-    if not tail:
-        return head
-    return (b"[" if head == b"[]" else head[:-1] + b",") + tail + b"]"
 
 
 def parse_json(text: bytes | str) -> list[Message]:
@@ -67,25 +50,20 @@ def parse_long_poll_body(body: bytes, form_encoded: bool) -> list[Message]:
     return parse_json(body)
 
 
-def browser_id_of(cookies: Mapping[str, str], cookie_name: str) -> str | None:
-    """The browser cookie's value if it is one we could have issued; anything else is ignored, not trusted."""
-    browser_id = cookies.get(cookie_name)
-    return browser_id if browser_id is not None and _BROWSER_ID.match(browser_id) else None
-
-
-def context_for(request: web.BaseRequest, transport: str, cookie_name: str) -> RequestContext:
+def context_for(request: web.BaseRequest, transport: str, browser: BrowserPolicy) -> RequestContext:
     return RequestContext(transport, request.headers, request.cookies, request.remote,
-                          browser_id_of(request.cookies, cookie_name))
+                          browser_id_of(request.cookies, browser.cookie_name), browser=browser)
 
 
 class HttpTransport:
     """Serves long-polling and callback-polling on every path under the mount."""
 
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.max_size = broker.config.max_message_size
-        self.cookie_name = broker.config.browser_cookie
-        self.router: SessionRouter | None = None  # set in a cluster (routing.install_router)
+    def __init__(self, exchange: Exchange, browser: BrowserPolicy) -> None:
+        self.exchange = exchange
+        self.browser = browser
+        self.max_size = exchange.broker.config.max_message_size
+        self.cookie_name = browser.cookie_name
+        self.router: Relay | None = None  # set in a cluster (routing.install_router)
 
     async def long_polling(self, request: web.BaseRequest, *, relay: bool = True) -> web.StreamResponse:
         """`relay`: False on the private port, which never forwards again (routing.py)."""
@@ -154,40 +132,12 @@ class HttpTransport:
     async def _process(self, request: web.BaseRequest, messages: list[Message],
                        transport: str) -> tuple[int, bytes, str | None]:
         """Handle a batch: the HTTP status, the body, and a browser id to set as cookie (or None)."""
-        broker = self.broker
-        ctx = context_for(request, transport, self.cookie_name)
-        result = await broker.handle(messages, ctx)
-        if result.park is not None:
-            status, body = await self._hold(request, result)
-            return status, body, result.new_browser_id
-        events: list[bytes] = []
-        session = result.deliver_to
-        if session is not None and broker.sessions.get(session.client_id) is session:
-            events = broker.take_events(session, result.connect_reply)
-        return 200, encode(result.replies, events), result.new_browser_id
+        def writable() -> bool:
+            connection = request.transport
+            return connection is not None and not connection.is_closing()
 
-    async def _hold(self, request: web.BaseRequest, result: HandleResult) -> tuple[int, bytes]:
-        pending = result.park
-        assert pending is not None
-        released: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        answered = False
-
-        def release(reason: str) -> None:
-            nonlocal answered
-            answered = True
-            if not released.done():
-                released.set_result(reason)
-
-        self.broker.park(pending, release)
-        try:
-            reason = await released
-        finally:
-            if not answered:  # cancelled: free the browser's slot now and let the session expire
-                self.broker.abandon(pending.session)
-        transport = request.transport
-        deliverable = transport is not None and not transport.is_closing()
-        outcome = self.broker.complete_connect(pending.session, pending.reply, reason, deliverable)
-        return outcome.status, encode(outcome.replies, outcome.events)
+        answer = await self.exchange.process(messages, context_for(request, transport, self.browser), writable)
+        return answer.status, answer.body(), answer.cookie
 
     def _respond(self, status: int, body: bytes, content_type: str, browser_id: str | None) -> web.Response:
         response = web.Response(status=status, body=body, content_type=content_type)

@@ -22,20 +22,20 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .. import bayeux
 from ..bayeux import BodyError, Message
-from ..broker import Broker, HandleResult, PendingConnect, RequestContext
+from ..broker import RequestContext
+from ..exchange import Answer, Exchange, encode
+from ..forwarding import Relay
 from ..private_port import FORWARDED_BY
-from .http import browser_id_of, encode, parse_long_poll_body
+from .browser import BrowserPolicy, browser_id_of
+from .http import parse_long_poll_body
 from .lean_websocket import LeanWebSocket, upgrade_response
-
-if TYPE_CHECKING:  # routing.py imports this module
-    from ..routing import SessionRouter
 
 _FORWARDED_BY_KEY = FORWARDED_BY.lower()
 MAX_HEAD = 16 * 1024  # request line and headers; aiohttp's own limits are of the same order
@@ -66,16 +66,21 @@ class _Clock:
 class LeanHttp:
     """Shared by every connection of one listening socket: the broker, the mounts, the hand-over."""
 
-    def __init__(self, broker: Broker, mounts: Iterable[str], fallback: Callable[[], asyncio.Protocol], *,
-                 router: SessionRouter | None = None, forwarded_only: bool = False) -> None:
+    def __init__(self, exchange: Exchange, browser: BrowserPolicy, mounts: Iterable[str],
+                 fallback: Callable[[], asyncio.Protocol], *, router: Relay | None = None,
+                 forwarded_only: bool = False) -> None:
+        broker = exchange.broker
+        self.exchange = exchange
+        self.browser = browser
         self.broker = broker
+        self.request_timeout = broker.config.request_timeout
         self.router = router  # relays long-polls of sessions owned by another cluster process
         # The private port of routing.py: only long-polls another process forwarded (no websocket).
         self.forwarded_only = forwarded_only
         self.fallback = fallback  # aiohttp's protocol factory (web.Server)
         self.prefixes = tuple(m.rstrip("/") for m in mounts)
         self.max_size = broker.config.max_message_size
-        self.cookie_name = broker.config.browser_cookie
+        self.cookie_name = browser.cookie_name
         self.cookie_prefix = self.cookie_name.encode() + b"="
         self.connections: set[LeanHttpConnection] = set()
         self.clock = _Clock()
@@ -84,33 +89,11 @@ class LeanHttp:
         self.long_polling = "long-polling" in broker.transports
         self.websocket = "websocket" in broker.transports and not forwarded_only
         self.websockets: set[LeanWebSocket] = set()
-        # Held connects released during this loop turn, answered together on the next one, so
-        # the events published in this turn travel with them; one callback for all of them.
-        self._released: list[tuple[LeanHttpConnection, str]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __call__(self) -> asyncio.Protocol:
         if self._sweeper is None:
-            self._loop = asyncio.get_running_loop()
             self._schedule_sweep()
         return LeanHttpConnection(self)
-
-    def release(self, conn: LeanHttpConnection, reason: str) -> None:
-        """Answer `conn`'s held connect on the next loop turn."""
-        released = self._released
-        if not released:
-            assert self._loop is not None
-            self._loop.call_soon(self._answer_released)
-        released.append((conn, reason))
-
-    def _answer_released(self) -> None:
-        released, self._released = self._released, []
-        for conn, reason in released:
-            try:
-                conn.answer_parked(reason)
-            except Exception:  # a bug answering one must not leave the others unanswered
-                log.exception("answering a held connect failed")
-                conn.close()
 
     def serves(self, target: bytes) -> bool:
         """Whether a POST to this request target is a Bayeux long-poll (cached: a client uses few paths)."""
@@ -123,14 +106,23 @@ class LeanHttp:
         return known
 
     def _schedule_sweep(self) -> None:
-        self._sweeper = asyncio.get_running_loop().call_later(KEEPALIVE_TIMEOUT / 5, self._sweep)
+        period = min(KEEPALIVE_TIMEOUT, self.request_timeout) / 5
+        self._sweeper = asyncio.get_running_loop().call_later(period, self._sweep)
 
     def _sweep(self) -> None:
-        """Close keep-alive connections idle for longer than KEEPALIVE_TIMEOUT (a held connect is not idle)."""
+        """Close keep-alive connections idle for longer than KEEPALIVE_TIMEOUT (one answering a request,
+        a held connect included, is not idle), and answer 408 to those whose request is still
+        incomplete after `request_timeout`."""
         now = time.monotonic()
-        deadline = now - KEEPALIVE_TIMEOUT
-        for conn in [c for c in self.connections if c.parked is None and c.last_active < deadline]:
-            conn.close()
+        idle_before = now - KEEPALIVE_TIMEOUT
+        started_before = now - self.request_timeout
+        for conn in list(self.connections):
+            if conn.busy:
+                continue
+            if conn.started and conn.started < started_before:
+                conn.too_slow()
+            elif not conn.buffer and conn.last_active < idle_before:
+                conn.close()
         for websocket in list(self.websockets):
             websocket.ping_or_close(now)
         self._schedule_sweep()
@@ -167,21 +159,22 @@ class _Head:
 class LeanHttpConnection(asyncio.Protocol):
     """One client connection, served by the lean path until it must be handed to aiohttp."""
 
-    __slots__ = ("server", "transport", "buffer", "busy", "parked", "last_active", "remote", "_head",
-                 "_close_after", "_paused", "_new_browser_id", "_last_head", "_forwarding")
+    __slots__ = ("server", "transport", "buffer", "busy", "started", "last_active", "remote", "_head",
+                 "_close_after", "_reading_paused", "_writing_paused", "_pumping", "_last_head", "_forwarding")
 
     def __init__(self, server: LeanHttp) -> None:
         self.server = server
         self.transport: Any = None
         self.buffer = bytearray()
-        self.busy = False  # a request is being answered; later ones wait in the buffer
-        self.parked: PendingConnect | None = None
+        self.busy = False  # a request is being answered (or held); later ones wait in the buffer
+        self.started = 0.0  # monotonic time the first byte of the request still incomplete arrived
         self.last_active = time.monotonic()
         self.remote: str | None = None
         self._head: _Head | None = None  # of the request whose body is still arriving
         self._close_after = False
-        self._paused = False
-        self._new_browser_id: str | None = None  # the cookie to set when the held connect is answered
+        self._reading_paused = False
+        self._writing_paused = False  # the peer does not read our answers: serve nothing more
+        self._pumping = False  # inside _pump: an answer written now must not serve the next request itself
         # A client repeats the same head on every long-poll of its connection: the last POST's
         # parse, with its request context, is reused when the bytes are equal.
         self._last_head: _Head | None = None
@@ -198,28 +191,87 @@ class LeanHttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self.transport = None
-        pending, self.parked = self.parked, None
-        if pending is not None:  # the client went away during a held connect
-            self.server.broker.abandon(pending.session)
+        self.server.exchange.hang_up(self)  # the client went away during a held connect
         forwarding, self._forwarding = self._forwarding, None
         if forwarding is not None:  # ... or during a forwarded one: the owner sees it abandoned too
             forwarding.cancel()
 
     def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        if not self.buffer and not self.busy:
+            self.started = now
         self.buffer += data
-        self.last_active = time.monotonic()
-        if self.busy:
-            if len(self.buffer) > self.server.max_size + MAX_HEAD and not self._paused:
-                self._paused = True  # a client pipelining without reading: stop reading until we answer
-                self.transport.pause_reading()
+        self.last_active = now
+        if self.busy or self._writing_paused:
+            self._flow()
             return
-        self._next_request()
+        self._pump()
+
+    def pause_writing(self) -> None:
+        """The peer does not read what we write: stop serving and reading until it does."""
+        self._writing_paused = True
+        self._flow()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._flow()
+        self._pump()
+
+    def _flow(self) -> None:
+        """Read only while what was read can be served: not while the peer leaves our answers
+        unread, nor while a request is answered and a whole request more is already buffered."""
+        transport = self.transport
+        if transport is None:
+            return
+        pause = self._writing_paused or (self.busy and len(self.buffer) > self.server.max_size + MAX_HEAD)
+        if pause != self._reading_paused:
+            self._reading_paused = pause
+            (transport.pause_reading if pause else transport.resume_reading)()
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
 
+    def too_slow(self) -> None:
+        """The request did not arrive whole within the server's request timeout: 408, then close."""
+        log.info("closing a connection from %s: its request was incomplete after %.0f s", self.remote,
+                 self.server.request_timeout)
+        self._close_after = True
+        self.buffer.clear()
+        self._respond(408, encode(bayeux.body_error_reply(bayeux.error(
+            408, f"request_timeout (the request was not received whole within {self.server.request_timeout:g} s)"))),
+            None)
+
+    # ------------------------------------------------------------------ Responder (exchange.py)
+
+    def writable(self) -> bool:
+        transport = self.transport
+        return transport is not None and not transport.is_closing()
+
+    def respond(self, answer: Answer) -> None:
+        self._respond(answer.status, answer.body(), answer.cookie)
+
     # ------------------------------------------------------------------ requests
+
+    def _pump(self) -> None:
+        """Serve buffered requests one after the other, as long as each is answered at once (a loop,
+        not a recursion: a thousand pipelined requests are a thousand turns of it)."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self.buffer and not self.busy and not self._writing_paused and self.transport is not None:
+                before = len(self.buffer)
+                self._next_request()
+                if len(self.buffer) == before:
+                    break  # incomplete: the rest is on its way
+        finally:
+            self._pumping = False
+        if not self.buffer:
+            self.started = 0.0
+        elif not self.busy and not self.started:
+            self.started = time.monotonic()  # a pipelined request, incomplete: its time starts now
+        self._flow()
 
     def _next_request(self) -> None:
         """Serve the buffered request if it is whole and ours; hand the connection over if it is not ours."""
@@ -252,6 +304,7 @@ class LeanHttpConnection(asyncio.Protocol):
         self._head = None
         body = bytes(buffer[head.body_at:head.body_at + length])
         del buffer[:head.body_at + length]
+        self.started = time.monotonic() if buffer else 0.0
         self._close_after = not head.keep_alive
         self.busy = True
         self._serve(head, body)
@@ -338,17 +391,14 @@ class LeanHttpConnection(asyncio.Protocol):
                 self._forwarding = asyncio.get_running_loop().create_task(
                     self._forward(router, tag, head, body, messages, ctx))
                 return
-        result = server.broker.handle_now(messages, ctx)
-        if result is not None:
-            self._answer(result)
-        else:
-            asyncio.get_running_loop().create_task(self._handle(messages, ctx))
+        server.exchange.submit(messages, ctx, self)
 
     def _context(self, transport: str, header_pairs: list[tuple[str, str]]) -> RequestContext:
         headers = CIMultiDictProxy(CIMultiDict(header_pairs))
         cookies = _cookies(headers.get("Cookie"))
+        browser = self.server.browser
         return RequestContext(transport, headers, cookies, self.remote,
-                              browser_id_of(cookies, self.server.cookie_name))
+                              browser_id_of(cookies, browser.cookie_name), browser=browser)
 
     def _upgrade(self, body_at: int, header_pairs: list[tuple[str, str]]) -> None:
         """Switch this connection to Bayeux over websocket (transports/lean_websocket.py) for good."""
@@ -361,12 +411,12 @@ class LeanHttpConnection(asyncio.Protocol):
         transport.set_protocol(websocket)
         websocket.connection_made(transport)
         rest, self.buffer = bytes(self.buffer[body_at:]), bytearray()
-        if self._paused:
+        if self._reading_paused:
             transport.resume_reading()
         if rest:
             websocket.data_received(rest)
 
-    async def _forward(self, router: SessionRouter, tag: str, head: _Head, body: bytes, messages: list[Message],
+    async def _forward(self, router: Relay, tag: str, head: _Head, body: bytes, messages: list[Message],
                        ctx: RequestContext) -> None:
         """Relay the request to the process owning its session; if that one is gone, answer here (402)."""
         try:
@@ -376,47 +426,9 @@ class LeanHttpConnection(asyncio.Protocol):
             reply = None
         self._forwarding = None
         if reply is None:
-            await self._handle(messages, ctx)
+            self.server.exchange.submit(messages, ctx, self)
         else:
             self._write(reply.raw)
-
-    async def _handle(self, messages: list[Message], ctx: RequestContext) -> None:
-        try:
-            result = await self.server.broker.handle(messages, ctx)
-        except Exception:  # a bug must cost this request, not the connection's later ones
-            log.exception("handling a long-polling batch failed")
-            self._respond(500, encode([bayeux.error_reply({}, bayeux.error(500, "internal server error"))]), None)
-            return
-        self._answer(result)
-
-    def _answer(self, result: HandleResult) -> None:
-        broker = self.server.broker
-        if result.park is not None:
-            if self.transport is None:  # gone while the batch was handled
-                broker.abandon(result.park.session)
-                return
-            self.parked = result.park
-            self._new_browser_id = result.new_browser_id
-            broker.park(result.park, self._release)
-            return
-        events: list[bytes] = []
-        session = result.deliver_to
-        if session is not None and broker.sessions.get(session.client_id) is session:
-            events = broker.take_events(session, result.connect_reply)
-        self._respond(200, encode(result.replies, events), result.new_browser_id)
-
-    def _release(self, reason: str) -> None:
-        """The broker released the held connect; answered on the next loop turn (LeanHttp.release)."""
-        self.server.release(self, reason)
-
-    def answer_parked(self, reason: str) -> None:
-        pending, self.parked = self.parked, None
-        if pending is None:
-            return  # the connection was lost meanwhile (connection_lost abandoned the session)
-        transport = self.transport
-        deliverable = transport is not None and not transport.is_closing()
-        outcome = self.server.broker.complete_connect(pending.session, pending.reply, reason, deliverable)
-        self._respond(outcome.status, encode(outcome.replies, outcome.events), self._new_browser_id)
 
     def _respond(self, status: int, body: bytes, browser_id: str | None) -> None:
         transport = self.transport
@@ -442,11 +454,7 @@ class LeanHttpConnection(asyncio.Protocol):
         if self._close_after:
             transport.close()
             return
-        if self._paused:
-            self._paused = False
-            transport.resume_reading()
-        if self.buffer:
-            self._next_request()
+        self._pump()
 
     def _hand_over(self) -> None:
         """Give this connection, and every byte read so far, to aiohttp for the rest of its life."""
@@ -457,7 +465,7 @@ class LeanHttpConnection(asyncio.Protocol):
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         data, self.buffer = bytes(self.buffer), bytearray()
-        if self._paused:
+        if self._reading_paused:
             transport.resume_reading()
         protocol.data_received(data)
 

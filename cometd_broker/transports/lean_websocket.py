@@ -22,19 +22,21 @@ import logging
 import struct
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
-
-import orjson
+from typing import Any, Protocol
 
 from .. import bayeux
 from ..bayeux import BodyError, Message
-from ..broker import HandleResult, PendingConnect, RequestContext
-from ..session import ServerSession
+from ..broker import RequestContext
+from ..exchange import Answer, Exchange
 from .http import parse_json
-from .websocket import outgoing
 
-if TYPE_CHECKING:
-    from .lean_http import LeanHttp
+
+class WebSocketServer(Protocol):
+    """What a connection needs of the lean server that upgraded it (lean_http.LeanHttp)."""
+
+    exchange: Exchange
+    max_size: int  # bytes of a message, fragments assembled
+    websockets: set[Any]  # the open connections, for the liveness sweep and shutdown
 
 log = logging.getLogger("cometd_broker.websocket")
 
@@ -79,22 +81,20 @@ def unmask(payload: bytes, mask: bytes) -> bytes:
 class LeanWebSocket(asyncio.Protocol):
     """One upgraded connection: a session's sink while its client is connected here."""
 
-    __slots__ = ("server", "transport", "ctx", "session", "buffer", "fragments", "fragment_opcode", "batches",
-                 "busy", "released", "pending", "flush_scheduled", "paused", "closing", "last_seen", "pinged")
+    __slots__ = ("server", "transport", "ctx", "buffer", "fragments", "fragment_opcode", "batches",
+                 "busy", "pending", "flush_scheduled", "paused", "closing", "last_seen", "pinged")
 
-    def __init__(self, server: LeanHttp, ctx: RequestContext) -> None:
+    def __init__(self, server: WebSocketServer, ctx: RequestContext) -> None:
         self.server = server
         self.transport: Any = None
         self.ctx = ctx
         ctx.sink = self
-        self.session: ServerSession | None = None
         self.buffer = bytearray()
         self.fragments: list[bytes] = []
         self.fragment_opcode = 0
         self.batches: deque[list[Message]] = deque()  # received while a batch is being handled
         self.busy = False
-        self.released: list[tuple[PendingConnect, str]] = []
-        self.pending: list[bytes] = []  # replies not yet written (only while the transport is paused)
+        self.pending: list[bytes] = []  # answers not yet written (only while the transport is paused)
         self.flush_scheduled = False
         self.paused = False  # the transport's buffer is full: the peer does not read
         self.closing = False
@@ -111,15 +111,19 @@ class LeanWebSocket(asyncio.Protocol):
         self.server.websockets.discard(self)
         self.transport = None
         self.closing = True
-        if self.session is not None:
-            # The session stays until expiry so the client can reconnect; queued events wait for it.
-            self.server.broker.detach(self.session, self)
+        # The session stays until expiry so the client can reconnect; queued events wait for it.
+        self.server.exchange.detach(self)
 
     def pause_writing(self) -> None:
+        """The peer does not read: stop reading it too, so what it sends cannot pile up answers."""
         self.paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
         self.wake()
 
     def data_received(self, data: bytes) -> None:
@@ -199,7 +203,7 @@ class LeanWebSocket(asyncio.Protocol):
         try:
             messages = parse_json(data)
         except BodyError as exc:
-            self._send([orjson.dumps(m) for m in bayeux.body_error_reply(exc.error)])
+            self.respond(Answer(400, bayeux.body_error_reply(exc.error)))
             return
         if not messages:
             return
@@ -211,69 +215,44 @@ class LeanWebSocket(asyncio.Protocol):
     # ------------------------------------------------------------------ batches
 
     def _handle(self, messages: list[Message]) -> None:
-        result = self.server.broker.handle_now(messages, self.ctx)
-        if result is not None:
-            self._accept(result)
-            return
-        self.busy = True
-        asyncio.get_running_loop().create_task(self._handle_async(messages))
+        task = self.server.exchange.submit(messages, self.ctx, self)
+        if task is not None:
+            self.busy = True
+            task.add_done_callback(self._handled)
 
-    async def _handle_async(self, messages: list[Message]) -> None:
-        try:
-            result = await self.server.broker.handle(messages, self.ctx)
-        except Exception:  # a bug costs this batch, not the connection
-            log.exception("handling a websocket batch failed")
-            result = HandleResult(bayeux.body_error_reply(bayeux.error(500, "internal server error")))
+    def _handled(self, _: object) -> None:
         self.busy = False
-        if self.transport is None:
-            return
-        self._accept(result)
-        while self.batches and not self.busy:
+        while self.batches and not self.busy and self.transport is not None:
             self._handle(self.batches.popleft())
 
-    def _accept(self, result: HandleResult) -> None:
-        broker = self.server.broker
-        if result.park is not None:
-            self.session = result.park.session
-            broker.park(result.park, self._release(result.park))
-            return
-        session = result.deliver_to
-        events: list[bytes] = []
-        if session is not None and session.sink is self:
-            self.session = session
-            if broker.sessions.get(session.client_id) is session:
-                events = broker.take_events(session, result.connect_reply)
-        self._send([*map(orjson.dumps, result.replies), *events])
+    # ------------------------------------------------------------------ Responder and Sink (exchange.py)
 
-    def _release(self, pending: PendingConnect) -> Any:
-        def release(reason: str) -> None:
-            # Answered at the flush, so events queued in the same tick travel with the reply.
-            self.released.append((pending, reason))
-            self.wake()
-        return release
+    def writable(self) -> bool:
+        return self.transport is not None and not self.closing
 
-    # ------------------------------------------------------------------ frames out
-
-    def wake(self) -> None:
-        """Events are queued for the session (Sink): flush them on the next loop turn, once."""
-        if not self.flush_scheduled and self.transport is not None:
-            self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def _send(self, parts: list[bytes]) -> None:
+    def respond(self, answer: Answer) -> None:
+        parts = answer.parts()
         if parts:
             self.pending.extend(parts)
             self.flush()
 
+    def wake(self) -> None:
+        """Events are queued for the session: flush them on the next loop turn, once."""
+        if not self.flush_scheduled and self.transport is not None:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    # ------------------------------------------------------------------ frames out
+
     def flush(self) -> None:
-        """Write pending replies, released connects and queued events as one frame."""
+        """Write pending answers and the session's queued events as one frame. While the peer does
+        not read (paused), events wait in the bounded session queue."""
         self.flush_scheduled = False
         if self.transport is None or self.closing:
             return
         parts, self.pending = self.pending, []
-        released, self.released = self.released, []
-        # While the peer does not read (paused), events wait in the bounded session queue.
-        outgoing(self.server.broker, self, self.session, parts, released, push_events=not self.paused)
+        if not self.paused:
+            parts.extend(self.server.exchange.push(self))
         if parts:
             self._write(frame(TEXT, b"[" + b",".join(parts) + b"]"))
 

@@ -1,8 +1,9 @@
-"""The websocket transport: one reader loop and one writer task per connection.
+"""The websocket transport over aiohttp: one reader loop and one writer task per connection.
 
-All writes go through the writer, so replies and events leave in the order
-they were produced, and events queued within one event-loop tick leave in one
-frame. A clientId obtained over HTTP may be used here (aiocometd does that).
+All writes go through the writer, so replies and events leave in the order they were produced,
+and events queued within one event-loop tick leave in one frame. A clientId obtained over HTTP
+may be used here (aiocometd does that). While the peer does not read, the reader stops reading
+(what it would answer is bounded), and events wait in the session's bounded queue.
 """
 
 from __future__ import annotations
@@ -10,54 +11,55 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import orjson
 from aiohttp import WSMsgType, web
 
 from .. import bayeux
 from ..bayeux import BodyError
-from ..broker import Broker, HandleResult, PendingConnect
-from ..logs import session_fields
-from ..session import ServerSession
+from ..exchange import Answer, Exchange
 from ..tasks import cancel_and_wait
+from .browser import BrowserPolicy
 from .http import context_for, parse_json
 
 log = logging.getLogger("cometd_broker.websocket")
 
 HEARTBEAT_SECONDS = 30.0
-
-
-def outgoing(broker: Broker, sink: object, session: ServerSession | None, parts: list[bytes],
-             released: list[tuple[PendingConnect, str]], *, push_events: bool) -> None:
-    """Complete a websocket frame's parts (replies already in `parts`): the answers of released
-    connects, then the session's queued events. Events are pushed as they come unless the session
-    acknowledges batches (they then wait for a connect reply, see Broker.take_events) or the
-    caller cannot write now (`push_events` False: they wait in the bounded session queue)."""
-    for pending, reason in released:
-        outcome = broker.complete_connect(pending.session, pending.reply, reason)
-        parts.extend([*map(orjson.dumps, outcome.replies), *outcome.events])
-    if (push_events and session is not None and session.sink is sink and session.ack is None
-            and len(session.queue)):
-        parts.extend(session.queue.drain())
+# Bytes of answers waiting for the writer above which the reader stops reading: a client that
+# sends without reading what it is answered costs this much, not the server's memory.
+MAX_PENDING = 1 << 20
 
 
 class WebSocketConnection:
-    """A session's sink while its client is connected over this websocket."""
+    """A session's sink while its client is connected over this websocket, and its responder."""
 
-    def __init__(self, broker: Broker, ws: web.WebSocketResponse) -> None:
-        self.broker = broker
+    def __init__(self, exchange: Exchange, ws: web.WebSocketResponse) -> None:
+        self.exchange = exchange
         self.ws = ws
-        self.session: ServerSession | None = None
         self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self._wake = asyncio.Event()
+        self._written = asyncio.Event()  # set by the writer after each frame
         self._writer: asyncio.Task[None] | None = None
-        self._released_connects: list[tuple[PendingConnect, str]] = []
+
+    # ------------------------------------------------------------------ Sink and Responder
 
     def wake(self) -> None:
         self._wake.set()
 
-    async def run(self, request: web.Request) -> None:
+    def writable(self) -> bool:
+        return not self.ws.closed
+
+    def respond(self, answer: Answer) -> None:
+        parts = answer.parts()
+        if parts:
+            self._pending.extend(parts)
+            self._pending_bytes += sum(map(len, parts))
+            self._wake.set()
+
+    # ------------------------------------------------------------------ reading
+
+    async def run(self, request: web.Request, browser: BrowserPolicy) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._write_forever(), name="websocket-writer")
-        ctx = context_for(request, "websocket", self.broker.config.browser_cookie)
+        ctx = context_for(request, "websocket", browser)
         ctx.sink = self
         try:
             async for frame in self.ws:
@@ -66,39 +68,20 @@ class WebSocketConnection:
                 try:
                     messages = parse_json(frame.data)
                 except BodyError as exc:
-                    self._send([orjson.dumps(m) for m in bayeux.body_error_reply(exc.error)])
-                    continue
+                    self.respond(Answer(400, bayeux.body_error_reply(exc.error)))
+                    messages = []
                 if messages:
-                    self._accept(await self.broker.handle(messages, ctx))
+                    task = self.exchange.submit(messages, ctx, self)
+                    if task is not None:
+                        await task  # batches of one connection are handled one after the other
+                while self._pending_bytes > MAX_PENDING and not self.ws.closed:
+                    self._written.clear()
+                    await self._written.wait()  # the peer is not reading: neither do we
         finally:
-            if self.session is not None:
-                self.broker.detach(self.session, self)
+            self.exchange.detach(self)
             await self._stop_writer()
 
-    def _accept(self, result: HandleResult) -> None:
-        if result.park is not None:
-            pending = result.park
-            self.session = pending.session
-            self.broker.park(pending, lambda reason: self._released(pending, reason))
-            return
-        session = result.deliver_to
-        events: list[bytes] = []
-        if session is not None and session.sink is self:
-            self.session = session
-            if self.broker.sessions.get(session.client_id) is session:
-                events = self.broker.take_events(session, result.connect_reply)
-        self._send([*map(orjson.dumps, result.replies), *events])
-
-    def _released(self, pending: PendingConnect, reason: str) -> None:
-        # Answered by the writer, so events queued in the same tick travel with the reply, and
-        # a connect released while a batch is handled (by a disconnect) follows that batch's replies.
-        self._released_connects.append((pending, reason))
-        self._wake.set()
-
-    def _send(self, parts: list[bytes]) -> None:
-        if parts:
-            self._pending.extend(parts)
-            self._wake.set()
+    # ------------------------------------------------------------------ writing
 
     async def _write_forever(self) -> None:
         ws = self.ws
@@ -108,16 +91,17 @@ class WebSocketConnection:
             if ws.closed:
                 break  # leave queued events for the client's next connection
             parts, self._pending = self._pending, []
-            released, self._released_connects = self._released_connects, []
-            outgoing(self.broker, self, self.session, parts, released, push_events=True)
+            parts.extend(self.exchange.push(self))
             if parts:
                 await ws.send_frame(b"[" + b",".join(parts) + b"]", WSMsgType.TEXT)
+            self._pending_bytes = sum(map(len, self._pending))
+            self._written.set()
 
     async def flush_and_close(self) -> None:
         """Let the writer send what is pending (the final connect replies), then close."""
         self._wake.set()
         for _ in range(100):  # bounded: at most ~1 s for a stuck peer
-            if not self._pending and not self._released_connects:
+            if not self._pending:
                 break
             await asyncio.sleep(0.01)
         await asyncio.sleep(0)  # let the writer finish the frame it took
@@ -125,29 +109,30 @@ class WebSocketConnection:
 
     async def _stop_writer(self) -> None:
         writer, self._writer = self._writer, None
+        self._written.set()
         try:
             await cancel_and_wait(writer)
         except ConnectionError as exc:  # the peer went away mid-write
-            session = self.session
-            log.debug("websocket write failed: %s", exc,
-                      extra=session_fields(session.client_id, session.user_id) if session is not None else None)
+            log.debug("websocket write failed: %s", exc)
 
 
 class WebSocketTransport:
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
+    def __init__(self, exchange: Exchange, browser: BrowserPolicy) -> None:
+        self.exchange = exchange
+        self.browser = browser
+        self.max_size = exchange.broker.config.max_message_size
         self.connections: set[WebSocketConnection] = set()
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         # The heartbeat pings find connections whose network died silently; the session
         # then lives on until expiry so the client can come back.
-        ws = web.WebSocketResponse(max_msg_size=self.broker.config.max_message_size, autoping=True,
+        ws = web.WebSocketResponse(max_msg_size=self.max_size, autoping=True,
                                    heartbeat=HEARTBEAT_SECONDS)
         await ws.prepare(request)
-        connection = WebSocketConnection(self.broker, ws)
+        connection = WebSocketConnection(self.exchange, ws)
         self.connections.add(connection)
         try:
-            await connection.run(request)
+            await connection.run(request, self.browser)
         finally:
             self.connections.discard(connection)
         return ws

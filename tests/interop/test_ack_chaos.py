@@ -39,7 +39,8 @@ from chaos_proxy import ChaosProxy
 
 from cometd_broker import BrokerConfig, create_app
 from cometd_broker.broker import Broker, RequestContext
-from cometd_broker.session import MESSAGES, TIMEOUT
+from cometd_broker.exchange import Answer, Exchange
+from cometd_broker.session import TIMEOUT
 
 pytest_plugins = ["node_harness"]  # the Node-client and publisher fixtures (tests/interop/node_harness.py)
 
@@ -268,19 +269,32 @@ async def test_raw_long_polling_ack_through_faults(broker_process, http_publishe
 # --------------------------------------------------------------------- a race: a stale connect takes events
 
 
-async def test_a_stale_connect_completed_after_a_newer_connect_must_not_take_its_events():
-    """Deterministic, in-process, calling the Broker exactly as HttpTransport._process/_hold do.
+class _Recorder:
+    """A responder whose connection never reports itself gone (it died silently behind a NAT)."""
 
-    A transport answers a released connect only when its handler task runs again
-    (`reason = await released`, then `complete_connect`). Between the release and that step other
-    handlers may run - in one loop iteration when the loop lags. Here: connect C1 is parked on a
-    connection that died silently (the server still sees it open, e.g. behind a NAT or a load
-    balancer); its hold time passes (released, TIMEOUT); before C1's handler resumes, the client's
-    retry C2 (acknowledging the same batch) parks, and event 0 is published, releasing C2. C1's
-    handler then takes event 0 as batch 2 and writes it into the dead connection; C2 gets batch 3,
-    empty. The client acknowledges 3, which also acknowledges batch 2: event 0 is lost.
+    def __init__(self) -> None:
+        self.answers: list[Answer] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def respond(self, answer: Answer) -> None:
+        self.answers.append(answer)
+
+
+async def test_a_stale_connect_completed_after_a_newer_connect_must_not_take_its_events():
+    """Deterministic, in-process, through the exchange as every transport uses it.
+
+    The exchange answers a released connect on the next loop turn. Before that, other work may
+    run. Here: connect C1 is held on a connection that died silently (the server still sees it
+    open, e.g. behind a NAT or a load balancer); its hold time passes (released, TIMEOUT); before
+    C1 is answered, the client's retry C2 (acknowledging the same batch) is held, and event 0 is
+    published, releasing C2. If C1's answer took event 0 as batch 2 and wrote it into the dead
+    connection, C2 would get batch 3, empty; the client acknowledges 3, which also acknowledges
+    batch 2: event 0 would be lost.
     """
     broker = Broker(BrokerConfig(allow_anonymous=True))
+    exchange = Exchange(broker)
     [hello] = (await broker.handle([{"channel": "/meta/handshake", "version": "1.0", "id": "1", "ext": {"ack": True},
                                      "supportedConnectionTypes": ["long-polling"]}],
                                    RequestContext("long-polling"))).replies
@@ -295,38 +309,38 @@ async def test_a_stale_connect_completed_after_a_newer_connect_must_not_take_its
         return [{"channel": "/meta/connect", "clientId": client_id, "connectionType": "long-polling",
                  "id": f"c{batch}", "ext": {"ack": batch}, **extra}]
 
-    first = await broker.handle(connect(0), ctx())
-    assert broker.take_events(session, first.connect_reply) == [] and first.connect_reply["ext"] == {"ack": 1}
+    first = _Recorder()
+    exchange.submit(connect(0), ctx(), first)
+    [answer] = first.answers
+    assert answer.events == [] and answer.replies[0]["ext"] == {"ack": 1}
     await broker.handle([{"channel": "/meta/subscribe", "clientId": client_id, "subscription": CHANNEL, "id": "s"}],
                         ctx())
 
-    # C1, acknowledging batch 1, is parked; its connection then dies without the server noticing.
-    c1 = await broker.handle(connect(1), ctx())
-    assert c1.park is not None
-    c1_released: list[str] = []
-    broker.park(c1.park, c1_released.append)
-    session.unpark(TIMEOUT)  # what C1's hold timer does; C1's handler has not resumed yet
-    assert c1_released == [TIMEOUT]
+    # C1, acknowledging batch 1, is held; its connection then dies without the server noticing.
+    c1 = _Recorder()
+    exchange.submit(connect(1), ctx(), c1)
+    assert session.parked is not None and not c1.answers
+    session.unpark(TIMEOUT)  # what C1's hold timer does; C1 is answered on the next loop turn
 
-    # The client's retry, C2, acknowledging batch 1 too, parks; then event 0 is published.
-    c2 = await broker.handle(connect(1), ctx())
-    assert c2.park is not None
-    c2_released: list[str] = []
-    broker.park(c2.park, c2_released.append)
+    # The client's retry, C2, acknowledging batch 1 too, is held; then event 0 is published.
+    c2 = _Recorder()
+    exchange.submit(connect(1), ctx(), c2)
+    assert session.parked is not None
     await broker.publish(CHANNEL, {"seq": 0})
-    assert c2_released == [MESSAGES]
-
-    # Now C1's handler resumes (its reply is lost in the dead connection), then C2's.
-    broker.complete_connect(c1.park.session, c1.park.reply, c1_released[0])
-    outcome = broker.complete_connect(c2.park.session, c2.park.reply, c2_released[0])
+    await asyncio.sleep(0)  # the next loop turn: both released connects are answered, C1 first
+    await asyncio.sleep(0)
+    [stale], [outcome] = c1.answers, c2.answers
+    assert stale.events == []
     assert outcome.status == 200 and outcome.replies[0]["successful"] is True
     received = [orjson.loads(event)["data"]["seq"] for event in outcome.events]
 
     # The client acknowledges the batch it received; whatever was not acknowledged comes now.
-    last = await broker.handle(connect(outcome.replies[0]["ext"]["ack"], advice={"timeout": 0}), ctx())
-    assert last.park is None
-    received += [orjson.loads(event)["data"]["seq"] for event in broker.take_events(session, last.connect_reply)]
+    last = _Recorder()
+    exchange.submit(connect(outcome.replies[0]["ext"]["ack"], advice={"timeout": 0}), ctx(), last)
+    [final] = last.answers
+    received += [orjson.loads(event)["data"]["seq"] for event in final.events]
     assert received == [0], "event 0 was taken by the stale connect C1 and then acknowledged away"
+    await broker.close()
 
 
 async def test_a_stale_websocket_connect_takes_events_when_the_loop_lags(aiohttp_client):

@@ -1,0 +1,120 @@
+"""The browser policy of the HTTP transports: the BAYEUX_BROWSER cookie and the held long-polls per browser.
+
+A browser shares a handful of connections per host among all its tabs; a tab holding a long-poll
+takes one of them for the whole hold time. So, as CometD's HTTP transport does, the broker marks
+each browser with a cookie and holds at most `max_sessions_per_browser` connects per browser at a
+time; another tab's connect is answered at once with `multiple-clients` advice (poll every
+`multi_session_interval` ms instead). The same cookie binds a session to the browser that uses it:
+a request from another browser naming that clientId is refused as an unknown session.
+
+This is HTTP-layer policy: the broker core only asks the context's policy (`RequestContext.browser`).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from .. import bayeux
+from ..bayeux import Message
+from ..config import BrokerConfig
+from ..security import Principal
+
+if TYPE_CHECKING:
+    from ..broker import RequestContext
+    from ..session import ServerSession
+
+HTTP_TRANSPORTS = ("long-polling", "callback-polling")
+_BROWSER_ID = re.compile(r"[0-9a-f]{32}\Z")
+_FRESH_MAX = 100_000  # cookies remembered as just issued (sibling tabs); bounded, oldest forgotten first
+
+
+def browser_id_of(cookies: Mapping[str, str], cookie_name: str) -> str | None:
+    """The browser cookie's value if it is one we could have issued; anything else is ignored, not trusted."""
+    browser_id = cookies.get(cookie_name)
+    return browser_id if browser_id is not None and _BROWSER_ID.match(browser_id) else None
+
+
+class BrowserPolicy:
+    """Browser cookies and the per-browser hold limit, shared by every HTTP path of one broker."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.cookie_name = config.browser_cookie
+        self.max_held = config.max_sessions_per_browser
+        self._poll_advice = bayeux.advice(bayeux.RETRY, config.multi_session_interval, config.timeout,
+                                          **{"multiple-clients": True})
+        self._fresh_for = (config.interval + config.max_interval) / 1000
+        self._held: dict[str, int] = {}  # browser id -> connects held now
+        # Cookies issued to cookie-less handshakes within the expiry window, oldest first.
+        self._fresh: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
+
+    # ------------------------------------------------------------------ binding (RequestContext.browser)
+
+    def bind(self, ctx: RequestContext, principal: Principal) -> tuple[str | None, str | None]:
+        """At a handshake: the browser id the new session is bound to, and a cookie to set (or None).
+        A handshake over HTTP with no cookie gets one; its session is then bound to whichever cookie
+        its first later request carries (see `may_use`)."""
+        if ctx.browser_id is not None or ctx.transport not in HTTP_TRANSPORTS:
+            return ctx.browser_id, None
+        browser_id = secrets.token_hex(16)
+        now = time.monotonic()
+        fresh = self._fresh
+        while fresh and (len(fresh) >= _FRESH_MAX or next(iter(fresh.values()))[0] < now - self._fresh_for):
+            fresh.popitem(last=False)
+        fresh[browser_id] = (now, principal)
+        return browser_id, browser_id
+
+    def may_use(self, session: ServerSession, ctx: RequestContext) -> bool:
+        """Whether this request may drive `session`: not when it carries another browser's cookie."""
+        presented = ctx.browser_id
+        if presented is None or presented == session.browser_id:
+            return True
+        if session.browser_id is not None and not self._sibling_tab(session, presented):
+            return False
+        session.browser_id = presented
+        return True
+
+    def _sibling_tab(self, session: ServerSession, presented: str) -> bool:
+        """Tabs of one browser that handshake at the same moment each get a new cookie, and the
+        browser keeps only the last, which all of them then send. A session bound to a just-issued
+        cookie may move to another cookie just issued to a handshake of the same principal."""
+        fresh = self._fresh
+        mine, theirs = fresh.get(session.browser_id or ""), fresh.get(presented)
+        if mine is None or theirs is None:
+            return False
+        oldest = time.monotonic() - self._fresh_for
+        return mine[0] >= oldest and theirs[0] >= oldest and mine[1] == theirs[1] == session.principal
+
+    # ------------------------------------------------------------------ holds (exchange.HoldPolicy)
+
+    def admits(self, session: ServerSession, replacing: bool) -> bool:
+        browser = session.browser_id
+        if browser is None or replacing:
+            return True  # no browser to count, or it replaces the session's own held connect
+        return self._held.get(browser, 0) < self.max_held
+
+    def refuse(self, reply: Message) -> None:
+        reply["advice"] = dict(self._poll_advice)
+
+    def held(self, session: ServerSession) -> str | None:
+        browser = session.browser_id
+        if browser is not None:
+            self._held[browser] = self._held.get(browser, 0) + 1
+        return browser
+
+    def released(self, token: object) -> None:
+        if not isinstance(token, str):
+            return
+        left = self._held.get(token, 1) - 1
+        if left > 0:
+            self._held[token] = left
+        else:
+            self._held.pop(token, None)
+
+    def held_count(self) -> int:
+        """Connects held for browsers now (for tests and metrics)."""
+        return sum(self._held.values())
