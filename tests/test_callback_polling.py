@@ -134,3 +134,14 @@ async def test_callback_polling_disabled_by_configuration(make_client):
     client = await make_client(transports="long-polling", **ANON)
     reply = await jsonp(client, [handshake_message(connection_types=[CP])])
     assert reply.status == 405
+
+
+async def test_replies_forbid_content_sniffing(make_client):
+    """A JSONP reply is script and a long-poll reply is JSON: with nosniff a browser runs neither as
+    anything else."""
+    client = await make_client(**ANON)
+    script = await client.get("/cometd", params=[("message", json.dumps([handshake_message(connection_types=[CP])])),
+                                                 ("jsonp", "cb")])
+    assert script.headers["X-Content-Type-Options"] == "nosniff"
+    posted = await client.post("/cometd", json=[handshake_message()])
+    assert posted.headers["X-Content-Type-Options"] == "nosniff"

@@ -141,6 +141,9 @@ class HttpTransport:
 
     def _respond(self, status: int, body: bytes, content_type: str, browser_id: str | None) -> web.Response:
         response = web.Response(status=status, body=body, content_type=content_type)
+        # A JSONP reply is script: a browser must not sniff it as anything else (and a JSON reply
+        # must not be run as script).
+        response.headers["X-Content-Type-Options"] = "nosniff"
         if browser_id is not None:
             response.set_cookie(self.cookie_name, browser_id, httponly=True, path="/")
         return response

@@ -439,7 +439,8 @@ class LeanHttpConnection(asyncio.Protocol):
             cookie = b"Set-Cookie: " + self.server.cookie_prefix + browser_id.encode() + b"; HttpOnly; Path=/\r\n"
         connection = b"Connection: close\r\n" if self._close_after else b""
         self._write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
-                    b"Content-Length: %d\r\nDate: %s\r\nServer: cometd-broker\r\n%s%s\r\n%s"
+                    b"Content-Length: %d\r\nDate: %s\r\nServer: cometd-broker\r\n"
+                    b"X-Content-Type-Options: nosniff\r\n%s%s\r\n%s"
                     % (status, _REASONS.get(status, b"Unknown"), len(body), self.server.clock.date(),
                        cookie, connection, body))
 
