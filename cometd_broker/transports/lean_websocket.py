@@ -19,7 +19,6 @@ import asyncio
 import base64
 import hashlib
 import logging
-import struct
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,20 @@ from ..broker import HandleResult, PendingConnect, RequestContext
 from ..session import ServerSession
 from .http import parse_json
 from .websocket import outgoing
+from .ws_frames import (
+    GOING_AWAY,
+    NORMAL,
+    PING,
+    PONG,
+    TEXT,
+    Close,
+    Failure,
+    FrameReader,
+    Ping,
+    close_frame,
+    frame,
+)
+from .ws_frames import Message as WebSocketMessage
 
 if TYPE_CHECKING:
     from .lean_http import LeanHttp
@@ -39,9 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("cometd_broker.websocket")
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-TEXT, BINARY, CONTINUATION, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
-# Close codes (RFC 6455 7.4.1)
-GOING_AWAY, PROTOCOL_ERROR, INVALID_DATA, TOO_BIG = 1001, 1002, 1007, 1009
 CLOSE_TIMEOUT = 2.0  # seconds a peer gets to close after our protocol-error close frame
 PING_AFTER = 30.0  # seconds of silence before the sweep pings a connection (aiohttp's heartbeat was 30 s)
 
@@ -56,30 +66,10 @@ def upgrade_response(key: str) -> bytes:
             b"Sec-WebSocket-Accept: " + accept_key(key).encode("ascii") + b"\r\n\r\n")
 
 
-def frame(opcode: int, payload: bytes) -> bytes:
-    """One unmasked, unfragmented server frame."""
-    size = len(payload)
-    if size < 126:
-        head = struct.pack("!BB", 0x80 | opcode, size)
-    elif size < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 126, size)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 127, size)
-    return head + payload
-
-
-def unmask(payload: bytes, mask: bytes) -> bytes:
-    """XOR with the 4-byte mask, a whole machine word at a time."""
-    if not payload:
-        return payload
-    repeated = (mask * (len(payload) // 4 + 1))[:len(payload)]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(repeated, "little")).to_bytes(len(payload), "little")
-
-
 class LeanWebSocket(asyncio.Protocol):
     """One upgraded connection: a session's sink while its client is connected here."""
 
-    __slots__ = ("server", "transport", "ctx", "session", "buffer", "fragments", "fragment_opcode", "batches",
+    __slots__ = ("server", "transport", "ctx", "session", "reader", "pong_due", "batches",
                  "busy", "released", "pending", "flush_scheduled", "paused", "closing", "last_seen", "pinged")
 
     def __init__(self, server: LeanHttp, ctx: RequestContext) -> None:
@@ -88,9 +78,8 @@ class LeanWebSocket(asyncio.Protocol):
         self.ctx = ctx
         ctx.sink = self
         self.session: ServerSession | None = None
-        self.buffer = bytearray()
-        self.fragments: list[bytes] = []
-        self.fragment_opcode = 0
+        self.reader = FrameReader(server.max_size)
+        self.pong_due: bytes | None = None  # the latest ping not answered while the peer did not read
         self.batches: deque[list[Message]] = deque()  # received while a batch is being handled
         self.busy = False
         self.released: list[tuple[PendingConnect, str]] = []
@@ -120,80 +109,42 @@ class LeanWebSocket(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
+        if self.pong_due is not None:
+            self._write(frame(PONG, self.pong_due))
+            self.pong_due = None
         self.wake()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return  # after our close frame: the peer's remaining bytes are read and dropped
-        self.buffer += data
         self.last_seen = time.monotonic()
         self.pinged = False
-        self._read_frames()
+        for event in self.reader.receive_data(data):
+            if self.closing:
+                return
+            kind = type(event)
+            if kind is WebSocketMessage:
+                self._message(event.payload)
+            elif kind is Ping:
+                self._pong(event.payload)
+            elif kind is Close:
+                # Echo the peer's code (RFC 6455 §5.5.1), 1000 when it gave none, and end the connection.
+                self._write(close_frame(NORMAL if event.code is None else event.code))
+                self._close_transport()
+            elif kind is Failure:
+                self.fail(event.code, event.reason)
+            # a Pong: liveness is noted for every read above
 
     # ------------------------------------------------------------------ frames in
 
-    def _read_frames(self) -> None:
-        buffer = self.buffer
-        limit = self.server.max_size
-        while not self.closing:
-            if len(buffer) < 2:
-                return
-            first, second = buffer[0], buffer[1]
-            fin, opcode = first & 0x80, first & 0x0F
-            if first & 0x70 or not second & 0x80:
-                self.fail(PROTOCOL_ERROR, "reserved bits set or client frame not masked")
-                return
-            size = second & 0x7F
-            at = 2
-            if size == 126:
-                if len(buffer) < 4:
-                    return
-                size = int.from_bytes(buffer[2:4], "big")
-                at = 4
-            elif size == 127:
-                if len(buffer) < 10:
-                    return
-                size = int.from_bytes(buffer[2:10], "big")
-                at = 10
-            if opcode >= 0x8 and (size > 125 or not fin):
-                self.fail(PROTOCOL_ERROR, "control frames are short and not fragmented")
-                return
-            if size + sum(map(len, self.fragments)) > limit:
-                self.fail(TOO_BIG, f"message larger than max_message_size ({limit} bytes)")
-                return
-            if len(buffer) < at + 4 + size:
-                return
-            payload = unmask(bytes(buffer[at + 4:at + 4 + size]), bytes(buffer[at:at + 4]))
-            del buffer[:at + 4 + size]
-            self._frame(fin, opcode, payload)
-
-    def _frame(self, fin: int, opcode: int, payload: bytes) -> None:
-        if opcode in (TEXT, BINARY):
-            if self.fragments:
-                self.fail(PROTOCOL_ERROR, "a new message started inside a fragmented one")
-                return
-            if fin:
-                self._message(payload)
-            else:
-                self.fragments, self.fragment_opcode = [payload], opcode
-        elif opcode == CONTINUATION:
-            if not self.fragments:
-                self.fail(PROTOCOL_ERROR, "continuation frame without a message")
-                return
-            self.fragments.append(payload)
-            if fin:
-                whole, self.fragments = b"".join(self.fragments), []
-                self._message(whole)
-        elif opcode == PING:
-            self._write(frame(PONG, payload))
-        elif opcode == PONG:
-            pass  # liveness is noted for every frame in data_received
-        elif opcode == CLOSE:
-            code = payload[:2] if len(payload) >= 2 else b""
-            self._write(frame(CLOSE, code))
-            self._close_transport()
+    def _pong(self, payload: bytes) -> None:
+        """Answer a ping; while the peer does not read, only the latest ping is remembered and answered
+        when it reads again (RFC 6455 §5.5.3 allows answering only the most recent), so a peer that
+        pings without reading cannot grow the write buffer."""
+        if self.paused:
+            self.pong_due = payload
         else:
-            self.fail(PROTOCOL_ERROR, f"unknown opcode {opcode}")
+            self._write(frame(PONG, payload))
 
     def _message(self, data: bytes) -> None:
         try:
@@ -300,7 +251,7 @@ class LeanWebSocket(asyncio.Protocol):
         bytes would reset it and lose our close frame, so shut our side and keep reading until the
         peer closes (bounded by a timer)."""
         log.info("closing websocket from %s: %s", self.ctx.remote, reason)
-        self._write(frame(CLOSE, struct.pack("!H", code) + reason.encode()[:100]))
+        self._write(close_frame(code, reason))
         self.closing = True
         transport = self.transport
         if transport is None:
@@ -315,7 +266,7 @@ class LeanWebSocket(asyncio.Protocol):
         """The server stops: send what is pending (held connects were answered by the broker), then close."""
         if self.flush_scheduled:
             self.flush()
-        self._write(frame(CLOSE, struct.pack("!H", GOING_AWAY) + b"server shutdown"))
+        self._write(close_frame(GOING_AWAY, "server shutdown"))
         self._close_transport()
 
     def _close_transport(self) -> None:
