@@ -60,7 +60,7 @@ class BrokerConfig:
     queue_full: str = field(default="disconnect", metadata=_doc(
         "when a session's queue is full: disconnect (the slow session must re-handshake) or drop-oldest"))
     max_message_size: int = field(default=256 * 1024, metadata=_doc(
-        "largest inbound HTTP body or websocket frame, in bytes"))
+        "largest inbound HTTP body or websocket message (all its frames), in bytes"))
     allow_anonymous: bool = field(default=False, metadata=_doc(
         "let clients handshake without credentials (development); they cannot use per-user channels"))
     users: str = field(default="", metadata=_secret(
