@@ -138,15 +138,16 @@ class FrameReader:
         return events
 
     def _read(self, data: bytes | bytearray, events: list[Event]) -> int:
-        """Read the whole frames at the start of `data` into `events`; how many bytes they took."""
+        """Read the whole frames at the start of `data` into `events`; how many bytes they took
+        (after a Close or a Failure the rest is not read and the count does not matter)."""
         at = 0
         available = len(data)
         while available - at >= 2:
             first, second = data[at], data[at + 1]
             if first & 0x70:
-                return self._fail(events, PROTOCOL_ERROR, "reserved bits set: no extension was negotiated")
+                return self._fail(events, Failure(PROTOCOL_ERROR, "reserved bits set: no extension was negotiated"))
             if not second & 0x80:
-                return self._fail(events, PROTOCOL_ERROR, "client frames must be masked")
+                return self._fail(events, Failure(PROTOCOL_ERROR, "client frames must be masked"))
             size = second & 0x7F
             head = at + 2
             if size == 126:
@@ -160,7 +161,7 @@ class FrameReader:
                     break
                 size = int.from_bytes(data[at + 2:head], "big")
                 if size >> 63:
-                    return self._fail(events, PROTOCOL_ERROR, "payload length with its most significant bit set")
+                    return self._fail(events, Failure(PROTOCOL_ERROR, "64-bit payload length with its top bit set"))
             opcode = first & 0x0F
             fin = first & 0x80
             # Everything that can be judged from the header is, before the payload is waited for;
@@ -168,9 +169,7 @@ class FrameReader:
             if first != 0x81 or self._message is not None or size > self.max_message_size:
                 problem = self._check_header(fin, opcode, size)
                 if problem is not None:
-                    events.append(problem)
-                    self._ended = True
-                    return at
+                    return self._fail(events, problem)
             end = head + 4 + size
             if available < end:
                 break
@@ -181,7 +180,7 @@ class FrameReader:
                     try:
                         payload.decode()
                     except UnicodeDecodeError:
-                        return self._fail(events, INVALID_DATA, "text message is not valid UTF-8")
+                        return self._fail(events, Failure(INVALID_DATA, "text message is not valid UTF-8"))
                 events.append(Message(TEXT, payload))
             elif opcode >= CLOSE:
                 if opcode == PING:
@@ -239,7 +238,7 @@ class FrameReader:
             try:
                 decoder.decode(payload, bool(fin))
             except UnicodeDecodeError:
-                self._fail(events, INVALID_DATA, "text message is not valid UTF-8")
+                self._fail(events, Failure(INVALID_DATA, "text message is not valid UTF-8"))
                 return False
         if fin:
             events.append(Message(self._message_opcode, bytes(self._message)))
@@ -262,10 +261,10 @@ class FrameReader:
             return Failure(INVALID_DATA, "close reason is not valid UTF-8")
         return Close(code, reason)
 
-    def _fail(self, events: list[Event], code: int, reason: str) -> int:
-        events.append(Failure(code, reason))
+    def _fail(self, events: list[Event], failure: Failure) -> int:
+        events.append(failure)
         self._ended = True
-        return 0  # the buffer is dropped: nothing after a failure is read
+        return 0  # nothing after a failure is read: receive_data drops the buffer
 
 
 # ------------------------------------------------------------------------------------------ writing
