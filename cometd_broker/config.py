@@ -60,7 +60,7 @@ class BrokerConfig:
     queue_full: str = field(default="disconnect", metadata=_doc(
         "when a session's queue is full: disconnect (the slow session must re-handshake) or drop-oldest"))
     max_message_size: int = field(default=256 * 1024, metadata=_doc(
-        "largest inbound HTTP body or websocket frame, in bytes"))
+        "largest inbound HTTP body or websocket message (all its frames), in bytes"))
     request_timeout: float = field(default=60.0, metadata=_doc(
         "seconds a client has to send a whole HTTP request (head and body) once it started; a slower one is "
         "answered 408 and closed (nginx's client_header_timeout and client_body_timeout are 60 s)"))

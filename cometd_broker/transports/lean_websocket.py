@@ -19,7 +19,6 @@ import asyncio
 import base64
 import hashlib
 import logging
-import struct
 import time
 from collections import deque
 from typing import Any, Protocol
@@ -29,6 +28,20 @@ from ..bayeux import BodyError, Message
 from ..broker import RequestContext
 from ..exchange import Answer, Exchange
 from .http import parse_json
+from .ws_frames import (
+    GOING_AWAY,
+    NORMAL,
+    PING,
+    PONG,
+    TEXT,
+    Close,
+    Failure,
+    FrameReader,
+    Ping,
+    close_frame,
+    frame,
+)
+from .ws_frames import Message as WebSocketMessage
 
 
 class WebSocketServer(Protocol):
@@ -40,10 +53,9 @@ class WebSocketServer(Protocol):
 
 log = logging.getLogger("cometd_broker.websocket")
 
+MAX_WAITING = 64  # batches received while one is handled, before the connection stops being read
+
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-TEXT, BINARY, CONTINUATION, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
-# Close codes (RFC 6455 7.4.1)
-GOING_AWAY, PROTOCOL_ERROR, INVALID_DATA, TOO_BIG = 1001, 1002, 1007, 1009
 CLOSE_TIMEOUT = 2.0  # seconds a peer gets to close after our protocol-error close frame
 PING_AFTER = 30.0  # seconds of silence before the sweep pings a connection (aiohttp's heartbeat was 30 s)
 
@@ -58,45 +70,25 @@ def upgrade_response(key: str) -> bytes:
             b"Sec-WebSocket-Accept: " + accept_key(key).encode("ascii") + b"\r\n\r\n")
 
 
-def frame(opcode: int, payload: bytes) -> bytes:
-    """One unmasked, unfragmented server frame."""
-    size = len(payload)
-    if size < 126:
-        head = struct.pack("!BB", 0x80 | opcode, size)
-    elif size < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 126, size)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 127, size)
-    return head + payload
-
-
-def unmask(payload: bytes, mask: bytes) -> bytes:
-    """XOR with the 4-byte mask, a whole machine word at a time."""
-    if not payload:
-        return payload
-    repeated = (mask * (len(payload) // 4 + 1))[:len(payload)]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(repeated, "little")).to_bytes(len(payload), "little")
-
-
 class LeanWebSocket(asyncio.Protocol):
     """One upgraded connection: a session's sink while its client is connected here."""
 
-    __slots__ = ("server", "transport", "ctx", "buffer", "fragments", "fragment_opcode", "batches",
-                 "busy", "pending", "flush_scheduled", "paused", "closing", "last_seen", "pinged")
+    __slots__ = ("server", "transport", "ctx", "reader", "pong_due", "batches", "busy", "pending",
+                 "flush_scheduled", "paused", "reading_paused", "closing", "last_seen", "pinged")
 
     def __init__(self, server: WebSocketServer, ctx: RequestContext) -> None:
         self.server = server
         self.transport: Any = None
         self.ctx = ctx
         ctx.sink = self
-        self.buffer = bytearray()
-        self.fragments: list[bytes] = []
-        self.fragment_opcode = 0
+        self.reader = FrameReader(server.max_size)
+        self.pong_due: bytes | None = None  # the latest ping not answered while the peer did not read
         self.batches: deque[list[Message]] = deque()  # received while a batch is being handled
         self.busy = False
         self.pending: list[bytes] = []  # answers not yet written (only while the transport is paused)
         self.flush_scheduled = False
         self.paused = False  # the transport's buffer is full: the peer does not read
+        self.reading_paused = False
         self.closing = False
         self.last_seen = time.monotonic()
         self.pinged = False
@@ -117,87 +109,47 @@ class LeanWebSocket(asyncio.Protocol):
     def pause_writing(self) -> None:
         """The peer does not read: stop reading it too, so what it sends cannot pile up answers."""
         self.paused = True
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self._flow()
 
     def resume_writing(self) -> None:
         self.paused = False
-        if self.transport is not None and not self.closing:
-            self.transport.resume_reading()
+        self._flow()
+        if self.pong_due is not None:
+            self._write(frame(PONG, self.pong_due))
+            self.pong_due = None
         self.wake()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return  # after our close frame: the peer's remaining bytes are read and dropped
-        self.buffer += data
         self.last_seen = time.monotonic()
         self.pinged = False
-        self._read_frames()
+        for event in self.reader.receive_data(data):
+            if self.closing:
+                return
+            kind = type(event)
+            if kind is WebSocketMessage:
+                self._message(event.payload)
+            elif kind is Ping:
+                self._pong(event.payload)
+            elif kind is Close:
+                # Echo the peer's code (RFC 6455 §5.5.1), 1000 when it gave none, and end the connection.
+                self._write(close_frame(NORMAL if event.code is None else event.code))
+                self._close_transport()
+            elif kind is Failure:
+                self.fail(event.code, event.reason)
+            # a Pong: liveness is noted for every read above
 
     # ------------------------------------------------------------------ frames in
 
-    def _read_frames(self) -> None:
-        buffer = self.buffer
-        limit = self.server.max_size
-        while not self.closing:
-            if len(buffer) < 2:
-                return
-            first, second = buffer[0], buffer[1]
-            fin, opcode = first & 0x80, first & 0x0F
-            if first & 0x70 or not second & 0x80:
-                self.fail(PROTOCOL_ERROR, "reserved bits set or client frame not masked")
-                return
-            size = second & 0x7F
-            at = 2
-            if size == 126:
-                if len(buffer) < 4:
-                    return
-                size = int.from_bytes(buffer[2:4], "big")
-                at = 4
-            elif size == 127:
-                if len(buffer) < 10:
-                    return
-                size = int.from_bytes(buffer[2:10], "big")
-                at = 10
-            if opcode >= 0x8 and (size > 125 or not fin):
-                self.fail(PROTOCOL_ERROR, "control frames are short and not fragmented")
-                return
-            if size + sum(map(len, self.fragments)) > limit:
-                self.fail(TOO_BIG, f"message larger than max_message_size ({limit} bytes)")
-                return
-            if len(buffer) < at + 4 + size:
-                return
-            payload = unmask(bytes(buffer[at + 4:at + 4 + size]), bytes(buffer[at:at + 4]))
-            del buffer[:at + 4 + size]
-            self._frame(fin, opcode, payload)
-
-    def _frame(self, fin: int, opcode: int, payload: bytes) -> None:
-        if opcode in (TEXT, BINARY):
-            if self.fragments:
-                self.fail(PROTOCOL_ERROR, "a new message started inside a fragmented one")
-                return
-            if fin:
-                self._message(payload)
-            else:
-                self.fragments, self.fragment_opcode = [payload], opcode
-        elif opcode == CONTINUATION:
-            if not self.fragments:
-                self.fail(PROTOCOL_ERROR, "continuation frame without a message")
-                return
-            self.fragments.append(payload)
-            if fin:
-                whole, self.fragments = b"".join(self.fragments), []
-                self._message(whole)
-        elif opcode == PING:
-            self._write(frame(PONG, payload))
-        elif opcode == PONG:
-            pass  # liveness is noted for every frame in data_received
-        elif opcode == CLOSE:
-            code = payload[:2] if len(payload) >= 2 else b""
-            self._write(frame(CLOSE, code))
-            self._close_transport()
+    def _pong(self, payload: bytes) -> None:
+        """Answer a ping; while the peer does not read, only the latest ping is remembered and answered
+        when it reads again (RFC 6455 §5.5.3 allows answering only the most recent), so a peer that
+        pings without reading cannot grow the write buffer."""
+        if self.paused:
+            self.pong_due = payload
         else:
-            self.fail(PROTOCOL_ERROR, f"unknown opcode {opcode}")
+            self._write(frame(PONG, payload))
 
     def _message(self, data: bytes) -> None:
         try:
@@ -209,8 +161,20 @@ class LeanWebSocket(asyncio.Protocol):
             return
         if self.busy:
             self.batches.append(messages)  # answered in order, after the batch being handled
+            self._flow()
             return
         self._handle(messages)
+
+    def _flow(self) -> None:
+        """Read only while what is read can be answered: not while the peer leaves our frames unread,
+        nor while MAX_WAITING batches already wait for the one being handled."""
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        pause = self.paused or len(self.batches) >= MAX_WAITING
+        if pause != self.reading_paused:
+            self.reading_paused = pause
+            (transport.pause_reading if pause else transport.resume_reading)()
 
     # ------------------------------------------------------------------ batches
 
@@ -224,6 +188,7 @@ class LeanWebSocket(asyncio.Protocol):
         self.busy = False
         while self.batches and not self.busy and self.transport is not None:
             self._handle(self.batches.popleft())
+        self._flow()
 
     # ------------------------------------------------------------------ Responder and Sink (exchange.py)
 
@@ -279,7 +244,7 @@ class LeanWebSocket(asyncio.Protocol):
         bytes would reset it and lose our close frame, so shut our side and keep reading until the
         peer closes (bounded by a timer)."""
         log.info("closing websocket from %s: %s", self.ctx.remote, reason)
-        self._write(frame(CLOSE, struct.pack("!H", code) + reason.encode()[:100]))
+        self._write(close_frame(code, reason))
         self.closing = True
         transport = self.transport
         if transport is None:
@@ -294,7 +259,7 @@ class LeanWebSocket(asyncio.Protocol):
         """The server stops: send what is pending (held connects were answered by the broker), then close."""
         if self.flush_scheduled:
             self.flush()
-        self._write(frame(CLOSE, struct.pack("!H", GOING_AWAY) + b"server shutdown"))
+        self._write(close_frame(GOING_AWAY, "server shutdown"))
         self._close_transport()
 
     def _close_transport(self) -> None:
