@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Iterable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -116,8 +115,10 @@ class LeanHttp:
         """Whether a POST to this request target is a Bayeux long-poll (cached: a client uses few paths)."""
         known = self._known_paths.get(target)
         if known is None:
-            path = unquote(target.split(b"?", 1)[0].decode("latin-1"))
-            known = self.long_polling and any(path == p or path.startswith(p + "/") for p in self.prefixes)
+            path = target.split(b"?", 1)[0].decode("latin-1")
+            # Percent-encoded paths go to aiohttp's router, which decodes them its own way (not %2F).
+            known = (self.long_polling and "%" not in path
+                     and any(path == p or path.startswith(p + "/") for p in self.prefixes))
             if len(self._known_paths) < 1024:  # bounded: paths are client-chosen
                 self._known_paths[target] = known
         return known
