@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Iterable
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import unquote
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -36,9 +35,9 @@ from ..private_port import FORWARDED_BY
 from .browser import BrowserPolicy, browser_id_of
 from .http import parse_long_poll_body
 from .lean_websocket import LeanWebSocket, upgrade_response
+from .wire import MAX_HEAD, HeadReader, MalformedHead, RequestHead, UnsupportedHead, parse_head
 
 _FORWARDED_BY_KEY = FORWARDED_BY.lower()
-MAX_HEAD = 16 * 1024  # request line and headers; aiohttp's own limits are of the same order
 KEEPALIVE_TIMEOUT = 75.0  # seconds an idle keep-alive connection is kept (aiohttp's default)
 log = logging.getLogger(__name__)
 _REASONS = {200: b"OK", 400: b"Bad Request", 402: b"Payment Required", 408: b"Request Timeout",
@@ -99,8 +98,10 @@ class LeanHttp:
         """Whether a POST to this request target is a Bayeux long-poll (cached: a client uses few paths)."""
         known = self._known_paths.get(target)
         if known is None:
-            path = unquote(target.split(b"?", 1)[0].decode("latin-1"))
-            known = self.long_polling and any(path == p or path.startswith(p + "/") for p in self.prefixes)
+            path = target.split(b"?", 1)[0].decode("latin-1")
+            # Percent-encoded paths go to aiohttp's router, which decodes them its own way (not %2F).
+            known = (self.long_polling and "%" not in path
+                     and any(path == p or path.startswith(p + "/") for p in self.prefixes))
             if len(self._known_paths) < 1024:  # bounded: paths are client-chosen
                 self._known_paths[target] = known
         return known
@@ -146,8 +147,8 @@ class _Head:
 
     def __init__(self, raw: bytes, headers: list[tuple[str, str]], length: int, keep_alive: bool, form: bool,
                  ctx: RequestContext | None, target: str = "") -> None:
-        self.raw = raw
-        self.body_at = len(raw) + 4  # after the blank line
+        self.raw = raw  # through the blank line
+        self.body_at = len(raw)
         self.headers = headers
         self.length = length
         self.keep_alive = keep_alive
@@ -160,7 +161,8 @@ class LeanHttpConnection(asyncio.Protocol):
     """One client connection, served by the lean path until it must be handed to aiohttp."""
 
     __slots__ = ("server", "transport", "buffer", "busy", "started", "last_active", "remote", "_head",
-                 "_close_after", "_reading_paused", "_writing_paused", "_pumping", "_last_head", "_forwarding")
+                 "_close_after", "_reading_paused", "_writing_paused", "_pumping", "_last_head", "_forwarding",
+                 "_reader")
 
     def __init__(self, server: LeanHttp) -> None:
         self.server = server
@@ -179,6 +181,7 @@ class LeanHttpConnection(asyncio.Protocol):
         # parse, with its request context, is reused when the bytes are equal.
         self._last_head: _Head | None = None
         self._forwarding: asyncio.Task[None] | None = None  # relaying a request to its session's owner
+        self._reader = HeadReader()  # where each head ends; refuses a malformed one before it is whole
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -274,25 +277,31 @@ class LeanHttpConnection(asyncio.Protocol):
         self._flow()
 
     def _next_request(self) -> None:
-        """Serve the buffered request if it is whole and ours; hand the connection over if it is not ours."""
+        """Serve the buffered request if it is whole and ours; hand the connection over if it is not ours,
+        refuse it if its head is malformed."""
         buffer = self.buffer
         if not buffer:
             return
         head = self._head
         if head is None:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buffer) > MAX_HEAD:
-                    self._hand_over()  # aiohttp answers an oversized head with its own 4xx
-                return
-            raw_head = bytes(buffer[:end])
-            head = self._last_head
-            if head is None or raw_head != head.raw:
-                head = self._parse_head(raw_head)
-                if head is None:
-                    self._hand_over()
+            try:
+                size = self._reader.find(buffer)
+                if size < 0:
                     return
-                self._last_head = head if head.ctx is not None else None
+                raw_head = bytes(buffer[:size])
+                head = self._last_head
+                if head is None or raw_head != head.raw:  # a long-poll repeats its head: parsed once
+                    head = self._parse_head(raw_head)
+                    if head is None:
+                        self._hand_over()
+                        return
+                    self._last_head = head if head.ctx is not None else None
+            except MalformedHead as exc:
+                self._refuse(str(exc))
+                return
+            except UnsupportedHead:
+                self._hand_over()  # aiohttp reads it with its own limits, and answers its own 4xx
+                return
             self._head = head
         if head.ctx is None:
             self._head = None
@@ -311,69 +320,50 @@ class LeanHttpConnection(asyncio.Protocol):
 
     def _parse_head(self, raw_head: bytes) -> _Head | None:
         """The request head if it is a plain Bayeux long-poll POST (or, with no context, a websocket
-        upgrade we accept); None to leave it to aiohttp."""
-        lines = raw_head.split(b"\r\n")
-        parts = lines[0].split(b" ")
-        if len(parts) != 3 or not self.server.serves(parts[1]):
+        upgrade we accept); None to leave it to aiohttp. Raises MalformedHead (wire.py)."""
+        parsed = parse_head(raw_head)
+        server = self.server
+        if parsed.version not in ("1.1", "1.0") or not server.serves(parsed.target.encode("latin-1")):
             return None
-        method, version = parts[0], parts[2]
-        if method == b"GET" and self.server.websocket and version == b"HTTP/1.1":
-            return self._upgrade_head(raw_head, lines)
-        if method != b"POST" or not self.server.long_polling:
-            return None
-        if version == b"HTTP/1.1":
-            keep_alive = True
-        elif version == b"HTTP/1.0":
-            keep_alive = False
-        else:
-            return None
-        length = -1
-        content_type = b""
-        headers: list[tuple[str, str]] = []
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not name or name != name.strip():
-                return None  # malformed, or whitespace before the colon: aiohttp rejects it
-            value = value.strip()
-            lower = name.lower()
-            if lower == b"content-length":
-                if length >= 0 or not value.isdigit():
-                    return None
-                length = int(value)
-            elif lower in (b"transfer-encoding", b"expect", b"upgrade"):
-                return None
-            elif lower == b"content-type":
-                content_type = value
-            elif lower == b"connection":
-                tokens = value.lower()
-                if b"close" in tokens:
-                    keep_alive = False
-                elif b"keep-alive" in tokens:
-                    keep_alive = True
-            headers.append((name.decode("latin-1"), value.decode("latin-1")))
-        if length < 0 or length > self.server.max_size:
+        if parsed.method == "GET" and server.websocket and parsed.version == "1.1":
+            return self._upgrade_head(raw_head, parsed)
+        length = parsed.content_length
+        if (parsed.method != "POST" or not server.long_polling or parsed.chunked or parsed.upgrade
+                or length is None or length > server.max_size):
             return None  # no length, or too large: aiohttp answers (411/413) as everywhere else
-        if self.server.forwarded_only and not any(n.lower() == _FORWARDED_BY_KEY for n, _ in headers):
+        names = parsed.names
+        if "expect" in names or "upgrade" in names:
+            return None  # 100-continue, or an upgrade offer: aiohttp's to answer
+        if server.forwarded_only and _FORWARDED_BY_KEY not in names:
             return None  # the private port refuses what another broker process did not forward
-        form = content_type.split(b";", 1)[0].strip().lower() == b"application/x-www-form-urlencoded"
-        return _Head(raw_head, headers, length, keep_alive, form, self._context("long-polling", headers),
-                     parts[1].decode("latin-1"))
+        content_type = parsed.get("content-type") or ""
+        form = content_type.split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded"
+        headers = parsed.headers
+        return _Head(raw_head, headers, length, parsed.keep_alive, form, self._context("long-polling", headers),
+                     parsed.target)
 
-    def _upgrade_head(self, raw_head: bytes, lines: list[bytes]) -> _Head | None:
+    def _upgrade_head(self, raw_head: bytes, parsed: RequestHead) -> _Head | None:
         """A valid RFC 6455 upgrade with no body; anything doubtful goes to aiohttp, which says what is wrong."""
-        headers: list[tuple[str, str]] = []
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not name or name != name.strip():
-                return None
-            headers.append((name.decode("latin-1"), value.strip().decode("latin-1")))
-        found = CIMultiDict(headers)
-        key = found.get("Sec-WebSocket-Key", "")
-        if ("websocket" not in found.get("Upgrade", "").lower() or "upgrade" not in found.get("Connection", "").lower()
-                or found.get("Sec-WebSocket-Version") != "13" or "Content-Length" in found
-                or "Transfer-Encoding" in found or not _valid_key(key)):
+        if (not parsed.upgrade or parsed.content_length is not None or parsed.chunked
+                or (parsed.get("upgrade") or "").lower() != "websocket"
+                or parsed.get("sec-websocket-version") != "13"
+                or not _valid_key(parsed.get("sec-websocket-key") or "")):
             return None
-        return _Head(raw_head, headers, 0, True, False, None)
+        return _Head(raw_head, parsed.headers, 0, True, False, None)
+
+    def _refuse(self, reason: str) -> None:
+        """Answer a malformed head with 400 and close: where its body would end, and so where a next
+        request would start, is not known (RFC 9112 section 11.2)."""
+        log.debug("refused a malformed request head from %s: %s", self.remote, reason)
+        transport, self.transport = self.transport, None
+        if transport is None:
+            return
+        self.server.connections.discard(self)
+        self.buffer = bytearray()
+        body = b"Bad Request: " + reason.encode("ascii", "replace") + b"\n"
+        transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        transport.close()
 
     def _serve(self, head: _Head, body: bytes) -> None:
         server = self.server
