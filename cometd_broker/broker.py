@@ -369,7 +369,8 @@ class Broker:
         """`handle` without a coroutine, for a batch that never waits: only connects, unsubscribes
         and disconnects (a long-poll's usual request). None for any other batch: use `handle`."""
         for message in messages:
-            if message.get("channel") not in _AT_ONCE:
+            channel = message.get("channel")
+            if not isinstance(channel, str) or channel not in _AT_ONCE:  # a list or object is unhashable
                 return None
         result = HandleResult([])
         alone = len(messages) == 1
