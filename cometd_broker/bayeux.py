@@ -72,12 +72,15 @@ def new_client_id() -> str:
     return secrets.token_hex(20)
 
 
-def decode_body(parsed: Any) -> list[Message]:
+def decode_body(parsed: Any, max_batch: int | None = None) -> list[Message]:
     """Turn a parsed JSON body (array or single object) into a list of messages.
 
     An empty array is valid and yields no messages (Faye clients send `[]` as a
     keep-alive). Elements that are not objects make the whole body invalid,
-    because a reply cannot be correlated with them.
+    because a reply cannot be correlated with them. A body of more than
+    `max_batch` messages is refused as a whole, before any of it is looked at:
+    every message earns a reply, so a body of tiny messages would otherwise
+    earn a reply many times its size.
     """
     if isinstance(parsed, dict):
         return [parsed]
@@ -85,12 +88,20 @@ def decode_body(parsed: Any) -> list[Message]:
         raise BodyError(
             error(400, f"body must be a JSON array of messages or one message object, got {_json_type(parsed)}")
         )
+    check_batch_size(len(parsed), max_batch)
     for index, item in enumerate(parsed):
         if not isinstance(item, dict):
             raise BodyError(
                 error(400, f"message {index} must be a JSON object, got {_json_type(item)}")
             )
     return parsed
+
+
+def check_batch_size(count: int, max_batch: int | None) -> None:
+    """Raise the BodyError of a request carrying more than `max_batch` messages (None: no limit)."""
+    if max_batch is not None and count > max_batch:
+        raise BodyError(error(400, f"too_many_messages (this request carries {count} messages; "
+                                   f"max_batch is {max_batch}: send them in smaller batches)"))
 
 
 def _json_type(value: Any) -> str:

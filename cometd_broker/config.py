@@ -61,6 +61,9 @@ class BrokerConfig:
         "when a session's queue is full: disconnect (the slow session must re-handshake) or drop-oldest"))
     max_message_size: int = field(default=256 * 1024, metadata=_doc(
         "largest inbound HTTP body or websocket frame, in bytes"))
+    max_batch: int = field(default=1000, metadata=_doc(
+        "messages per HTTP request or websocket frame; a larger batch is refused whole (every message earns a "
+        "reply, so a body of tiny messages would earn a reply many times its size)"))
     allow_anonymous: bool = field(default=False, metadata=_doc(
         "let clients handshake without credentials (development); they cannot use per-user channels"))
     users: str = field(default="", metadata=_secret(
@@ -116,7 +119,8 @@ class BrokerConfig:
         for name in ("timeout", "interval", "max_interval", "multi_session_interval"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        for name in ("max_queue", "max_queue_bytes", "max_message_size", "max_sessions_per_browser"):
+        for name in ("max_queue", "max_queue_bytes", "max_message_size", "max_batch",
+                     "max_sessions_per_browser"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.duplicate_connect_status < 400 or self.duplicate_connect_status > 599:

@@ -112,6 +112,23 @@ class TestDecodeBody:
             decode_body([{"channel": "/a"}, element, {"channel": "/b"}])
         assert caught.value.error == f"400::message 1 must be a JSON object, got {kind}"
 
+    def test_a_batch_up_to_max_batch_passes(self):
+        body = [{"channel": "/a"}] * 3
+        assert decode_body(body, 3) == body
+        assert decode_body({"channel": "/a"}, 1) == [{"channel": "/a"}]
+
+    def test_a_batch_over_max_batch_is_refused_whole(self):
+        with pytest.raises(BodyError) as caught:
+            decode_body([{}] * 4, 3)
+        assert caught.value.error == ("400::too_many_messages (this request carries 4 messages; max_batch is 3: "
+                                      "send them in smaller batches)")
+        assert caught.value.http_status == 400
+
+    def test_the_batch_size_is_checked_before_the_elements(self):
+        # Refused at once, without looking at (or naming) each of the many elements.
+        with pytest.raises(BodyError, match="too_many_messages"):
+            decode_body([7] * 10, 3)
+
     def test_first_bad_element_is_reported(self):
         with pytest.raises(BodyError) as caught:
             decode_body([{"channel": "/a"}, {"channel": "/b"}, 7, "x"])

@@ -197,7 +197,7 @@ class LeanWebSocket(asyncio.Protocol):
 
     def _message(self, data: bytes) -> None:
         try:
-            messages = parse_json(data)
+            messages = parse_json(data, self.server.max_batch)
         except BodyError as exc:
             self._send([orjson.dumps(m) for m in bayeux.body_error_reply(exc.error)])
             return

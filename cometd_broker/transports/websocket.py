@@ -64,7 +64,7 @@ class WebSocketConnection:
                 if frame.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     continue
                 try:
-                    messages = parse_json(frame.data)
+                    messages = parse_json(frame.data, self.broker.config.max_batch)
                 except BodyError as exc:
                     self._send([orjson.dumps(m) for m in bayeux.body_error_reply(exc.error)])
                     continue
