@@ -64,6 +64,9 @@ class BrokerConfig:
     max_batch: int = field(default=1000, metadata=_doc(
         "messages per HTTP request or websocket frame; a larger batch is refused whole (every message earns a "
         "reply, so a body of tiny messages would earn a reply many times its size)"))
+    max_subscriptions: int = field(default=1000, metadata=_doc(
+        "channels and patterns one session may subscribe to (an agent desktop needs tens); a subscribe past it "
+        "is refused whole"))
     allow_anonymous: bool = field(default=False, metadata=_doc(
         "let clients handshake without credentials (development); they cannot use per-user channels"))
     users: str = field(default="", metadata=_secret(
@@ -119,7 +122,7 @@ class BrokerConfig:
         for name in ("timeout", "interval", "max_interval", "multi_session_interval"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        for name in ("max_queue", "max_queue_bytes", "max_message_size", "max_batch",
+        for name in ("max_queue", "max_queue_bytes", "max_message_size", "max_batch", "max_subscriptions",
                      "max_sessions_per_browser"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")

@@ -142,6 +142,14 @@ class TestConfigCommand:
         assert shown["options"]["broker"]["max-batch"]["value"] == 200
         assert json.loads(run_clean("config", "--json").stdout)["options"]["broker"]["max-batch"]["value"] == 1000
 
+    def test_subscription_limit_from_file_and_default(self, tmp_path):
+        path = write_config(tmp_path, '[broker]\nmax-subscriptions = 50\n')
+        shown = json.loads(run_clean("config", "--json", "--config", path).stdout)
+        assert shown["options"]["broker"]["max-subscriptions"] == {"value": 50, "source": "file",
+                                                                   "env": "COMETD_BROKER_MAX_SUBSCRIPTIONS"}
+        defaults = json.loads(run_clean("config", "--json").stdout)["options"]["broker"]
+        assert defaults["max-subscriptions"]["value"] == 1000
+
     def test_config_file_from_the_environment(self, tmp_path):
         path = write_config(tmp_path, '[broker]\nmount = "/from-file"\n')
         shown = config_json(env={"COMETD_BROKER_CONFIG": path})

@@ -94,3 +94,46 @@ async def test_a_body_of_tiny_messages_gets_one_small_error_by_default(make_clie
         await handshake(conn)
     finally:
         await conn.close()
+
+
+# --------------------------------------------------------------------------- max_subscriptions
+
+
+def over_the_limit(held: int, added: int, limit: int) -> str:
+    return (f"403::subscription_limit (this session holds {held} subscriptions and this subscribe adds {added}; "
+            f"max_subscriptions is {limit}: unsubscribe first)")
+
+
+async def test_a_subscribe_past_max_subscriptions_is_refused_whole(make_client, transport):
+    client = await make_client(max_subscriptions=3, **ANON)
+    conn = await open_connection(client, transport)
+    try:
+        client_id = await handshake(conn)
+        session = broker_of(client).session(client_id)
+
+        async def subscribe(subscription: str | list[str]) -> dict:
+            _, [reply] = await conn.exchange([{"channel": "/meta/subscribe", "clientId": client_id,
+                                               "subscription": subscription, "id": "s"}])
+            return reply
+
+        assert (await subscribe(["/a", "/b"]))["successful"] is True
+        reply = await subscribe(["/c", "/d"])  # would make 4: none of it is applied
+        assert reply["successful"] is False and reply["error"] == over_the_limit(2, 2, 3)
+        assert reply["subscription"] == ["/c", "/d"]
+        assert session.subscriptions == {"/a", "/b"}
+        # What the session already holds and /service channels (request/response, nothing recorded)
+        # do not count.
+        assert (await subscribe(["/a", "/c", "/c", "/service/echo"]))["successful"] is True
+        assert session.subscriptions == {"/a", "/b", "/c"}
+        reply = await subscribe("/d/**")
+        assert reply["error"] == over_the_limit(3, 1, 3)
+        _, [reply] = await conn.exchange([{"channel": "/meta/unsubscribe", "clientId": client_id,
+                                           "subscription": "/a", "id": "u"}])
+        assert reply["successful"] is True
+        assert (await subscribe("/d/**"))["successful"] is True  # room again after an unsubscribe
+        assert session.subscriptions == {"/b", "/c", "/d/**"}
+        _, [reply] = await conn.exchange([{"channel": "/d/x", "clientId": client_id, "data": "hi", "id": "p"}])
+        assert reply["successful"] is True
+        assert len(session.queue) == 1  # the new subscription works: the event waits for the next connect
+    finally:
+        await conn.close()
