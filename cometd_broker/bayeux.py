@@ -30,6 +30,10 @@ META_CHANNELS = frozenset({HANDSHAKE, CONNECT, SUBSCRIBE, UNSUBSCRIBE, DISCONNEC
 # no request channel is known (CometD's clients treat it as a failure).
 UNSUCCESSFUL = "/meta/unsuccessful"
 
+# The replay extension's special event ids (extensions/replay.py): new events only, everything retained.
+REPLAY_NEW_ONLY = -1
+REPLAY_ALL_RETAINED = -2
+
 RETRY = "retry"
 HANDSHAKE_ADVICE = "handshake"
 NONE = "none"
@@ -68,12 +72,15 @@ def new_client_id() -> str:
     return secrets.token_hex(20)
 
 
-def decode_body(parsed: Any) -> list[Message]:
+def decode_body(parsed: Any, max_batch: int | None = None) -> list[Message]:
     """Turn a parsed JSON body (array or single object) into a list of messages.
 
     An empty array is valid and yields no messages (Faye clients send `[]` as a
     keep-alive). Elements that are not objects make the whole body invalid,
-    because a reply cannot be correlated with them.
+    because a reply cannot be correlated with them. A body of more than
+    `max_batch` messages is refused as a whole, before any of it is looked at:
+    every message earns a reply, so a body of tiny messages would otherwise
+    earn a reply many times its size.
     """
     if isinstance(parsed, dict):
         return [parsed]
@@ -81,12 +88,20 @@ def decode_body(parsed: Any) -> list[Message]:
         raise BodyError(
             error(400, f"body must be a JSON array of messages or one message object, got {_json_type(parsed)}")
         )
+    check_batch_size(len(parsed), max_batch)
     for index, item in enumerate(parsed):
         if not isinstance(item, dict):
             raise BodyError(
                 error(400, f"message {index} must be a JSON object, got {_json_type(item)}")
             )
     return parsed
+
+
+def check_batch_size(count: int, max_batch: int | None) -> None:
+    """Raise the BodyError of a request carrying more than `max_batch` messages (None: no limit)."""
+    if max_batch is not None and count > max_batch:
+        raise BodyError(error(400, f"too_many_messages (this request carries {count} messages; "
+                                   f"max_batch is {max_batch}: send them in smaller batches)"))
 
 
 def _json_type(value: Any) -> str:
@@ -103,21 +118,36 @@ def _json_type(value: Any) -> str:
     return "object"
 
 
+def _wrong_type(name: str, expected: str, value: Any) -> str:
+    """The error of a field present with the wrong JSON type (null included: present is not absent)."""
+    return error(400, f"{name} must be {expected}, got {_json_type(value)}")
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def validate_message(message: Message) -> str | None:
-    """Check the fields the spec requires of a request; return an error string or None."""
-    channel = message.get("channel")
-    if channel is None:
+    """Check a request: the fields the spec requires, and the JSON type of every field the broker
+    reads; return an error string or None.
+
+    A required field that is absent keeps the CometD reference server's token (`channel_missing`,
+    `clientId_missing` ...); a field present with the wrong JSON type, null included, gets
+    `400::<field> must be <type>, got <type>`, so the client's log says which field is wrong.
+    Once this returns None, every field the broker reads has the type it expects.
+    """
+    if "channel" not in message:
         return CHANNEL_MISSING
+    channel = message["channel"]
     if not isinstance(channel, str):
-        return error(400, "channel must be a string")
-    message_id = message.get("id")
-    if message_id is not None and (not isinstance(message_id, (str, int)) or isinstance(message_id, bool)):
-        return error(405, "message_id_invalid")
-    ext = message.get("ext")
-    if ext is not None and not isinstance(ext, dict):
-        return error(400, "ext must be an object")
+        return _wrong_type("channel", "a string", channel)
+    problem = _common_fields_error(message)
+    if problem is not None:
+        return problem
     if is_meta(channel):
         return _validate_meta(channel, message)
+    if "clientId" in message and not isinstance(message["clientId"], str):
+        return _wrong_type("clientId", "a string", message["clientId"])
     bad = channel_error(channel)
     if bad is not None:
         return error(405, f"channel_invalid ({bad})", channel)
@@ -125,34 +155,99 @@ def validate_message(message: Message) -> str | None:
         return error(405, "channel_invalid (cannot publish to a wildcard channel)", channel)
     if "data" not in message:
         return error(400, "data_missing (a publish must carry data)", channel)
-    client_id = message.get("clientId")
-    if client_id is not None and not isinstance(client_id, str):
-        return error(400, "clientId must be a string")
+    return None
+
+
+def _common_fields_error(message: Message) -> str | None:
+    """`id`, `ext` and `advice`, which any message may carry."""
+    if "id" in message:
+        message_id = message["id"]
+        if not isinstance(message_id, str) and not _is_integer(message_id):
+            # The CometD reference server's token, with the reason.
+            return error(400, f"message_id_invalid (id must be a string or an integer, got {_json_type(message_id)})")
+    if "ext" in message and not isinstance(message["ext"], dict):
+        return _wrong_type("ext", "an object", message["ext"])
+    if "advice" in message:
+        advice_ = message["advice"]
+        if not isinstance(advice_, dict):
+            return _wrong_type("advice", "an object", advice_)
+        if "timeout" in advice_:
+            timeout = advice_["timeout"]
+            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+                return _wrong_type("advice.timeout", "a number of milliseconds", timeout)
+            if timeout < 0:
+                return error(400, "advice.timeout must be >= 0 milliseconds")
     return None
 
 
 def _validate_meta(channel: str, message: Message) -> str | None:
     if channel not in META_CHANNELS:
         return error(405, "channel_invalid (unknown meta channel)", channel)
+    ext = message.get("ext") or {}
     if channel == HANDSHAKE:
-        if "version" not in message:
-            return error(400, "version_missing")
-        types = message.get("supportedConnectionTypes")
-        if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types):
-            return error(400, "supportedConnectionTypes must be a non-empty array of strings")
-        return None
-    client_id = message.get("clientId")
-    if not isinstance(client_id, str) or not client_id:
+        return _validate_handshake(message, ext)
+    if "clientId" not in message or message["clientId"] == "":
         return error(401, "clientId_missing")
+    if not isinstance(message["clientId"], str):
+        return _wrong_type("clientId", "a string", message["clientId"])
     if channel == CONNECT:
-        if not isinstance(message.get("connectionType"), str):
+        if "connectionType" not in message:
             return error(400, "connectionType_missing")
-        advice = message.get("advice")
-        if advice is not None and not isinstance(advice, dict):
-            return error(400, "advice must be an object")
-    elif channel in (SUBSCRIBE, UNSUBSCRIBE) and subscriptions_of(message) is None:
-        return error(403, "subscription_missing")
+        if not isinstance(message["connectionType"], str):
+            return _wrong_type("connectionType", "a string", message["connectionType"])
+        if "ack" in ext and not _is_integer(ext["ack"]):
+            # CometD's AckExtension sends the number of the last batch it received.
+            return _wrong_type("ext.ack", "an integer (the last batch received) on a /meta/connect", ext["ack"])
+    elif channel in (SUBSCRIBE, UNSUBSCRIBE):
+        problem = _subscription_field_error(message)
+        if problem is not None:
+            return problem
+        if channel == SUBSCRIBE and "replay" in ext:
+            return _replay_map_error(ext["replay"], "an object of channel: event id")
     return None
+
+
+def _validate_handshake(message: Message, ext: dict[str, Any]) -> str | None:
+    # The handshake's clientId is not read (a new one is issued), so it is not checked.
+    if "version" not in message:
+        return error(400, "version_missing")
+    for name in ("version", "minimumVersion"):
+        if name in message and not isinstance(message[name], str):
+            return _wrong_type(name, "a string", message[name])
+    types = message.get("supportedConnectionTypes")
+    if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types):
+        return error(400, "supportedConnectionTypes must be a non-empty array of strings")
+    if "ack" in ext and not isinstance(ext["ack"], bool):
+        return _wrong_type("ext.ack", "true or false on a /meta/handshake", ext["ack"])
+    if "replay" in ext and not isinstance(ext["replay"], bool):
+        return _replay_map_error(ext["replay"], "true, false or an object of channel: event id")
+    return None
+
+
+def _replay_map_error(value: Any, expected: str) -> str | None:
+    """Why an `ext.replay` channel map is malformed (see extensions/replay.py), or None."""
+    if not isinstance(value, dict):
+        return _wrong_type("ext.replay", expected, value)
+    for channel, event_id in value.items():
+        if not _is_integer(event_id) or event_id < REPLAY_ALL_RETAINED:
+            got = str(event_id) if _is_integer(event_id) else _json_type(event_id)
+            return error(400, f"ext.replay of a channel must be an event id, {REPLAY_NEW_ONLY} (new events only) "
+                              f"or {REPLAY_ALL_RETAINED} (all retained), got {got}", channel)
+    return None
+
+
+def _subscription_field_error(message: Message) -> str | None:
+    """`subscription`: absent or an empty array is CometD's `subscription_missing`."""
+    if "subscription" not in message or message["subscription"] == []:
+        return error(403, "subscription_missing")
+    subscription = message["subscription"]
+    if subscriptions_of(message) is not None:
+        return None
+    expected = "a channel name or an array of channel names"
+    if isinstance(subscription, list):
+        odd = next(s for s in subscription if not isinstance(s, str))
+        return error(400, f"subscription must be {expected}, got an array holding {_json_type(odd)}")
+    return _wrong_type("subscription", expected, subscription)
 
 
 def subscriptions_of(message: Message) -> list[str] | None:

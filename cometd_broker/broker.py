@@ -353,7 +353,7 @@ class Broker:
         and disconnects (a long-poll's usual request). None for any other batch: use `handle`."""
         for message in messages:
             channel = message.get("channel")
-            if not isinstance(channel, str) or channel not in _AT_ONCE:
+            if not isinstance(channel, str) or channel not in _AT_ONCE:  # a list or object is unhashable
                 return None
         result = HandleResult([])
         alone = len(messages) == 1
@@ -541,6 +541,9 @@ class Broker:
                     problem = bayeux.error(403, f"subscribe_denied ({denied})", session.client_id, name)
             if problem is not None:
                 return bayeux.error_reply(message, problem)
+        problem = self._subscription_limit_error(session, names)
+        if problem is not None:
+            return bayeux.error_reply(message, problem)
         wanted = {**session.replay_from, **replay.replay_map(message)}
         replay_report: dict[str, Any] = {}
         for name in names:
@@ -560,6 +563,17 @@ class Broker:
         if replay_report:
             reply["ext"] = {"replay": _replay_summary(replay_report)}
         return reply
+
+    def _subscription_limit_error(self, session: ServerSession, names: list[str]) -> str | None:
+        """The error of a subscribe that would take the session past max_subscriptions (checked before
+        anything is applied: a subscribe naming several channels is all or nothing), else None."""
+        held = len(session.subscriptions)
+        added = len({n for n in names if not is_service(n) and n not in session.subscriptions})
+        limit = self.config.max_subscriptions
+        if held + added <= limit:
+            return None
+        return bayeux.error(403, f"subscription_limit (this session holds {held} subscriptions and this subscribe "
+                                 f"adds {added}; max_subscriptions is {limit}: unsubscribe first)")
 
     def stream_of(self, session: ServerSession, channel: str) -> str:
         """The event-log stream a session's subscription to `channel` reads."""

@@ -64,6 +64,12 @@ class BrokerConfig:
     request_timeout: float = field(default=60.0, metadata=_doc(
         "seconds a client has to send a whole HTTP request (head and body) once it started; a slower one is "
         "answered 408 and closed (nginx's client_header_timeout and client_body_timeout are 60 s)"))
+    max_batch: int = field(default=1000, metadata=_doc(
+        "messages per HTTP request or websocket frame; a larger batch is refused whole (every message earns a "
+        "reply, so a body of tiny messages would earn a reply many times its size)"))
+    max_subscriptions: int = field(default=1000, metadata=_doc(
+        "channels and patterns one session may subscribe to (an agent desktop needs tens); a subscribe past it "
+        "is refused whole"))
     allow_anonymous: bool = field(default=False, metadata=_doc(
         "let clients handshake without credentials (development); they cannot use per-user channels"))
     users: str = field(default="", metadata=_secret(
@@ -119,7 +125,8 @@ class BrokerConfig:
         for name in ("timeout", "interval", "max_interval", "multi_session_interval"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        for name in ("max_queue", "max_queue_bytes", "max_message_size", "max_sessions_per_browser"):
+        for name in ("max_queue", "max_queue_bytes", "max_message_size", "max_batch", "max_subscriptions",
+                     "max_sessions_per_browser"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.duplicate_connect_status < 400 or self.duplicate_connect_status > 599:

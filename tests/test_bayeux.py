@@ -112,6 +112,23 @@ class TestDecodeBody:
             decode_body([{"channel": "/a"}, element, {"channel": "/b"}])
         assert caught.value.error == f"400::message 1 must be a JSON object, got {kind}"
 
+    def test_a_batch_up_to_max_batch_passes(self):
+        body = [{"channel": "/a"}] * 3
+        assert decode_body(body, 3) == body
+        assert decode_body({"channel": "/a"}, 1) == [{"channel": "/a"}]
+
+    def test_a_batch_over_max_batch_is_refused_whole(self):
+        with pytest.raises(BodyError) as caught:
+            decode_body([{}] * 4, 3)
+        assert caught.value.error == ("400::too_many_messages (this request carries 4 messages; max_batch is 3: "
+                                      "send them in smaller batches)")
+        assert caught.value.http_status == 400
+
+    def test_the_batch_size_is_checked_before_the_elements(self):
+        # Refused at once, without looking at (or naming) each of the many elements.
+        with pytest.raises(BodyError, match="too_many_messages"):
+            decode_body([7] * 10, 3)
+
     def test_first_bad_element_is_reported(self):
         with pytest.raises(BodyError) as caught:
             decode_body([{"channel": "/a"}, {"channel": "/b"}, 7, "x"])
@@ -197,29 +214,45 @@ class TestValidateMissingFields:
         assert validate_message(HANDSHAKE_OK) is None
 
     @pytest.mark.parametrize("base", [CONNECT_OK, SUBSCRIBE_OK, UNSUBSCRIBE_OK, DISCONNECT_OK])
-    @pytest.mark.parametrize("client_id", ["<missing>", "", 5, None, ["abc"]])
+    @pytest.mark.parametrize("client_id", ["<missing>", ""])
     def test_meta_messages_need_a_client_id(self, base, client_id):
         message = without(base, "clientId")
         if client_id != "<missing>":
             message["clientId"] = client_id
         assert validate_message(message) == "401::clientId_missing"
 
+    @pytest.mark.parametrize("base", [CONNECT_OK, SUBSCRIBE_OK, UNSUBSCRIBE_OK, DISCONNECT_OK, PUBLISH_OK])
+    @pytest.mark.parametrize(("client_id", "kind"), [(5, "number"), (None, "null"), (["abc"], "array"),
+                                                     ({"a": 1}, "object"), (True, "boolean")])
+    def test_a_client_id_of_another_type_is_named(self, base, client_id, kind):
+        assert validate_message({**base, "clientId": client_id}) == f"400::clientId must be a string, got {kind}"
+
     def test_connect_without_connection_type(self):
         assert validate_message(without(CONNECT_OK, "connectionType")) == "400::connectionType_missing"
 
     def test_connect_with_non_string_connection_type(self):
-        assert validate_message({**CONNECT_OK, "connectionType": ["long-polling"]}) == "400::connectionType_missing"
+        assert (validate_message({**CONNECT_OK, "connectionType": ["long-polling"]})
+                == "400::connectionType must be a string, got array")
 
     def test_connect_with_non_object_advice(self):
         assert code_of(validate_message({**CONNECT_OK, "advice": "timeout=0"})) == 400
 
     @pytest.mark.parametrize("base", [SUBSCRIBE_OK, UNSUBSCRIBE_OK])
-    @pytest.mark.parametrize("subscription", ["<missing>", None, [], [1], ["/a", 2], 7, {"/a": True}])
+    @pytest.mark.parametrize("subscription", ["<missing>", []])
     def test_subscribe_without_subscription(self, base, subscription):
         message = without(base, "subscription")
         if subscription != "<missing>":
             message["subscription"] = subscription
         assert validate_message(message) == "403::subscription_missing"
+
+    @pytest.mark.parametrize("base", [SUBSCRIBE_OK, UNSUBSCRIBE_OK])
+    @pytest.mark.parametrize(("subscription", "got"), [
+        (None, "null"), (7, "number"), ({"/a": True}, "object"), (False, "boolean"),
+        ([1], "an array holding number"), (["/a", None], "an array holding null")])
+    def test_subscription_of_another_type_is_named(self, base, subscription, got):
+        problem = validate_message({**base, "subscription": subscription})
+        expected = "400::subscription must be a channel name or an array of channel names, got "
+        assert problem == expected + got
 
     def test_publish_without_data(self):
         problem = validate_message(without(PUBLISH_OK, "data"))
@@ -270,19 +303,76 @@ class TestValidateChannels:
             assert code_of(problem) in (403, 405)
 
 
+ID_INVALID = "400::message_id_invalid (id must be a string or an integer, got {})"
+
+
 class TestValidateIds:
-    @pytest.mark.parametrize("message_id", [1.5, ["1"], {"id": 1}])
-    def test_bad_id_types(self, message_id):
+    @pytest.mark.parametrize(("message_id", "kind"), [(1.5, "number"), (["1"], "array"), ({"id": 1}, "object")])
+    def test_bad_id_types(self, message_id, kind):
         for base in (HANDSHAKE_OK, CONNECT_OK, SUBSCRIBE_OK, DISCONNECT_OK, PUBLISH_OK):
-            assert validate_message({**base, "id": message_id}) == "405::message_id_invalid"
+            assert validate_message({**base, "id": message_id}) == ID_INVALID.format(kind)
 
     @pytest.mark.parametrize("message_id", [True, False])
     def test_boolean_ids_are_rejected(self, message_id):
         # The spec's id is alphanumeric; JSON true/false is not an id (bool is a subclass of int in Python).
-        assert validate_message({**PUBLISH_OK, "id": message_id}) == "405::message_id_invalid"
+        assert validate_message({**PUBLISH_OK, "id": message_id}) == ID_INVALID.format("boolean")
 
-    def test_null_id_counts_as_absent(self):
-        assert validate_message({**PUBLISH_OK, "id": None}) is None
+    def test_a_null_id_is_a_wrong_type_not_an_absent_id(self):
+        assert validate_message({**PUBLISH_OK, "id": None}) == ID_INVALID.format("null")
+
+    @pytest.mark.parametrize("message_id", ["7", 7, -1, 2**63])
+    def test_string_and_integer_ids_pass(self, message_id):
+        assert validate_message({**PUBLISH_OK, "id": message_id}) is None
+
+
+class TestValidateFieldTypes:
+    """Every field the broker reads is type-checked: a wrong type (null included) is a 400 naming the field."""
+
+    @pytest.mark.parametrize(("base", "field", "value", "error"), [
+        (PUBLISH_OK, "channel", None, "400::channel must be a string, got null"),
+        (HANDSHAKE_OK, "version", 1.0, "400::version must be a string, got number"),
+        (HANDSHAKE_OK, "minimumVersion", None, "400::minimumVersion must be a string, got null"),
+        (CONNECT_OK, "connectionType", None, "400::connectionType must be a string, got null"),
+        (CONNECT_OK, "ext", None, "400::ext must be an object, got null"),
+        (PUBLISH_OK, "ext", [], "400::ext must be an object, got array"),
+        (HANDSHAKE_OK, "advice", [], "400::advice must be an object, got array"),
+        (CONNECT_OK, "advice", None, "400::advice must be an object, got null"),
+        (CONNECT_OK, "advice", {"timeout": "x"}, "400::advice.timeout must be a number of milliseconds, got string"),
+        (CONNECT_OK, "advice", {"timeout": None}, "400::advice.timeout must be a number of milliseconds, got null"),
+        (CONNECT_OK, "advice", {"timeout": True},
+         "400::advice.timeout must be a number of milliseconds, got boolean"),
+        (CONNECT_OK, "advice", {"timeout": -1}, "400::advice.timeout must be >= 0 milliseconds"),
+        (HANDSHAKE_OK, "ext", {"ack": 1}, "400::ext.ack must be true or false on a /meta/handshake, got number"),
+        (CONNECT_OK, "ext", {"ack": "3"},
+         "400::ext.ack must be an integer (the last batch received) on a /meta/connect, got string"),
+        (CONNECT_OK, "ext", {"ack": True},
+         "400::ext.ack must be an integer (the last batch received) on a /meta/connect, got boolean"),
+        (HANDSHAKE_OK, "ext", {"replay": []},
+         "400::ext.replay must be true, false or an object of channel: event id, got array"),
+        (SUBSCRIBE_OK, "ext", {"replay": True},
+         "400::ext.replay must be an object of channel: event id, got boolean"),
+        (SUBSCRIBE_OK, "ext", {"replay": {"/foo/bar": "5"}},
+         "400:/foo/bar:ext.replay of a channel must be an event id, -1 (new events only) or -2 (all retained), "
+         "got string"),
+        (HANDSHAKE_OK, "ext", {"replay": {"/foo/bar": -3}},
+         "400:/foo/bar:ext.replay of a channel must be an event id, -1 (new events only) or -2 (all retained), "
+         "got -3"),
+    ])
+    def test_wrong_type_is_named(self, base, field, value, error):
+        assert validate_message({**base, field: value}) == error
+
+    @pytest.mark.parametrize(("base", "field", "value"), [
+        (HANDSHAKE_OK, "ext", {"ack": True, "replay": {"/foo/bar": -2}}),
+        (HANDSHAKE_OK, "ext", {"replay": False}),
+        (HANDSHAKE_OK, "advice", {"timeout": 60000, "interval": 0}),
+        (CONNECT_OK, "ext", {"ack": -1}),
+        (CONNECT_OK, "advice", {"timeout": 2.5}),
+        (SUBSCRIBE_OK, "ext", {"replay": {"/foo/bar": 41}, "ack": "ignored: not read on a subscribe"}),
+        (UNSUBSCRIBE_OK, "ext", {"replay": "ignored: not read on an unsubscribe"}),
+        (HANDSHAKE_OK, "clientId", None),  # a handshake's clientId is not read
+    ])
+    def test_what_real_clients_send_passes(self, base, field, value):
+        assert validate_message({**base, field: value}) is None
 
 
 @settings(max_examples=300, deadline=None)

@@ -133,6 +133,23 @@ class TestConfigCommand:
             assert secret not in text
         assert tomllib.loads(text)["broker"]["port"] == 9000
 
+    def test_batch_limit_from_file_flag_and_default(self, tmp_path):
+        path = write_config(tmp_path, '[broker]\nmax-batch = 50\n')
+        shown = json.loads(run_clean("config", "--json", "--config", path).stdout)
+        assert shown["options"]["broker"]["max-batch"] == {"value": 50, "source": "file",
+                                                           "env": "COMETD_BROKER_MAX_BATCH"}
+        shown = json.loads(run_clean("config", "--json", "--config", path, "--max-batch", "200").stdout)
+        assert shown["options"]["broker"]["max-batch"]["value"] == 200
+        assert json.loads(run_clean("config", "--json").stdout)["options"]["broker"]["max-batch"]["value"] == 1000
+
+    def test_subscription_limit_from_file_and_default(self, tmp_path):
+        path = write_config(tmp_path, '[broker]\nmax-subscriptions = 50\n')
+        shown = json.loads(run_clean("config", "--json", "--config", path).stdout)
+        assert shown["options"]["broker"]["max-subscriptions"] == {"value": 50, "source": "file",
+                                                                   "env": "COMETD_BROKER_MAX_SUBSCRIPTIONS"}
+        defaults = json.loads(run_clean("config", "--json").stdout)["options"]["broker"]
+        assert defaults["max-subscriptions"]["value"] == 1000
+
     def test_config_file_from_the_environment(self, tmp_path):
         path = write_config(tmp_path, '[broker]\nmount = "/from-file"\n')
         shown = config_json(env={"COMETD_BROKER_CONFIG": path})

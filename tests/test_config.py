@@ -38,6 +38,7 @@ class TestDefaults:
         assert config.channel_rules == "" and config.rule_list == []
         assert config.sweep_period == 1.0
         assert config.max_queue >= 1 and config.max_queue_bytes >= 1 and config.max_message_size >= 1
+        assert config.max_batch == 1000 and config.max_subscriptions == 1000
 
     def test_from_env_equals_plain_constructor(self):
         assert from_env({}) == BrokerConfig()
@@ -121,6 +122,7 @@ class TestValidation:
     @pytest.mark.parametrize(("option", "value"), [
         ("timeout", -1), ("interval", -5), ("max_interval", -1), ("multi_session_interval", -1),
         ("max_queue", 0), ("max_queue_bytes", 0), ("max_message_size", -1), ("max_sessions_per_browser", 0),
+        ("max_batch", 0), ("max_subscriptions", 0),
         ("duplicate_connect_status", 200), ("duplicate_connect_status", 600), ("queue_full", "block"),
         ("transports", "websocket,smoke-signals"), ("transports", ""), ("transports", " , "),
         ("personal_prefix", "/v2/me/*"), ("personal_prefix", "/v2/me"), ("personal_prefix", "v2/me/**"),
@@ -202,6 +204,18 @@ class TestPrecedence:
         assert sources["interval"] == "env"
         assert sources["max_interval"] == "flag"
         assert sources["port"] == "default"
+
+    def test_the_batch_limit_comes_from_each_layer(self):
+        config, sources = resolve(env(max_batch="40"), file={"max_batch": 50})
+        assert config.max_batch == 40 and sources["max_batch"] == "env"
+        config, sources = resolve({}, file={"max_batch": 50}, flags={"max_batch": 7})
+        assert config.max_batch == 7 and sources["max_batch"] == "flag"
+
+    def test_the_subscription_limit_comes_from_each_layer(self):
+        config, sources = resolve(env(max_subscriptions="40"), file={"max_subscriptions": 30})
+        assert config.max_subscriptions == 40 and sources["max_subscriptions"] == "env"
+        config, sources = resolve({}, flags={"max_subscriptions": 7})
+        assert config.max_subscriptions == 7 and sources["max_subscriptions"] == "flag"
 
     def test_none_flags_are_not_given(self):
         config, sources = resolve({}, file={"port": 9000}, flags={"port": None})

@@ -1,6 +1,6 @@
-"""Property/fuzz tests (issue 4): the Bayeux decoder and validator, `Broker.handle`, the Bayeux HTTP endpoint
-and the REST API bodies never crash, always answer in their documented shape with a specific error, and
-leave state unchanged when they refuse something.
+"""Property/fuzz tests: the Bayeux decoder and validator, `Broker.handle_now` and `handle`, the Bayeux
+endpoint (long-polling on both HTTP paths, and websocket) and the REST API bodies never crash, always answer
+in their documented shape with a specific error, and leave state unchanged when they refuse something.
 
 Hypothesis drives synchronous tests; each keeps one event loop (and one server) for all its examples, so the
 file stays fast. Example counts are moderate on purpose (the whole file runs in well under 30 s).
@@ -17,7 +17,9 @@ from urllib.parse import urlencode
 
 import aiohttp
 import orjson
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from conftest import LeanTestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -88,7 +90,19 @@ plausible = st.builds(
                                                      "password": st.sampled_from(["alice-secret", "wrong"])}),
         }),
     }))
-batches = st.lists(plausible | plausible | messages, max_size=5)
+# A plausible message with one field (or one extension field) of any JSON type: past the first checks,
+# so a field the broker reads with the wrong type meets the code that reads it.
+MESSAGE_FIELDS = ["channel", "id", "clientId", "version", "minimumVersion", "supportedConnectionTypes",
+                  "connectionType", "subscription", "data", "advice", "ext"]
+mistyped = st.one_of(
+    st.builds(lambda m, name, value: {**m, name: value}, plausible, st.sampled_from(MESSAGE_FIELDS), json_values),
+    st.builds(lambda m, name, value: {**m, "ext": {name: value}}, plausible, st.sampled_from(["ack", "replay"]),
+              json_values),
+    st.builds(lambda m, name, value: {**m, "ext": {"replay": {name: value}}}, plausible, subscriptions, json_values),
+    st.builds(lambda m, value: {**m, "advice": {"timeout": value}}, plausible, json_values),
+    st.builds(lambda m, value: {**m, "channel": value}, plausible, json_values),  # the field read first
+)
+batches = st.lists(plausible | plausible | mistyped | messages, max_size=5)
 
 
 def with_client_id(batch: list[dict[str, Any]], client_id: str) -> list[dict[str, Any]]:
@@ -149,7 +163,8 @@ def test_broker_handle_answers_every_message_and_never_raises(first, second):
             client_id = reply["clientId"]
             for batch in (first, second):  # the second batch meets whatever state the first left
                 batch = with_client_id(batch, client_id)
-                result = await broker.handle(batch, ctx)
+                # As the lean transports do: the synchronous path first, `handle` when it declines.
+                result = broker.handle_now(batch, ctx) or await broker.handle(batch, ctx)
                 check_replies(batch, result.replies)
                 if result.deliver_to is not None:
                     Exchange(broker).take_events(result.deliver_to, result.connect_reply)
@@ -171,9 +186,12 @@ def in_loop(test: Callable[[asyncio.AbstractEventLoop], None]) -> None:
         loop.close()
 
 
-async def bayeux_client() -> TestClient:
-    config = BrokerConfig(allow_anonymous=True, users="alice:alice-secret", timeout=50, max_message_size=4096)
-    client = TestClient(TestServer(create_app(config)), cookie_jar=aiohttp.DummyCookieJar())
+async def bayeux_client(http_server: str) -> TestClient:
+    config = BrokerConfig(allow_anonymous=True, users="alice:alice-secret", timeout=50, max_message_size=4096,
+                          max_batch=4)
+    app = create_app(config)
+    server = LeanTestServer(app) if http_server == "lean" else TestServer(app)
+    client = TestClient(server, cookie_jar=aiohttp.DummyCookieJar())
     await client.start_server()
     return client
 
@@ -194,13 +212,7 @@ async def check_bayeux_answer(client: TestClient, data: bytes, content_type: str
         assert status < 500, (status, text)
         assert response.content_type == "application/json", (response.content_type, text)
     answer = orjson.loads(text)
-    assert isinstance(answer, list), answer
-    for message in answer:
-        assert isinstance(message, dict) and isinstance(message.get("channel"), str), message
-        if "successful" in message:
-            assert type(message["successful"]) is bool
-            if not message["successful"]:
-                assert ERROR.match(message.get("error", "")), message
+    check_answer_shape(answer)
     if status != 200:
         [reply] = answer  # a body that could not be read: one specific error
         assert reply["channel"] == bayeux.UNSUCCESSFUL and reply["successful"] is False
@@ -219,9 +231,10 @@ bodies = st.one_of(
 )
 
 
-def test_bayeux_endpoint_always_answers_a_json_array_and_keeps_serving():
+@pytest.mark.parametrize("http_server", ["lean", "aiohttp"])
+def test_bayeux_endpoint_always_answers_a_json_array_and_keeps_serving(http_server):
     def test(loop: asyncio.AbstractEventLoop) -> None:
-        client = loop.run_until_complete(bayeux_client())
+        client = loop.run_until_complete(bayeux_client(http_server))
         client_id = loop.run_until_complete(handshake_ok(client))
         try:
             @SETTINGS
@@ -230,18 +243,87 @@ def test_bayeux_endpoint_always_answers_a_json_array_and_keeps_serving():
                 loop.run_until_complete(check_bayeux_answer(client, *body))
 
             @FEW
-            @given(batches)
+            @given(batches | st.lists(mistyped, min_size=1, max_size=2))
             def check_batch(batch: list[dict[str, Any]]) -> None:
                 data = orjson.dumps(with_client_id(batch, client_id))
                 loop.run_until_complete(check_bayeux_answer(client, data, "application/json"))
 
-            check()
+            # Batches first: a body the lean path does not serve (too large, say) hands the client's kept-alive
+            # connection to aiohttp for good, and the batches must meet the lean path too.
             check_batch()
+            check()
             loop.run_until_complete(handshake_ok(client))  # still serving
         finally:
             loop.run_until_complete(client.close())
 
     in_loop(test)
+
+
+def check_answer_shape(answer: Any) -> None:
+    """A reply array: objects with a channel; replies with a boolean `successful` and, when false, an error."""
+    assert isinstance(answer, list), answer
+    for message in answer:
+        assert isinstance(message, dict) and isinstance(message.get("channel"), str), message
+        if "successful" in message:
+            assert type(message["successful"]) is bool
+            if not message["successful"]:
+                assert ERROR.match(message.get("error", "")), message
+
+
+async def check_websocket_answer(ws: aiohttp.ClientWebSocketResponse, text: str, probe: int) -> None:
+    """Send one frame, then a handshake probe in its own frame; read until the probe is answered (frames are
+    handled in order), checking every frame on the way and that the socket stays open."""
+    probe_id = f"probe-{probe}"
+    await ws.send_str(text)
+    await ws.send_str(orjson.dumps([{"channel": "/meta/handshake", "version": "1.0", "id": probe_id,
+                                     "supportedConnectionTypes": ["websocket"]}]).decode())
+    async with asyncio.timeout(5):
+        while True:
+            frame = await ws.receive()
+            assert frame.type is aiohttp.WSMsgType.TEXT, (frame, text)
+            answer = orjson.loads(frame.data)
+            check_answer_shape(answer)
+            if any(m.get("id") == probe_id and m.get("successful") is True for m in answer):
+                return
+
+
+@pytest.mark.parametrize("http_server", ["lean", "aiohttp"])
+def test_websocket_answers_every_frame_and_stays_open(http_server):
+    def test(loop: asyncio.AbstractEventLoop) -> None:
+        client = loop.run_until_complete(bayeux_client(http_server))
+        ws = loop.run_until_complete(client.ws_connect("/cometd"))
+        probes = iter(range(10**6))
+        try:
+            loop.run_until_complete(check_websocket_answer(ws, "[]", next(probes)))
+            client_id = loop.run_until_complete(websocket_handshake(ws))
+
+            @FEW
+            @given((json_values | batches).map(orjson.dumps) | st.text(max_size=40).map(str.encode))
+            def check_frame(data: bytes) -> None:
+                loop.run_until_complete(check_websocket_answer(ws, data.decode(), next(probes)))
+
+            @FEW
+            @given(batches)
+            def check_batch(batch: list[dict[str, Any]]) -> None:
+                text = orjson.dumps(with_client_id(batch, client_id)).decode()
+                loop.run_until_complete(check_websocket_answer(ws, text, next(probes)))
+
+            check_frame()
+            check_batch()
+        finally:
+            loop.run_until_complete(ws.close())
+            loop.run_until_complete(client.close())
+
+    in_loop(test)
+
+
+async def websocket_handshake(ws: aiohttp.ClientWebSocketResponse) -> str:
+    await ws.send_str(orjson.dumps([{"channel": "/meta/handshake", "version": "1.0", "id": "ws",
+                                     "supportedConnectionTypes": ["websocket"]}]).decode())
+    async with asyncio.timeout(5):
+        [reply] = orjson.loads((await ws.receive()).data)
+    assert reply["successful"] is True, reply
+    return reply["clientId"]
 
 
 # --------------------------------------------------------------------------- (c) the REST API bodies

@@ -18,8 +18,10 @@ from typing import Any
 
 import orjson
 
-NEW_ONLY = -1
-ALL_RETAINED = -2
+from ..bayeux import REPLAY_ALL_RETAINED, REPLAY_NEW_ONLY
+
+NEW_ONLY = REPLAY_NEW_ONLY
+ALL_RETAINED = REPLAY_ALL_RETAINED
 
 
 class ReplayMark:

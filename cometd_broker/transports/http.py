@@ -24,30 +24,33 @@ JSON = "application/json"
 _CALLBACK = re.compile(r"[A-Za-z_$][\w$.]{0,127}\Z")
 
 
-def parse_json(text: bytes | str) -> list[Message]:
+def parse_json(text: bytes | str, max_batch: int | None = None) -> list[Message]:
+    """The messages of a JSON body or websocket frame; more than `max_batch` of them is a BodyError."""
     try:
         parsed = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise BodyError(bayeux.error(400, f"body is not valid JSON ({exc})")) from None
-    return bayeux.decode_body(parsed)
+    return bayeux.decode_body(parsed, max_batch)
 
 
-def parse_message_params(values: list[str]) -> list[Message]:
-    """The `message` parameter(s) of a form or query string: each a message or an array of them."""
+def parse_message_params(values: list[str], max_batch: int | None = None) -> list[Message]:
+    """The `message` parameter(s) of a form or query string: each a message or an array of them,
+    `max_batch` counting the messages of all of them."""
     if not values:
         raise BodyError(bayeux.error(400, "missing the message parameter"))
     messages: list[Message] = []
     for value in values:
-        messages.extend(parse_json(value))
+        messages.extend(parse_json(value, max_batch))
+        bayeux.check_batch_size(len(messages), max_batch)
     return messages
 
 
-def parse_long_poll_body(body: bytes, form_encoded: bool) -> list[Message]:
+def parse_long_poll_body(body: bytes, form_encoded: bool, max_batch: int | None = None) -> list[Message]:
     """The messages of a long-polling POST body: a JSON array or object, or a form's `message=`."""
     if form_encoded:
         form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-        return parse_message_params(form.get("message", []))
-    return parse_json(body)
+        return parse_message_params(form.get("message", []), max_batch)
+    return parse_json(body, max_batch)
 
 
 def context_for(request: web.BaseRequest, transport: str, browser: BrowserPolicy) -> RequestContext:
@@ -62,6 +65,7 @@ class HttpTransport:
         self.exchange = exchange
         self.browser = browser
         self.max_size = exchange.broker.config.max_message_size
+        self.max_batch = exchange.broker.config.max_batch
         self.cookie_name = browser.cookie_name
         self.router: Relay | None = None  # set in a cluster (routing.install_router)
 
@@ -69,7 +73,8 @@ class HttpTransport:
         """`relay`: False on the private port, which never forwards again (routing.py)."""
         try:
             body = await self._read_body(request)
-            messages = parse_long_poll_body(body, request.content_type == "application/x-www-form-urlencoded")
+            messages = parse_long_poll_body(body, request.content_type == "application/x-www-form-urlencoded",
+                                            self.max_batch)
         except BodyError as exc:
             return web.Response(status=exc.http_status, body=encode(bayeux.body_error_reply(exc.error)),
                                 content_type=JSON)
@@ -99,7 +104,7 @@ class HttpTransport:
                 bayeux.error(400, "jsonp must be a JavaScript identifier of at most 128 characters"))))
         browser_id = None
         try:
-            messages = parse_message_params(request.query.getall("message", []))
+            messages = parse_message_params(request.query.getall("message", []), self.max_batch)
             # Relayed as the same GET: the owner wraps the reply itself, exactly as it would here.
             forwarded = await self._forward(request, messages, b"", "GET") if relay else None
             if forwarded is not None:

@@ -79,6 +79,7 @@ class LeanHttp:
         self.fallback = fallback  # aiohttp's protocol factory (web.Server)
         self.prefixes = tuple(m.rstrip("/") for m in mounts)
         self.max_size = broker.config.max_message_size
+        self.max_batch = broker.config.max_batch
         self.cookie_name = browser.cookie_name
         self.cookie_prefix = self.cookie_name.encode() + b"="
         self.connections: set[LeanHttpConnection] = set()
@@ -370,7 +371,7 @@ class LeanHttpConnection(asyncio.Protocol):
         ctx = head.ctx
         assert ctx is not None  # a POST's head (an upgrade's has none and never gets here)
         try:
-            messages = parse_long_poll_body(body, head.form)
+            messages = parse_long_poll_body(body, head.form, server.max_batch)
         except BodyError as exc:
             self._respond(exc.http_status, encode(bayeux.body_error_reply(exc.error)), None)
             return

@@ -49,6 +49,7 @@ class WebSocketServer(Protocol):
 
     exchange: Exchange
     max_size: int  # bytes of a message, fragments assembled
+    max_batch: int  # Bayeux messages per websocket message
     websockets: set[Any]  # the open connections, for the liveness sweep and shutdown
 
 log = logging.getLogger("cometd_broker.websocket")
@@ -153,7 +154,7 @@ class LeanWebSocket(asyncio.Protocol):
 
     def _message(self, data: bytes) -> None:
         try:
-            messages = parse_json(data)
+            messages = parse_json(data, self.server.max_batch)
         except BodyError as exc:
             self.respond(Answer(400, bayeux.body_error_reply(exc.error)))
             return

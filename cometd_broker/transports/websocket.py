@@ -66,7 +66,7 @@ class WebSocketConnection:
                 if frame.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     continue
                 try:
-                    messages = parse_json(frame.data)
+                    messages = parse_json(frame.data, self.exchange.broker.config.max_batch)
                 except BodyError as exc:
                     self.respond(Answer(400, bayeux.body_error_reply(exc.error)))
                     messages = []
