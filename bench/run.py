@@ -47,7 +47,7 @@ MEDIA_TOKEN = "bench-media-token"
 # name: (clients, rates stepped through, step seconds) per size
 SIZES: dict[str, dict[str, Any]] = {
     "quick": {
-        "fanout": (100, "20,100,400", 2.0), "p2p": (100, "200,1000,3000", 2.0),
+        "fanout": (100, "20,100,400", 2.0), "p2p": (100, "200,1000,3000,9000", 2.0),
         "idle": {"ws": 500, "lp": 300}, "agents": {"agents": 40, "rounds": 3},
         "redis": {"p2p": (100, (500,), 2.0), "fanout": (100, (50,), 2.0), "rounds": 1},
     },
