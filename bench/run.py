@@ -8,12 +8,18 @@ bench/peers/node_modules), then for every scenario starts each server in turn on
 loopback port, pinned to core 0 (`taskset -c 0`), and drives it with bench/loadgen.py pinned
 to core 1. Prints a table per scenario with ratios against the best peer and writes
 bench/results/latest.json and bench/results/latest.md (or --out PREFIX).
+
+The long-polling scenarios also run bench/floor_server.py ("floor", unless --no-floor): a bare
+Bayeux-shaped server on uvloop + httptools + orjson. Every server's CPU-seconds per 100k
+deliveries is also read at one common step (the offered delivery rate nearest --cpu-at that
+every server passed), and each is given as a ratio to the floor's at that step.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -34,12 +40,14 @@ RESULTS = HERE / "results"
 PY = sys.executable
 SERVER_CORE, LOADGEN_CORE = "0", "1"
 OURS, COMETD, FAYE = "cometd-broker", "cometd-nodejs-server", "faye"
+FLOOR = "floor"  # bench/floor_server.py: long-polling only, a measuring stick rather than a peer
+CPU_AT = 9000.0  # deliveries/s offered at the step whose CPU per 100k deliveries every server is compared at
 MEDIA_TOKEN = "bench-media-token"
 
 # name: (clients, rates stepped through, step seconds) per size
 SIZES: dict[str, dict[str, Any]] = {
     "quick": {
-        "fanout": (100, "20,100,400", 2.0), "p2p": (100, "200,1000,3000", 2.0),
+        "fanout": (100, "20,100,400", 2.0), "p2p": (100, "200,1000,3000,9000", 2.0),
         "idle": {"ws": 500, "lp": 300}, "agents": {"agents": 40, "rounds": 3},
         "redis": {"p2p": (100, (500,), 2.0), "fanout": (100, (50,), 2.0), "rounds": 1},
     },
@@ -140,6 +148,8 @@ def start(name: str, *, websocket: bool, users_file: Path | None = None) -> Serv
         if users_file is not None:
             argv += ["--users-file", str(users_file), "--media-token", MEDIA_TOKEN]
         return Server(name, argv, port, ROOT)
+    if name == FLOOR:
+        return Server(name, [PY, str(HERE / "floor_server.py"), str(port)], port, ROOT)
     script = "cometd_server.js" if name == COMETD else "faye_server.js"
     return Server(name, ["node", script, str(port)], port, PEERS)
 
@@ -528,7 +538,24 @@ def redis_scenario(size: dict[str, Any], via: str) -> tuple[dict[str, Any], list
 
 # --------------------------------------------------------------------------- reporting
 
-def summarize_throughput(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def reference_rate(runs: dict[str, dict[str, Any]], fanout: int, cpu_at: float) -> float | None:
+    """The publish rate of the step at which every server's CPU per delivery is compared: of the
+    rates every measured server passed (else, ran), the one offering deliveries/s nearest `cpu_at`
+    on a log scale (the rates are stepped geometrically). None when no rate is common to all."""
+    measured = [r["steps"] for r in runs.values() if "error" not in r and r.get("steps")]
+    if not measured:
+        return None
+    for passed_only in (True, False):
+        common = set.intersection(*({st["rate"] for st in steps if st["ok"] or not passed_only} for steps in measured))
+        if common:
+            return min(common, key=lambda rate: abs(math.log(rate * fanout / cpu_at)))
+    return None
+
+
+def summarize_throughput(runs: dict[str, dict[str, Any]], fanout: int = 1, cpu_at: float = CPU_AT,
+                         ) -> list[dict[str, Any]]:
+    """One row per server. `fanout` is the deliveries one publish makes (the subscribers of its channel)."""
+    ref = reference_rate(runs, fanout, cpu_at)
     rows = []
     for name, r in runs.items():
         if "error" in r or not r.get("steps"):
@@ -546,7 +573,15 @@ def summarize_throughput(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]
             "stopped_by": "" if last["ok"] else last["why"],
             "other_cpu_pct": max((st.get("foreign_cpu_pct", 0) for st in r["steps"]), default=0),
         })
-    peers = [x for x in rows if x["server"] != OURS and "error" not in x]
+        at_ref = next((st for st in r["steps"] if st["rate"] == ref), None)
+        if at_ref is not None:
+            rows[-1]["ref_msg_s"] = round(ref * fanout)
+            rows[-1]["ref_cpu_s_per_100k"] = at_ref["server_cpu_per_100k"]
+    floor = next((x for x in rows if x["server"] == FLOOR and x.get("ref_cpu_s_per_100k")), None)
+    for row in rows:
+        if floor and row is not floor and row.get("ref_cpu_s_per_100k"):
+            row["ratio_cpu_vs_floor"] = round(row["ref_cpu_s_per_100k"] / floor["ref_cpu_s_per_100k"], 2)
+    peers = [x for x in rows if x["server"] not in (OURS, FLOOR) and "error" not in x]
     ours = next((x for x in rows if x["server"] == OURS and "error" not in x), None)
     if ours and peers:
         best_peer = max(peers, key=lambda x: x["max_msg_s"])
@@ -589,7 +624,9 @@ THROUGHPUT_COLUMNS = [("server", "server"), ("max_msg_s", "max msg/s"), ("at_pub
                       ("cpu_s_per_100k", "CPU s/100k"), ("peak_rss_mb", "peak RSS MB"),
                       ("loadgen_cpu_pct", "loadgen CPU %"), ("other_cpu_pct", "other procs CPU % (max)"),
                       ("ratio_msg_s", "msg/s vs best peer"),
-                      ("ratio_cpu_per_100k", "CPU/100k vs best peer"), ("stopped_by", "stopped by")]
+                      ("ratio_cpu_per_100k", "CPU/100k vs best peer"), ("ref_msg_s", "ref msg/s"),
+                      ("ref_cpu_s_per_100k", "CPU s/100k at ref"), ("ratio_cpu_vs_floor", "CPU/100k at ref vs floor"),
+                      ("stopped_by", "stopped by")]
 IDLE_COLUMNS = [("server", "server"), ("ws_sessions", "ws sessions"), ("ws_kb_per_session", "KiB/ws session"),
                 ("ws_handshakes_s", "ws handshakes/s"), ("lp_sessions", "parked long-polls"),
                 ("lp_kb_per_session", "KiB/long-poll session"), ("lp_handshakes_s", "lp handshakes/s"),
@@ -633,7 +670,14 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="CI-sized smoke run (< 2 minutes)")
     p.add_argument("--only", default="",
                    help="comma-separated scenarios: fanout-lp,p2p-lp,fanout-ws,p2p-ws,idle,agents,redis")
-    p.add_argument("--servers", default=f"{OURS},{COMETD},{FAYE}")
+    p.add_argument("--servers", default=f"{OURS},{COMETD},{FAYE}",
+                   help=f"comma-separated, of {OURS},{COMETD},{FAYE},{FLOOR} (the floor is added unless --no-floor)")
+    p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                   help="run bench/floor_server.py in fanout-lp and p2p-lp, and give every server's CPU/100k as a "
+                        "ratio to it (default: on)")
+    p.add_argument("--cpu-at", type=float, default=CPU_AT, metavar="MSG_S",
+                   help="deliveries/s (publishes/s x subscribers per channel) offered at the step every server's "
+                        f"CPU/100k is compared at: the step nearest it that every server passed (default {CPU_AT:.0f})")
     p.add_argument("--agents", type=int, help="agents in the agents scenario (default: 1000, --quick 40)")
     p.add_argument("--profile", action="store_true", help="py-spy record cometd-broker during each scenario "
                                                          "(raw stacks in bench/results/profile/)")
@@ -647,11 +691,11 @@ def main() -> int:
     size = {**SIZES[size_name]}
     if args.agents:
         size["agents"] = {**size["agents"], "agents": args.agents}
-    servers = args.servers.split(",")
+    servers = [s for s in dict.fromkeys([*args.servers.split(","), FLOOR]) if args.floor or s != FLOOR]
     problem = install_peers() if (COMETD in servers or FAYE in servers) else None
     if problem:
         log(f"peers unavailable ({problem}): measuring cometd-broker alone")
-        servers = [s for s in servers if s == OURS]
+        servers = [s for s in servers if s in (OURS, FLOOR)]
     profile_dir = RESULTS / "profile" if args.profile else None
     if profile_dir:
         profile_dir.mkdir(parents=True, exist_ok=True)
@@ -676,26 +720,37 @@ def main() -> int:
         log(f"== {key}: {clients} {transport} clients, publish rates {rates}/s, {step} s steps")
         runs = {}
         for name in order:
-            if transport == "websocket" and name == COMETD:
-                continue  # cometd-nodejs-server has no websocket transport
+            if transport == "websocket" and name in (COMETD, FLOOR):
+                continue  # cometd-nodejs-server and the floor have no websocket transport
             log(f"-- {name}")
             try:
                 runs[name] = throughput(name, scenario, transport, size, profile_dir)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 runs[name] = {"error": str(exc)[:500]}
         order = order[1:] + order[:1]  # alternate which server goes first
-        rows = summarize_throughput(runs)
+        fanout = clients if scenario == "fanout" else 1
+        rows = summarize_throughput(runs, fanout, args.cpu_at)
         report["scenarios"][key] = {"clients": clients, "transport": transport, "rates": rates, "summary": rows,
-                                    "runs": runs}
+                                    "runs": runs, "cpu_at": args.cpu_at,
+                                    "ref_publish_rate": reference_rate(runs, fanout, args.cpu_at)}
         text = table(rows, THROUGHPUT_COLUMNS)
         title = {"fanout": f"fan-out: {clients} {transport} clients on one channel",
                  "p2p": f"point-to-point: {clients} {transport} clients, each on its own channel"}[scenario]
         md += [f"## {title}", "", text, ""]
+        ref = report["scenarios"][key]["ref_publish_rate"]
+        if ref is not None:
+            md += [f"`CPU s/100k at ref`: each server's CPU-seconds per 100k deliveries at the same step, "
+                   f"{ref:g} publishes/s offering {ref * fanout:g} deliveries/s (of the steps every server passed, "
+                   f"the nearest to `--cpu-at {args.cpu_at:g}`)."
+                   + (" `vs floor`: that divided by bench/floor_server.py's (1.0 is the floor; lower is better)."
+                      if any(r["server"] == FLOOR for r in rows) else ""), ""]
         log(text)
     if not wanted or "idle" in wanted:
         log(f"== idle: {size['idle']['ws']} websocket sessions, {size['idle']['lp']} parked long-polls")
         runs = {}
         for name in order:
+            if name == FLOOR:
+                continue  # the floor is measured in the long-polling throughput scenarios only
             log(f"-- {name}")
             try:
                 runs[name] = idle(name, size)
@@ -724,7 +779,8 @@ def main() -> int:
         md += text
     report["seconds"] = round(time.monotonic() - began, 1)
     md += [f"Total run time {report['seconds']} s. Ratios: ours / best peer (msg/s: higher is better; CPU, RSS: "
-           "lower is better). `loadgen CPU %` near 100 means the load generator, not the server, was the limit."]
+           "lower is better); the floor is no peer: `vs floor` is each server's CPU/100k over the floor's at the "
+           "`ref` step. `loadgen CPU %` near 100 means the load generator, not the server, was the limit."]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
