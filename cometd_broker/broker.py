@@ -99,6 +99,9 @@ class HandleResult:
 
 @dataclass(slots=True)
 class _Ended:
+    """Why a session ended. `reconnect` is the advice for the connect it had parked then (a
+    client's own /meta/disconnect: "none"); any later message naming it is told to handshake."""
+
     error: str
     reconnect: str
 
@@ -409,7 +412,9 @@ class Broker:
         client_id = message.get("clientId")
         ended = self._ended.get(client_id) if isinstance(client_id, str) else None
         if ended is not None:
-            reply = bayeux.error_reply(message, ended.error, bayeux.advice(ended.reconnect, 0))
+            # "handshake", whatever ended it, as CometD answers any unknown session: a request that
+            # arrives after the end (a late retry, another tab with that clientId) may start again.
+            reply = bayeux.error_reply(message, ended.error, bayeux.advice(bayeux.HANDSHAKE_ADVICE, 0))
         elif client_id is None:
             reply = bayeux.unknown_session_reply(message, "this message needs the clientId of a handshaken session")
         else:
@@ -708,7 +713,8 @@ class Broker:
                         del self._user_index[user]
 
     def _disconnect(self, session: ServerSession, message: Message) -> Message:
-        # reconnect "none": the client asked to end; its parked connect must not make it come back.
+        # reconnect "none" for its parked connect: the client asked to end, that answer must not make
+        # it come back. A later message with this clientId is told "handshake" (_unknown_session_reply).
         self.stats.ended(Disconnect.CLIENT)
         self._remove(session, bayeux.error(402, "session_unknown (disconnected by the client)"), bayeux.NONE)
         reply = bayeux.reply_to(message)

@@ -182,6 +182,24 @@ async def test_disconnect_then_session_is_unknown(make_client):
     assert broker_of(client).session(client_id) is None
 
 
+async def test_disconnect_tells_its_parked_connect_none_and_later_connects_handshake(make_client):
+    # The connect held when the client disconnects must not bring that client back; a connect that
+    # comes later with the same clientId (a late retry, another tab) is an unknown session like any
+    # other, and CometD answers those with reconnect "handshake" so the client can start again.
+    client = await make_client(**ANON)
+    client_id = await open_session(client)
+    async with asyncio.timeout(SLOW):
+        held = asyncio.create_task(connect(client, client_id, id="held"))
+        await wait_parked(broker_of(client), client_id)
+        assert reply_to(await disconnect(client, client_id, id="d"), "/meta/disconnect", "d")["successful"]
+        parked = reply_to(await held, "/meta/connect", "held")
+        late = reply_to(await connect(client, client_id, id="late"), "/meta/connect", "late")
+    assert parked["successful"] is False and parked["advice"]["reconnect"] == "none", parked
+    assert late["successful"] is False, late
+    assert late["error"] == "402::session_unknown (disconnected by the client)", late
+    assert late["advice"] == {"reconnect": "handshake", "interval": 0}, late
+
+
 # --------------------------------------------------------------------------- batching and body formats
 
 

@@ -15,6 +15,9 @@ tasks copying bytes, one per direction. Faults (all can be switched at runtime):
   is cut: only `cut_fraction` of it is forwarded, then the connection is reset - a long-poll dropped
   mid-response. (Websocket frames are usually permessage-deflate compressed, so this one is meant
   for long-polling.)
+- `refuse()` / `accept_again()`, or `outage(seconds)` for both: a network outage (a laptop lid, a
+  Wi-Fi switch). Every connection is reset, both sides, and the listening socket is closed, so
+  every new connection meets a real ECONNREFUSED; `accept_again()` listens on the same port again.
 
 A reset is a real TCP RST where possible: SO_LINGER(on, 0) then close. Everything the proxy started
 (the server, every connection's tasks and sockets) is closed by `stop()`.
@@ -73,9 +76,10 @@ class ChaosProxy:
         self._links: set[_Link] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self._refusing = False  # an outage: connections accepted just before it are reset too
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
@@ -115,6 +119,34 @@ class ChaosProxy:
             await asyncio.sleep(seconds)
             self.reset_all()
 
+    async def refuse(self) -> int:
+        """Start an outage: stop listening (new connections are refused) and reset every open
+        connection, both sides; returns how many were reset."""
+        self._refusing = True
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()  # the port stays ours in name only: accept_again() binds it again
+        links = [link for link in self._links if not link.closed]
+        for link in links:
+            self._reset(link, everything=True)
+        if server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 5)
+        return len(links)
+
+    async def accept_again(self) -> None:
+        """End an outage: listen on the same port again (SO_REUSEADDR, as asyncio sets by default)."""
+        self._refusing = False
+        if self._server is None:
+            await self.start()
+
+    async def outage(self, seconds: float) -> int:
+        """`refuse()`, wait `seconds`, `accept_again()`; returns how many connections were reset."""
+        cut = await self.refuse()
+        await asyncio.sleep(seconds)
+        await self.accept_again()
+        return cut
+
     def _reset(self, link: _Link, *, everything: bool = False) -> None:
         if not link.client_dead:
             link.client_dead = True
@@ -134,6 +166,11 @@ class ChaosProxy:
             up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(*self.upstream), 5)
         except (OSError, TimeoutError):
             _rst(writer)
+            self._handlers.discard(task)  # type: ignore[arg-type]
+            return
+        if self._refusing:  # accepted just before the outage began, linked up during it
+            _rst(writer)
+            _rst(up_writer)
             self._handlers.discard(task)  # type: ignore[arg-type]
             return
         link = _Link(writer, up_writer)
@@ -206,6 +243,8 @@ class ChaosProxy:
         for link in list(self._links):
             self._reset(link, everything=True)
         tasks = [*self._handlers, *(t for link in self._links for t in link.tasks)]
+        if tasks:  # reset links end their tasks by themselves; a handler cancelled would be logged
+            await asyncio.wait(tasks, timeout=1)
         for task in tasks:
             task.cancel()
         if tasks:

@@ -5,7 +5,8 @@
 //
 // Options: --transport=long-polling|websocket (only that transport is registered, so
 // there is no silent fallback), --channel=/interop/x, --count=N, --user=U --password=P,
-// --expect=success|denied (handshake scenario), --deadline-ms=20000.
+// --expect=success|denied (handshake scenario), --deadline-ms=20000, --content-length=true (request
+// bodies with a Content-Length, as browsers send them, instead of chunked).
 //
 // Scenarios:
 //   roundtrip  handshake, subscribe, publish --count messages from this client, receive all
@@ -45,6 +46,18 @@ armDeadline(integer(options, "deadline-ms", 20000), () => ({scenario, transport}
 
 // The adapter installs XMLHttpRequest and WebSocket (from `ws`) on a global `window`.
 adapt();
+// --content-length=true: send every request body with a Content-Length, as browsers do. The
+// adapter's XMLHttpRequest writes the body with Node's http.request, which then sends it chunked;
+// a browser's long-polls are plain Content-Length POSTs (the broker's lean path serves those itself).
+if (options["content-length"] === "true") {
+    const Base = window.XMLHttpRequest;
+    window.XMLHttpRequest = class extends Base {
+        send(data) {
+            this.setRequestHeader("Content-Length", String(Buffer.byteLength(data || "")));
+            super.send(data);
+        }
+    };
+}
 // CometD logs through window.console; keep stdout for our JSON lines.
 window.console = new Console({stdout: process.stderr, stderr: process.stderr});
 const {CometD} = await import("cometd");
