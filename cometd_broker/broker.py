@@ -396,7 +396,8 @@ class Broker:
         if session is None:
             return None
         browser = ctx.browser
-        if browser is not None and not browser.may_use(session, ctx):
+        if (browser is not None and ctx.browser_id != session.browser_id  # the usual request: its own cookie
+                and not browser.may_use(session, ctx)):
             return None  # another browser must not drive this session (clientId hijack protection)
         return session
 

@@ -83,34 +83,48 @@ class HoldPolicy(Protocol):
     """Who may hold a long-poll: the HTTP layer's per-browser limit (transports/browser.py). The
     exchange asks before holding a connect that came over HTTP."""
 
-    def admits(self, session: ServerSession, replacing: bool) -> bool:
-        """Whether one more connect of `session` may be held now (`replacing`: it replaces the
-        session's own held connect, so the count does not grow)."""
+    def hold(self, session: ServerSession, replacing: bool) -> object:
+        """Count one more held connect of `session` and return a token for `released`, or REFUSED
+        when it may not be held now (`replacing`: it replaces the session's own held connect)."""
         ...
 
     def refuse(self, reply: Message) -> None:
         """Turn `reply` into the answer of a connect that may not be held (its advice)."""
         ...
 
-    def held(self, session: ServerSession) -> object:
-        """A connect of `session` is held; returns a token given back to `released`."""
+    def released(self, token: object) -> None:
+        """A connect counted by `hold` is no longer held."""
         ...
 
-    def released(self, token: object) -> None: ...
+
+REFUSED = object()  # HoldPolicy.hold's answer for a connect that may not be held
 
 
-class _Hold:
-    """A parked connect and whom to answer."""
+class _Hold(ParkedConnect):
+    """A parked connect, whom to answer, and the hold policy that counts it."""
 
-    __slots__ = ("session", "reply", "responder", "cookie", "token", "done")
+    __slots__ = ("exchange", "session", "responder", "cookie", "policy", "token", "done")
 
-    def __init__(self, session: ServerSession, reply: Message, responder: Responder, cookie: str | None) -> None:
-        self.session = session
+    def __init__(self, exchange: Exchange, session: ServerSession, reply: Message, responder: Responder,
+                 cookie: str | None) -> None:
+        # ParkedConnect's fields, set here rather than through its __init__ (one call less per hold);
+        # finish() is overridden, so there is no release callback.
         self.reply = reply
+        self.release = None
+        self.holds = None
+        self.slot = 0
+        self.exchange = exchange
+        self.session = session
         self.responder = responder
         self.cookie = cookie
-        self.token: Any = None  # the hold policy's, while counted
+        self.policy: HoldPolicy | None = None  # while it counts towards the policy's limit
+        self.token: Any = None
         self.done = False
+
+    def finish(self, reason: str) -> None:
+        """Released by the session (events, timeout, superseded, removed): the exchange answers it."""
+        self.cancel_timeout()
+        self.exchange._release(self, reason)
 
 
 class Exchange:
@@ -119,7 +133,6 @@ class Exchange:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self._holds: dict[Responder, _Hold] = {}
-        self._policies: dict[_Hold, HoldPolicy] = {}
         # Held connects released during this loop turn, answered together on the next one, so the
         # events published in this turn travel with them; one callback for all of them.
         self._released: list[tuple[_Hold, str]] = []
@@ -133,7 +146,7 @@ class Exchange:
         websocket handles its next batch after it), None when it is settled (answered or held)."""
         result = self.broker.handle_now(messages, ctx)
         if result is not None:
-            self._settle(result, ctx, responder)
+            self._settle(result, ctx, responder, True)
             return None
         return asyncio.get_running_loop().create_task(self._handle(messages, ctx, responder))
 
@@ -158,19 +171,26 @@ class Exchange:
             log.exception("handling a %s batch failed", ctx.transport)
             responder.respond(Answer(500, bayeux.body_error_reply(bayeux.error(500, "internal server error"))))
             return
-        self._settle(result, ctx, responder)
+        self._settle(result, ctx, responder, responder.writable())
 
-    def _settle(self, result: HandleResult, ctx: RequestContext, responder: Responder) -> None:
+    def _settle(self, result: HandleResult, ctx: RequestContext, responder: Responder, live: bool) -> None:
+        """Answer a handled batch, or hold its connect. `live`: the client is still there (it is, when
+        the batch was handled without waiting)."""
         pending = result.park
-        if ctx.sink is not None:
+        sink = ctx.sink
+        if sink is not None:
             session = pending.session if pending is not None else result.deliver_to
-            if session is not None and session.sink is ctx.sink:
-                self._attached[ctx.sink] = session
+            if session is not None and session.sink is sink:
+                self._attached[sink] = session
         if pending is not None:
+            if not live:  # gone while the batch was handled
+                self._abandoned(pending.session)
+                return
             # Over HTTP, the browser policy limits held long-polls per browser; a websocket holds none.
-            policy = ctx.browser if ctx.sink is None else None
-            if policy is None or policy.admits(pending.session, pending.session.parked is not None):
-                self._park(pending, responder, result.new_browser_id, policy)
+            policy = ctx.browser if sink is None else None
+            token = None if policy is None else policy.hold(pending.session, pending.session.parked is not None)
+            if token is not REFUSED:
+                self._park(pending, responder, result.new_browser_id, policy, token)
                 return
             policy.refuse(pending.reply)  # answered at once, with advice to poll instead
             self.broker.connected(pending.session)
@@ -186,13 +206,11 @@ class Exchange:
     # ------------------------------------------------------------------ holds
 
     def _park(self, pending: PendingConnect, responder: Responder, cookie: str | None,
-              policy: HoldPolicy | None) -> None:
+              policy: HoldPolicy | None, token: object) -> None:
         session = pending.session
-        if not responder.writable():  # gone while the batch was handled
-            self._abandoned(session)
-            return
         broker = self.broker
-        hold = _Hold(session, pending.reply, responder, cookie)
+        hold = _Hold(self, session, pending.reply, responder, cookie)
+        hold.policy, hold.token = policy, token  # counted: uncounted when released, whatever the reason
         if session.client_id not in broker.sessions:
             self._release(hold, REMOVED)
             return
@@ -200,21 +218,19 @@ class Exchange:
             self._release(hold, MESSAGES)
             return
         if session.parked is not None:
-            session.unpark(SUPERSEDED)  # before counting this one: the browser's count does not grow
-        if policy is not None:
-            hold.token = policy.held(session)
-            self._policies[hold] = policy
+            session.unpark(SUPERSEDED)
         self._holds[responder] = hold
-        parked = ParkedConnect(pending.reply, lambda reason: self._release(hold, reason))
-        session.park(parked, pending.timeout, broker.holds, asyncio.get_running_loop())
+        session.park(hold, pending.timeout, broker.holds, asyncio.get_running_loop())
 
     def _release(self, hold: _Hold, reason: str) -> None:
         """The broker released a held connect: uncount it now, answer it on the next loop turn."""
-        policy = self._policies.pop(hold, None)
+        policy = hold.policy
         if policy is not None:
+            hold.policy = None
             policy.released(hold.token)
-        if self._holds.get(hold.responder) is hold:
-            del self._holds[hold.responder]
+        holds = self._holds
+        if holds.get(hold.responder) is hold:
+            del holds[hold.responder]
         released = self._released
         if not released:
             asyncio.get_running_loop().call_soon(self._answer_released)
@@ -226,16 +242,13 @@ class Exchange:
             if hold.done:
                 continue
             hold.done = True
+            responder = hold.responder
             try:
-                self._complete(hold, reason)
+                answer = self.complete(hold.session, hold.reply, reason, responder.writable())
+                answer.cookie = hold.cookie
+                responder.respond(answer)
             except Exception:  # a bug answering one must not leave the others unanswered
                 log.exception("answering a held connect failed")
-
-    def _complete(self, hold: _Hold, reason: str) -> None:
-        responder = hold.responder
-        answer = self.complete(hold.session, hold.reply, reason, responder.writable())
-        answer.cookie = hold.cookie
-        responder.respond(answer)
 
     def complete(self, session: ServerSession, reply: Message, reason: str, deliverable: bool = True) -> Answer:
         """The answer of a released connect. `deliverable` is False when the client went away, so
@@ -330,4 +343,4 @@ class _Awaiting:
             self.future.set_result(answer)
 
 
-__all__ = ["ABANDONED", "SHUTDOWN", "Answer", "Exchange", "HoldPolicy", "Responder", "encode"]
+__all__ = ["ABANDONED", "REFUSED", "SHUTDOWN", "Answer", "Exchange", "HoldPolicy", "Responder", "encode"]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from .. import bayeux
 from ..bayeux import Message
 from ..config import BrokerConfig
+from ..exchange import REFUSED
 from ..security import Principal
 
 if TYPE_CHECKING:
@@ -91,20 +92,18 @@ class BrowserPolicy:
 
     # ------------------------------------------------------------------ holds (exchange.HoldPolicy)
 
-    def admits(self, session: ServerSession, replacing: bool) -> bool:
+    def hold(self, session: ServerSession, replacing: bool) -> object:
         browser = session.browser_id
-        if browser is None or replacing:
-            return True  # no browser to count, or it replaces the session's own held connect
-        return self._held.get(browser, 0) < self.max_held
+        if browser is None:
+            return None  # no browser to count
+        held = self._held.get(browser, 0)
+        if held >= self.max_held and not replacing:  # replacing its own: the count will not grow
+            return REFUSED
+        self._held[browser] = held + 1
+        return browser
 
     def refuse(self, reply: Message) -> None:
         reply["advice"] = dict(self._poll_advice)
-
-    def held(self, session: ServerSession) -> str | None:
-        browser = session.browser_id
-        if browser is not None:
-            self._held[browser] = self._held.get(browser, 0) + 1
-        return browser
 
     def released(self, token: object) -> None:
         if not isinstance(token, str):

@@ -202,14 +202,15 @@ class LeanHttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
-        if not self.buffer and not self.busy:
+        buffer = self.buffer
+        if not buffer and not self.busy:
             self.started = now
-        self.buffer += data
+        buffer += data
         self.last_active = now
         if self.busy or self._writing_paused:
             self._flow()
-            return
-        self._pump()
+        else:
+            self._pump()
 
     def pause_writing(self) -> None:
         """The peer does not read what we write: stop serving and reading until it does."""
@@ -253,7 +254,7 @@ class LeanHttpConnection(asyncio.Protocol):
         return transport is not None and not transport.is_closing()
 
     def respond(self, answer: Answer) -> None:
-        self._respond(answer.status, answer.body(), answer.cookie)
+        self._respond(answer.status, encode(answer.replies, answer.events), answer.cookie)
 
     # ------------------------------------------------------------------ requests
 
@@ -263,19 +264,22 @@ class LeanHttpConnection(asyncio.Protocol):
         if self._pumping:
             return
         self._pumping = True
+        buffer = self.buffer
         try:
-            while self.buffer and not self.busy and not self._writing_paused and self.transport is not None:
-                before = len(self.buffer)
+            while buffer and not self.busy and not self._writing_paused and self.transport is not None:
+                before = len(buffer)
                 self._next_request()
-                if len(self.buffer) == before:
+                buffer = self.buffer  # a hand-over or an upgrade takes the buffer
+                if len(buffer) == before:
                     break  # incomplete: the rest is on its way
         finally:
             self._pumping = False
-        if not self.buffer:
+        if not buffer:
             self.started = 0.0
         elif not self.busy and not self.started:
             self.started = time.monotonic()  # a pipelined request, incomplete: its time starts now
-        self._flow()
+        if self._reading_paused or self._writing_paused or self.buffer:
+            self._flow()
 
     def _next_request(self) -> None:
         """Serve the buffered request if it is whole and ours; hand the connection over if it is not ours,
@@ -446,7 +450,10 @@ class LeanHttpConnection(asyncio.Protocol):
         if self._close_after:
             transport.close()
             return
-        self._pump()
+        if self.buffer:
+            self._pump()  # the next pipelined request
+        elif self._reading_paused:
+            self._flow()
 
     def _hand_over(self) -> None:
         """Give this connection, and every byte read so far, to aiohttp for the rest of its life."""
