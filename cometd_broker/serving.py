@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from .app import BROKER, ENDPOINT
+from .transports.deadline import RequestDeadlines
 from .transports.lean_http import LeanHttp
 
 log = logging.getLogger("cometd_broker")
@@ -54,8 +55,26 @@ def lean_mounts(app: web.Application) -> list[str]:
     return mounts
 
 
-class LeanAppRunner(web.AppRunner):
-    """An AppRunner whose sites serve long-polls on the lean path (when a mount allows it)."""
+class GuardedAppRunner(web.AppRunner):
+    """An AppRunner whose aiohttp connections have a request deadline (`--request-timeout`):
+    aiohttp itself has none (transports/deadline.py)."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.deadlines = RequestDeadlines(app[BROKER].config.request_timeout)
+
+    @property
+    def server(self) -> Any:
+        return None if self._server is None else self.deadlines.wrap(self._server)
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        self.deadlines.close()
+
+
+class LeanAppRunner(GuardedAppRunner):
+    """An AppRunner whose sites serve long-polls on the lean path (when a mount allows it); the
+    connections it hands to aiohttp keep a request deadline."""
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
@@ -66,11 +85,12 @@ class LeanAppRunner(web.AppRunner):
         mounts = lean_mounts(self.app)
         if mounts and self._server is not None:
             endpoint = self.app[ENDPOINT]
-            self.lean = LeanHttp(endpoint.exchange, endpoint.browser, mounts, self._server, router=endpoint.router)
+            self.lean = LeanHttp(endpoint.exchange, endpoint.browser, mounts, self.deadlines.wrap(self._server),
+                                 router=endpoint.router)
 
     @property
     def server(self) -> Any:
-        return self.lean if self.lean is not None else self._server
+        return self.lean if self.lean is not None else super().server
 
     async def cleanup(self) -> None:
         await super().cleanup()  # the broker answers held connects here ...
@@ -85,7 +105,7 @@ async def serve_app(app: web.Application, host: str, port: int, *, lean: bool, r
     """Serve until SIGINT/SIGTERM; `ready` is called once the port listens. The stop is logged (INFO,
     prefixed by `name`, a worker's): which signal, how many clients were connected, and how long stopping
     took, so an operator sees a restart that hangs on its held connects, or one that was quick."""
-    runner_class = LeanAppRunner if lean else web.AppRunner
+    runner_class = LeanAppRunner if lean else GuardedAppRunner
     runner = runner_class(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     tune_gc()
