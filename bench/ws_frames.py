@@ -35,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-MODULE = "cometd_broker/transports/lean_websocket.py"
+MODULE = "cometd_broker/http/lean_websocket.py"
 
 
 def masked_frame(payload: bytes, mask: bytes = b"\x1f\x2e\x3d\x4c", *, first: int = 0x81) -> bytes:
@@ -57,8 +57,8 @@ def load_revision(revision: str) -> Any:
     handle, path = tempfile.mkstemp(suffix=".py")
     with os.fdopen(handle, "wb") as out:
         out.write(source)
-    importlib.import_module("cometd_broker.transports")  # the package its relative imports resolve in
-    name = "cometd_broker.transports._bench_lean_websocket"
+    importlib.import_module("cometd_broker.http")  # the package its relative imports resolve in
+    name = "cometd_broker.http._bench_lean_websocket"
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -97,7 +97,7 @@ def main() -> None:
     candidates: list[tuple[str, Any]] = []
     if args.against:
         candidates.append((f"transport @ {args.against}", load_revision(args.against)))
-    from cometd_broker.transports import lean_websocket
+    from cometd_broker.http import lean_websocket
     candidates.append(("transport (this checkout)", lean_websocket))
 
     statements: list[tuple[str, Any]] = []
@@ -105,7 +105,7 @@ def main() -> None:
         protocol = transport_under_test(module, max_size)
         statements.append((label, lambda p=protocol: p.data_received(data)))
     try:
-        from cometd_broker.transports.ws_frames import FrameReader
+        from cometd_broker.http.ws_frames import FrameReader
     except ImportError:
         pass
     else:
@@ -125,7 +125,7 @@ def main() -> None:
 
 
 def flood(max_size: int) -> None:
-    from cometd_broker.transports.ws_frames import MAX_FRAGMENTS, FrameReader
+    from cometd_broker.http.ws_frames import MAX_FRAGMENTS, FrameReader
 
     data = (masked_frame(b"[", first=0x01) + masked_frame(b"", first=0x00) * 40_000
             + masked_frame(b"]", first=0x80))

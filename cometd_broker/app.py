@@ -9,11 +9,11 @@ from .broker import Broker
 from .config import BrokerConfig
 from .exchange import Exchange
 from .forwarding import Relay
+from .http.browser import BrowserPolicy
+from .http.http import HttpTransport
+from .http.websocket import WebSocketTransport
 from .metrics import add_metrics
 from .security import Authenticator, Authorizer
-from .transports.browser import BrowserPolicy
-from .transports.http import HttpTransport
-from .transports.websocket import WebSocketTransport
 
 BROKER = web.AppKey("broker", Broker)
 

@@ -74,7 +74,7 @@ class RequestContext:
     remote: str | None = None
     browser_id: str | None = None  # the browser cookie presented, if it is one the broker could have issued
     sink: Sink | None = None  # the websocket connection, for websocket batches
-    # The HTTP layer's browser policy (transports/browser.py): binds sessions to browser cookies and
+    # The HTTP layer's browser policy (http/browser.py): binds sessions to browser cookies and
     # limits held long-polls per browser. None: no binding (an in-process client, a forwarded request).
     browser: Any = None
 

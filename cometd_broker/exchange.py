@@ -80,7 +80,7 @@ class Responder(Protocol):
 
 
 class HoldPolicy(Protocol):
-    """Who may hold a long-poll: the HTTP layer's per-browser limit (transports/browser.py). The
+    """Who may hold a long-poll: the HTTP layer's per-browser limit (http/browser.py). The
     exchange asks before holding a connect that came over HTTP."""
 
     def hold(self, session: ServerSession, replacing: bool) -> object:

@@ -46,10 +46,10 @@ from . import bayeux
 from .bayeux import Message
 from .broker import Broker
 from .forwarding import ForwardedReply, Forwarder, ForwardError
+from .http.http import HttpTransport
+from .http.lean_http import LeanHttp
 from .private_port import FORWARDED_BY, HOP_BY_HOP, address_of, bind_private
 from .tasks import cancel_and_wait
-from .transports.http import HttpTransport
-from .transports.lean_http import LeanHttp
 
 log = logging.getLogger(__name__)
 

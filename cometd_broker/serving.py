@@ -1,7 +1,7 @@
 """Run the aiohttp application on a port until SIGINT or SIGTERM, then stop it gracefully.
 
 Our own small `run_app`, for one reason: connections start on the lean long-polling path
-(transports/lean_http.py), which hands any other request to aiohttp. `LeanAppRunner` does that for
+(http/lean_http.py), which hands any other request to aiohttp. `LeanAppRunner` does that for
 every aiohttp site (TCP, socket, the test server): a site's protocol factory is `runner.server`,
 while the runner stops aiohttp's own connections through its private server, so swapping the
 public property is enough.
@@ -20,8 +20,8 @@ from typing import Any
 from aiohttp import web
 
 from .app import BROKER, ENDPOINT
-from .transports.deadline import RequestDeadlines
-from .transports.lean_http import LeanHttp
+from .http.deadline import RequestDeadlines
+from .http.lean_http import LeanHttp
 
 log = logging.getLogger("cometd_broker")
 
@@ -57,7 +57,7 @@ def lean_mounts(app: web.Application) -> list[str]:
 
 class GuardedAppRunner(web.AppRunner):
     """An AppRunner whose aiohttp connections have a request deadline (`--request-timeout`):
-    aiohttp itself has none (transports/deadline.py)."""
+    aiohttp itself has none (http/deadline.py)."""
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)

@@ -1,4 +1,4 @@
-"""The lean path (transports/lean_http.py) against aiohttp itself, on malformed and unusual requests.
+"""The lean path (http/lean_http.py) against aiohttp itself, on malformed and unusual requests.
 
 Each case's bytes go over a raw loopback socket to two brokers: one served as `cometd-broker serve`
 does (lean path in front of aiohttp) and one served by aiohttp alone. A valid long-poll follows each

@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "cometd_broker"
-TRANSPORTS = sorted((PACKAGE / "transports").glob("*.py"))
+TRANSPORTS = sorted((PACKAGE / "http").glob("*.py"))
 # What only the exchange and the broker touch.
 SESSION_INTERNALS = {"queue", "parked", "sessions", "latest_connect", "drained", "unpark", "park", "take_events"}
 
@@ -77,7 +77,7 @@ def test_transports_never_touch_session_internals():
 
 def test_the_broker_core_imports_no_http_or_cluster_code():
     core = [PACKAGE / name for name in ("broker.py", "session.py", "bayeux.py", "channel.py", "exchange.py")]
-    forbidden = ("cometd_broker.transports", "cometd_broker.routing", "cometd_broker.forwarding",
+    forbidden = ("cometd_broker.http", "cometd_broker.routing", "cometd_broker.forwarding",
                  "cometd_broker.app", "cometd_broker.serving", "cometd_broker.private_port")
     offences = [f"{path.name} imports {target}" for path in core for target in _imports(path)
                 if target.startswith(forbidden)]

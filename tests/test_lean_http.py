@@ -1,4 +1,4 @@
-"""The lean long-polling path in front of aiohttp (transports/lean_http.py), spoken to over raw sockets.
+"""The lean long-polling path in front of aiohttp (http/lean_http.py), spoken to over raw sockets.
 
 What a client relies on: plain long-polls are answered correctly whatever way their bytes arrive;
 every other request on the same connection, before or after, is served by aiohttp unchanged;

@@ -1,5 +1,5 @@
 """RFC 6455 over a real loopback socket, against both HTTP paths: the lean one (`serve`'s default,
-transports/lean_websocket.py on transports/ws_frames.py) and aiohttp's (`--http-server aiohttp`).
+http/lean_websocket.py on http/ws_frames.py) and aiohttp's (`--http-server aiohttp`).
 
 For each protocol violation a client can commit, the server must send the close code RFC 6455
 names (1002 protocol error, 1007 invalid UTF-8, 1009 too big), or echo a valid close, and end the
@@ -19,8 +19,8 @@ import orjson
 import pytest
 from conftest import USERS
 
-from cometd_broker.transports.lean_websocket import LeanWebSocket
-from cometd_broker.transports.ws_frames import MAX_FRAGMENTS
+from cometd_broker.http.lean_websocket import LeanWebSocket
+from cometd_broker.http.ws_frames import MAX_FRAGMENTS
 
 WAIT = 5.0
 LIMIT = 4096  # max_message_size of the brokers here: small, so an oversized frame is cheap to send

@@ -1,11 +1,11 @@
-"""Request heads read by transports/wire.py, without sockets: what is refused, what is left to aiohttp,
+"""Request heads read by http/wire.py, without sockets: what is refused, what is left to aiohttp,
 and what a parsed head says."""
 
 from __future__ import annotations
 
 import pytest
 
-from cometd_broker.transports.wire import (
+from cometd_broker.http.wire import (
     MAX_FIELD,
     MAX_HEAD,
     MAX_HEADERS,

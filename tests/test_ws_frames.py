@@ -1,4 +1,4 @@
-"""RFC 6455 framing without sockets (transports/ws_frames.py): what a client sends, what the reader reports.
+"""RFC 6455 framing without sockets (http/ws_frames.py): what a client sends, what the reader reports.
 
 Each rule of RFC 6455 §5-§8 that binds a server reading a client is checked on bytes, and the
 reader must give the same events however the bytes are split across reads.
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cometd_broker.transports.ws_frames import (
+from cometd_broker.http.ws_frames import (
     BINARY,
     CLOSE,
     CONTINUATION,

@@ -396,7 +396,7 @@ class LeanHttpConnection(asyncio.Protocol):
                               browser_id_of(cookies, browser.cookie_name), browser=browser)
 
     def _upgrade(self, body_at: int, header_pairs: list[tuple[str, str]]) -> None:
-        """Switch this connection to Bayeux over websocket (transports/lean_websocket.py) for good."""
+        """Switch this connection to Bayeux over websocket (http/lean_websocket.py) for good."""
         transport = self.transport
         self.server.connections.discard(self)
         self.transport = None

@@ -5,7 +5,7 @@ one kept a request handler task, a reader and writer with their queues, a heartb
 own writer task; here it is one protocol object with a small receive buffer, and liveness is
 checked by one sweep for all connections (LeanHttp._sweep) instead of a timer each.
 
-Semantics are those of transports/websocket.py: replies and events leave in the order they were
+Semantics are those of http/websocket.py: replies and events leave in the order they were
 produced; events queued within one event-loop tick leave in one frame; batches of one connection
 are handled one after the other; with the ack extension events travel only in connect replies.
 Writes respect the transport's flow control: while the peer does not read, events stay in the
