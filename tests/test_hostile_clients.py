@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
-import struct
 import time
 from collections.abc import Iterator
 
 import pytest
 from conftest import RunningBroker, start_broker
+from ws_helpers import client_frame
 
 MIB = 1024 * 1024
 RSS_BOUND = 100 * MIB
@@ -109,14 +108,6 @@ def test_a_thousand_pipelined_requests_are_all_answered_in_order(broker):
     assert ids == list(range(1000))
 
 
-def _masked(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    head = bytes([(0x80 if fin else 0) | opcode])
-    size = len(payload)
-    head += bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + struct.pack("!H", size)
-    return head + mask + masked
-
 
 def _upgrade(sock: socket.socket) -> None:
     sock.sendall(b"GET /cometd HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -133,7 +124,7 @@ def _upgrade(sock: socket.socket) -> None:
 def test_a_websocket_client_that_never_reads_is_not_answered_without_limit(broker, frame):
     before = rss(broker)
     # An invalid Bayeux message earns an error reply; a ping earns a pong.
-    unit = _masked(0x1, b'[{"channel":"/meta/connect"}]') if frame == "error" else _masked(0x9, b"x" * 100)
+    unit = client_frame(0x1, b'[{"channel":"/meta/connect"}]') if frame == "error" else client_frame(0x9, b"x" * 100)
     burst = unit * 2000
     sent, slowest = 0, 0.0
     deadline = time.monotonic() + 20

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from aiohttp import web
 from conftest import USERS, LeanTestServer
+from ws_helpers import client_frame
 
 from cometd_broker import BrokerConfig, create_app
 from cometd_broker.app import BROKER, add_mount
@@ -311,21 +312,6 @@ def test_the_lean_path_takes_only_mounts_no_other_route_lives_under() -> None:
 
 
 # --------------------------------------------------------------------------- websocket framing
-
-def client_frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True) -> bytes:
-    mask = b"\x01\x02\x03\x04"
-    head = bytes([(0x80 if fin else 0) | opcode])
-    size = len(payload)
-    bit = 0x80 if masked else 0
-    if size < 126:
-        head += bytes([bit | size])
-    elif size < 65536:
-        head += bytes([bit | 126]) + size.to_bytes(2, "big")
-    else:
-        head += bytes([bit | 127]) + size.to_bytes(8, "big")
-    if not masked:
-        return head + payload
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 async def upgraded(port: int) -> RawConnection:

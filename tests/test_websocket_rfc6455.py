@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 from conftest import USERS
+from ws_helpers import client_frame
 
 from cometd_broker.http.lean_websocket import LeanWebSocket
 from cometd_broker.http.ws_frames import MAX_FRAGMENTS
@@ -33,20 +34,6 @@ TEXT, BINARY, CONTINUATION, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
 def http_server(request: pytest.FixtureRequest) -> str:
     return request.param
 
-
-def client_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0, masked: bool = True) -> bytes:
-    size = len(payload)
-    bit = 0x80 if masked else 0
-    head = bytes([(0x80 if fin else 0) | rsv | opcode])
-    if size < 126:
-        head += bytes([bit | size])
-    elif size < 65536:
-        head += bytes([bit | 126]) + size.to_bytes(2, "big")
-    else:
-        head += bytes([bit | 127]) + size.to_bytes(8, "big")
-    if not masked:
-        return head + payload
-    return head + MASK + bytes(b ^ MASK[i % 4] for i, b in enumerate(payload))
 
 
 def close_body(code: int, reason: bytes = b"") -> bytes:

@@ -11,6 +11,7 @@ import itertools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ws_helpers import client_frame
 
 from cometd_broker.http.ws_frames import (
     BINARY,
@@ -35,24 +36,6 @@ from cometd_broker.http.ws_frames import (
 MASK = b"\x37\xfa\x21\x3d"
 LIMIT = 1000
 
-
-def client_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0, masked: bool = True,
-                 mask: bytes = MASK, length_bytes: int | None = None) -> bytes:
-    """A client frame; `length_bytes` forces the length form (0: 7-bit, 2: 16-bit, 8: 64-bit)."""
-    size = len(payload)
-    if length_bytes is None:
-        length_bytes = 0 if size < 126 else 2 if size < 65536 else 8
-    bit = 0x80 if masked else 0
-    head = bytes([(0x80 if fin else 0) | rsv | opcode])
-    if length_bytes == 0:
-        head += bytes([bit | size])
-    elif length_bytes == 2:
-        head += bytes([bit | 126]) + size.to_bytes(2, "big")
-    else:
-        head += bytes([bit | 127]) + size.to_bytes(8, "big")
-    if not masked:
-        return head + payload
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 def close_payload(code: int, reason: bytes = b"") -> bytes:

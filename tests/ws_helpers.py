@@ -39,6 +39,30 @@ WAIT = 5.0  # upper bound for anything the server should do "at once"
 COOKIE = "BAYEUX_BROWSER"
 
 
+
+CLIENT_MASK = b"\x37\xfa\x21\x3d"
+
+
+def client_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0, masked: bool = True,
+                 mask: bytes = CLIENT_MASK, length_bytes: int | None = None) -> bytes:
+    """One raw client websocket frame (RFC 6455 section 5.2); `length_bytes` forces the length form
+    (0: 7-bit, 2: 16-bit, 8: 64-bit), otherwise the shortest is used."""
+    size = len(payload)
+    if length_bytes is None:
+        length_bytes = 0 if size < 126 else 2 if size < 65536 else 8
+    bit = 0x80 if masked else 0
+    head = bytes([(0x80 if fin else 0) | rsv | opcode])
+    if length_bytes == 0:
+        head += bytes([bit | size])
+    elif length_bytes == 2:
+        head += bytes([bit | 126]) + size.to_bytes(2, "big")
+    else:
+        head += bytes([bit | 127]) + size.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
 def basic_auth(user: str) -> dict[str, str]:
     token = base64.b64encode(f"{user}:{USERS[user]}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
