@@ -100,7 +100,8 @@ class ParkedConnect:
 
     __slots__ = ("reply", "release", "holds", "slot")
 
-    def __init__(self, reply: dict[str, Any], release: Release) -> None:
+    def __init__(self, reply: dict[str, Any], release: Release | None = None) -> None:
+        """`release(reason)` answers it when it is finished; None for a subclass that overrides `finish`."""
         self.reply = reply
         self.release = release
         self.holds: HoldTimers | None = None  # where its timeout is kept, while it is held
@@ -109,7 +110,7 @@ class ParkedConnect:
     def finish(self, reason: str) -> None:
         """Stop holding, and have whoever holds it (the exchange) answer it."""
         self.cancel_timeout()
-        self.release(reason)
+        self.release(reason)  # type: ignore[misc]
 
     def cancel_timeout(self) -> None:
         if self.holds is not None:

@@ -71,7 +71,6 @@ class LeanHttp:
         broker = exchange.broker
         self.exchange = exchange
         self.browser = browser
-        self.broker = broker
         self.request_timeout = broker.config.request_timeout
         self.router = router  # relays long-polls of sessions owned by another cluster process
         # The private port of routing.py: only long-polls another process forwarded (no websocket).
@@ -254,7 +253,7 @@ class LeanHttpConnection(asyncio.Protocol):
         return transport is not None and not transport.is_closing()
 
     def respond(self, answer: Answer) -> None:
-        self._respond(answer.status, encode(answer.replies, answer.events), answer.cookie)
+        self._respond(answer.status, answer.body(), answer.cookie)
 
     # ------------------------------------------------------------------ requests
 

@@ -86,7 +86,7 @@ class LeanWebSocket(asyncio.Protocol):
         self.pong_due: bytes | None = None  # the latest ping not answered while the peer did not read
         self.batches: deque[list[Message]] = deque()  # received while a batch is being handled
         self.busy = False
-        self.pending: list[bytes] = []  # answers not yet written (only while the transport is paused)
+        self.pending: list[bytes] = []  # answers to write with the next frame (flush joins them with events)
         self.flush_scheduled = False
         self.paused = False  # the transport's buffer is full: the peer does not read
         self.reading_paused = False

@@ -34,6 +34,7 @@ class WebSocketConnection:
     def __init__(self, exchange: Exchange, ws: web.WebSocketResponse) -> None:
         self.exchange = exchange
         self.ws = ws
+        self.max_batch = exchange.broker.config.max_batch
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._wake = asyncio.Event()
@@ -66,7 +67,7 @@ class WebSocketConnection:
                 if frame.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     continue
                 try:
-                    messages = parse_json(frame.data, self.exchange.broker.config.max_batch)
+                    messages = parse_json(frame.data, self.max_batch)
                 except BodyError as exc:
                     self.respond(Answer(400, bayeux.body_error_reply(exc.error)))
                     messages = []

@@ -1,5 +1,6 @@
 """Interop harness: run third-party JavaScript Bayeux clients (tests/interop/node/*.mjs) under
-Node against a real broker subprocess, and read what they saw as JSON lines.
+Node against a real broker subprocess, and read what they saw as JSON lines. It also lends every
+interop test the fault-injecting proxy (`chaos_proxy`) and an HTTP publisher.
 
 A pytest plugin, loaded by the test modules with `pytest_plugins = ["node_harness"]` (not a
 conftest.py: a second module named `conftest` would shadow tests/conftest.py for the tests
@@ -27,6 +28,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from chaos_proxy import ChaosProxy
 from conftest import wait_listening
 
 NODE_DIR = Path(__file__).parent / "node"
@@ -310,3 +312,19 @@ async def http_publisher() -> AsyncIterator[Callable[..., Any]]:
     for publisher in publishers:
         with contextlib.suppress(Exception):
             await publisher.close()
+
+
+@pytest.fixture
+async def chaos_proxy() -> AsyncIterator[Callable[[int], Any]]:
+    """`await chaos_proxy(upstream_port)` -> a started ChaosProxy, stopped after the test."""
+    proxies: list[ChaosProxy] = []
+
+    async def make(port: int) -> ChaosProxy:
+        proxy = ChaosProxy(port)
+        proxies.append(proxy)
+        await proxy.start()
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        await proxy.stop()

@@ -29,7 +29,7 @@ import contextlib
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -49,22 +49,6 @@ CHANNEL = "/chaos/feed"
 N = 300
 PUBLISH_PAUSE = 0.005  # s between publishes: ~300 messages in 2-3 s, while the faults go on
 BROKER_FLAGS = ("--allow-anonymous", "--timeout", "3000", "--max-interval", "15000")
-
-
-@pytest.fixture
-async def chaos_proxy() -> AsyncIterator[Callable[[int], Any]]:
-    """`await chaos_proxy(upstream_port)` -> a started ChaosProxy, stopped after the test."""
-    proxies: list[ChaosProxy] = []
-
-    async def make(port: int) -> ChaosProxy:
-        proxy = ChaosProxy(port)
-        proxies.append(proxy)
-        await proxy.start()
-        return proxy
-
-    yield make
-    for proxy in proxies:
-        await proxy.stop()
 
 
 async def publish_sequence(publisher: Any, count: int = N) -> None:

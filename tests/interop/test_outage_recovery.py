@@ -17,12 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiocometd_ng
 import pytest
-from chaos_proxy import ChaosProxy
 
 pytest_plugins = ["node_harness"]  # the Node-client and publisher fixtures (tests/interop/node_harness.py)
 
@@ -41,22 +40,6 @@ CHANNEL = "/interop/outage"
 def broker_flags(http_server: str) -> tuple[str, ...]:
     return ("--allow-anonymous", "--http-server", http_server, "--timeout", str(TIMEOUT_MS),
             "--max-interval", str(MAX_INTERVAL_MS), "--sweep-period", SWEEP)
-
-
-@pytest.fixture
-async def chaos_proxy() -> AsyncIterator[Callable[[int], Any]]:
-    """`await chaos_proxy(upstream_port)` -> a started ChaosProxy, stopped after the test."""
-    proxies: list[ChaosProxy] = []
-
-    async def make(port: int) -> ChaosProxy:
-        proxy = ChaosProxy(port)
-        proxies.append(proxy)
-        await proxy.start()
-        return proxy
-
-    yield make
-    for proxy in proxies:
-        await proxy.stop()
 
 
 async def publish_after_recovery(http_publisher: Callable[..., Any], broker: Any) -> None:
