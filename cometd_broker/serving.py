@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from .app import BROKER, ENDPOINT
+from .http.bad_requests import ServerLog
 from .http.deadline import RequestDeadlines
 from .http.lean_http import LeanHttp
 
@@ -60,6 +61,7 @@ class GuardedAppRunner(web.AppRunner):
     aiohttp itself has none (http/deadline.py)."""
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        kwargs.setdefault("logger", ServerLog())  # a request aiohttp cannot parse: one WARNING, no traceback
         super().__init__(app, **kwargs)
         self.deadlines = RequestDeadlines(app[BROKER].config.request_timeout)
 

@@ -32,6 +32,7 @@ from ..broker import RequestContext
 from ..exchange import Answer, Exchange, encode
 from ..forwarding import Relay
 from ..private_port import FORWARDED_BY
+from .bad_requests import BAD_REQUESTS
 from .browser import BrowserPolicy, browser_id_of
 from .http import parse_long_poll_body
 from .lean_websocket import LeanWebSocket, upgrade_response
@@ -358,7 +359,7 @@ class LeanHttpConnection(asyncio.Protocol):
     def _refuse(self, reason: str) -> None:
         """Answer a malformed head with 400 and close: where its body would end, and so where a next
         request would start, is not known (RFC 9112 section 11.2)."""
-        log.debug("refused a malformed request head from %s: %s", self.remote, reason)
+        BAD_REQUESTS.report(self.remote, reason)
         transport, self.transport = self.transport, None
         if transport is None:
             return
