@@ -23,6 +23,7 @@ import orjson
 from aiohttp import web
 
 from .eventlog import EventLogClosed, EventLogUnavailable
+from .http.bad_requests import BAD_REQUESTS
 from .stats import LATENCY_BUCKETS, Disconnect, Histogram
 from .tasks import cancel_and_wait
 from .version import __version__
@@ -288,6 +289,8 @@ def write_broker_metrics(out: Exposition, broker: Broker, ready: bool) -> None:
     out.one("cometd_unknown_session_total", "counter",
             "Messages naming a session this process does not have (402 session_unknown: re-handshake)",
             stats.unknown_sessions)
+    out.one("cometd_http_bad_requests_total", "counter",
+            "HTTP requests refused with 400 because they could not be parsed (both HTTP paths)", BAD_REQUESTS.total)
     out.family("cometd_forwarded_requests_total", "counter",
                "Long-polls relayed to the cluster process owning their session, by result (failed: the owner "
                "was gone or dropped it, answered here with 402 so the client resumes here)")
