@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# cometd-broker: the broker and the contact-center API, with uvloop and the Redis engine.
+# cometd-broker: the broker and the contact-center API, with uvloop, the Redis engine and JWT support.
 #   docker build -t cometd-broker .
 #   docker run -p 8080:8080 -v cometd-data:/data cometd-broker        (README.md, "Docker")
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -11,14 +11,14 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY cometd_broker ./cometd_broker
 COPY channels ./channels
-RUN pip wheel --wheel-dir /wheels ".[fast,redis]"
+RUN pip wheel --wheel-dir /wheels ".[fast,redis,jwt]"
 
 # ---- runtime
 FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # The wheels are bind-mounted, not copied: they never become a layer of the image.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links /wheels "cometd-broker[fast,redis]"
+    pip install --no-index --find-links /wheels "cometd-broker[fast,redis,jwt]"
 # A fixed numeric uid: Kubernetes' runAsNonRoot can verify it, and volume ownership is predictable.
 RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home --shell /usr/sbin/nologin broker \
     && mkdir /data && chown 10001:10001 /data

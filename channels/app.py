@@ -96,7 +96,8 @@ def install_contact_center(app: web.Application, broker: Broker, config: Contact
         UserDirectory.load(config.users_file) if config.users_file else UserDirectory())
     sessions = HttpSessions()
     # The desktop's CometD handshake is authenticated by the same login as its REST calls.
-    broker.authenticator = ChainedAuthenticator(GwsAuthenticator(users, sessions), broker.authenticator)
+    broker.authenticator = ChainedAuthenticator(GwsAuthenticator(users, sessions, broker.config.jwt_verifier),
+                                                broker.authenticator)
     add_mount(app, NOTIFICATIONS)
     return install_engine(app, broker, config, users, sessions, StateStore(config.state_db))
 
@@ -132,7 +133,7 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
     app.middlewares.append(scoped(envelope_middleware, API_PREFIX, (NOTIFICATIONS,)))
     app.middlewares.extend(inner_middlewares)
     app.middlewares.append(auth_middleware(users, sessions, csrf=config.csrf, prefixes=(API_PREFIX,),
-                                           exempt=exempt))
+                                           exempt=exempt, jwt=broker.config.jwt_verifier))
     agent.add_routes(app, center.agent_api)
     smssessions.add_routes(app, conversations)
     chats.add_routes(app, conversations)
@@ -179,7 +180,8 @@ def install_clustered_contact_center(app: web.Application, broker: Broker, confi
     from .redis_store import RedisStateStore
 
     sessions = RedisHttpSessions(options.redis_url, prefix=options.prefix, timeout=options.redis_timeout)
-    broker.authenticator = ChainedAuthenticator(ClusterAuthenticator(users, sessions), broker.authenticator)
+    broker.authenticator = ChainedAuthenticator(ClusterAuthenticator(users, sessions, broker.config.jwt_verifier),
+                                                broker.authenticator)
     add_mount(app, NOTIFICATIONS)
 
     def engine_app(lease: str) -> web.Application:

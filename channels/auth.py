@@ -4,6 +4,10 @@ GWS authenticates the first request with HTTP Basic, keeps an HTTP session behin
 cookie, and (with CSRF protection on) hands out a per-session token on every GET that each
 POST/PUT/DELETE must echo in `X-CSRF-TOKEN`. The CometD handshake accepts the same session cookie, so a
 desktop logs in once over REST and then opens its notification channel.
+
+When the broker verifies JWTs (cometd_broker/jwt_auth.py), `Authorization: Bearer <jwt>` is accepted too,
+for the users of the users file only (`sub` is the user id; the file's roles apply): each request stands
+alone, without an HTTP session, a cookie or a CSRF token (no browser sends that header on its own).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from cometd_broker.jwt_auth import JwtVerifier
 from cometd_broker.logs import bind_user
 from cometd_broker.security import AuthenticationError, HandshakeRequest, Principal
 
@@ -414,16 +419,46 @@ async def _check_password(users: UserDirectory, user_id: str, password: str) -> 
 
 
 BAD_CREDENTIALS = "invalid user name or password"
+UNKNOWN_TOKEN_USER = "token user is not a user of the contact center"
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer ...` value, else None."""
+    scheme, _, value = (header or "").strip().partition(" ")
+    return (value.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def token_user(verifier: JwtVerifier, users: UserDirectory, token: str) -> User:
+    """The user a JWT names in `sub`; AuthenticationError if the token is refused or names nobody we know."""
+    user = users.get(verifier.verify(token).user_id)
+    if user is None:
+        raise AuthenticationError(UNKNOWN_TOKEN_USER)
+    return user
 
 
 class GwsAuthenticator:
-    """The CometD handshake's Authenticator: the REST session cookie, else Basic, else ext.authentication."""
+    """The CometD handshake's Authenticator: a JWT (Bearer or ext.authentication.token) when the broker
+    verifies JWTs, else the REST session cookie, else Basic, else ext.authentication."""
 
-    def __init__(self, users: UserDirectory, sessions: SessionStore) -> None:
+    def __init__(self, users: UserDirectory, sessions: SessionStore, jwt: JwtVerifier | None = None) -> None:
         self.users = users
         self.sessions = sessions
+        self.jwt = jwt
+
+    def _jwt_of(self, request: HandshakeRequest) -> str | None:
+        if self.jwt is None:
+            return None
+        ext = request.message.get("ext")
+        auth = ext.get("authentication") if isinstance(ext, Mapping) else None
+        token = auth.get("token") if isinstance(auth, Mapping) else None
+        if not isinstance(token, str):
+            token = bearer_token(request.headers.get("Authorization"))
+        return token if token is not None and self.jwt.handles(token) else None
 
     async def authenticate(self, request: HandshakeRequest) -> Principal:
+        token = self._jwt_of(request)
+        if token is not None and self.jwt is not None:  # explicit credentials win over an older cookie
+            return token_user(self.jwt, self.users, token).principal
         cookie = request.cookies.get(HttpSessions.COOKIE)
         if cookie:
             session = await self.sessions.find_session(cookie)
@@ -515,8 +550,10 @@ def _decorate(request: web.Request, response: web.StreamResponse, session: HttpS
 
 def auth_middleware(users: UserDirectory, sessions: SessionStore, *, csrf: bool = True,
                     prefixes: tuple[str, ...] = ("/api/v2",),
-                    exempt: tuple[str, ...] = ("/api/v2/notifications",)) -> Middleware:
-    """Session cookie or Basic login, and the CSRF token, for every request under `prefixes`.
+                    exempt: tuple[str, ...] = ("/api/v2/notifications",),
+                    jwt: JwtVerifier | None = None) -> Middleware:
+    """Session cookie or Basic login, and the CSRF token, for every request under `prefixes`; with `jwt`,
+    also a Bearer JWT of a known user, request by request.
 
     Paths under `exempt` pass untouched: the CometD endpoint authenticates its own handshake.
     """
@@ -524,6 +561,16 @@ def auth_middleware(users: UserDirectory, sessions: SessionStore, *, csrf: bool 
     @web.middleware
     async def gws_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not _under(request.path, prefixes) or _under(request.path, exempt):
+            return await handler(request)
+        token = bearer_token(request.headers.get("Authorization")) if jwt is not None else None
+        if token is not None and jwt is not None:
+            try:
+                request[USER_KEY] = token_user(jwt, users, token)
+            except AuthenticationError as exc:
+                response = failure(Status.NOT_AUTHENTICATED, str(exc), 401)
+                response.headers["WWW-Authenticate"] = 'Bearer realm="GWS", error="invalid_token"'  # RFC 6750
+                return response
+            bind_user(request[USER_KEY].user_id)
             return await handler(request)
         found = await _session_from_cookie(request, users, sessions)
         new = found is None

@@ -116,7 +116,8 @@ class Broker:
         cfg = self.config
         self.stats = BrokerStats()  # counters for /metrics: one attribute increment where each thing happens
         self.authenticator: Authenticator = authenticator or CredentialsAuthenticator(
-            cfg.user_map, tokens=cfg.token_map, allow_anonymous=cfg.allow_anonymous, roles=cfg.role_map)
+            cfg.user_map, tokens=cfg.token_map, allow_anonymous=cfg.allow_anonymous, roles=cfg.role_map,
+            token_verifier=cfg.jwt_verifier)
         self.authorizer: Authorizer = authorizer or ChannelAuthorizer(cfg.personal_prefix, cfg.rule_list)
         self.personal = Pattern.parse(cfg.personal_prefix)
         self.transports = cfg.transport_list

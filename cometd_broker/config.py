@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .channel import Pattern, channel_error
 from .eventlog import is_redis_url
+from .jwt_auth import JwtSettings, JwtVerifier, load_verifier
 from .logs import LOG_FORMATS, LOG_LEVELS
 from .security import ChannelRule
 from .session import QUEUE_POLICIES
@@ -115,6 +116,26 @@ class BrokerConfig:
     log_level: str = field(default="INFO", metadata=_doc("least severe log level written: " + ", ".join(LOG_LEVELS)))
     log_format: str = field(default="text", metadata=_doc(
         "log lines as text, or json (one object per line: ts, level, logger, msg, clientId, user)"))
+    jwt_secret: str = field(default="", metadata=_secret(
+        "HMAC secret (at least 32 bytes) that verifies Bearer JWTs signed with HS256/384/512, or @path: a file "
+        "holding it; empty: no JWTs unless jwt_public_key or jwks_file is set (one of the three)"))
+    jwt_public_key: str = field(default="", metadata=_doc(
+        "PEM file of the public key (or certificate) that verifies Bearer JWTs: RSA (RS256, PS256 ...), "
+        "EC P-256/384/521 (ES256/384/512) or Ed25519 (EdDSA)"))
+    jwks_file: str = field(default="", metadata=_doc(
+        "JWKS file (RFC 7517) of the public keys that verify Bearer JWTs, chosen by the token's kid; read at "
+        "start"))
+    jwt_algorithms: str = field(default="", metadata=_doc(
+        "comma-separated JWT algorithms accepted, of the key's kind; empty: HS256 for a secret, RS256 for an "
+        "RSA key, the curve's ES* for an EC key, a JWK's own alg; the token's alg header never chooses"))
+    jwt_leeway: float = field(default=30.0, metadata=_doc(
+        "seconds of clock skew allowed when checking a JWT's exp, nbf and iat"))
+    jwt_audience: str = field(default="", metadata=_doc(
+        "comma-separated audiences: a JWT's aud must name one; empty: a JWT carrying aud is refused (RFC 7519)"))
+    jwt_issuer: str = field(default="", metadata=_doc("the iss a JWT must carry; empty: not checked"))
+    jwt_roles_claim: str = field(default="", metadata=_doc(
+        "claim holding the user's roles for role:NAME rules, a list or a space-separated string; a dotted "
+        "path reads into objects (realm_access.roles); empty: roles come from the roles option only"))
 
     def validate(self) -> None:
         """Raise ValueError naming the first option that is out of range."""
@@ -162,6 +183,7 @@ class BrokerConfig:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
+        self.jwt_verifier  # reads the key files  # noqa: B018
 
     def _validate_cluster(self) -> None:
         if self.redis and not is_redis_url(self.redis):
@@ -200,6 +222,16 @@ class BrokerConfig:
         """token -> user."""
         return _pairs(self.tokens, "=", "tokens entry {!r} must be token=user")
 
+
+    @property
+    def jwt_settings(self) -> JwtSettings:
+        return JwtSettings(self.jwt_secret, self.jwt_public_key, self.jwks_file, self.jwt_algorithms,
+                           self.jwt_leeway, self.jwt_audience, self.jwt_issuer, self.jwt_roles_claim)
+
+    @property
+    def jwt_verifier(self) -> JwtVerifier | None:
+        """The verifier of Bearer JWTs (reads its key files), None when no JWT key is configured."""
+        return load_verifier(self.jwt_settings)
 
     @property
     def role_map(self) -> dict[str, frozenset[str]]:

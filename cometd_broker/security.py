@@ -49,6 +49,18 @@ class Authenticator(Protocol):
         ...
 
 
+class TokenVerifier(Protocol):
+    """Self-contained bearer tokens (JWT, see jwt_auth.py) beside the table of opaque ones."""
+
+    def handles(self, token: str) -> bool:
+        """Whether `token` has this verifier's shape (else it is looked up as an opaque token)."""
+        ...
+
+    def verify(self, token: str) -> Principal:
+        """The token's principal, or AuthenticationError saying why it is refused."""
+        ...
+
+
 SessionResolver = Callable[[str], "Awaitable[Principal | None] | Principal | None"]
 
 
@@ -65,19 +77,23 @@ class CredentialsAuthenticator:
     never be used as the other. Both are kept only as SHA-256 digests and
     compared in constant time. Credentials that are presented but wrong are
     refused even when anonymous access is allowed, so a typo is reported
-    instead of silently downgrading.
+    instead of silently downgrading. A token not in that table goes to
+    `token_verifier` when it has its shape (a JWT); the roles it carries are
+    added to the user's configured ones.
     """
 
     def __init__(self, users: Mapping[str, str] | None = None, *, tokens: Mapping[str, str] | None = None,
                  allow_anonymous: bool = False, session_cookie: str | None = None,
                  session_resolver: SessionResolver | None = None,
-                 roles: Mapping[str, Iterable[str]] | None = None) -> None:
+                 roles: Mapping[str, Iterable[str]] | None = None,
+                 token_verifier: TokenVerifier | None = None) -> None:
         self._secrets = {user: _digest(secret) for user, secret in (users or {}).items()}
         self._by_token = {_digest(token): user for token, user in (tokens or {}).items()}
         self._roles = {user: frozenset(r) for user, r in (roles or {}).items()}
         self.allow_anonymous = allow_anonymous
         self.session_cookie = session_cookie
         self.session_resolver = session_resolver
+        self.token_verifier = token_verifier
 
     def _principal(self, user: str) -> Principal:
         return Principal(user, self._roles.get(user, frozenset()))
@@ -86,9 +102,12 @@ class CredentialsAuthenticator:
         digest = _digest(secret)
         if user is None:
             found = self._by_token.get(digest)
-            if found is None:
-                raise AuthenticationError("invalid token")
-            return self._principal(found)
+            if found is not None:
+                return self._principal(found)
+            if self.token_verifier is not None and self.token_verifier.handles(secret):
+                verified = self.token_verifier.verify(secret)
+                return Principal(verified.user_id, verified.roles | self._principal(verified.user_id).roles)
+            raise AuthenticationError("invalid token")
         expected = self._secrets.get(user)
         # Compare against a dummy digest for unknown users so timing does not reveal them.
         if not hmac.compare_digest(expected or b"\0" * 32, digest) or expected is None:

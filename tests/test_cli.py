@@ -266,6 +266,6 @@ class TestDockerfile:
         pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
         extras = pyproject["project"]["optional-dependencies"]
         install = " ".join(arguments for name, arguments in dockerfile_instructions() if name == "RUN")
-        assert '"cometd-broker[fast,redis]"' in install and {"fast", "redis"} <= set(extras)
+        assert '"cometd-broker[fast,redis,jwt]"' in install and {"fast", "redis", "jwt"} <= set(extras)
         command = json.loads(dict(dockerfile_instructions())["CMD"])
         assert command == ["cometd-broker", "serve", "--host", "0.0.0.0"]

@@ -107,12 +107,14 @@ class RestartableBroker:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')}" for p in sorted(self.log_dir.glob("*.log")))
 
 
-def start_broker(tmp: Path, users: dict[str, tuple[str, str]], media_token: str) -> RestartableBroker:
+def start_broker(tmp: Path, users: dict[str, tuple[str, str]], media_token: str,
+                 extra_args: tuple[str, ...] = ()) -> RestartableBroker:
     users_file = tmp / "users.json"
     for name, (password, first_name) in users.items():
         add_user(users_file, name, password, first_name)
     args = ["--users-file", str(users_file), "--media-token", media_token, "--state-db", str(tmp / "state.db"),
-            "--event-log", str(tmp / "events.db"), "--desktop-dir", str(DESKTOP_DIR), "--offer-timeout", "120"]
+            "--event-log", str(tmp / "events.db"), "--desktop-dir", str(DESKTOP_DIR), "--offer-timeout", "120",
+            *extra_args]
     log_dir = tmp / "logs"
     log_dir.mkdir()
     broker = RestartableBroker(args, free_port(), log_dir)

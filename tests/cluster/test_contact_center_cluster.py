@@ -262,6 +262,40 @@ async def test_login_on_one_process_and_the_desktop_works_on_every_process(redis
         assert leader_pid(redis_server.port) == other.process.pid
 
 
+async def test_a_bearer_jwt_works_on_every_process(redis_url, users_file, brokers):
+    """Forwarded REST calls keep their Authorization header; the leader verifies it with the same key."""
+    import jwt
+
+    secret = "a-shared-secret-of-at-least-32-bytes!"
+    a, b = await start_cluster(brokers, 2, *cluster_flags(redis_url, users_file, "--jwt-secret", secret))
+    token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 300}, secret, algorithm="HS256")
+    bearer = {"Authorization": f"Bearer {token}"}
+    async with new_http() as http:
+        for port in (a.port, b.port):
+            async with http.post(f"http://127.0.0.1:{port}/api/v2/me", headers=bearer,
+                                 json={"operationName": "StartContactCenterSession", "channels": ["sms"]},
+                                 timeout=aiohttp.ClientTimeout(total=WAIT)) as response:
+                assert response.status == 200 and (await response.json()) == {"statusCode": 0}
+                assert "JSESSIONID" not in response.cookies
+        alice = Desk(http, "alice")
+        async with http.post(f"http://127.0.0.1:{b.port}/api/v2/notifications", timeout=aiohttp.ClientTimeout(
+                total=WAIT), json=[{"channel": "/meta/handshake", "version": "1.0",
+                                    "supportedConnectionTypes": ["long-polling"],
+                                    "ext": {"authentication": {"token": token}}}]) as response:
+            [reply] = await response.json()
+        assert reply["successful"] is True, reply
+        alice.client_id, alice.cometd_port = reply["clientId"], b.port
+        await connect(alice._bayeux(b.port), alice.client_id)
+        async with http.post(f"http://127.0.0.1:{b.port}/api/v2/notifications", json=[
+                {"channel": "/meta/subscribe", "clientId": alice.client_id, "subscription": "/v2/me/channels"}],
+                timeout=aiohttp.ClientTimeout(total=WAIT)) as response:
+            assert (await response.json())[0]["successful"] is True
+        async with http.post(f"http://127.0.0.1:{a.port}/api/v2/me/channels/sms", headers=bearer,
+                             json={"operationName": "Ready"}, timeout=aiohttp.ClientTimeout(total=WAIT)) as response:
+            assert (await response.json()) == {"statusCode": 0}
+        await alice.next_event("/v2/me/channels", sms_state("Ready"))
+
+
 async def test_sms_flow_alternating_processes_survives_killing_the_leader(redis_server, redis_url, users_file,
                                                                          brokers):
     cluster = await start_cluster(brokers, 2, *cluster_flags(redis_url, users_file, "--no-csrf"))

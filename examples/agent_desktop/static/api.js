@@ -1,5 +1,7 @@
 // The GWS v2 REST API as the desktop uses it: Basic login -> JSESSIONID cookie (HttpOnly, sent by the
 // browser) + the CSRF token every GET returns, which POST/PUT/DELETE must echo in X-CSRF-TOKEN.
+// Or, when the broker verifies JWTs, a token from the identity provider: every request carries
+// `Authorization: Bearer <jwt>` and stands alone (no session, no CSRF token).
 
 export class GwsError extends Error {
     constructor(statusCode, statusMessage, httpStatus) {
@@ -24,6 +26,7 @@ export class GwsApi {
     #csrf = null;
     #credentials = null; // kept in memory only (never in storage), to log in again after a broker restart
     #relogin = null; // the login in flight, shared by every request that found the session gone
+    #token = null; // a JWT, kept in memory only: it authenticates every request instead of the cookie
 
     constructor() {
         this.onRelogin = async () => {}; // the desktop restores its contact-center session here
@@ -40,6 +43,18 @@ export class GwsApi {
         return me.user;
     }
 
+    // Use a JWT for every request; returns the user resource (the server refuses unknown users).
+    async loginWithToken(token) {
+        const me = await this.#get("/api/v2/me?subresources=*", {Authorization: `Bearer ${token}`});
+        this.#token = token;
+        return me.user;
+    }
+
+    // The JWT in use (the CometD handshake sends it in ext.authentication), or null.
+    get token() {
+        return this.#token;
+    }
+
     // Resume the HTTP session of the cookie (a page reload): the user resource, or null if it is gone.
     async resume() {
         try {
@@ -52,6 +67,7 @@ export class GwsApi {
 
     forget() {
         this.#credentials = null;
+        this.#token = null;
         this.#csrf = null;
     }
 
@@ -90,17 +106,21 @@ export class GwsApi {
         }
     }
 
+    #bearer() {
+        return this.#token ? {Authorization: `Bearer ${this.#token}`} : {};
+    }
+
     async #get(path, headers) {
-        const response = await fetch(path, {headers: {...SCRIPT, ...headers}, credentials: "same-origin",
-            cache: "no-store"});
+        const response = await fetch(path, {headers: {...SCRIPT, ...this.#bearer(), ...headers},
+            credentials: "same-origin", cache: "no-store"});
         const token = response.headers.get("X-CSRF-TOKEN");
         if (token) this.#csrf = token;
         return GwsApi.#body(response);
     }
 
     async #send(method, path, body) {
-        if (!this.#csrf) await this.#get("/api/v2/me", {}); // a token comes with any GET
-        const headers = {...SCRIPT, "Content-Type": "application/json"};
+        if (!this.#csrf && !this.#token) await this.#get("/api/v2/me", {}); // a token comes with any GET
+        const headers = {...SCRIPT, ...this.#bearer(), "Content-Type": "application/json"};
         if (this.#csrf) headers["X-CSRF-TOKEN"] = this.#csrf;
         const response = await fetch(path, {method, headers, body: JSON.stringify(body), credentials: "same-origin"});
         return GwsApi.#body(response);

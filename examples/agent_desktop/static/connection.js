@@ -55,8 +55,10 @@ export class Connection {
     #stopped = false;
 
     // positions: {channel: last replayId handled}, owned (and persisted) by the caller.
-    constructor({url, positions, onEvent, onStatus, onCaughtUp, onAuthFailure}) {
+    // token: a JWT sent in the handshake's ext.authentication; without it the login cookie authenticates.
+    constructor({url, positions, onEvent, onStatus, onCaughtUp, onAuthFailure, token = null}) {
         this.url = url;
+        this.token = token;
         this.positions = positions;
         this.onEvent = onEvent;
         this.onStatus = onStatus;
@@ -79,7 +81,8 @@ export class Connection {
 
     handshake() {
         this.#stopped = false;
-        this.#cometd.handshake();
+        // The client keeps these for its own re-handshakes (after a 402) until the next call here.
+        this.#cometd.handshake(this.token ? {ext: {authentication: {token: this.token}}} : undefined);
     }
 
     stop() {

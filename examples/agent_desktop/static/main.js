@@ -83,6 +83,7 @@ async function enter(me) {
     await startSession();
     connection = new Connection({
         url: `${location.origin}/api/v2/notifications`,
+        token: api.token,
         positions: model.positions,
         onEvent: onEvent,
         onStatus: showStatus,
@@ -505,7 +506,23 @@ setInterval(() => { if (model && selected) scheduleRender(); }, 2000); // typing
 
 // --- start: resume the tab's session when the broker still knows its cookie ---------------------------------------
 
+// A page opened as /#token=<jwt> (by a portal that signed the agent in) uses that token instead of a
+// password. The fragment never reaches a server or its logs; it is removed from the address bar and history.
+function tokenFromFragment() {
+    const token = new URLSearchParams(location.hash.slice(1)).get("token");
+    if (token) history.replaceState(null, "", location.pathname + location.search);
+    return token;
+}
+
 (async () => {
+    const token = tokenFromFragment();
+    if (token) {
+        try {
+            return await enter(await api.loginWithToken(token));
+        } catch (error) {
+            return showLogin(error instanceof GwsError ? error.message : `Cannot log in: ${error.message}`);
+        }
+    }
     try {
         const me = await api.resume();
         if (me) return await enter(me);
