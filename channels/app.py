@@ -318,7 +318,8 @@ class ContactCenterPlugin:
                            config: ContactCenterConfig) -> None:
         from .cluster import ClusterOptions
 
-        options = ClusterOptions(broker.config.redis, lease_ttl=args.cluster_lease_ttl, host=args.cluster_host,
+        options = ClusterOptions(broker.config.redis, broker.config.redis_namespace,
+                                 lease_ttl=args.cluster_lease_ttl, host=args.cluster_host,
                                  read_timeout=config.gateway_poll_wait + 20.0)
         users = UserDirectory.load(config.users_file) if config.users_file else UserDirectory()
         install_clustered_contact_center(app, broker, config, users, options)

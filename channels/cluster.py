@@ -5,8 +5,9 @@ asyncio lock orders every operation and its notifications. Rather than share tha
 processes, a cluster elects one *leader* through a Redis lease and only the leader runs the engine,
 with its state in Redis (`RedisStateStore`), so a successor resumes where it stopped.
 
-- Lease: `SET {prefix}:leader VALUE NX PX ttl`. The value is JSON naming the term (a random token) and
-  the URL where the holder serves the engine. The holder extends it every ttl/3 with a compare-and-
+- Lease: `SET {namespace}:cc:leader VALUE NX PX ttl`, in the broker's namespace (its Redis prefix and
+  database), like every key of the contact center. The value is JSON naming the term (a random token)
+  and the URL where the holder serves the engine. The holder extends it every ttl/3 with a compare-and-
   extend script; if it cannot (the value changed, or Redis did not answer before the lease ran out) it
   stops serving at once. Its Redis writes are fenced by the same value (see redis_store.py), so a
   deposed leader that has not noticed yet cannot overwrite its successor's state.
@@ -72,7 +73,7 @@ _HOP_BY_HOP = HOP_BY_HOP
 @dataclass(frozen=True)
 class ClusterOptions:
     redis_url: str
-    prefix: str = "cometd-broker:cc"  # every Redis key of the contact center starts with this
+    namespace: str  # the broker's (BrokerConfig.redis_namespace): its deployment's on this Redis server
     lease_ttl: float = 5.0  # seconds; a dead leader is replaced within about this
     host: str = "127.0.0.1"  # where this process serves the engine while it leads (see the module doc)
     read_timeout: float = 30.0  # seconds a forwarded request may take (above the gateway's long poll)
@@ -83,6 +84,11 @@ class ClusterOptions:
             raise ValueError(f"cluster lease ttl must be 0.3..600 seconds, got {self.lease_ttl}")
         if self.read_timeout <= 0 or self.redis_timeout <= 0:
             raise ValueError("cluster timeouts must be > 0")
+
+    @property
+    def prefix(self) -> str:
+        """How every Redis key of the contact center starts: the deployment's namespace, then `cc`."""
+        return f"{self.namespace}:cc"
 
     @property
     def lease_key(self) -> str:

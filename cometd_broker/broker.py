@@ -24,7 +24,7 @@ from .bayeux import Message
 from .channel import Pattern, SubscriptionIndex, channel_error, is_meta, is_service, is_wildcard
 from .config import BrokerConfig
 from .engine import Engine, EngineUnavailable, Outgoing, open_engine
-from .eventlog import EventLog, EventLogUnavailable, Retention, RetentionTask, open_event_log
+from .eventlog import EventLog, EventLogUnavailable, Retention, RetentionTask, is_redis_url, open_event_log
 from .extensions import ack, replay
 from .extensions.ack import AckState
 from .logs import bound, session_fields
@@ -137,8 +137,10 @@ class Broker:
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self._connect_advice = bayeux.advice(bayeux.RETRY, cfg.interval, cfg.timeout)
+        # A Redis log's keys start with the deployment's namespace (redis_names.py), the prefix its part.
+        store_options = {"prefix": cfg.redis_prefix} if is_redis_url(cfg.event_log_url) else {}
         self.event_log: EventLog = open_event_log(
-            cfg.event_log_url, Retention(max_age=cfg.retention_age, max_count=cfg.retention_count))
+            cfg.event_log_url, Retention(max_age=cfg.retention_age, max_count=cfg.retention_count), **store_options)
         self._retention = RetentionTask(self.event_log, period=cfg.retention_period)
         # The newest id of each stream whose delivery has started (see ReplayMark and _catch_up).
         self._latest_ids: dict[str, int] = {}

@@ -16,6 +16,7 @@ from .channel import Pattern, channel_error
 from .eventlog import is_redis_url
 from .jwt_auth import JwtSettings, JwtVerifier, load_verifier
 from .logs import LOG_FORMATS, LOG_LEVELS
+from .redis_names import DEFAULT_PREFIX, prefix_error, redis_namespace
 from .security import ChannelRule
 from .session import QUEUE_POLICIES
 
@@ -110,6 +111,10 @@ class BrokerConfig:
         "re-handshakes there)"))
     workers: int = field(default=1, metadata=_doc(
         "processes serving the same port (SO_REUSEPORT), supervised by `serve`; more than 1 needs redis"))
+    redis_prefix: str = field(default=DEFAULT_PREFIX, metadata=_doc(
+        "with redis: the start of every Redis key and pub/sub channel name of this deployment, followed by "
+        "the URL's database (cometd:db0:...), so deployments on one Redis server (other databases, or other "
+        "prefixes) never see each other's events; letters, digits, _ - ."))
     http_server: str = field(default="lean", metadata=_doc(
         "lean: `serve` answers plain long-polling POSTs on a lean HTTP/1.1 path (several times less CPU per "
         "request) and hands every other request to aiohttp; aiohttp: aiohttp serves every request"))
@@ -197,11 +202,20 @@ class BrokerConfig:
         if self.redis and is_redis_url(self.event_log) and self.event_log != self.redis:
             raise ValueError("with redis the event log is kept in that same Redis: event_log must be unset or "
                              f"{self.redis!r}, not {self.event_log!r}")
+        problem = prefix_error(self.redis_prefix)
+        if problem:
+            raise ValueError(problem)
 
     @property
     def event_log_url(self) -> str:
         """Where the event log is: with redis always that Redis, because the Redis engine appends to it."""
         return self.redis or self.event_log
+
+    @property
+    def redis_namespace(self) -> str:
+        """How every Redis key and channel of this deployment starts (redis_names.py): the prefix and the
+        database of its Redis (the event log's, without redis)."""
+        return redis_namespace(self.event_log_url, self.redis_prefix)
 
 
     @property

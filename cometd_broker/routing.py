@@ -9,8 +9,9 @@ processes and each request there is a 402 and a re-handshake, forever.
 - Tag: every clientId this process issues starts with its tag, 8 random hex digits drawn at start,
   followed by the usual 160 random bits (bayeux.new_client_id), so a clientId stays unguessable.
 - Registry: the process listens on a private socket (private_port.py) and keeps
-  `{prefix}:route:{tag}` = "host:port" in Redis with a TTL it refreshes every TTL/3; it deletes the
-  key when it stops. A process SIGKILLed leaves the key until the TTL ends, but its port refuses.
+  `{namespace}:route:{tag}` = "host:port" in Redis (the deployment's namespace, redis_names.py) with
+  a TTL it refreshes every TTL/3; it deletes the key when it stops. A process SIGKILLed leaves the key
+  until the TTL ends, but its port refuses.
 - Forwarding: a long-poll POST, or a callback-polling (JSONP) GET, whose first message names another
   tag (never a handshake) is sent, method, target, headers and body, to that owner's private port
   and the owner's reply bytes are relayed unchanged (forwarding.py). If the owner is not registered,
@@ -49,6 +50,7 @@ from .forwarding import ForwardedReply, Forwarder, ForwardError
 from .http.http import HttpTransport
 from .http.lean_http import LeanHttp
 from .private_port import FORWARDED_BY, HOP_BY_HOP, address_of, bind_private
+from .redis_names import DEFAULT_PREFIX, redis_namespace
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -68,14 +70,14 @@ _NOT_RELAYED = HOP_BY_HOP | {FORWARDED_BY.lower()}
 class SessionRouter:
     """This process's tag, its registration, its private port, and the forwarding of others' sessions."""
 
-    def __init__(self, broker: Broker, redis_url: str, host: str, *, prefix: str = "cometd",
+    def __init__(self, broker: Broker, redis_url: str, host: str, *, prefix: str = DEFAULT_PREFIX,
                  ttl: float = REGISTRATION_TTL, http: HttpTransport) -> None:
         self.broker = broker
         self.http = http  # serves the forwarded requests the lean path hands over
         self.tag = secrets.token_hex(TAG_LENGTH // 2)
         broker.client_id_prefix = self.tag
         self.host = host
-        self.prefix = prefix
+        self.namespace = redis_namespace(redis_url, prefix)
         self.ttl = ttl
         self.address = ""  # "host:port" of the private port, once started
         # A held connect may be answered up to its timeout late, plus the owner's queue of work.
@@ -92,7 +94,7 @@ class SessionRouter:
         self._redis_down = False  # logged once per outage
 
     def key(self, tag: str) -> str:
-        return f"{self.prefix}:route:{tag}"
+        return f"{self.namespace}:route:{tag}"
 
     # --- lifetime -------------------------------------------------------------------------------------
 
@@ -249,7 +251,7 @@ def install_router(app: web.Application, broker: Broker, endpoint: Any) -> Sessi
     """With redis: tag this process's clientIds and forward others' long-polls to their owners.
     `endpoint` is the app's Bayeux endpoint (app.BayeuxEndpoint), whose transports relay through it."""
     cfg = broker.config
-    router = SessionRouter(broker, cfg.redis, cfg.forward_host, http=endpoint.http)
+    router = SessionRouter(broker, cfg.redis, cfg.forward_host, prefix=cfg.redis_prefix, http=endpoint.http)
     endpoint.router = router
     endpoint.http.router = router
     app.on_startup.append(router.start)  # after the broker's own start (registered before)

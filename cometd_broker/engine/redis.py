@@ -4,7 +4,8 @@ Publishing is one Lua script (see RedisEventLog's append script): it assigns the
 appends them to their streams in Redis Streams and PUBLISHes them on the cluster's fan-out channel,
 atomically, so the order of ids and the order of fan-out messages always agree. Publishes made in
 the same loop turn share one call and one fan-out message: a long-poll batch of N publishes costs
-one round trip, not N.
+one round trip, not N. The channel is `{namespace}:fanout`: pub/sub ignores Redis databases, so its
+name is what keeps deployments on one Redis server apart (redis_names.py).
 
 The engine talks to Redis over one RESP3 connection of its own (RedisLink) that both calls the
 script and is subscribed to the fan-out channel: Redis writes the messages of every process and
@@ -107,7 +108,7 @@ class RedisEngine:
         self._dispatch = dispatch
         self._on_lost = on_lost
         self._on_restored = on_restored
-        self.channel = channel or f"{event_log.prefix}:fanout"
+        self.channel = channel or f"{event_log.prefix}:fanout"  # the log's prefix is the namespace
         self.node_id = secrets.token_hex(8)  # tells this process's echoes from the others' messages
         self._echo_timeout = echo_timeout
         self._slots = asyncio.Semaphore(max_pending)

@@ -1,10 +1,13 @@
 """RedisEventLog: the event log in Redis Streams, shared by every broker process of a cluster.
 
-Layout (every key starts with `prefix`, "cometd" unless told otherwise):
-    {prefix}:streams         SET of stream names ever written (`streams()`)
-    {prefix}:ts              HASH: per stream key the last timestamp given (they never go back)
-    {prefix}:log:{stream}    STREAM, one entry per event with the id "0-<id>" and the fields t
+Layout (every key starts with the deployment's namespace `{ns}`, "{prefix}:db{N}": the prefix given,
+"cometd" unless told otherwise, and the URL's database, see redis_names.py):
+    {ns}:streams             SET of stream names ever written (`streams()`)
+    {ns}:ts                  HASH: per stream key the last timestamp given (they never go back)
+    {ns}:log:{stream}        STREAM, one entry per event with the id "0-<id>" and the fields t
                              (epoch seconds, as text) and p (the payload bytes)
+The Redis engine's fan-out channel is `{ns}:fanout` (pub/sub ignores databases: the namespace keeps
+two deployments on one server apart).
 
 Why ids "0-<id>": Redis hands out the next sequence number itself (XADD key 0-*), so an append
 needs no counter of its own to read and write: per event it is one XADD. XRANGE pages by our
@@ -40,6 +43,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..redis_names import DEFAULT_PREFIX, redis_namespace
 from .base import (
     KEEP_ALL,
     UNKNOWN_BOUNDS,
@@ -63,7 +67,7 @@ except ImportError:
 _SCAN_PAGE = 500  # entries per XRANGE when read_range scans a stream
 MIN_REDIS = (7, 0)  # XADD with "<ms>-*" ids (and NOMKSTREAM, 6.2)
 
-# ARGV: key prefix, now (seconds as text), max_count ('' = no limit), fan-out channel ('' = none),
+# ARGV: key prefix (the namespace), now (seconds as text), max_count ('' = no limit), fan-out channel ('' = none),
 #       fan-out header, then per event: its stream's key, payload, and the explicit id to try first
 #       ('' = none). Returns the events' ids, in order, as one string "<id>,<id>,...".
 # The caller builds each event's key and explicit id (append_args): string work in Lua costs Redis
@@ -170,7 +174,7 @@ class RedisEventLog:
         url: str,
         retention: Retention = KEEP_ALL,
         *,
-        prefix: str = "cometd",
+        prefix: str = DEFAULT_PREFIX,  # the deployment's (--redis-prefix); the keys' namespace adds the database
         clock: Callable[[], float] = time.time,
         socket_timeout: float = 5.0,  # a command that takes longer is reported as unavailable
         connect_timeout: float = 2.0,
@@ -182,7 +186,8 @@ class RedisEventLog:
         self.connect_timeout = connect_timeout
         self.socket_timeout = socket_timeout
         self.retention = retention
-        self.prefix = prefix
+        # How every key starts (the script's ARGV[1]): the deployment's namespace, not the bare prefix.
+        self.prefix = prefix = redis_namespace(url, prefix)
         self._clock = clock
         # Every connection says whose it is in CLIENT LIST (operators; tests kill one broker's).
         self.client_name = f"cometd-broker-{os.getpid()}-{secrets.token_hex(3)}"

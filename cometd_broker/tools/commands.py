@@ -22,7 +22,9 @@ from urllib.request import pathname2url
 import aiohttp
 import orjson
 
-from ..eventlog import EventLog, SqliteEventLog
+from ..configfile import mask_url_password
+from ..eventlog import EventLog, EventLogUnavailable, SqliteEventLog, is_redis_url
+from ..redis_names import DEFAULT_PREFIX
 from .errors import ToolError, http_error_text
 from .filters import EventFilter, FilterError, from_params, record_line
 from .progress import Progress
@@ -41,8 +43,9 @@ def add_commands(subparsers: Any) -> None:
     actions = events.add_subparsers(dest="events_command", required=True)
 
     dump = actions.add_parser("dump", help="write a range of recorded events as JSON lines",
-                              description="Read a SQLite event log (also while a broker writes it) and write "
-                                          'one JSON object per event: {"stream","id","timestamp","message"}.')
+                              description="Read a SQLite event log (also while a broker writes it), or a "
+                                          "cluster's in Redis, and write one JSON object per event: "
+                                          '{"stream","id","timestamp","message"}.')
     _log_argument(dump)
     _filter_arguments(dump)
     dump.add_argument("--limit", type=int, default=None, help="stop after N events")
@@ -78,7 +81,10 @@ def add_commands(subparsers: Any) -> None:
 
 
 def _log_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--event-log", required=True, metavar="PATH", help="the broker's SQLite event log file")
+    parser.add_argument("--event-log", required=True, metavar="PATH",
+                        help="the broker's SQLite event log file, or its Redis URL (redis://host:6379/0)")
+    parser.add_argument("--redis-prefix", default=DEFAULT_PREFIX,
+                        help="with a Redis URL: the broker's --redis-prefix (default: %(default)s)")
 
 
 def _token_argument(parser: argparse.ArgumentParser) -> None:
@@ -126,8 +132,13 @@ def _check_limit(name: str, value: int | None) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_log(path: str) -> AsyncIterator[EventLog]:
-    """Open an existing SQLite event log; never create one (a typo must not look like an empty log)."""
+async def open_log(path: str, redis_prefix: str = DEFAULT_PREFIX) -> AsyncIterator[EventLog]:
+    """Open an existing SQLite event log, or the Redis log of the deployment `redis_prefix` names; never
+    create one, nor take a missing one for an empty log (a typo must not look like an empty log)."""
+    if is_redis_url(path):
+        async with _open_redis_log(path, redis_prefix) as log:
+            yield log
+        return
     if not os.path.exists(path):
         raise ToolError(f"event log {path!r} not found")
     if not os.path.isfile(path):
@@ -138,6 +149,28 @@ async def open_log(path: str) -> AsyncIterator[EventLog]:
     except sqlite3.DatabaseError as exc:
         raise ToolError(f"event log {path!r} is not a readable SQLite event log ({exc})") from None
     try:
+        yield log
+    finally:
+        await log.close()
+
+
+@contextlib.asynccontextmanager
+async def _open_redis_log(url: str, redis_prefix: str) -> AsyncIterator[EventLog]:
+    try:
+        from ..eventlog.redis import RedisEventLog  # the redis package is needed only for a Redis log
+
+        log = RedisEventLog(url, prefix=redis_prefix)
+    except (ImportError, ValueError) as exc:
+        raise ToolError(f"cannot read the event log at {mask_url_password(url)}: {exc}") from None
+    try:
+        try:
+            found = await log.streams()
+        except EventLogUnavailable as exc:
+            raise ToolError(str(exc)) from None
+        if not found:
+            # The broker's keys are under its namespace: another prefix or database finds nothing.
+            raise ToolError(f"no event log at {mask_url_password(url)} for --redis-prefix {redis_prefix} (no "
+                            f"{log.prefix}:streams key): are the prefix and the URL's database the broker's?")
         yield log
     finally:
         await log.close()
@@ -165,7 +198,7 @@ def _check_is_event_log(path: str) -> None:
 async def _dump(args: argparse.Namespace) -> None:
     filt = _filter(args)
     _check_limit("--limit", args.limit)
-    async with open_log(args.event_log) as log:
+    async with open_log(args.event_log, args.redis_prefix) as log:
         with _output(args.output) as out:
             progress = Progress("dumped")
             try:
@@ -300,7 +333,7 @@ async def _replay(args: argparse.Namespace) -> None:
     else:
         sink = BayeuxSink(_base_url(args.subscriber_url, "--subscriber-url"), args.bayeux_token)
     try:
-        async with open_log(args.event_log) as log:
+        async with open_log(args.event_log, args.redis_prefix) as log:
             total = await count(log, filt)
             if args.limit is not None:
                 total = min(total, args.limit)

@@ -221,8 +221,8 @@ async def test_brokers_reach_redis_through_its_unix_socket(aiohttp_client):
         resumed = await replay_session(a, "/feed", 15)  # read back from the log, on the other process
         assert [e["data"]["n"] for e in await receive(a, resumed, 5)] == [15, 16, 17, 18, 19]
         assert broker_of(a).engine.stats()["connected"] and broker_of(b).engine.stats()["connected"]
-        keys = redis.Redis(unix_socket_path=socket_path, db=2).keys("cometd:log:*")
-        assert keys == [b"cometd:log:/feed"]  # in the URL's database
+        keys = redis.Redis(unix_socket_path=socket_path, db=2).keys("cometd:*:log:*")
+        assert keys == [b"cometd:db2:log:/feed"]  # in the URL's database, and its namespace
 
 
 async def test_a_client_whose_owner_is_gone_gets_402_and_resumes_there_by_replay(two_brokers, redis_url):

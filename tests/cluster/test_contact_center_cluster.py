@@ -35,7 +35,7 @@ from channels.auth import User, UserDirectory, hash_password
 TOKEN = "media-secret"
 TTL = 1.5  # lease seconds: failover within about this
 WAIT = 8.0  # seconds: the bound of every wait for an event or a reply
-PREFIX = "cometd-broker:cc"
+PREFIX = "cometd:db0:cc"  # the contact center's keys: the default namespace (redis_url's database 0), then cc
 LEASE = f"{PREFIX}:leader"
 
 
