@@ -399,9 +399,12 @@ class Broker:
         if session is None:
             return None
         browser = ctx.browser
-        if (browser is not None and ctx.browser_id != session.browser_id  # the usual request: its own cookie
-                and not browser.may_use(session, ctx)):
-            return None  # another browser must not drive this session (clientId hijack protection)
+        if browser is not None and not browser.may_use(session, ctx):
+            # A clientId is no secret: a request without the browser cookie the session is bound to
+            # must not drive it (clientId hijack protection, see http/browser.py).
+            log.info("refused a %s request naming this session: not its browser cookie", ctx.transport,
+                     extra=_ids(session))
+            return None
         return session
 
     def ended(self, client_id: str) -> tuple[str, str]:

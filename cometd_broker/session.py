@@ -168,7 +168,7 @@ class HoldTimers:
 class ServerSession:
     """One handshaken client. Owned by the Broker; transports only read the queue."""
 
-    __slots__ = ("client_id", "principal", "browser_id", "queue", "subscriptions", "connected",
+    __slots__ = ("client_id", "principal", "browser_id", "cookie_seen", "queue", "subscriptions", "connected",
                  "parked", "expires_at", "sink", "transport", "ack", "replay", "replay_from", "catch_up",
                  "drained", "latest_connect")
 
@@ -177,6 +177,9 @@ class ServerSession:
         self.client_id = client_id
         self.principal = principal
         self.browser_id = browser_id
+        # True once a request after the handshake carried the browser cookie the session is bound to
+        # (a client that keeps cookies): from then on every request naming it must carry that cookie.
+        self.cookie_seen = False
         self.queue = queue
         self.subscriptions: set[str] = set()
         self.connected = False  # True once the first /meta/connect was answered

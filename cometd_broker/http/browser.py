@@ -4,8 +4,18 @@ A browser shares a handful of connections per host among all its tabs; a tab hol
 takes one of them for the whole hold time. So, as CometD's HTTP transport does, the broker marks
 each browser with a cookie and holds at most `max_sessions_per_browser` connects per browser at a
 time; another tab's connect is answered at once with `multiple-clients` advice (poll every
-`multi_session_interval` ms instead). The same cookie binds a session to the browser that uses it:
-a request from another browser naming that clientId is refused as an unknown session.
+`multi_session_interval` ms instead). The same cookie binds a session to the browser that uses it,
+because a clientId is no secret (it appears in logs and the admin API):
+
+- A session handshaken over HTTP is bound to the cookie the handshake presented, or to a new one
+  issued with the reply; over websocket, to the cookie of the upgrade request, if any.
+- Once a request after the handshake has carried that cookie, the client is known to keep cookies:
+  every later request naming the session, over any transport, must carry the same cookie. One
+  without it, or with any other value, is refused as an unknown session.
+- A session never used with its cookie (a client that keeps no cookies) goes on without one; a
+  request carrying another browser's cookie is refused all the same.
+- Tabs of one browser that handshake at the same moment each get a new cookie and the browser
+  keeps only the last: a session may move to a sibling's cookie (see `_sibling_tab`).
 
 This is HTTP-layer policy: the broker core only asks the context's policy (`RequestContext.browser`).
 """
@@ -57,8 +67,8 @@ class BrowserPolicy:
 
     def bind(self, ctx: RequestContext, principal: Principal) -> tuple[str | None, str | None]:
         """At a handshake: the browser id the new session is bound to, and a cookie to set (or None).
-        A handshake over HTTP with no cookie gets one; its session is then bound to whichever cookie
-        its first later request carries (see `may_use`)."""
+        A handshake over HTTP with no cookie gets a new one; one over websocket without a cookie
+        leaves the session unbound (the upgrade has been answered: no cookie can be set now)."""
         if ctx.browser_id is not None or ctx.transport not in HTTP_TRANSPORTS:
             return ctx.browser_id, None
         browser_id = secrets.token_hex(16)
@@ -70,13 +80,21 @@ class BrowserPolicy:
         return browser_id, browser_id
 
     def may_use(self, session: ServerSession, ctx: RequestContext) -> bool:
-        """Whether this request may drive `session`: not when it carries another browser's cookie."""
-        presented = ctx.browser_id
-        if presented is None or presented == session.browser_id:
+        """Whether this request may drive `session` (see the module's docstring for the rule)."""
+        bound, presented = session.browser_id, ctx.browser_id
+        if bound is None:
+            # Handshaken without a cookie where none could be set: the clientId is all it has. It is
+            # never bound later, or a stranger's cookie would lock its cookie-less owner out.
             return True
-        if session.browser_id is not None and not self._sibling_tab(session, presented):
-            return False
+        if presented == bound:
+            session.cookie_seen = True
+            return True
+        if presented is None:
+            return not session.cookie_seen  # a client that keeps no cookies, or one that dropped it
+        if not self._sibling_tab(session, presented):
+            return False  # another browser's cookie, or one never issued
         session.browser_id = presented
+        session.cookie_seen = True
         return True
 
     def _sibling_tab(self, session: ServerSession, presented: str) -> bool:

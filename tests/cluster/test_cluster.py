@@ -35,7 +35,7 @@ from bayeux_helpers import (
     send,
     wait_parked,
 )
-from conftest import USERS_OPTION, RunningBroker, free_port, start_broker, wait_listening
+from conftest import USERS_OPTION, LeanTestServer, RunningBroker, free_port, start_broker, wait_listening
 from crash_helpers import BayeuxPublisher, Subscriber, Target, delivery_problems, seq_of, wait_for
 from redis_helpers import running_redis
 
@@ -256,10 +256,17 @@ async def test_a_client_whose_owner_is_gone_gets_402_and_resumes_there_by_replay
 
 
 @pytest.fixture
-async def routed_brokers(make_client, redis_url):
-    """Two in-process brokers on one Redis, on the HTTP path of `http_server` (lean and aiohttp)."""
-    return (await make_client(redis=redis_url, allow_anonymous=True),
-            await make_client(redis=redis_url, allow_anonymous=True))
+async def routed_brokers(aiohttp_client, http_server, redis_url):
+    """Two in-process brokers on one Redis, on the HTTP path of `http_server` (lean and aiohttp). Their
+    clients share one cookie jar: a client sees one origin, whichever process its connection reaches,
+    and a session used with its browser cookie needs it on every request (http/browser.py)."""
+    jar = aiohttp.CookieJar(unsafe=True)
+
+    async def make():
+        app = create_app(BrokerConfig(redis=redis_url, allow_anonymous=True, users=USERS_OPTION))
+        return await aiohttp_client(LeanTestServer(app) if http_server == "lean" else app, cookie_jar=jar)
+
+    return await make(), await make()
 
 
 async def test_a_long_poll_client_straddling_two_processes_gets_every_message_once_without_rehandshake(
