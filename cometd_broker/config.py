@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .channel import Pattern, channel_error
 from .eventlog import is_redis_url
+from .http.origins import parse_allowed
 from .logs import LOG_FORMATS, LOG_LEVELS
 from .security import ChannelRule
 from .session import QUEUE_POLICIES
@@ -115,6 +116,10 @@ class BrokerConfig:
     log_level: str = field(default="INFO", metadata=_doc("least severe log level written: " + ", ".join(LOG_LEVELS)))
     log_format: str = field(default="text", metadata=_doc(
         "log lines as text, or json (one object per line: ts, level, logger, msg, clientId, user)"))
+    allowed_origins: str = field(default="", metadata=_doc(
+        "web origins besides the broker's own (Origin host:port = Host) whose pages may use it from a browser, "
+        "comma-separated (https://crm.example.com), * for any: a websocket upgrade or request under the mount "
+        "or the REST API from another origin is refused 403; listed ones get CORS with credentials"))
 
     def validate(self) -> None:
         """Raise ValueError naming the first option that is out of range."""
@@ -162,6 +167,7 @@ class BrokerConfig:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
+        parse_allowed(self.allowed_origins)  # ValueError names the entry
 
     def _validate_cluster(self) -> None:
         if self.redis and not is_redis_url(self.redis):
