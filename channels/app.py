@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from cometd_broker import Broker
-from cometd_broker.app import add_mount
+from cometd_broker.app import add_mount, allow_cross_origin
 from cometd_broker.security import ChainedAuthenticator
 from cometd_broker.tasks import cancel_and_wait
 
@@ -89,6 +89,13 @@ def scoped(middleware: Callable[..., Any], prefix: str, exempt: tuple[str, ...])
     return only_api
 
 
+def allow_cross_origin_api(app: web.Application) -> None:
+    """The REST APIs are called with the session cookie, as the notifications mount is: the same Origin
+    check, and CORS for `--allowed-origins` (a desktop embedded in a CRM served from another origin)."""
+    allow_cross_origin(app, API_PREFIX)
+    allow_cross_origin(app, GATEWAY_PREFIX)
+
+
 def install_contact_center(app: web.Application, broker: Broker, config: ContactCenterConfig,
                            users: UserDirectory | None = None) -> ContactCenter:
     """Add the REST API, its middlewares and the /api/v2/notifications mount to a broker app."""
@@ -99,6 +106,7 @@ def install_contact_center(app: web.Application, broker: Broker, config: Contact
     broker.authenticator = ChainedAuthenticator(GwsAuthenticator(users, sessions, broker.config.jwt_verifier),
                                                 broker.authenticator)
     add_mount(app, NOTIFICATIONS)
+    allow_cross_origin_api(app)
     return install_engine(app, broker, config, users, sessions, StateStore(config.state_db))
 
 
@@ -183,6 +191,7 @@ def install_clustered_contact_center(app: web.Application, broker: Broker, confi
     broker.authenticator = ChainedAuthenticator(ClusterAuthenticator(users, sessions, broker.config.jwt_verifier),
                                                 broker.authenticator)
     add_mount(app, NOTIFICATIONS)
+    allow_cross_origin_api(app)
 
     def engine_app(lease: str) -> web.Application:
         engine = web.Application(client_max_size=broker.config.max_message_size + 1024)  # as the public app

@@ -11,6 +11,7 @@ from .exchange import Exchange
 from .forwarding import Relay
 from .http.browser import BrowserPolicy
 from .http.http import HttpTransport
+from .http.origins import OriginPolicy, cross_origin_middleware
 from .http.websocket import WebSocketTransport
 from .metrics import add_metrics
 from .security import Authenticator, Authorizer
@@ -25,6 +26,10 @@ class BayeuxEndpoint:
         # One exchange and one browser policy per broker, shared by aiohttp's handlers and the lean path.
         self.exchange = Exchange(broker)
         self.browser = BrowserPolicy(broker.config)
+        self.origins = OriginPolicy(broker.config.allowed_origins)  # --allowed-origins, on both HTTP paths
+        # Paths whose requests are checked for their Origin and get CORS: the mounts, and what
+        # allow_cross_origin adds (a REST API of the app).
+        self.cross_origin_paths: list[str] = []
         self.http = HttpTransport(self.exchange, self.browser)
         self.websocket = WebSocketTransport(self.exchange, self.browser)
         self.allowed = broker.transports
@@ -59,15 +64,25 @@ def add_mount(app: web.Application, mount: str) -> None:
     """Serve the app's Bayeux endpoint on one more path (and every path below it)."""
     endpoint = app[ENDPOINT]
     endpoint.mounts.append(mount)
+    endpoint.cross_origin_paths.append(mount)
     base = mount.rstrip("/")
     app.router.add_route("*", base, endpoint.handle)
     app.router.add_route("*", base + "/{tail:.*}", endpoint.handle)
+
+
+def allow_cross_origin(app: web.Application, prefix: str) -> None:
+    """Check the Origin of requests at and below `prefix` as the Bayeux endpoint's, and answer CORS for
+    the origins `--allowed-origins` lists (http/origins.py): for a REST API that browsers call with cookies."""
+    app[ENDPOINT].cross_origin_paths.append(prefix)
 
 
 def add_bayeux_endpoint(app: web.Application, broker: Broker, *mounts: str) -> BayeuxEndpoint:
     """Serve the broker at each mount and at every path below it; own the broker's lifetime."""
     endpoint = BayeuxEndpoint(broker)
     app[ENDPOINT] = endpoint
+    # Before any middleware added later (a REST API's): a foreign origin is refused before anything
+    # else runs, and an allowed one's answers, errors included, carry CORS headers.
+    app.middlewares.append(cross_origin_middleware(endpoint.origins, endpoint.cross_origin_paths))
     for mount in mounts:
         add_mount(app, mount)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .channel import Pattern, channel_error
 from .eventlog import is_redis_url
+from .http.origins import parse_allowed
 from .jwt_auth import JwtSettings, JwtVerifier, load_verifier
 from .logs import LOG_FORMATS, LOG_LEVELS
 from .redis_names import DEFAULT_PREFIX, prefix_error, redis_namespace
@@ -141,6 +142,10 @@ class BrokerConfig:
     jwt_roles_claim: str = field(default="", metadata=_doc(
         "claim holding the user's roles for role:NAME rules, a list or a space-separated string; a dotted "
         "path reads into objects (realm_access.roles); empty: roles come from the roles option only"))
+    allowed_origins: str = field(default="", metadata=_doc(
+        "web origins besides the broker's own (Origin host:port = Host) whose pages may use it from a browser, "
+        "comma-separated (https://crm.example.com), * for any: a websocket upgrade or request under the mount "
+        "or the REST API from another origin is refused 403; listed ones get CORS with credentials"))
 
     def validate(self) -> None:
         """Raise ValueError naming the first option that is out of range."""
@@ -189,6 +194,7 @@ class BrokerConfig:
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
         self.jwt_verifier  # reads the key files  # noqa: B018
+        parse_allowed(self.allowed_origins)  # ValueError names the entry
 
     def _validate_cluster(self) -> None:
         if self.redis and not is_redis_url(self.redis):

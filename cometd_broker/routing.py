@@ -49,6 +49,7 @@ from .broker import Broker
 from .forwarding import ForwardedReply, Forwarder, ForwardError
 from .http.http import HttpTransport
 from .http.lean_http import LeanHttp
+from .http.origins import ORIGIN, OriginPolicy, Verdict, decorate
 from .private_port import FORWARDED_BY, HOP_BY_HOP, address_of, bind_private
 from .redis_names import DEFAULT_PREFIX, redis_namespace
 from .tasks import cancel_and_wait
@@ -74,6 +75,7 @@ class SessionRouter:
                  ttl: float = REGISTRATION_TTL, http: HttpTransport) -> None:
         self.broker = broker
         self.http = http  # serves the forwarded requests the lean path hands over
+        self.origins = OriginPolicy(broker.config.allowed_origins)
         self.tag = secrets.token_hex(TAG_LENGTH // 2)
         broker.client_id_prefix = self.tag
         self.host = host
@@ -233,6 +235,13 @@ class SessionRouter:
             self._owners.clear()
         self._owners[tag] = (address, time.monotonic() + seconds)
 
+    def _cors(self, request: web.BaseRequest, response: web.StreamResponse) -> web.StreamResponse:
+        """The CORS headers of an allowed cross origin, as the public port would add them (the forwarding
+        process checked the Origin; the reply is relayed to the browser as it is)."""
+        origin = request.headers.get(ORIGIN)
+        if origin is not None and self.origins.judge(origin, request.headers.get("Host")) is Verdict.ALLOWED:
+            decorate(response, self.origins.answer_headers(origin))
+        return response
 
     async def _serve_handed_over(self, request: web.BaseRequest) -> web.StreamResponse:
         """The private port's requests the lean path hands over: forwarded JSONP GETs, and any forwarded
@@ -242,7 +251,7 @@ class SessionRouter:
             if request.method == "GET" and "callback-polling" in allowed and "message" in request.query:
                 return await self.http.callback_polling(request, relay=False)
             if request.method == "POST" and "long-polling" in allowed:
-                return await self.http.long_polling(request, relay=False)
+                return self._cors(request, await self.http.long_polling(request, relay=False))
         return web.Response(status=400, text="this port serves only requests forwarded by the broker's own "
                                              "processes\n", headers={"Connection": "close"})
 

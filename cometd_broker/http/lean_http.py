@@ -9,9 +9,10 @@ three quarters of the CPU. This protocol serves exactly the common case itself:
     no Expect, no Upgrade, no Transfer-Encoding
 
 and hands the connection to aiohttp, unchanged and with every byte it has read, at the first
-request that is anything else (a websocket upgrade, JSONP, the REST API, a chunked body, a bad
-head...). Hand-over happens only between requests, so aiohttp always sees a request from its
-first byte. Requests on one connection are answered in order (pipelining is buffered).
+request that is anything else (JSONP, the REST API, a chunked body, a bad head, a request from an
+origin --allowed-origins does not allow, which aiohttp's middleware refuses...). Hand-over happens
+only between requests, so aiohttp always sees a request from its first byte. Requests on one
+connection are answered in order (pipelining is buffered).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .bad_requests import BAD_REQUESTS
 from .browser import BrowserPolicy, browser_id_of
 from .http import parse_long_poll_body
 from .lean_websocket import LeanWebSocket, upgrade_response
+from .origins import OriginPolicy, Verdict
 from .wire import MAX_HEAD, HeadReader, MalformedHead, RequestHead, UnsupportedHead, parse_head
 
 _FORWARDED_BY_KEY = FORWARDED_BY.lower()
@@ -89,6 +91,7 @@ class LeanHttp:
         self.long_polling = "long-polling" in broker.transports
         self.websocket = "websocket" in broker.transports and not forwarded_only
         self.websockets: set[LeanWebSocket] = set()
+        self.origins = OriginPolicy(broker.config.allowed_origins)
 
     def __call__(self) -> asyncio.Protocol:
         if self._sweeper is None:
@@ -106,6 +109,18 @@ class LeanHttp:
             if len(self._known_paths) < 1024:  # bounded: paths are client-chosen
                 self._known_paths[target] = known
         return known
+
+    def cors(self, origin: str | None, host: str | None) -> bytes | None:
+        """The CORS header lines of an answer to a request with this Origin and Host (b"" for none);
+        None for an origin that is refused: aiohttp's middleware answers it (http/origins.py). The private
+        port serves what another process of the cluster checked (it relays Origin and Host unchanged)."""
+        if origin is None:
+            return b""
+        verdict = self.origins.judge(origin, host)
+        if verdict is not Verdict.ALLOWED:
+            return None if verdict is Verdict.FOREIGN and not self.forwarded_only else b""
+        return b"".join(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+                        for name, value in self.origins.answer_headers(origin))
 
     def _schedule_sweep(self) -> None:
         period = min(KEEPALIVE_TIMEOUT, self.request_timeout) / 5
@@ -144,10 +159,10 @@ class _Head:
     """A request head the lean path serves: a long-poll POST (with its request context) or a
     websocket upgrade (`ctx` None)."""
 
-    __slots__ = ("raw", "body_at", "headers", "length", "keep_alive", "form", "ctx", "target")
+    __slots__ = ("raw", "body_at", "headers", "length", "keep_alive", "form", "ctx", "target", "cors")
 
     def __init__(self, raw: bytes, headers: list[tuple[str, str]], length: int, keep_alive: bool, form: bool,
-                 ctx: RequestContext | None, target: str = "") -> None:
+                 ctx: RequestContext | None, target: str = "", cors: bytes = b"") -> None:
         self.raw = raw  # through the blank line
         self.body_at = len(raw)
         self.headers = headers
@@ -156,6 +171,7 @@ class _Head:
         self.form = form  # application/x-www-form-urlencoded (message=...)
         self.ctx = ctx
         self.target = target  # the request target, relayed when the request is forwarded
+        self.cors = cors  # CORS header lines of its answer (an allowed cross origin), else b""
 
 
 class LeanHttpConnection(asyncio.Protocol):
@@ -163,7 +179,7 @@ class LeanHttpConnection(asyncio.Protocol):
 
     __slots__ = ("server", "transport", "buffer", "busy", "started", "last_active", "remote", "_head",
                  "_close_after", "_reading_paused", "_writing_paused", "_pumping", "_last_head", "_forwarding",
-                 "_reader")
+                 "_reader", "_cors")
 
     def __init__(self, server: LeanHttp) -> None:
         self.server = server
@@ -183,6 +199,7 @@ class LeanHttpConnection(asyncio.Protocol):
         self._last_head: _Head | None = None
         self._forwarding: asyncio.Task[None] | None = None  # relaying a request to its session's owner
         self._reader = HeadReader()  # where each head ends; refuses a malformed one before it is whole
+        self._cors = b""  # CORS header lines of the answer being made (http/origins.py)
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -243,6 +260,7 @@ class LeanHttpConnection(asyncio.Protocol):
                  self.server.request_timeout)
         self._close_after = True
         self.buffer.clear()
+        self._cors = b""
         self._respond(408, encode(bayeux.body_error_reply(bayeux.error(
             408, f"request_timeout (the request was not received whole within {self.server.request_timeout:g} s)"))),
             None)
@@ -330,6 +348,9 @@ class LeanHttpConnection(asyncio.Protocol):
         server = self.server
         if parsed.version not in ("1.1", "1.0") or not server.serves(parsed.target.encode("latin-1")):
             return None
+        cors = server.cors(parsed.get("origin"), parsed.get("host"))
+        if cors is None:
+            return None  # a foreign origin: refused by aiohttp's middleware, as on the aiohttp path
         if parsed.method == "GET" and server.websocket and parsed.version == "1.1":
             return self._upgrade_head(raw_head, parsed)
         length = parsed.content_length
@@ -345,7 +366,7 @@ class LeanHttpConnection(asyncio.Protocol):
         form = content_type.split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded"
         headers = parsed.headers
         return _Head(raw_head, headers, length, parsed.keep_alive, form, self._context("long-polling", headers),
-                     parsed.target)
+                     parsed.target, cors)
 
     def _upgrade_head(self, raw_head: bytes, parsed: RequestHead) -> _Head | None:
         """A valid RFC 6455 upgrade with no body; anything doubtful goes to aiohttp, which says what is wrong."""
@@ -374,6 +395,7 @@ class LeanHttpConnection(asyncio.Protocol):
         server = self.server
         ctx = head.ctx
         assert ctx is not None  # a POST's head (an upgrade's has none and never gets here)
+        self._cors = head.cors
         try:
             messages = parse_long_poll_body(body, head.form, server.max_batch)
         except BodyError as exc:
@@ -435,9 +457,9 @@ class LeanHttpConnection(asyncio.Protocol):
         connection = b"Connection: close\r\n" if self._close_after else b""
         self._write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
                     b"Content-Length: %d\r\nDate: %s\r\nServer: cometd-broker\r\n"
-                    b"X-Content-Type-Options: nosniff\r\n%s%s\r\n%s"
+                    b"X-Content-Type-Options: nosniff\r\n%s%s%s\r\n%s"
                     % (status, _REASONS.get(status, b"Unknown"), len(body), self.server.clock.date(),
-                       cookie, connection, body))
+                       cookie, self._cors, connection, body))
 
     def _write(self, response: bytes) -> None:
         """Send a whole response, then serve the next buffered request (or close, if asked to)."""

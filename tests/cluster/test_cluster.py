@@ -335,6 +335,25 @@ async def test_a_callback_polling_client_straddling_two_processes_is_relayed_wit
     assert other["clientId"][:8] == b.app[ENDPOINT].router.tag and broker_of(b).stats.forwarded == 10
 
 
+async def test_a_relayed_long_poll_from_a_listed_origin_carries_cors_headers_once(make_client, redis_url):
+    crm = "https://crm.example.com"
+    a, b = (await make_client(redis=redis_url, allow_anonymous=True, allowed_origins=crm),
+            await make_client(redis=redis_url, allow_anonymous=True, allowed_origins=crm))
+    client_id = await replay_session(a, "/chat", -1)  # the session lives on A
+    for message in (connect_message(client_id, timeout=0), publish_message(client_id, "/chat", {"n": 1})):
+        async with b.post("/cometd", data=orjson.dumps([message]),
+                          headers={"Origin": crm, "Content-Type": "application/json"}) as response:
+            assert response.status == 200
+            assert response.headers.getall("Access-Control-Allow-Origin") == [crm]
+            assert response.headers.getall("Access-Control-Allow-Credentials") == ["true"]
+            assert response.headers.getall("Vary") == ["Origin"]
+    assert broker_of(b).stats.forwarded == 2
+    async with b.post("/cometd", data=orjson.dumps([connect_message(client_id, timeout=0)]),
+                      headers={"Origin": "https://evil.example", "Content-Type": "application/json"}) as response:
+        assert response.status == 403  # refused where it arrived, never relayed
+    assert broker_of(b).stats.forwarded == 2
+
+
 async def test_a_forwarding_header_from_a_client_grants_nothing(routed_brokers):
     a, b = routed_brokers
     router_a, router_b = a.app[ENDPOINT].router, b.app[ENDPOINT].router
