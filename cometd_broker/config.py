@@ -115,6 +115,15 @@ class BrokerConfig:
     log_level: str = field(default="INFO", metadata=_doc("least severe log level written: " + ", ".join(LOG_LEVELS)))
     log_format: str = field(default="text", metadata=_doc(
         "log lines as text, or json (one object per line: ts, level, logger, msg, clientId, user)"))
+    login_max_failures: int = field(default=20, metadata=_doc(
+        "failed logins (handshake, REST or gateway sign-in) of one user, or from one address, within "
+        "login_window before that user or address is locked out for login_window seconds, the right password included "
+        "(HTTP 429, 429::too_many_failed_logins); 0: no lockout"))
+    login_window: float = field(default=60.0, metadata=_doc(
+        "seconds of the sliding window failed logins are counted in, and of the lockout"))
+    login_tracked_keys: int = field(default=10000, metadata=_doc(
+        "users and addresses whose failed logins are remembered; past it the one idle the longest is "
+        "forgotten, so a spray of names or addresses cannot grow memory"))
 
     def validate(self) -> None:
         """Raise ValueError naming the first option that is out of range."""
@@ -162,6 +171,12 @@ class BrokerConfig:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
+        if self.login_max_failures < 0:
+            raise ValueError("login_max_failures must be >= 0 (0: no lockout)")
+        if not self.login_window > 0:
+            raise ValueError("login_window must be > 0")
+        if self.login_tracked_keys < 1:
+            raise ValueError("login_tracked_keys must be >= 1")
 
     def _validate_cluster(self) -> None:
         if self.redis and not is_redis_url(self.redis):
