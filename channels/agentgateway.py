@@ -35,11 +35,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from cometd_broker.login_throttle import LoginThrottle, retry_seconds
 from cometd_broker.logs import bind_user, session_fields
 from cometd_broker.metrics import METRICS, route_label
 from cometd_broker.tasks import cancel_and_wait
 
-from .auth import User, UserDirectory
+from .auth import User, UserDirectory, peer_address
 from .store import Change, Document, StateStore, StoreUnavailable
 
 log = logging.getLogger("channels.agentgateway")
@@ -102,6 +103,11 @@ class GatewayError(Exception):
 
 def invalid(message: str) -> GatewayError:
     return GatewayError(INVALID_PARAMETER, message)
+
+
+def _throttled(wait: float) -> GatewayError:
+    # The code of a wrong password: a Huawei client has none for "locked", and the message says when to retry.
+    return invalid(f"too many failed sign-ins for this agent or address: retry in {retry_seconds(wait)} s")
 
 
 # ---------------------------------------------------------------- replies
@@ -462,10 +468,14 @@ class AgentGateway:
 
     def __init__(self, users: UserDirectory, *, poll_wait: float = 10.0, idle_signout: float = 120.0,
                  max_events: int = 1000, clock: Callable[[], float] = time.monotonic,
-                 mirror: Mirror | None = None, store: StateStore | None = None) -> None:
+                 mirror: Mirror | None = None, store: StateStore | None = None,
+                 login_throttle: LoginThrottle | None = None,
+                 client_address: Callable[[web.Request], str | None] = peer_address) -> None:
         """`mirror(user_id, event)`, when given, also receives every event queued for a signed-in
         agent, so a desktop can follow the gateway over CometD (see `MIRROR_CHANNEL`). `store` None keeps
-        nothing; otherwise the conferences in it are loaded now."""
+        nothing; otherwise the conferences in it are loaded now. Sign-ins go through `login_throttle`
+        (the broker's, shared with the REST API and the handshake; None: one of its own), counted
+        against `client_address(request)`."""
         if poll_wait < 0 or idle_signout <= 0 or max_events < 1:
             raise ValueError("poll_wait must be >= 0, idle_signout > 0 and max_events >= 1")
         self.users = users
@@ -484,6 +494,8 @@ class AgentGateway:
         self._mirror_outbox: list[tuple[str, Json]] = []
         self._dirty_sessions: set[str] = set()  # agent IDs whose session changed since the last save
         self.store = store
+        self.login_throttle = login_throttle if login_throttle is not None else LoginThrottle()
+        self.client_address = client_address
         if store is not None:
             self._restore(store)
 
@@ -675,12 +687,22 @@ class AgentGateway:
     async def sign_in(self, request: web.Request) -> web.Response:
         agent_id = parse_agent_id(request.match_info["agentid"])
         options = parse_sign_in(parse_json_object(await request.read()))
+        # Counted under the login name, so a user locked out on the REST API is locked out here too.
+        owner = self.users.by_agent_id(agent_id)
+        login = owner.user_id if owner is not None else f"agent-{agent_id}"
+        address, throttle = self.client_address(request), self.login_throttle
+        if wait := throttle.check(login, address, "gateway"):
+            raise _throttled(wait)
         user = await self._authenticate(agent_id, options.password)
         if user is None:
+            if wait := throttle.failed(login, address, "gateway", "wrong agent id or password"):
+                raise _throttled(wait)
             # 5.4 has no credential code; 000-002 ("invalid parameter") is what a Huawei client already
             # handles as "fix the input". One message for both cases so sign-in does not reveal which
             # agent IDs exist.
             raise invalid(f"agent {agent_id} does not exist or the password is incorrect")
+        if wait := throttle.succeeded(login, address, "gateway"):
+            raise _throttled(wait)
         # Checked after the password (an await): a concurrent sign-in may have won meanwhile.
         if self._session(agent_id) is not None:
             raise GatewayError(ALREADY_SIGNED_IN, f"agent {agent_id} is already signed in")

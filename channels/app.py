@@ -25,7 +25,7 @@ from cometd_broker.tasks import cancel_and_wait
 from . import agent, chats, desktop, interactions, media, openapi, smssessions, users_cli, workbins
 from .agentgateway import MIRROR_CHANNEL, AgentGateway
 from .agentgateway import PREFIX as GATEWAY_PREFIX
-from .auth import GwsAuthenticator, HttpSessions, SessionStore, UserDirectory, auth_middleware
+from .auth import GwsAuthenticator, HttpSessions, SessionStore, UserDirectory, auth_middleware, peer_address
 from .conversation import Conversations, ReferenceIds
 from .demo import install_demo
 from .envelope import Handler, envelope_middleware
@@ -112,12 +112,15 @@ def install_contact_center(app: web.Application, broker: Broker, config: Contact
 
 def install_engine(app: web.Application, broker: Broker, config: ContactCenterConfig, users: UserDirectory,
                    sessions: SessionStore, store: DocumentStore,
-                   inner_middlewares: tuple[Middleware, ...] = (), *, keep_readiness: bool = False) -> ContactCenter:
+                   inner_middlewares: tuple[Middleware, ...] = (), *, keep_readiness: bool = False,
+                   client_address: Callable[[web.Request], str | None] = peer_address) -> ContactCenter:
     """The engine (state loaded from `store`) and its REST routes on `app`, closed with the app.
 
     `inner_middlewares` run inside the envelope, before authentication (a cluster maps its store's errors).
     `keep_readiness`: agents' contact-center sessions and Ready states are kept in `store` too (a cluster,
-    whose HTTP sessions outlive the leader: see agent.py)."""
+    whose HTTP sessions outlive the leader: see agent.py).
+    `client_address`: the address a failed login is counted against (a cluster's leader: the client's,
+    from the header its own forwarding adds)."""
 
     async def publish(user_id: str, channel: str, data: dict[str, Any]) -> None:
         await broker.publish_to_user(user_id, channel, data)
@@ -132,7 +135,8 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
     async def mirror(user_id: str, event: dict[str, Any]) -> None:
         await broker.publish_to_user(user_id, MIRROR_CHANNEL, event)
 
-    gateway = AgentGateway(users, poll_wait=config.gateway_poll_wait, mirror=mirror, store=store)
+    gateway = AgentGateway(users, poll_wait=config.gateway_poll_wait, mirror=mirror, store=store,
+                           login_throttle=broker.login_throttle, client_address=client_address)
     agent_api = agent.AgentApi(routing, sessions, config.base_url, store=store if keep_readiness else None)
     center = ContactCenter(users, sessions, routing, conversations, agent_api, gateway, bins, store)
 
@@ -141,7 +145,8 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
     app.middlewares.append(scoped(envelope_middleware, API_PREFIX, (NOTIFICATIONS,)))
     app.middlewares.extend(inner_middlewares)
     app.middlewares.append(auth_middleware(users, sessions, csrf=config.csrf, prefixes=(API_PREFIX,),
-                                           exempt=exempt, jwt=broker.config.jwt_verifier))
+                                           exempt=exempt, jwt=broker.config.jwt_verifier,
+                                           throttle=broker.login_throttle, client_address=client_address))
     agent.add_routes(app, center.agent_api)
     smssessions.add_routes(app, conversations)
     chats.add_routes(app, conversations)
@@ -183,7 +188,7 @@ def install_clustered_contact_center(app: web.Application, broker: Broker, confi
                                      users: UserDirectory, options: ClusterOptions) -> ClusterNode:
     """Every process of a cluster: shared HTTP sessions, the notifications mount, forwarding of the REST
     API to the leader, and a campaign for the lease; the process that wins runs the engine (cluster.py)."""
-    from .cluster import ClusterAuthenticator, ClusterNode, store_errors
+    from .cluster import ClusterAuthenticator, ClusterNode, forwarded_client, store_errors
     from .redis_sessions import RedisHttpSessions
     from .redis_store import RedisStateStore
 
@@ -198,7 +203,8 @@ def install_clustered_contact_center(app: web.Application, broker: Broker, confi
         store = RedisStateStore(options.redis_url, prefix=options.prefix, lease_key=options.lease_key,
                                 lease_value=lease, timeout=options.redis_timeout)
         install_engine(engine, broker, config, users, sessions, store,
-                       inner_middlewares=(store_errors(node, API_PREFIX),), keep_readiness=True)
+                       inner_middlewares=(store_errors(node, API_PREFIX),), keep_readiness=True,
+                       client_address=forwarded_client)
         return engine
 
     node = ClusterNode(options, engine_app)

@@ -33,6 +33,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from cometd_broker.jwt_auth import JwtVerifier
+from cometd_broker.login_throttle import LoginThrottle, retry_seconds
 from cometd_broker.logs import bind_user
 from cometd_broker.security import AuthenticationError, HandshakeRequest, Principal
 
@@ -518,6 +519,20 @@ def _unauthorized(request: web.Request, message: str) -> web.Response:
     return response
 
 
+def _throttled(wait: float) -> web.Response:
+    """A login refused because its user or address is locked out: 429 and when to try again. statusCode
+    20 (not authenticated), as for a wrong password: a GWS client's answer to both is to log in, later."""
+    seconds = retry_seconds(wait)
+    response = failure(Status.NOT_AUTHENTICATED, f"too many failed logins: retry in {seconds} s", 429)
+    response.headers["Retry-After"] = str(seconds)
+    return response
+
+
+def peer_address(request: web.Request) -> str | None:
+    """The address a login is counted against: the TCP peer (a reverse proxy's address, when there is one)."""
+    return request.remote
+
+
 def _csrf_ok(request: web.Request, session: HttpSession) -> bool:
     sent = request.headers.get(CSRF_HEADER, "")
     return bool(sent) and hmac.compare_digest(sent.encode(), session.csrf_token.encode())
@@ -551,12 +566,16 @@ def _decorate(request: web.Request, response: web.StreamResponse, session: HttpS
 def auth_middleware(users: UserDirectory, sessions: SessionStore, *, csrf: bool = True,
                     prefixes: tuple[str, ...] = ("/api/v2",),
                     exempt: tuple[str, ...] = ("/api/v2/notifications",),
-                    jwt: JwtVerifier | None = None) -> Middleware:
+                    jwt: JwtVerifier | None = None, throttle: LoginThrottle | None = None,
+                    client_address: Callable[[web.Request], str | None] = peer_address) -> Middleware:
     """Session cookie or Basic login, and the CSRF token, for every request under `prefixes`; with `jwt`,
     also a Bearer JWT of a known user, request by request.
 
     Paths under `exempt` pass untouched: the CometD endpoint authenticates its own handshake.
+    Basic logins go through `throttle` (the broker's, so the handshake and the REST API share one
+    budget; None: one of its own with the default limits), counted against `client_address(request)`.
     """
+    throttle = throttle if throttle is not None else LoginThrottle()
 
     @web.middleware
     async def gws_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -584,9 +603,16 @@ def auth_middleware(users: UserDirectory, sessions: SessionStore, *, csrf: bool 
                 user_id, password = parse_basic(header)
             except ValueError as exc:
                 return _unauthorized(request, str(exc))
+            address = client_address(request)
+            if wait := throttle.check(user_id, address, "rest"):
+                return _throttled(wait)
             user = await _check_password(users, user_id, password)
             if user is None:
+                if wait := throttle.failed(user_id, address, "rest", BAD_CREDENTIALS):
+                    return _throttled(wait)
                 return _unauthorized(request, BAD_CREDENTIALS)
+            if wait := throttle.succeeded(user_id, address, "rest"):
+                return _throttled(wait)
             if csrf and request.method in _STATE_CHANGING:
                 # A new session has no token the client could know yet: GWS wants a GET first.
                 return failure(Status.FORBIDDEN, CSRF_MESSAGE, 403)

@@ -340,6 +340,14 @@ class ClusterNode:
         return forward_to_leader
 
 
+def forwarded_client(request: web.Request) -> str | None:
+    """On the leader's private engine app: the client's address, from the X-Forwarded-For that
+    `ClusterNode.forward` appends last (any earlier one came from the client and proves nothing)."""
+    values = request.headers.getall("X-Forwarded-For", [])
+    forwarded = values[-1].rsplit(",", 1)[-1].strip() if values else ""
+    return forwarded or request.remote
+
+
 def _relay(reply: aiohttp.ClientResponse, payload: bytes) -> web.Response:
     headers = CIMultiDict((k, v) for k, v in reply.headers.items() if k.lower() not in _HOP_BY_HOP)
     return web.Response(body=payload, status=reply.status, reason=reply.reason, headers=headers)

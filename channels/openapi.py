@@ -65,6 +65,7 @@ def _error_codes() -> dict[int, list[int]]:
     for status, http in _HTTP_STATUS.items():
         codes.setdefault(http, []).append(status.value)
     codes[503] = [Status.INTERNAL_ERROR.value]  # the notification service (Redis) is unreachable
+    codes[429] = [Status.NOT_AUTHENTICATED.value]  # a Basic login while its user or address is locked out
     codes[403].append(Status.FORBIDDEN.value)  # a missing or wrong X-CSRF-TOKEN
     successes = {Status.OK, Status.PARTIAL_SUCCESS}
     codes[400] = [s.value for s in Status if s not in _HTTP_STATUS and s not in successes]
@@ -77,6 +78,8 @@ _ERROR_DESCRIPTIONS = {
     401: "not authenticated (20)",
     403: "forbidden: missing or invalid CSRF token (3), or no permission (5)",
     404: "not found (6): unknown resource, or one the caller may not see",
+    429: "not authenticated (20): too many failed logins of this user or from this address; "
+         "retry after Retry-After seconds",
     500: "internal error (4): the request was not applied",
     503: "internal error (4): the notification service is unavailable (clustered broker, Redis unreachable)",
 }
@@ -110,9 +113,13 @@ def _error_responses(*, agent_auth: bool) -> dict[str, Any]:
         if http == 401 and agent_auth:
             response["headers"] = {"WWW-Authenticate": {"required": True, "schema": {"type": "string"},
                                                         "description": 'Basic realm="GWS"'}}
+        if http == 429:
+            response["headers"] = {"Retry-After": {"required": True, "schema": {"type": "string"},
+                                                   "description": "seconds until the lockout ends"}}
         responses[str(http)] = response
     if not agent_auth:
         responses.pop("403")  # the media gateway has no CSRF token and no roles
+        responses.pop("429")  # nor a login to throttle: its bearer token is one configured secret
     return responses
 
 

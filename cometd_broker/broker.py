@@ -27,6 +27,7 @@ from .engine import Engine, EngineUnavailable, Outgoing, open_engine
 from .eventlog import EventLog, EventLogUnavailable, Retention, RetentionTask, is_redis_url, open_event_log
 from .extensions import ack, replay
 from .extensions.ack import AckState
+from .login_throttle import LoginThrottle, claimed_login, retry_seconds
 from .logs import bound, session_fields
 from .security import (
     AuthenticationError,
@@ -119,6 +120,9 @@ class Broker:
             cfg.user_map, tokens=cfg.token_map, allow_anonymous=cfg.allow_anonymous, roles=cfg.role_map,
             token_verifier=cfg.jwt_verifier)
         self.authorizer: Authorizer = authorizer or ChannelAuthorizer(cfg.personal_prefix, cfg.rule_list)
+        # Failed logins per user and address; the contact-center REST API shares it (one budget per guesser).
+        self.login_throttle = LoginThrottle(cfg.login_max_failures, cfg.login_window,
+                                            max_keys=cfg.login_tracked_keys)
         self.personal = Pattern.parse(cfg.personal_prefix)
         self.transports = cfg.transport_list
         self.sessions: dict[str, ServerSession] = {}
@@ -445,15 +449,25 @@ class Broker:
                 bayeux.advice(bayeux.NONE, 0))
             reply["supportedConnectionTypes"] = self.transports
             return reply
+        presented, user = claimed_login(ctx.headers, message)
+        throttle = self.login_throttle
+        if presented and (wait := throttle.check(user, ctx.remote, "handshake")):
+            return self._throttled_handshake(message, wait)
         try:
             principal = await self.authenticator.authenticate(
                 HandshakeRequest(ctx.headers, ctx.cookies, message, ctx.remote))
         except AuthenticationError as exc:
-            log.info("handshake denied from %s: %s", ctx.remote, exc)
+            if not presented:  # no password was guessed: not a failed login for the throttle
+                log.info("handshake denied from %s: %s", ctx.remote, exc)
+            elif wait := throttle.failed(user, ctx.remote, "handshake", str(exc)):
+                return self._throttled_handshake(message, wait)
             self.stats.handshakes_denied += 1
             reply = bayeux.error_reply(message, bayeux.HANDSHAKE_DENIED, bayeux.advice(bayeux.NONE, 0))
             reply["ext"] = {"authentication": {"failureReason": str(exc)}}
             return reply
+        if presented and (wait := throttle.succeeded(user, ctx.remote, "handshake",
+                                                     proven=principal.user_id == user)):
+            return self._throttled_handshake(message, wait)
         browser_id = None
         if ctx.browser is not None:  # the HTTP layer binds the session to a browser cookie, maybe a new one
             browser_id, result.new_browser_id = ctx.browser.bind(ctx, principal)
@@ -487,6 +501,18 @@ class Broker:
             reply_ext["replay"] = True
         if reply_ext:
             reply["ext"] = reply_ext
+        return reply
+
+    def _throttled_handshake(self, message: Message, wait: float) -> Message:
+        """A handshake refused because its user or address is locked out. Advice "handshake" with the
+        lockout as interval: the CometD JavaScript client handshakes again after interval + its backoff
+        (with "none" it would give up; "retry" would make it send a /meta/connect without a session)."""
+        self.stats.handshakes_denied += 1
+        seconds = retry_seconds(wait)
+        reply = bayeux.error_reply(message, bayeux.error(429, f"too_many_failed_logins (retry in {seconds} s)"),
+                                   bayeux.advice(bayeux.HANDSHAKE_ADVICE, seconds * 1000))
+        reply["ext"] = {"authentication": {
+            "failureReason": f"too many failed logins: retry in {seconds} s", "retryAfter": seconds}}
         return reply
 
     def _connect(self, session: ServerSession, message: Message, ctx: RequestContext, alone: bool,

@@ -146,6 +146,15 @@ class BrokerConfig:
         "web origins besides the broker's own (Origin host:port = Host) whose pages may use it from a browser, "
         "comma-separated (https://crm.example.com), * for any: a websocket upgrade or request under the mount "
         "or the REST API from another origin is refused 403; listed ones get CORS with credentials"))
+    login_max_failures: int = field(default=20, metadata=_doc(
+        "failed logins (handshake, REST or gateway sign-in) of one user, or from one address, within "
+        "login_window before that user or address is locked out for login_window seconds, the right password included "
+        "(HTTP 429, 429::too_many_failed_logins); 0: no lockout"))
+    login_window: float = field(default=60.0, metadata=_doc(
+        "seconds of the sliding window failed logins are counted in, and of the lockout"))
+    login_tracked_keys: int = field(default=10000, metadata=_doc(
+        "users and addresses whose failed logins are remembered; past it the one idle the longest is "
+        "forgotten, so a spray of names or addresses cannot grow memory"))
 
     def validate(self) -> None:
         """Raise ValueError naming the first option that is out of range."""
@@ -195,6 +204,12 @@ class BrokerConfig:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
         self.jwt_verifier  # reads the key files  # noqa: B018
         parse_allowed(self.allowed_origins)  # ValueError names the entry
+        if self.login_max_failures < 0:
+            raise ValueError("login_max_failures must be >= 0 (0: no lockout)")
+        if not self.login_window > 0:
+            raise ValueError("login_window must be > 0")
+        if self.login_tracked_keys < 1:
+            raise ValueError("login_tracked_keys must be >= 1")
 
     def _validate_cluster(self) -> None:
         if self.redis and not is_redis_url(self.redis):

@@ -286,6 +286,7 @@ def write_broker_metrics(out: Exposition, broker: Broker, ready: bool) -> None:
     out.family("cometd_handshakes_total", "counter", "Handshakes, by result (accepted: a session was created)")
     out.sample("cometd_handshakes_total", stats.handshakes, (("result", "accepted"),))
     out.sample("cometd_handshakes_total", stats.handshakes_denied, (("result", "denied"),))
+    _write_logins(out, broker)
     out.one("cometd_unknown_session_total", "counter",
             "Messages naming a session this process does not have (402 session_unknown: re-handshake)",
             stats.unknown_sessions)
@@ -357,6 +358,29 @@ def _write_session_gauges(out: Exposition, broker: Broker) -> None:
     out.one("cometd_queue_depth_max", "gauge", "Events queued for the session with the longest queue", deepest)
     out.one("cometd_unacked_events", "gauge", "Events written but not yet acknowledged (ack extension)", unacked)
     out.one("cometd_catching_up_sessions", "gauge", "Sessions reading replayed events from the log", catching_up)
+
+
+LOGIN_VIAS = ("handshake", "rest")  # always written, so a rate() has a series before the first failure
+
+
+def _write_logins(out: Exposition, broker: Broker) -> None:
+    throttle = broker.login_throttle
+    vias = sorted({*LOGIN_VIAS, *throttle.failures, *throttle.throttled})
+    out.family("cometd_login_failures_total", "counter",
+               "Logins refused for wrong credentials (a WARNING log line each), by where: handshake or rest")
+    for via in vias:
+        out.sample("cometd_login_failures_total", throttle.failures.get(via, 0), (("via", via),))
+    out.family("cometd_login_throttled_total", "counter",
+               "Login attempts refused (429) because their user or address was locked out, by where")
+    for via in vias:
+        out.sample("cometd_login_throttled_total", throttle.throttled.get(via, 0), (("via", via),))
+    out.family("cometd_login_lockouts_total", "counter",
+               "Lockouts started, by what was locked: a user name or a client address")
+    for kind, count in sorted(throttle.lockouts.items()):
+        out.sample("cometd_login_lockouts_total", count, (("key", kind),))
+    out.one("cometd_login_tracked_keys", "gauge",
+            "Users and addresses whose failed logins are remembered now (bounded by --login-tracked-keys)",
+            len(throttle))
 
 
 def _write_event_log(out: Exposition, log_stats: dict[str, Any]) -> None:

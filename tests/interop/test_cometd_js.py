@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+import aiohttp
 import pytest
 
 pytest_plugins = ["node_harness"]  # the Node-client fixtures (tests/interop/node_harness.py)
@@ -124,6 +125,31 @@ async def test_handshake_denied(broker_process, node_client, transport, user, pa
     # reconnect=none: the client gave up instead of retrying the handshake.
     assert len(meta(client, "/meta/handshake")) == 1
     assert [e["status"] for e in client.of("status")] == ["disconnected"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_throttled_handshake_backs_off_for_the_lockout_then_handshakes_again(broker_process, node_client,
+                                                                                   transport):
+    broker = broker_process("--users", USERS, "--login-max-failures", "2", "--login-window", "2")
+    async with aiohttp.ClientSession() as http:  # someone guessed alice's password from this address
+        for _ in range(2):
+            async with http.post(broker.url, json=[{"channel": "/meta/handshake", "version": "1.0",
+                                                    "supportedConnectionTypes": ["long-polling"],
+                                                    "ext": {"authentication": {"user": "alice",
+                                                                               "password": "guess"}}}]) as response:
+                assert (await response.json())[0]["error"] == "403::handshake_denied"
+    # The handshake callback runs for each attempt; linger past the lockout so the retry is seen.
+    client = await node_client(SCRIPT, url=broker.url, scenario="handshake", transport=transport,
+                               user="alice", password="alice-secret", expect="success", linger_ms=10000)
+    await client.expect_success()
+    throttled, accepted = client.of("handshake")
+    assert throttled["successful"] is False
+    assert throttled["error"].startswith("429::too_many_failed_logins"), throttled
+    assert throttled["advice"]["reconnect"] == "handshake" and 0 < throttled["advice"]["interval"] <= 2000
+    assert accepted["successful"] is True
+    # The client waited out the advised interval instead of hammering the locked handshake.
+    assert accepted["t"] - throttled["t"] >= throttled["advice"]["interval"] - 50
+    assert len(meta(client, "/meta/handshake")) == 2
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
