@@ -84,6 +84,11 @@ async function enter(me) {
     connection = new Connection({
         url: `${location.origin}/api/v2/notifications`,
         positions: model.positions,
+        epoch: model.replayEpoch,
+        onEpoch: epoch => {
+            model.replayEpoch = epoch;
+            save();
+        },
         onEvent: onEvent,
         onStatus: showStatus,
         onCaughtUp: (resumed, gaps) => {
