@@ -202,8 +202,12 @@ def _validate_meta(channel: str, message: Message) -> str | None:
         problem = _subscription_field_error(message)
         if problem is not None:
             return problem
-        if channel == SUBSCRIBE and "replay" in ext:
-            return _replay_map_error(ext["replay"], "an object of channel: event id")
+        if channel == SUBSCRIBE:
+            if "replay" in ext:
+                problem = _replay_map_error(ext["replay"], "an object of channel: event id")
+                if problem is not None:
+                    return problem
+            return _replay_epoch_error(ext)
     return None
 
 
@@ -220,7 +224,17 @@ def _validate_handshake(message: Message, ext: dict[str, Any]) -> str | None:
     if "ack" in ext and not isinstance(ext["ack"], bool):
         return _wrong_type("ext.ack", "true or false on a /meta/handshake", ext["ack"])
     if "replay" in ext and not isinstance(ext["replay"], bool):
-        return _replay_map_error(ext["replay"], "true, false or an object of channel: event id")
+        problem = _replay_map_error(ext["replay"], "true, false or an object of channel: event id")
+        if problem is not None:
+            return problem
+    return _replay_epoch_error(ext)
+
+
+def _replay_epoch_error(ext: dict[str, Any]) -> str | None:
+    """Why an `ext.replayEpoch` (the event log's epoch the client's replay ids came from) is malformed."""
+    if "replayEpoch" in ext and not isinstance(ext["replayEpoch"], str):
+        return _wrong_type("ext.replayEpoch", "a string (the replay epoch the ids of ext.replay belong to)",
+                           ext["replayEpoch"])
     return None
 
 

@@ -468,6 +468,9 @@ class Broker:
         if presented and (wait := throttle.succeeded(user, ctx.remote, "handshake",
                                                      proven=principal.user_id == user)):
             return self._throttled_handshake(message, wait)
+        replay_requested = replay.requested(message)
+        # Read before the session exists: nothing below awaits, so a handshake is all or nothing.
+        epoch = await self._replay_epoch() if replay_requested else None
         browser_id = None
         if ctx.browser is not None:  # the HTTP layer binds the session to a browser cookie, maybe a new one
             browser_id, result.new_browser_id = ctx.browser.bind(ctx, principal)
@@ -483,9 +486,9 @@ class Broker:
             self._users.setdefault(principal.user_id, set()).add(session)
         if ack.requested(message):
             session.ack = AckState()
-        replay_requested = replay.requested(message)
         if replay_requested:
             session.replay_from = replay.replay_map(message)
+            session.replay_epoch = replay.epoch_of(message)
         log.debug("handshake: session opened over %s", ctx.transport, extra=_ids(session))
         with bound(session.client_id, session.user_id):  # what listeners log is about this session
             for listener in self._added_listeners:
@@ -499,6 +502,8 @@ class Broker:
             reply_ext["ack"] = True
         if replay_requested:
             reply_ext["replay"] = True
+            if epoch is not None:
+                reply_ext["replayEpoch"] = epoch
         if reply_ext:
             reply["ext"] = reply_ext
         return reply
@@ -583,13 +588,18 @@ class Broker:
         if problem is not None:
             return bayeux.error_reply(message, problem)
         wanted = {**session.replay_from, **replay.replay_map(message)}
+        claimed_epoch = replay.epoch_of(message)  # the epoch of this message's ids, else the handshake's
+        if claimed_epoch is None:
+            claimed_epoch = session.replay_epoch
         replay_report: dict[str, Any] = {}
+        epoch = ""
         for name in names:
             if is_service(name) or name in session.subscriptions:
                 continue  # service channels are request/response: nothing to record
             if name in wanted and not is_wildcard(name):
                 try:
-                    replay_report[name] = await self._start_replay(session, name, wanted[name])
+                    epoch, replay_report[name] = await self._start_replay(session, name, wanted[name],
+                                                                          claimed_epoch)
                 except EventLogUnavailable as exc:
                     log.warning("replay of %s failed: %s", name, exc, extra=_ids(session))
                     return bayeux.error_reply(message, bayeux.error(
@@ -599,7 +609,7 @@ class Broker:
             self._index_subscription(session, name, add=True)
         reply = _subscription_reply(session, message)
         if replay_report:
-            reply["ext"] = {"replay": _replay_summary(replay_report)}
+            reply["ext"] = {"replay": _replay_summary(replay_report, epoch)}
         return reply
 
     def _subscription_limit_error(self, session: ServerSession, names: list[str]) -> str | None:
@@ -619,18 +629,35 @@ class Broker:
             return user_stream(session.user_id, channel)
         return channel
 
-    async def _start_replay(self, session: ServerSession, channel: str, requested_id: int) -> dict[str, Any]:
-        """Mark a subscription as catching up from `requested_id` and start the session's catch-up."""
+    async def _replay_epoch(self) -> str | None:
+        """The event log's epoch for a handshake reply, or None while the log is unreachable (the
+        subscribe replies carry it too, and a handshake must not fail for want of it)."""
+        try:
+            return await self.event_log.epoch()
+        except EventLogUnavailable as exc:  # the log itself warns once when it goes down
+            log.debug("handshake without the replay epoch: %s", exc)
+            return None
+
+    async def _start_replay(self, session: ServerSession, channel: str, requested_id: int,
+                            claimed_epoch: str | None) -> tuple[str, dict[str, Any]]:
+        """Mark a subscription as catching up from `requested_id` and start the session's catch-up.
+        Returns the log's epoch and the subscription's recovered/oldest/latest."""
         stream = self.stream_of(session, channel)
-        bounds = await self.event_log.bounds(stream)
+        epoch, bounds = await self.event_log.bounds_with_epoch(stream)
         latest = max(bounds.latest, self._latest_ids.get(stream, 0))
+        foreign = False
         if requested_id == replay.NEW_ONLY:
             after = latest
         elif requested_id == replay.ALL_RETAINED:
             after = max(bounds.oldest - 1, 0)
+        elif requested_id > latest or (claimed_epoch is not None and claimed_epoch != epoch):
+            # An id this log never issued: another log's (one that started over, or was replaced).
+            # What the client has seen is unknown here, so it is a gap like a trimmed one:
+            # recovered false, and the subscription gets everything retained.
+            foreign, after = True, max(bounds.oldest - 1, 0)
         else:
-            after = min(requested_id, latest)
-        recovered = bounds.covers(after)  # false: events after the id were trimmed; say so
+            after = requested_id
+        recovered = not foreign and bounds.covers(after)  # false: events after the id are gone
         self.stats.replay(recovered)
         mark = replay.ReplayMark(max(after, bounds.oldest - 1))
         if self._fanout_live and (requested_id == replay.NEW_ONLY or mark.last_id >= latest):
@@ -639,7 +666,7 @@ class Broker:
         if mark.catching_up and session.catch_up is None:
             session.catch_up = asyncio.get_running_loop().create_task(
                 self._catch_up(session), name=f"catch-up-{session.client_id[:8]}")
-        return {"recovered": recovered, "oldest": bounds.oldest, "latest": latest}
+        return epoch, {"recovered": recovered, "oldest": bounds.oldest, "latest": latest}
 
     async def _catch_up(self, session: ServerSession) -> None:
         """Feed a session's replayed subscriptions from the log, a page at a time, until each reaches
@@ -852,12 +879,13 @@ def user_stream(user_id: str, channel: str) -> str:
     return f"@{user_id}{channel}"
 
 
-def _replay_summary(report: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _replay_summary(report: dict[str, dict[str, Any]], epoch: str) -> dict[str, Any]:
     """The subscribe reply's ext.replay: recovered/oldest/latest of the (first) replayed channel,
-    and per channel when several were replayed. recovered false: the log no longer covers the id."""
+    the log's epoch, and per channel when several were replayed. recovered false: the log does not
+    cover the id (trimmed, or an id of another log)."""
     first = next(iter(report.values()))
     summary = {"recovered": all(r["recovered"] for r in report.values()), "oldest": first["oldest"],
-               "latest": first["latest"]}
+               "latest": first["latest"], "epoch": epoch}
     if len(report) > 1:
         summary["channels"] = report
     return summary

@@ -169,8 +169,8 @@ class ServerSession:
     """One handshaken client. Owned by the Broker; transports only read the queue."""
 
     __slots__ = ("client_id", "principal", "browser_id", "cookie_seen", "queue", "subscriptions", "connected",
-                 "parked", "expires_at", "sink", "transport", "ack", "replay", "replay_from", "catch_up",
-                 "drained", "latest_connect")
+                 "parked", "expires_at", "sink", "transport", "ack", "replay", "replay_from", "replay_epoch",
+                 "catch_up", "drained", "latest_connect")
 
     def __init__(self, client_id: str, principal: Principal, browser_id: str | None,
                  queue: SessionQueue, transport: str) -> None:
@@ -190,6 +190,7 @@ class ServerSession:
         self.ack: AckState | None = None  # set when the client handshook with ext.ack
         self.replay: dict[str, ReplayMark] = {}  # stream -> where its replayed subscription stands
         self.replay_from: dict[str, int] = {}  # channel -> id, from the handshake's ext.replay map
+        self.replay_epoch: str | None = None  # the epoch those ids belong to, from the handshake's ext
         self.catch_up: asyncio.Task[None] | None = None  # reads the log for replayed subscriptions
         self.drained: asyncio.Event | None = None  # set whenever the queue is emptied (catch-up pacing)
         # The reply of the newest /meta/connect: only it may take events (an older one released

@@ -134,6 +134,22 @@ async def test_bounds(make_log: MakeLog) -> None:
 # ---- retention -------------------------------------------------------------------------------
 
 
+async def test_the_epoch_is_the_logs_and_comes_with_the_bounds(make_log: MakeLog) -> None:
+    log = make_log()
+    epoch = await log.epoch()
+    assert isinstance(epoch, str) and epoch and await log.epoch() == epoch
+    assert await log.bounds_with_epoch("/a") == (epoch, Bounds(0, 0))
+    await log.append("/a", [b"1", b"2"])
+    assert await log.bounds_with_epoch("/a") == (epoch, Bounds(1, 2))
+    # Another open of the store: a memory log is a new log (a restart starts over); a durable or
+    # shared store is the same log, with the same epoch.
+    other = make_log()
+    if make_log.kind == "memory":  # type: ignore[attr-defined]
+        assert await other.epoch() != epoch
+    else:
+        assert await other.bounds_with_epoch("/a") == (epoch, Bounds(1, 2))
+
+
 async def test_max_count_is_enforced_on_append(make_log: MakeLog) -> None:
     log = make_log(Retention(max_count=3))
     await log.append("/a", [b"1", b"2"])
@@ -262,7 +278,8 @@ async def test_closed_log_refuses_calls(make_log: MakeLog) -> None:
     await log.append("/a", [b"1"])
     await log.close()
     await log.close()  # idempotent
-    for call in (log.append("/a", [b"2"]), log.read("/a", 0, 1), log.bounds("/a"), log.trim(0.0)):
+    for call in (log.append("/a", [b"2"]), log.read("/a", 0, 1), log.bounds("/a"), log.trim(0.0), log.epoch(),
+                 log.bounds_with_epoch("/a")):
         with pytest.raises(EventLogClosed):
             await call
 
@@ -283,6 +300,43 @@ async def test_sqlite_ids_continue_after_reopen(tmp_path: Path) -> None:
     assert await log.append("/a", [b"3"]) == [3]
     assert await log.append("/b", [b"y"]) == [2]
     assert [e.payload for e in await log.read("/a", 0, 10)] == [b"1", b"2", b"3"]
+    await log.close()
+
+
+async def test_sqlite_epoch_survives_reopen_and_a_new_file_has_a_new_one(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = SqliteEventLog(path)
+    await log.append("/a", [b"1"])
+    epoch = await log.epoch()
+    await log.close()
+
+    log = SqliteEventLog(path)
+    assert await log.bounds_with_epoch("/a") == (epoch, Bounds(1, 1))
+    await log.close()
+
+    for leftover in tmp_path.glob("events.db*"):  # the file deleted (or replaced), with its WAL
+        leftover.unlink()
+    log = SqliteEventLog(path)
+    assert await log.append("/a", [b"1 again"]) == [1]  # ids start over: only the epoch tells them apart
+    assert await log.epoch() != epoch
+    await log.close()
+
+
+async def test_sqlite_file_of_an_older_version_gets_an_epoch_that_then_stays(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = SqliteEventLog(path)
+    await log.append("/a", [b"1"])
+    await log.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE meta")  # as the file was before the log had an epoch
+    conn.close()
+
+    log = SqliteEventLog(path)
+    epoch = await log.epoch()
+    assert await log.bounds("/a") == (1, 1)
+    await log.close()
+    log = SqliteEventLog(path)
+    assert await log.epoch() == epoch
     await log.close()
 
 

@@ -24,6 +24,7 @@ from test_eventlog import (  # noqa: F401  (collected here again, with this modu
     test_payloads_must_be_bytes,
     test_read_pages_by_after_and_limit,
     test_read_range_orders_filters_and_pages,
+    test_the_epoch_is_the_logs_and_comes_with_the_bounds,
     test_timestamps_never_go_backwards_within_a_stream,
     test_trim_by_age,
     test_trim_everything_never_reuses_ids,
@@ -147,6 +148,24 @@ async def test_a_stream_redis_lost_starts_again_above_the_floor_and_is_listed(ma
     assert await log.streams() == ["/a", "/b"]
 
 
+async def test_a_flushed_redis_is_a_new_log_with_a_new_epoch(make_log, redis_server) -> None:
+    first, second = make_log(), make_log()
+    # Two processes asking at once for the epoch of a new log agree on one (SET NX GET).
+    epochs = await asyncio.gather(first.epoch(), second.epoch(), first.bounds_with_epoch("/a"))
+    epoch = epochs[0]
+    assert epochs == [epoch, epoch, (epoch, (0, 0))]
+    await first.append("/a", [b"1", b"2"])
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        admin.delete(*admin.keys(f"{first.prefix}:*"))  # as if Redis restarted without its data
+    finally:
+        admin.close()
+    await second.append("/a", [b"1 again"])
+    renewed, bounds = await second.bounds_with_epoch("/a")
+    assert renewed != epoch and bounds == (1, 1)
+    assert await first.epoch() == renewed
+
+
 async def test_a_batch_spans_streams_in_one_script_and_one_message(make_log, fanout_link) -> None:
     log = make_log()
     link, got = fanout_link
@@ -195,7 +214,8 @@ async def test_an_unreachable_redis_is_reported_as_unavailable() -> None:
 
     log = RedisEventLog(f"redis://127.0.0.1:{free_port()}/0", connect_timeout=0.5)
     try:
-        for call in (log.append("/a", [b"x"]), log.read("/a", 0, 1), log.bounds("/a"), log.streams()):
+        for call in (log.append("/a", [b"x"]), log.read("/a", 0, 1), log.bounds("/a"), log.streams(), log.epoch(),
+                     log.bounds_with_epoch("/a")):
             with pytest.raises(EventLogUnavailable, match="unavailable"):
                 await call
     finally:

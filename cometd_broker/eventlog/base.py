@@ -24,6 +24,17 @@ Bounds
     has seen everything up to `after` can resume without a gap iff
     `after >= oldest - 1` (`Bounds.covers(after)`), in every case above.
 
+Epoch
+    Every log has an epoch: a random token made when the log itself is made (a
+    memory log at construction, a SQLite file when it is created, a Redis log
+    when its epoch key is missing: a new or flushed Redis). Ids are only
+    meaningful together with it: a log that starts over (a memory log after a
+    restart, a deleted SQLite file, a flushed Redis) issues ids 1, 2, 3 again,
+    and only its new epoch tells them from the old log's. The replay extension
+    hands it to clients, as Centrifugo's stream positions carry {offset, epoch}.
+    It survives restarts of a durable store; a store restored from a backup
+    keeps the epoch the backup had.
+
 Retention
     `max_count` is enforced on every append (a store never holds more than
     `max_count` events per stream); `max_age` is enforced by `trim(now)`,
@@ -34,6 +45,7 @@ Retention
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
@@ -124,6 +136,14 @@ class EventLog(Protocol):
         """(oldest retained id, latest id); see the module docstring."""
         ...
 
+    async def epoch(self) -> str:
+        """This log's epoch (see the module docstring); never empty."""
+        ...
+
+    async def bounds_with_epoch(self, stream: str) -> tuple[str, Bounds]:
+        """`epoch()` and `bounds(stream)` together: one snapshot, and one round trip for Redis."""
+        ...
+
     async def streams(self) -> list[str]:
         """Every stream ever written (including fully trimmed ones), sorted."""
         ...
@@ -154,6 +174,11 @@ class EventLog(Protocol):
     async def close(self) -> None:
         """Release resources; idempotent. Later calls raise EventLogClosed."""
         ...
+
+
+def new_epoch() -> str:
+    """A fresh epoch: 64 random bits as 16 hex digits, so two logs never share one."""
+    return secrets.token_hex(8)
 
 
 def as_payloads(payloads: Sequence[bytes]) -> list[bytes]:

@@ -13,7 +13,17 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from .base import KEEP_ALL, UNKNOWN_BOUNDS, Bounds, Event, EventLogClosed, Retention, as_payloads, check_limit
+from .base import (
+    KEEP_ALL,
+    UNKNOWN_BOUNDS,
+    Bounds,
+    Event,
+    EventLogClosed,
+    Retention,
+    as_payloads,
+    check_limit,
+    new_epoch,
+)
 
 
 class _Stream:
@@ -39,6 +49,7 @@ class MemoryEventLog:
         self.retention = retention
         self._clock = clock
         self._streams: dict[str, _Stream] = {}
+        self._epoch = new_epoch()  # the log lives as long as this object: a restart makes a new one
         self._closed = False
 
     async def append(self, stream: str, payloads: Sequence[bytes]) -> list[int]:
@@ -76,6 +87,13 @@ class MemoryEventLog:
         if state is None:
             return UNKNOWN_BOUNDS
         return Bounds(state.oldest, state.latest)
+
+    async def epoch(self) -> str:
+        self._check_open()
+        return self._epoch
+
+    async def bounds_with_epoch(self, stream: str) -> tuple[str, Bounds]:
+        return await self.epoch(), await self.bounds(stream)
 
     async def streams(self) -> list[str]:
         self._check_open()

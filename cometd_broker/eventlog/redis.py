@@ -3,6 +3,8 @@
 Layout (every key starts with the deployment's namespace `{ns}`, "{prefix}:db{N}": the prefix given,
 "cometd" unless told otherwise, and the URL's database, see redis_names.py):
     {ns}:streams             SET of stream names ever written (`streams()`)
+    {ns}:epoch               STRING: the log's epoch, made (SET NX) by the first read that finds it
+                             missing, so a new or flushed Redis has a new one
     {ns}:ts                  HASH: per stream key the last timestamp given (they never go back)
     {ns}:log:{stream}        STREAM, one entry per event with the id "0-<id>" and the fields t
                              (epoch seconds, as text) and p (the payload bytes)
@@ -55,6 +57,7 @@ from .base import (
     as_payloads,
     check_limit,
     is_redis_url,
+    new_epoch,
 )
 
 log = logging.getLogger("cometd_broker.eventlog")
@@ -206,6 +209,7 @@ class RedisEventLog:
         self._append = self._client.register_script(_APPEND)
         self._trim = self._client.register_script(_TRIM)
         self._streams_key = f"{prefix}:streams"
+        self._epoch_key = f"{prefix}:epoch"
         self._log_prefix = f"{prefix}:log:"  # the script finds a stream's name after it (name_at)
         self._max_count = "" if retention.max_count is None else str(retention.max_count)
         self._version_checked = False  # Redis's version, checked before the first append
@@ -308,9 +312,31 @@ class RedisEventLog:
                 if "no such key" in str(exc).lower():
                     return UNKNOWN_BOUNDS
                 raise
-        latest = _id_of(info["last-generated-id"])
-        first = info.get("first-entry")
-        return Bounds(_id_of(first[0]) if first else latest + 1, latest)
+        return _bounds_of(info)
+
+    async def epoch(self) -> str:
+        self._check_open()
+        candidate = new_epoch()
+        with self._unavailable():
+            stored = await self._client.set(self._epoch_key, candidate, nx=True, get=True)
+        return _epoch_from(stored, candidate)
+
+    async def bounds_with_epoch(self, stream: str) -> tuple[str, Bounds]:
+        self._check_open()
+        candidate = new_epoch()
+        # One transaction, one round trip: the epoch and the bounds of the same log, even if Redis is
+        # flushed meanwhile (a flushed Redis has no epoch key: the first to ask makes a new one).
+        with self._unavailable():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(self._epoch_key, candidate, nx=True, get=True)
+                pipe.xinfo_stream(self._log(stream))
+                stored, info = await pipe.execute(raise_on_error=False)
+        if isinstance(info, ResponseError) and "no such key" in str(info).lower():
+            return _epoch_from(stored, candidate), UNKNOWN_BOUNDS
+        for result in (stored, info):
+            if isinstance(result, Exception):
+                raise result
+        return _epoch_from(stored, candidate), _bounds_of(info)
 
     async def streams(self) -> list[str]:
         self._check_open()
@@ -423,6 +449,18 @@ def require_version(url: str, version: tuple[int, ...], needed_by: str) -> None:
     if version < MIN_REDIS:
         raise EventLogUnavailable(f"redis at {url} is {'.'.join(map(str, version))}: {needed_by} needs Redis "
                                   f"{'.'.join(map(str, MIN_REDIS))} or newer")
+
+
+def _bounds_of(info: dict[Any, Any]) -> Bounds:
+    """The bounds of a stream from its XINFO STREAM reply."""
+    latest = _id_of(info["last-generated-id"])
+    first = info.get("first-entry")
+    return Bounds(_id_of(first[0]) if first else latest + 1, latest)
+
+
+def _epoch_from(stored: bytes | None, candidate: str) -> str:
+    """The epoch after SET NX GET with `candidate`: the one stored before, or else the candidate."""
+    return candidate if stored is None else stored.decode()
 
 
 def _start(after: int) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .base import KEEP_ALL, UNKNOWN_BOUNDS, Bounds, Event, EventLogClosed, Retention, check_limit
+from .base import KEEP_ALL, UNKNOWN_BOUNDS, Bounds, Event, EventLogClosed, Retention, check_limit, new_epoch
 from .sqlite_writer import SqliteWriter
 
 T = TypeVar("T")
@@ -44,6 +44,11 @@ CREATE TABLE IF NOT EXISTS streams (
     last_id INTEGER NOT NULL,
     last_ts REAL    NOT NULL
 );
+-- Facts about the log itself: its epoch (made once, when the file is created; see base.py).
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 SYNCHRONOUS_MODES = ("NORMAL", "FULL", "EXTRA")  # OFF is refused: it would break the kill -9 promise
 
@@ -59,7 +64,8 @@ def _connect(path: str, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
-def _open_writer_connection(path: str, synchronous: str) -> sqlite3.Connection:
+def _open_writer_connection(path: str, synchronous: str) -> tuple[sqlite3.Connection, str]:
+    """The writer's connection, with the schema in place, and the log's epoch."""
     conn = _connect(path, synchronous)
     try:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -70,10 +76,13 @@ def _open_writer_connection(path: str, synchronous: str) -> sqlite3.Connection:
             raise sqlite3.OperationalError(f"{path}: event log schema {version} is newer than {SCHEMA_VERSION}")
         conn.executescript(_SCHEMA)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        # A file made by an older version gets its epoch on its first open by this one.
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)", (new_epoch(),))
+        epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
     except BaseException:
         conn.close()
         raise
-    return conn
+    return conn, epoch
 
 
 class SqliteEventLog:
@@ -103,8 +112,10 @@ class SqliteEventLog:
             raise ValueError("readers must be >= 1")
         self.retention = retention
         self._synchronous = synchronous
+        # The epoch is fixed for the file's life: read once, here.
+        writer_conn, self._epoch = _open_writer_connection(self.path, synchronous)
         self._writer = SqliteWriter(
-            _open_writer_connection(self.path, synchronous),
+            writer_conn,
             retention,
             clock=clock,
             batch_delay=batch_delay,
@@ -169,6 +180,13 @@ class SqliteEventLog:
         if latest is None:
             return UNKNOWN_BOUNDS
         return Bounds(latest + 1 if oldest is None else oldest, latest)
+
+    async def epoch(self) -> str:
+        self._check_open()
+        return self._epoch
+
+    async def bounds_with_epoch(self, stream: str) -> tuple[str, Bounds]:
+        return await self.epoch(), await self.bounds(stream)
 
     async def streams(self) -> list[str]:
         # SQLite's BINARY collation orders UTF-8 bytes, which is Python's code point order.

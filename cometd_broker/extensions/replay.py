@@ -6,6 +6,14 @@ stream (a shared channel, or one user's per-user channel). Delivered events carr
 `ext.replay: {"<channel>": <id>}` (or gave that map at handshake) first receives the retained events
 after that id, in order, then live ones: -1 means new events only, -2 everything retained.
 
+Ids are the event log's, and a log can start over (a memory log after a restart, a deleted SQLite
+file, a flushed Redis) and issue 1, 2, 3 again. So the log has an epoch (see eventlog/base.py),
+which the broker tells clients (the handshake reply's `ext.replayEpoch`, the subscribe reply's
+`ext.replay.epoch`) and a client sends back as `ext.replayEpoch` with its ids. An id is resumed
+from only if the current log issued it: same epoch (when the client sent one) and not above the
+stream's newest id. Otherwise the reply says `recovered: false`, as when retention trimmed events
+after the id, and the subscription gets what the log retains, from its oldest event.
+
 While a subscription catches up, live events of its stream are not queued for it (they are in the
 log and the catch-up reads them); once the catch-up has read up to the newest id the broker knows,
 the subscription goes live, ignoring live events it has already read. So nothing is missing and
@@ -56,6 +64,13 @@ def replay_map(message: dict[str, Any]) -> dict[str, int]:
     return {channel: int(ident) for channel, ident in value.items()
             if isinstance(channel, str) and isinstance(ident, int) and not isinstance(ident, bool)
             and ident >= ALL_RETAINED}
+
+
+def epoch_of(message: dict[str, Any]) -> str | None:
+    """The epoch a message says its replay ids belong to (`ext.replayEpoch`), or None."""
+    ext = message.get("ext")
+    value = ext.get("replayEpoch") if isinstance(ext, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def with_replay_id(payload: bytes, event_id: int, has_ext: bool) -> bytes:

@@ -252,6 +252,39 @@ async def test_a_client_whose_owner_is_gone_gets_402_and_resumes_there_by_replay
     assert events_in(await send(b, connect_message(on_b, timeout=100))) == []
 
 
+async def test_ids_of_another_redis_log_are_not_recovered_on_any_process(two_brokers, redis_url):
+    a, b = two_brokers
+    [hello] = await send(a, handshake_message(ext={"replay": True}))
+    epoch = hello["ext"]["replayEpoch"]
+    [hello_b] = await send(b, handshake_message(ext={"replay": True}))
+    assert hello_b["ext"]["replayEpoch"] == epoch  # one log, one epoch, whichever process answers
+    on_a = await replay_session(a, "/feed", -1)
+    for n in range(5):
+        await broker_of(a).publish("/feed", {"n": n})
+    last_id = (await receive(a, on_a, 5))[-1]["ext"]["replayId"]
+
+    # An id above the newest the log has issued: recovered false, on the other process too, with no epoch.
+    for n in range(3):
+        await broker_of(a).publish("/other", {"n": n})
+    on_b = await replay_session(b, "/other", 5)
+    assert broker_of(b).stats.replay_misses == 1
+    assert [e["ext"]["replayId"] for e in await receive(b, on_b, 3)] == [1, 2, 3]
+
+    # Redis loses its data (a restart without persistence): the log is a new one, with a new epoch.
+    redis.Redis.from_url(redis_url).flushall()
+    for n in range(5, 8):
+        await broker_of(a).publish("/feed", {"n": n})
+    [reply] = await send(b, handshake_message(ext={"replay": True}))
+    client_id = reply["clientId"]
+    assert reply["ext"]["replayEpoch"] != epoch
+    await send(b, connect_message(client_id, timeout=0))
+    [sub] = await send(b, {"channel": "/meta/subscribe", "clientId": client_id, "subscription": "/feed",
+                           "ext": {"replay": {"/feed": last_id}, "replayEpoch": epoch}})
+    assert sub["ext"]["replay"]["recovered"] is False, sub
+    assert sub["ext"]["replay"]["epoch"] == reply["ext"]["replayEpoch"]
+    assert [e["data"]["n"] for e in await receive(b, client_id, 3)] == [5, 6, 7]  # what the new log has
+
+
 # ---- session routing: a long-poll reaching a process that does not own its session is forwarded --------
 
 

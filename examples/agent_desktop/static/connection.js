@@ -1,6 +1,8 @@
 // The desktop's CometD connection: the official client with the ack extension (nothing lost across a
 // dropped long-poll) and a replay extension (resume from the last event id after a re-handshake, e.g. a
 // broker restart). It reports a connection state and de-duplicates events by their replayId.
+// Ids belong to the broker's event log: the replay epoch names that log, and is sent back with the ids
+// so a broker whose log started over (or was replaced) answers recovered: false instead of resuming.
 
 import {AckExtension, CometD, Extension} from "/desktop/vendor/cometd/cometd.js";
 
@@ -21,11 +23,13 @@ class ReplayExtension extends Extension {
     }
 
     outgoing(message) {
+        const epoch = this.connection.epoch;
         if (message.channel === "/meta/handshake") {
             message.ext = {...message.ext, replay: true};
         } else if (message.channel === "/meta/subscribe") {
             const channel = message.subscription;
             message.ext = {...message.ext, replay: {[channel]: this.connection.resumeFrom(channel)}};
+            if (typeof epoch === "string") message.ext.replayEpoch = epoch; // the log our ids come from
         }
         return message;
     }
@@ -54,12 +58,15 @@ export class Connection {
     #gaps = [];
     #stopped = false;
 
-    // positions: {channel: last replayId handled}, owned (and persisted) by the caller.
+    // positions: {channel: last replayId handled}, owned (and persisted) by the caller; epoch: the replay
+    // epoch of the log they come from (null: not known yet), persisted through onEpoch.
     // token: a JWT sent in the handshake's ext.authentication; without it the login cookie authenticates.
-    constructor({url, positions, onEvent, onStatus, onCaughtUp, onAuthFailure, token = null}) {
+    constructor({url, positions, epoch, onEpoch, onEvent, onStatus, onCaughtUp, onAuthFailure, token = null}) {
         this.url = url;
         this.token = token;
         this.positions = positions;
+        this.epoch = epoch ?? null;
+        this.onEpoch = onEpoch ?? (() => {});
         this.onEvent = onEvent;
         this.onStatus = onStatus;
         this.onCaughtUp = onCaughtUp; // (resumed, gaps) when every subscription has caught up
@@ -101,19 +108,37 @@ export class Connection {
 
     subscribed(channel, replay) {
         this.#pending.delete(channel);
+        const replaced = replay ? this.#adoptEpoch(replay.epoch) : false;
         const last = this.positions[channel];
         if (replay && replay.recovered === false) {
-            this.#gaps.push({channel, reason: "events after the last one seen were trimmed", oldest: replay.oldest});
-        } else if (replay && typeof last === "number" && replay.latest < last) {
-            // The server's log starts over (it was replaced): our ids mean nothing there any more.
-            this.#gaps.push({channel, reason: "the event log was reset"});
-            this.positions[channel] = replay.latest;
-        }
-        const from = this.positions[channel] ?? 0;
-        if (replay && typeof replay.latest === "number" && replay.latest > from && this.resumeFrom(channel) !== NEW_ONLY) {
+            // A gap: the broker sends what its log retains, from the oldest event, and the state is re-read
+            // through the REST API once caught up. Those ids may be at or below ours if the log started over.
+            const reason = replaced ? "the event log was replaced"
+                : typeof last === "number" && replay.latest < last ? "the event log was reset"
+                    : "events after the last one seen were trimmed";
+            this.#gaps.push({channel, reason, oldest: replay.oldest});
+            delete this.positions[channel];
+            if (typeof replay.latest === "number" && replay.latest >= replay.oldest && replay.latest > 0) {
+                this.#catchingUp.set(channel, replay.latest);
+            }
+        } else if (replay && typeof replay.latest === "number" && replay.latest > (last ?? 0)
+            && this.resumeFrom(channel) !== NEW_ONLY) {
             this.#catchingUp.set(channel, replay.latest);
         }
         this.#progress();
+    }
+
+    // The subscribe reply names the log's epoch. Another one than ours: every id we hold is another log's
+    // (the subscribes that sent them are answered recovered: false), so none is kept. Returns whether it was.
+    #adoptEpoch(epoch) {
+        if (typeof epoch !== "string" || epoch === this.epoch) return false;
+        const replaced = typeof this.epoch === "string";
+        if (replaced) {
+            for (const channel of Object.keys(this.positions)) delete this.positions[channel];
+        }
+        this.epoch = epoch;
+        this.onEpoch(epoch);
+        return replaced;
     }
 
     // Whether an event is new: each stream's ids only grow, so anything at or below the last id handled

@@ -85,6 +85,11 @@ async function enter(me) {
         url: `${location.origin}/api/v2/notifications`,
         token: api.token,
         positions: model.positions,
+        epoch: model.replayEpoch,
+        onEpoch: epoch => {
+            model.replayEpoch = epoch;
+            save();
+        },
         onEvent: onEvent,
         onStatus: showStatus,
         onCaughtUp: (resumed, gaps) => {

@@ -22,6 +22,7 @@ function idFromUri(uri) {
 export class DesktopModel {
     constructor(saved) {
         this.positions = saved?.positions ?? {}; // channel -> last replayId handled
+        this.replayEpoch = saved?.replayEpoch ?? null; // the event log those ids come from
         this.interactions = saved?.interactions ?? {}; // id -> record
         this.channels = {}; // "sms" -> {state, reason}
         this.workbins = []; // [{id, displayName, interactions: [...]}]
@@ -29,7 +30,7 @@ export class DesktopModel {
     }
 
     toJSON() {
-        return {positions: this.positions, interactions: this.interactions};
+        return {positions: this.positions, replayEpoch: this.replayEpoch, interactions: this.interactions};
     }
 
     record(id, media) {
