@@ -502,12 +502,12 @@ async def _session_from_cookie(request: web.Request, users: UserDirectory,
 
 
 def _decorate(request: web.Request, response: web.StreamResponse, session: HttpSession, new: bool,
-              csrf: bool) -> None:
+              csrf: bool, secure: bool) -> None:
     if response.prepared:
         return  # a streamed response has sent its headers already
     if new:
         response.set_cookie(HttpSessions.COOKIE, session.session_id, path="/", httponly=True, samesite="Lax",
-                            secure=request.secure or None)
+                            secure=request.secure or secure or None)
     if csrf and request.method in ("GET", "HEAD"):
         response.headers["X-CSRF-HEADER"] = CSRF_HEADER
         response.headers[CSRF_HEADER] = session.csrf_token
@@ -515,10 +515,13 @@ def _decorate(request: web.Request, response: web.StreamResponse, session: HttpS
 
 def auth_middleware(users: UserDirectory, sessions: SessionStore, *, csrf: bool = True,
                     prefixes: tuple[str, ...] = ("/api/v2",),
-                    exempt: tuple[str, ...] = ("/api/v2/notifications",)) -> Middleware:
+                    exempt: tuple[str, ...] = ("/api/v2/notifications",),
+                    secure_cookie: bool = False) -> Middleware:
     """Session cookie or Basic login, and the CSRF token, for every request under `prefixes`.
 
     Paths under `exempt` pass untouched: the CometD endpoint authenticates its own handshake.
+    `secure_cookie`: the public port speaks TLS, so the session cookie is Secure even on a request a
+    cluster process relayed here over its plain private port (one that came over TLS always is).
     """
 
     @web.middleware
@@ -550,7 +553,7 @@ def auth_middleware(users: UserDirectory, sessions: SessionStore, *, csrf: bool 
         request[USER_KEY], request[SESSION_KEY] = user, session
         bind_user(user.user_id)  # every log line of this request names its user
         response = await handler(request)
-        _decorate(request, response, session, new, csrf)
+        _decorate(request, response, session, new, csrf, secure_cookie)
         return response
 
     return gws_auth

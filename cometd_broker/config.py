@@ -115,6 +115,11 @@ class BrokerConfig:
     log_level: str = field(default="INFO", metadata=_doc("least severe log level written: " + ", ".join(LOG_LEVELS)))
     log_format: str = field(default="text", metadata=_doc(
         "log lines as text, or json (one object per line: ts, level, logger, msg, clientId, user)"))
+    tls_cert: str = field(default="", metadata=_doc(
+        "PEM file of the server certificate (its chain after it): `serve` speaks HTTPS and WSS on the port "
+        "itself, TLS 1.2 or later; needs tls_key; empty: plain HTTP (TLS ends at a proxy, if any)"))
+    tls_key: str = field(default="", metadata=_doc(
+        "PEM file of tls_cert's private key, unencrypted (readable by the broker's user only)"))
 
     def validate(self) -> None:
         """Raise ValueError naming the first option that is out of range."""
@@ -162,6 +167,8 @@ class BrokerConfig:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: give both (HTTPS on the port) or neither")
 
     def _validate_cluster(self) -> None:
         if self.redis and not is_redis_url(self.redis):
@@ -181,6 +188,16 @@ class BrokerConfig:
         """Where the event log is: with redis always that Redis, because the Redis engine appends to it."""
         return self.redis or self.event_log
 
+
+    @property
+    def tls(self) -> bool:
+        """Whether `serve` speaks TLS on its port (the files are read at start, see tls.py)."""
+        return bool(self.tls_cert)
+
+    @property
+    def scheme(self) -> str:
+        """Of the public port's URLs: https with TLS, else http."""
+        return "https" if self.tls else "http"
 
     @property
     def transport_list(self) -> list[str]:
