@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -204,6 +205,24 @@ async def test_a_client_that_does_not_trust_the_certificate_is_refused(tls_broke
     async with aiohttp.ClientSession() as http:
         with pytest.raises(aiohttp.ClientConnectorCertificateError):
             await http.post(tls_broker.url, json=[handshake_message()])
+
+
+@pytest.mark.parametrize("http_server", HTTP_SERVERS)
+async def test_sigterm_answers_a_held_connect_over_tls_before_closing(tls, http_server):
+    running = https(await asyncio.to_thread(start_broker, "--tls-cert", tls.cert, "--tls-key", tls.key,
+                                            "--allow-anonymous", "--http-server", http_server))
+    try:
+        async with session(tls) as http:
+            client_id = await long_polling_session(http, running.url, "/tls/stop")
+            held = asyncio.create_task(post(http, running.url, [connect_message(client_id)]))
+            await asyncio.sleep(0.3)
+            running.process.send_signal(signal.SIGTERM)
+            replies, _ = await held
+        assert reply_to(replies, "/meta/connect")["error"].startswith("503::server_shutdown"), replies
+        assert await asyncio.to_thread(running.process.wait, 10) == 0
+        assert "stopping on SIGTERM: 1 client(s) connected" in running.log(), running.log()
+    finally:
+        running.stop()
 
 
 def test_the_docker_healthcheck_asks_https_when_tls_is_configured(tls_broker, tls):
