@@ -31,7 +31,8 @@ WORKDIR /data
 VOLUME /data
 USER 10001:10001
 EXPOSE 8080
-# The slim image has no curl: Python asks /health (a non-2xx answer or no answer exits non-zero).
+# The slim image has no curl: Python asks /health (a non-2xx answer or no answer exits non-zero), over
+# https when COMETD_BROKER_TLS_CERT is set (unverified: the certificate names the service, not 127.0.0.1).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:' + os.environ.get('COMETD_BROKER_PORT', '8080') + '/health', timeout=4)"]
+    CMD ["python", "-c", "import os, ssl, urllib.request as u; tls = bool(os.environ.get('COMETD_BROKER_TLS_CERT')); u.urlopen(('https' if tls else 'http') + '://127.0.0.1:' + os.environ.get('COMETD_BROKER_PORT', '8080') + '/health', timeout=4, context=ssl._create_unverified_context() if tls else None)"]
 CMD ["cometd-broker", "serve", "--host", "0.0.0.0"]

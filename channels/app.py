@@ -50,6 +50,7 @@ class ContactCenterConfig:
     csrf: bool = True
     media_token: str | None = None
     base_url: str = "http://127.0.0.1:8080"
+    secure_cookies: bool = False  # the broker's port speaks TLS: the session cookie is Secure on every reply
     offer_timeout: float = 30.0
     queues: list[str] = field(default_factory=lambda: ["default"])
     gateway_poll_wait: float = 10.0  # Huawei: an idle event poll is answered after 10 s
@@ -146,7 +147,8 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
     app.middlewares.extend(inner_middlewares)
     app.middlewares.append(auth_middleware(users, sessions, csrf=config.csrf, prefixes=(API_PREFIX,),
                                            exempt=exempt, jwt=broker.config.jwt_verifier,
-                                           throttle=broker.login_throttle, client_address=client_address))
+                                           throttle=broker.login_throttle, client_address=client_address,
+                                           secure_cookie=config.secure_cookies))
     agent.add_routes(app, center.agent_api)
     smssessions.add_routes(app, conversations)
     chats.add_routes(app, conversations)
@@ -247,7 +249,7 @@ class ContactCenterPlugin:
                                 "(env COMETD_BROKER_MEDIA_TOKEN); default: none, the API is off")
         group.add_argument("--base-url", default=_env("BASE_URL"),
                            help="external URL used in resource uris (env COMETD_BROKER_BASE_URL); "
-                                "default: http://HOST:PORT")
+                                "default: http://HOST:PORT (https:// with --tls-cert)")
         group.add_argument("--offer-timeout", type=float, default=float(_env("OFFER_TIMEOUT", "30")),
                            help="seconds an offered interaction waits for Accept/Reject before the next "
                                 "agent (env COMETD_BROKER_OFFER_TIMEOUT); default: 30")
@@ -312,7 +314,8 @@ class ContactCenterPlugin:
             raise ValueError("queues must name at least one queue")
         config = ContactCenterConfig(
             users_file=args.users_file, csrf=args.csrf, media_token=args.media_token,
-            base_url=args.base_url or f"http://{broker.config.host}:{broker.config.port}",
+            base_url=args.base_url or f"{broker.config.scheme}://{broker.config.host}:{broker.config.port}",
+            secure_cookies=broker.config.tls,
             offer_timeout=args.offer_timeout, queues=queues, state_db=args.state_db,
             ended_retention=args.ended_retention)
         if args.desktop_dir:

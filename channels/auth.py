@@ -552,12 +552,12 @@ async def _session_from_cookie(request: web.Request, users: UserDirectory,
 
 
 def _decorate(request: web.Request, response: web.StreamResponse, session: HttpSession, new: bool,
-              csrf: bool) -> None:
+              csrf: bool, secure: bool) -> None:
     if response.prepared:
         return  # a streamed response has sent its headers already
     if new:
         response.set_cookie(HttpSessions.COOKIE, session.session_id, path="/", httponly=True, samesite="Lax",
-                            secure=request.secure or None)
+                            secure=request.secure or secure or None)
     if csrf and request.method in ("GET", "HEAD"):
         response.headers["X-CSRF-HEADER"] = CSRF_HEADER
         response.headers[CSRF_HEADER] = session.csrf_token
@@ -567,13 +567,16 @@ def auth_middleware(users: UserDirectory, sessions: SessionStore, *, csrf: bool 
                     prefixes: tuple[str, ...] = ("/api/v2",),
                     exempt: tuple[str, ...] = ("/api/v2/notifications",),
                     jwt: JwtVerifier | None = None, throttle: LoginThrottle | None = None,
-                    client_address: Callable[[web.Request], str | None] = peer_address) -> Middleware:
+                    client_address: Callable[[web.Request], str | None] = peer_address,
+                    secure_cookie: bool = False) -> Middleware:
     """Session cookie or Basic login, and the CSRF token, for every request under `prefixes`; with `jwt`,
     also a Bearer JWT of a known user, request by request.
 
     Paths under `exempt` pass untouched: the CometD endpoint authenticates its own handshake.
     Basic logins go through `throttle` (the broker's, so the handshake and the REST API share one
     budget; None: one of its own with the default limits), counted against `client_address(request)`.
+    `secure_cookie`: the public port speaks TLS, so the session cookie is Secure even on a request a
+    cluster process relayed here over its plain private port (one that came over TLS always is).
     """
     throttle = throttle if throttle is not None else LoginThrottle()
 
@@ -623,7 +626,7 @@ def auth_middleware(users: UserDirectory, sessions: SessionStore, *, csrf: bool 
         request[USER_KEY], request[SESSION_KEY] = user, session
         bind_user(user.user_id)  # every log line of this request names its user
         response = await handler(request)
-        _decorate(request, response, session, new, csrf)
+        _decorate(request, response, session, new, csrf, secure_cookie)
         return response
 
     return gws_auth

@@ -20,6 +20,7 @@ from .configfile import CONFIG_ENV, Option, Setting
 from .logs import configure as configure_logging
 from .metrics import share_worker_metrics
 from .serving import serve_app
+from .tls import TlsError, server_context
 from .tools.commands import add_commands as add_event_commands
 from .version import __version__
 
@@ -175,6 +176,11 @@ def show_config(args: argparse.Namespace, effective: Effective) -> int:
 
 def serve(args: argparse.Namespace, config: BrokerConfig) -> int:
     configure_logging(config.log_level, config.log_format)
+    try:  # once, before anything starts: a bad file stops here, with one line (the supervisor's workers too)
+        ssl_context = server_context(config.tls_cert, config.tls_key) if config.tls else None
+    except TlsError as exc:
+        print(f"cometd-broker: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     if config.workers > 1:
         return _supervise(args, config)
     app = create_app(config)
@@ -186,7 +192,7 @@ def serve(args: argparse.Namespace, config: BrokerConfig) -> int:
             return 2
     loop_name = "uvloop" if _use_uvloop() else "asyncio"
     auth = "anonymous allowed" if config.allow_anonymous else "authentication required"
-    url = f"http://{config.host}:{config.port}{config.mount}"
+    url = f"{config.scheme}://{config.host}:{config.port}{config.mount}"
 
     def announce(_: str) -> None:
         line = (f"cometd-broker {__version__} listening on {url} "
@@ -206,9 +212,11 @@ def serve(args: argparse.Namespace, config: BrokerConfig) -> int:
             share_worker_metrics(app, args.worker_metrics_dir, index)
 
         asyncio.run(serve_app(app, config.host, config.port, lean=lean, reuse_port=True,
-                              ready=lambda: report_ready(worker_of), name=f"worker {index}"))
+                              ready=lambda: report_ready(worker_of), name=f"worker {index}",
+                              ssl_context=ssl_context))
         return 0
-    asyncio.run(serve_app(app, config.host, config.port, lean=lean, ready=lambda: announce("")))
+    asyncio.run(serve_app(app, config.host, config.port, lean=lean, ready=lambda: announce(""),
+                          ssl_context=ssl_context))
     return 0
 
 
@@ -217,7 +225,8 @@ def _supervise(args: argparse.Namespace, config: BrokerConfig) -> int:
     from .workers import Supervisor
 
     auth = "anonymous allowed" if config.allow_anonymous else "authentication required"
-    listening = (f"cometd-broker {__version__} listening on http://{config.host}:{config.port}{config.mount} "
+    url = f"{config.scheme}://{config.host}:{config.port}{config.mount}"
+    listening = (f"cometd-broker {__version__} listening on {url} "
                  f"(transports: {', '.join(config.transport_list)}; {auth}; {config.workers} workers; "
                  f"cluster on {config.redis})")
     return Supervisor(config.workers, args.argv, listening).run()

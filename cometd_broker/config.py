@@ -155,6 +155,11 @@ class BrokerConfig:
     login_tracked_keys: int = field(default=10000, metadata=_doc(
         "users and addresses whose failed logins are remembered; past it the one idle the longest is "
         "forgotten, so a spray of names or addresses cannot grow memory"))
+    tls_cert: str = field(default="", metadata=_doc(
+        "PEM file of the server certificate (its chain after it): `serve` speaks HTTPS and WSS on the port "
+        "itself, TLS 1.2 or later; needs tls_key; empty: plain HTTP (TLS ends at a proxy, if any)"))
+    tls_key: str = field(default="", metadata=_doc(
+        "PEM file of tls_cert's private key, unencrypted (readable by the broker's user only)"))
 
     def validate(self) -> None:
         """Raise ValueError naming the first option that is out of range."""
@@ -210,6 +215,8 @@ class BrokerConfig:
             raise ValueError("login_window must be > 0")
         if self.login_tracked_keys < 1:
             raise ValueError("login_tracked_keys must be >= 1")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: give both (HTTPS on the port) or neither")
 
     def _validate_cluster(self) -> None:
         if self.redis and not is_redis_url(self.redis):
@@ -238,6 +245,16 @@ class BrokerConfig:
         database of its Redis (the event log's, without redis)."""
         return redis_namespace(self.event_log_url, self.redis_prefix)
 
+
+    @property
+    def tls(self) -> bool:
+        """Whether `serve` speaks TLS on its port (the files are read at start, see tls.py)."""
+        return bool(self.tls_cert)
+
+    @property
+    def scheme(self) -> str:
+        """Of the public port's URLs: https with TLS, else http."""
+        return "https" if self.tls else "http"
 
     @property
     def transport_list(self) -> list[str]:

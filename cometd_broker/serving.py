@@ -13,6 +13,7 @@ import asyncio
 import gc
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -103,10 +104,14 @@ class LeanAppRunner(GuardedAppRunner):
 
 
 async def serve_app(app: web.Application, host: str, port: int, *, lean: bool, reuse_port: bool = False,
-                    ready: Callable[[], None] = lambda: None, name: str = "") -> None:
+                    ready: Callable[[], None] = lambda: None, name: str = "",
+                    ssl_context: ssl.SSLContext | None = None) -> None:
     """Serve until SIGINT/SIGTERM; `ready` is called once the port listens. The stop is logged (INFO,
     prefixed by `name`, a worker's): which signal, how many clients were connected, and how long stopping
-    took, so an operator sees a restart that hangs on its held connects, or one that was quick."""
+    took, so an operator sees a restart that hangs on its held connects, or one that was quick.
+
+    With `ssl_context` the port speaks TLS (tls.py): the event loop decrypts, so both HTTP paths and
+    the websocket get plain bytes from an SSL transport, hand-over to aiohttp included."""
     runner_class = LeanAppRunner if lean else GuardedAppRunner
     runner = runner_class(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
@@ -122,7 +127,7 @@ async def serve_app(app: web.Application, host: str, port: int, *, lean: bool, r
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop_on, signum)
     try:
-        await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port).start()
         ready()
         await stop.wait()
     finally:

@@ -55,6 +55,11 @@ class BrowserPolicy:
 
     def __init__(self, config: BrokerConfig) -> None:
         self.cookie_name = config.browser_cookie
+        # The cookie is Secure when the port speaks TLS: decided by the configuration, not by each
+        # connection, so a long-poll another cluster process relays here over the plain private port
+        # gets the same cookie. (A request that came over TLS anyway, an embedding app's own TLS site,
+        # gets Secure too: see the transports.)
+        self.secure = config.tls
         self.max_held = config.max_sessions_per_browser
         self._poll_advice = bayeux.advice(bayeux.RETRY, config.multi_session_interval, config.timeout,
                                           **{"multiple-clients": True})

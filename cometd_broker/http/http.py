@@ -82,7 +82,7 @@ class HttpTransport:
         if forwarded is not None:
             return forwarded
         status, body, browser_id = await self._process(request, messages, "long-polling")
-        return self._respond(status, body, JSON, browser_id)
+        return self._respond(status, body, JSON, browser_id, request.secure)
 
     async def _forward(self, request: web.BaseRequest, messages: list[Message], body: bytes,
                        method: str) -> web.Response | None:
@@ -114,7 +114,7 @@ class HttpTransport:
             status, body = 200, encode(bayeux.body_error_reply(exc.error))
         # Script tags cannot read an HTTP status, so JSONP errors travel inside the callback.
         wrapped = callback.encode() + b"(" + body + b");"
-        return self._respond(200 if status < 500 else status, wrapped, "text/javascript", browser_id)
+        return self._respond(200 if status < 500 else status, wrapped, "text/javascript", browser_id, request.secure)
 
     async def _read_body(self, request: web.BaseRequest) -> bytes:
         limit = self.max_size
@@ -144,11 +144,13 @@ class HttpTransport:
         answer = await self.exchange.process(messages, context_for(request, transport, self.browser), writable)
         return answer.status, answer.body(), answer.cookie
 
-    def _respond(self, status: int, body: bytes, content_type: str, browser_id: str | None) -> web.Response:
+    def _respond(self, status: int, body: bytes, content_type: str, browser_id: str | None,
+                 over_tls: bool) -> web.Response:
         response = web.Response(status=status, body=body, content_type=content_type)
         # A JSONP reply is script: a browser must not sniff it as anything else (and a JSON reply
         # must not be run as script).
         response.headers["X-Content-Type-Options"] = "nosniff"
         if browser_id is not None:
-            response.set_cookie(self.cookie_name, browser_id, httponly=True, path="/")
+            response.set_cookie(self.cookie_name, browser_id, httponly=True, path="/",
+                                secure=over_tls or self.browser.secure or None)
         return response

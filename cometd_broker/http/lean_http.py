@@ -84,6 +84,7 @@ class LeanHttp:
         self.max_batch = broker.config.max_batch
         self.cookie_name = browser.cookie_name
         self.cookie_prefix = self.cookie_name.encode() + b"="
+        self.cookie_secure = browser.secure  # the port speaks TLS (a connection over TLS sets it too)
         self.connections: set[LeanHttpConnection] = set()
         self.clock = _Clock()
         self._known_paths: dict[bytes, bool] = {}
@@ -179,7 +180,7 @@ class LeanHttpConnection(asyncio.Protocol):
 
     __slots__ = ("server", "transport", "buffer", "busy", "started", "last_active", "remote", "_head",
                  "_close_after", "_reading_paused", "_writing_paused", "_pumping", "_last_head", "_forwarding",
-                 "_reader", "_cors")
+                 "_reader", "_cors", "_secure_cookie")
 
     def __init__(self, server: LeanHttp) -> None:
         self.server = server
@@ -200,6 +201,7 @@ class LeanHttpConnection(asyncio.Protocol):
         self._forwarding: asyncio.Task[None] | None = None  # relaying a request to its session's owner
         self._reader = HeadReader()  # where each head ends; refuses a malformed one before it is whole
         self._cors = b""  # CORS header lines of the answer being made (http/origins.py)
+        self._secure_cookie = server.cookie_secure
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -207,6 +209,8 @@ class LeanHttpConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if isinstance(peer, tuple) else None
+        if transport.get_extra_info("sslcontext") is not None:  # an SSL transport: we read decrypted bytes
+            self._secure_cookie = True
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -453,7 +457,8 @@ class LeanHttpConnection(asyncio.Protocol):
             return
         cookie = b""
         if browser_id is not None:
-            cookie = b"Set-Cookie: " + self.server.cookie_prefix + browser_id.encode() + b"; HttpOnly; Path=/\r\n"
+            cookie = (b"Set-Cookie: " + self.server.cookie_prefix + browser_id.encode()
+                      + (b"; HttpOnly; Path=/; Secure\r\n" if self._secure_cookie else b"; HttpOnly; Path=/\r\n"))
         connection = b"Connection: close\r\n" if self._close_after else b""
         self._write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
                     b"Content-Length: %d\r\nDate: %s\r\nServer: cometd-broker\r\n"

@@ -417,6 +417,18 @@ async def test_basic_login_sets_session_cookie_and_the_cookie_alone_then_works(c
     assert len(sessions) == 1
 
 
+async def test_session_cookie_is_secure_when_the_broker_port_speaks_tls(aiohttp_client, users, sessions):
+    """With --tls-cert the cookie is Secure even on a request that reached this process over plain HTTP:
+    in a cluster the login is relayed to the leader over its private port (cluster.py)."""
+    plain = await aiohttp_client(make_app(users, sessions))
+    assert "Secure" not in (await plain.get("/api/v2/me", headers=ALICE)).headers["Set-Cookie"]
+    secure = await aiohttp_client(make_app(users, sessions, secure_cookie=True))
+    response = await secure.get("/api/v2/me", headers=ALICE)
+    assert response.status == 200
+    assert response.cookies["JSESSIONID"]["secure"] is True
+    assert "; Secure" in response.headers["Set-Cookie"]
+
+
 async def test_explicit_cookie_header_works_without_the_jar(client, aiohttp_client):
     session_id, _ = await login(client)
     client.session.cookie_jar.clear()
