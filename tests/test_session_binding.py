@@ -332,6 +332,16 @@ async def test_a_just_issued_cookie_of_another_user_is_no_sibling(make_client, c
     assert refused(reply), reply
 
 
+async def test_the_browser_cookie_is_httponly_and_same_site_lax(make_client):
+    """No cross-site page's request carries the cookie (SameSite=Lax), and no script reads it."""
+    server = await make_client()
+    response = await server.post(MOUNT, json=[handshake_message(ext=ext_auth("alice"))])
+    cookie = response.headers["Set-Cookie"]
+    assert cookie.startswith("BAYEUX_BROWSER=")
+    attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
+    assert {"httponly", "samesite=lax", "path=/"} <= attributes
+
+
 # --------------------------------------------------------------------------- the cluster's relay
 
 

@@ -151,6 +151,7 @@ class HttpTransport:
         # must not be run as script).
         response.headers["X-Content-Type-Options"] = "nosniff"
         if browser_id is not None:
-            response.set_cookie(self.cookie_name, browser_id, httponly=True, path="/",
+            # SameSite=Lax: no cross-site page's request carries it (the Origin check is the other half).
+            response.set_cookie(self.cookie_name, browser_id, httponly=True, path="/", samesite="Lax",
                                 secure=over_tls or self.browser.secure or None)
         return response

@@ -458,7 +458,8 @@ class LeanHttpConnection(asyncio.Protocol):
         cookie = b""
         if browser_id is not None:
             cookie = (b"Set-Cookie: " + self.server.cookie_prefix + browser_id.encode()
-                      + (b"; HttpOnly; Path=/; Secure\r\n" if self._secure_cookie else b"; HttpOnly; Path=/\r\n"))
+                      + (b"; HttpOnly; Path=/; SameSite=Lax; Secure\r\n" if self._secure_cookie
+                         else b"; HttpOnly; Path=/; SameSite=Lax\r\n"))
         connection = b"Connection: close\r\n" if self._close_after else b""
         self._write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
                     b"Content-Length: %d\r\nDate: %s\r\nServer: cometd-broker\r\n"
