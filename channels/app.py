@@ -287,8 +287,8 @@ class ContactCenterPlugin:
         group.add_argument("--desktop-dir", default=_env("DESKTOP_DIR", desktop.default_desktop_dir() or ""),
                            metavar="PATH",
                            help="folder of the agent desktop page served at / (static/ and node_modules/cometd "
-                                "from `npm ci --prefix examples/agent_desktop`); '' serves no page "
-                                "(env COMETD_BROKER_DESKTOP_DIR); default: examples/agent_desktop of this "
+                                "from `npm ci --prefix channels/desktop`); '' serves no page "
+                                "(env COMETD_BROKER_DESKTOP_DIR); default: the channels/desktop package of this "
                                 "repository when it exists")
 
     def add_commands(self, subparsers: Any) -> None:

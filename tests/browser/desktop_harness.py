@@ -24,7 +24,7 @@ import pytest
 from conftest import RunningBroker, free_port, wait_listening
 
 REPO = Path(__file__).resolve().parents[2]
-DESKTOP_DIR = REPO / "examples" / "agent_desktop"
+DESKTOP_DIR = REPO / "channels" / "desktop"
 # This sandbox's closed network (and CI containers) need these: no sandboxing as root, no GPU, no
 # background traffic to Google services that would only time out.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -54,7 +54,7 @@ def require_browser() -> str:
         except ImportError:
             problem = "Playwright is not installed: pip install -e '.[test]'"
     if problem is None and not (DESKTOP_DIR / "node_modules" / "cometd" / "cometd.js").is_file():
-        problem = "the desktop's CometD client is missing: npm ci --prefix examples/agent_desktop"
+        problem = "the desktop's CometD client is missing: npm ci --prefix channels/desktop"
     if problem is not None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(problem)

@@ -15,7 +15,7 @@ from cometd_broker import BrokerConfig, create_app
 from cometd_broker.app import BROKER
 from cometd_broker.cli import build_parser, plugins
 
-REPO_DESKTOP = Path(__file__).resolve().parents[2] / "examples" / "agent_desktop"
+REPO_DESKTOP = Path(__file__).resolve().parents[2] / "channels" / "desktop"
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
-"""Serves the agent desktop page (examples/agent_desktop) at `/` beside the contact-center API.
+"""Serves the agent desktop page (this package's static/ folder) at `/` beside the contact-center API.
 
 The page is plain HTML, CSS and ES modules with no build step. It uses the official CometD JavaScript
-client, which is not copied into this repository: `npm ci --prefix examples/agent_desktop` installs it
+client, which is not copied into this repository: `npm ci --prefix channels/desktop` installs it
 into the desktop's node_modules, and the broker serves the installed package under VENDOR_PREFIX.
 When it is missing, `/` answers with a page that says how to install it rather than a page that fails
 in the browser.
@@ -19,12 +19,12 @@ log = logging.getLogger("channels.desktop")
 
 PAGE_PREFIX = "/desktop"  # the page's own modules and stylesheet
 VENDOR_PREFIX = "/desktop/vendor/cometd"  # the installed npm package `cometd`
-# examples/agent_desktop next to the repository's packages; absent in an installed wheel.
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "examples" / "agent_desktop"
+# The page ships inside this package (static/ is package data).
+DEFAULT_DIR = Path(__file__).resolve().parent
 
 
 def default_desktop_dir() -> str | None:
-    """The repository's desktop folder when it exists, else None (no page served)."""
+    """The package's desktop folder when its page is there, else None (no page served)."""
     return str(DEFAULT_DIR) if (DEFAULT_DIR / "static" / "index.html").is_file() else None
 
 
@@ -55,7 +55,7 @@ class Desktop:
                 "<p>The agent desktop uses the official CometD client from npm, installed next to the page. "
                 "Install it, then reload this page:</p>"
                 f"<pre style='background:#eee;padding:1em'>{command}</pre>"
-                "<p>(<code>npm ci --prefix examples/agent_desktop</code> from the repository root.)</p></body></html>")
+                "<p>(<code>npm ci --prefix channels/desktop</code> from the repository root.)</p></body></html>")
         return web.Response(status=503, text=body, content_type="text/html")
 
     async def page(self, request: web.Request) -> web.StreamResponse:
