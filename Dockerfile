@@ -3,14 +3,24 @@
 #   docker build -t cometd-broker .
 #   docker run -p 8080:8080 -v cometd-data:/data cometd-broker        (README.md, "Docker")
 ARG PYTHON_IMAGE=python:3.11-slim
+ARG NODE_IMAGE=node:20-slim
 
-# ---- build: the project's wheel and every dependency's, so the runtime stage needs no compiler or network
+# ---- desktop: the agent desktop's official CometD JS client, from the npm lock file (.dockerignore keeps a
+# checkout's own node_modules out of the context)
+FROM ${NODE_IMAGE} AS desktop
+WORKDIR /src/channels/desktop
+COPY channels/desktop/package.json channels/desktop/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+
+# ---- build: the project's wheel and every dependency's, so the runtime stage needs no compiler or network.
+# setup.py copies node_modules/cometd into the wheel as channels/desktop/vendor/cometd (the page at /).
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py MANIFEST.in README.md LICENSE ./
 COPY cometd_broker ./cometd_broker
 COPY channels ./channels
+COPY --from=desktop /src/channels/desktop/node_modules ./channels/desktop/node_modules
 RUN pip wheel --wheel-dir /wheels ".[fast,redis,jwt]"
 
 # ---- runtime

@@ -286,10 +286,11 @@ class ContactCenterPlugin:
                                 "default: 127.0.0.1")
         group.add_argument("--desktop-dir", default=_env("DESKTOP_DIR", desktop.default_desktop_dir() or ""),
                            metavar="PATH",
-                           help="folder of the agent desktop page served at / (static/ and node_modules/cometd "
-                                "from `npm ci --prefix channels/desktop`); '' serves no page "
+                           help="folder of the agent desktop page served at / (static/, and the CometD client in "
+                                "vendor/cometd, put there by the package build, or node_modules/cometd from "
+                                "`npm ci --prefix channels/desktop`); '' serves no page "
                                 "(env COMETD_BROKER_DESKTOP_DIR); default: the channels/desktop package of this "
-                                "repository when it exists")
+                                "installation")
 
     def add_commands(self, subparsers: Any) -> None:
         users_cli.add_subcommand(subparsers)
@@ -320,6 +321,8 @@ class ContactCenterPlugin:
             ended_retention=args.ended_retention)
         if args.desktop_dir:
             desktop.add_routes(app, args.desktop_dir, broker.config.mount)  # DesktopDirError names the option
+        else:
+            desktop.log_not_served()
         if clustered:
             self._install_clustered(app, broker, args, config)
             return

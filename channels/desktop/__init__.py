@@ -1,10 +1,11 @@
 """Serves the agent desktop page (this package's static/ folder) at `/` beside the contact-center API.
 
 The page is plain HTML, CSS and ES modules with no build step. It uses the official CometD JavaScript
-client, which is not copied into this repository: `npm ci --prefix channels/desktop` installs it
-into the desktop's node_modules, and the broker serves the installed package under VENDOR_PREFIX.
-When it is missing, `/` answers with a page that says how to install it rather than a page that fails
-in the browser.
+client, which is not copied into this repository. In a checkout, `npm ci --prefix channels/desktop`
+installs it into the desktop's node_modules; building the distribution (setup.py) copies its modules into
+the package as vendor/cometd, so an installed wheel has it. Either is served under VENDOR_PREFIX, the
+package's own vendor/ first. When it is missing, `/` answers with a page that says how to install it
+rather than a page that fails in the browser, and the start-up log says so in one WARNING.
 """
 
 from __future__ import annotations
@@ -28,34 +29,69 @@ def default_desktop_dir() -> str | None:
     return str(DEFAULT_DIR) if (DEFAULT_DIR / "static" / "index.html").is_file() else None
 
 
+def log_not_served() -> None:
+    """Say at start-up why `/` has no page when --desktop-dir is empty."""
+    if default_desktop_dir() is None:
+        log.warning("agent desktop not served at /: %s has no static/index.html (this copy of cometd-broker was "
+                    "installed without the desktop's package data); reinstall it from a wheel built from the "
+                    "repository (`pip wheel .`), or give --desktop-dir a checkout's channels/desktop", DEFAULT_DIR)
+    else:
+        log.info("agent desktop not served at /: --desktop-dir is ''")
+
+
 class DesktopDirError(ValueError):
     """The configured folder is not an agent desktop."""
 
 
+def _has_client(folder: Path) -> bool:
+    return (folder / "cometd.js").is_file() and (folder / "AckExtension.js").is_file()
+
+
 class Desktop:
-    """The folder layout: static/ (index.html, modules, css) and node_modules/cometd."""
+    """The folder layout: static/ (index.html, modules, css) and the CometD client in vendor/cometd (put
+    there by the build: an installed copy) or node_modules/cometd (`npm ci`: a checkout)."""
 
     def __init__(self, folder: str | Path) -> None:
         self.root = Path(folder).resolve()
         self.static = self.root / "static"
         self.index = self.static / "index.html"
-        self.vendor = self.root / "node_modules" / "cometd"
         if not self.index.is_file():
             raise DesktopDirError(f"desktop-dir {folder}: no static/index.html in it")
+        packaged = self.root / "vendor" / "cometd"
+        self.vendor = packaged if _has_client(packaged) else self.root / "node_modules" / "cometd"
+        # A checkout (or a copy of one) has the npm manifest, so `npm ci` there fixes a missing client;
+        # an installed copy has not: its wheel was built without npm.
+        self.checkout = (self.root / "package-lock.json").is_file()
 
     def vendor_installed(self) -> bool:
-        return (self.vendor / "cometd.js").is_file() and (self.vendor / "AckExtension.js").is_file()
+        return _has_client(self.vendor)
+
+    def how_to_fix(self) -> str:
+        """The command (or the steps) that bring the missing client, in one line."""
+        if self.checkout:
+            return f"run `npm ci --prefix {self.root}` (Node >= 20)"
+        return ("this installed copy was built without it (no npm where its wheel was built): rebuild the wheel "
+                "from a checkout with npm on PATH (`pip wheel .` runs `npm ci --prefix channels/desktop`), or "
+                "serve a checkout's page with --desktop-dir CHECKOUT/channels/desktop after `npm ci` there")
 
     def missing_vendor_page(self) -> web.Response:
-        """503 with the command that fixes it: the page cannot work without the CometD client."""
-        command = f"npm ci --prefix {html.escape(str(self.root))}"
+        """503 with what fixes it: the page cannot work without the CometD client."""
+        if self.checkout:
+            command = html.escape(f"npm ci --prefix {self.root}")
+            fix = ("<p>The agent desktop uses the official CometD client from npm, installed next to the page. "
+                   "Install it, then reload this page:</p>"
+                   f"<pre style='background:#eee;padding:1em'>{command}</pre>"
+                   "<p>(<code>npm ci --prefix channels/desktop</code> from the repository root.)</p>")
+        else:
+            fix = ("<p>The agent desktop uses the official CometD client from npm, which the build puts into the "
+                   "package. This installed copy was built where npm was not available. Rebuild the wheel from a "
+                   "checkout with Node &gt;= 20 and npm on the PATH (<code>pip wheel .</code> runs "
+                   "<code>npm ci --prefix channels/desktop</code>), or serve a checkout's page with "
+                   "<code>--desktop-dir CHECKOUT/channels/desktop</code> after <code>npm ci</code> there.</p>")
         body = ("<!doctype html><html lang=en><meta charset=utf-8><title>Agent desktop: CometD client missing</title>"
                 "<body style='font-family:sans-serif;max-width:40em;margin:3em auto'>"
                 "<h1>The CometD JavaScript client is not installed</h1>"
-                "<p>The agent desktop uses the official CometD client from npm, installed next to the page. "
-                "Install it, then reload this page:</p>"
-                f"<pre style='background:#eee;padding:1em'>{command}</pre>"
-                "<p>(<code>npm ci --prefix channels/desktop</code> from the repository root.)</p></body></html>")
+                f"{fix}</body></html>")
         return web.Response(status=503, text=body, content_type="text/html")
 
     async def page(self, request: web.Request) -> web.StreamResponse:
@@ -73,7 +109,8 @@ class Desktop:
         if self.vendor_installed():
             app.router.add_static(VENDOR_PREFIX, self.vendor)
         else:
-            log.warning("agent desktop: %s is missing; run `npm ci --prefix %s`", self.vendor, self.root)
+            log.warning("agent desktop at / answers 503: its CometD JS client is missing (no %s); %s",
+                        self.vendor, self.how_to_fix())
             app.router.add_get(VENDOR_PREFIX + "/{tail:.*}", self.vendor_missing)
         app.router.add_static(PAGE_PREFIX, self.static)
 

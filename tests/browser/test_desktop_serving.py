@@ -29,9 +29,11 @@ def users_file(tmp_path: Path) -> str:
 
 @pytest.fixture
 def desktop_dir(tmp_path: Path) -> Path:
-    """A copy of the page with a stand-in for the npm package, so the test does not need npm."""
+    """A copy of the checkout's page with a stand-in for the npm package, so the test does not need npm."""
     folder = tmp_path / "agent_desktop"
     shutil.copytree(REPO_DESKTOP / "static", folder / "static")
+    for manifest in ("package.json", "package-lock.json"):
+        shutil.copy(REPO_DESKTOP / manifest, folder / manifest)
     vendor = folder / "node_modules" / "cometd"
     vendor.mkdir(parents=True)
     (vendor / "cometd.js").write_text('export * from "./Client.js";\n')
@@ -109,3 +111,66 @@ async def test_a_script_gets_401_without_a_basic_challenge(aiohttp_client, users
     assert "WWW-Authenticate" not in wrong.headers
     plain = await client.get("/api/v2/me")  # curl and GWS clients still get the challenge
     assert plain.headers["WWW-Authenticate"] == 'Basic realm="GWS"'
+
+
+def packaged_copy(desktop_dir: Path) -> Path:
+    """The folder as a wheel installs it: static/ and the client in vendor/cometd, no npm manifest or node_modules."""
+    shutil.move(desktop_dir / "node_modules" / "cometd", desktop_dir / "vendor" / "cometd")
+    for leftover in ("node_modules", "package.json", "package-lock.json"):
+        path = desktop_dir / leftover
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return desktop_dir
+
+
+async def test_an_installed_copy_serves_the_client_from_its_vendor_folder(aiohttp_client, users_file, desktop_dir):
+    folder = packaged_copy(desktop_dir)
+    client = await aiohttp_client(build_app("--users-file", users_file, "--desktop-dir", str(folder)))
+    assert (await client.get("/")).status == 200
+    vendor = await client.get("/desktop/vendor/cometd/AckExtension.js")
+    assert vendor.status == 200
+    assert await vendor.text() == "export class AckExtension {}\n"
+
+
+async def test_the_vendor_folder_wins_over_node_modules(aiohttp_client, users_file, desktop_dir):
+    vendor = desktop_dir / "vendor" / "cometd"
+    shutil.copytree(desktop_dir / "node_modules" / "cometd", vendor)
+    (vendor / "cometd.js").write_text("// packaged\n")
+    client = await aiohttp_client(build_app("--users-file", users_file, "--desktop-dir", str(desktop_dir)))
+    assert await (await client.get("/desktop/vendor/cometd/cometd.js")).text() == "// packaged\n"
+
+
+async def test_an_installed_copy_built_without_npm_says_how_to_fix_it(aiohttp_client, users_file, desktop_dir,
+                                                                      caplog):
+    folder = packaged_copy(desktop_dir)
+    shutil.rmtree(folder / "vendor")
+    with caplog.at_level("WARNING", logger="channels.desktop"):
+        client = await aiohttp_client(build_app("--users-file", users_file, "--desktop-dir", str(folder)))
+    [warning] = [r for r in caplog.records if r.name == "channels.desktop" and r.levelname == "WARNING"]
+    message = warning.getMessage()
+    assert "\n" not in message
+    assert "CometD JS client is missing" in message
+    assert "built without it" in message and "pip wheel ." in message and "--desktop-dir" in message
+    page = await client.get("/")
+    assert page.status == 503
+    body = await page.text()
+    assert "built where npm was not available" in body
+    assert "npm ci --prefix" not in body.replace("<code>npm ci --prefix channels/desktop</code>", "")
+
+
+async def test_a_checkout_without_the_client_logs_the_npm_command(aiohttp_client, users_file, desktop_dir, caplog):
+    shutil.rmtree(desktop_dir / "node_modules")
+    with caplog.at_level("WARNING", logger="channels.desktop"):
+        await aiohttp_client(build_app("--users-file", users_file, "--desktop-dir", str(desktop_dir)))
+    [warning] = [r for r in caplog.records if r.name == "channels.desktop" and r.levelname == "WARNING"]
+    assert f"run `npm ci --prefix {desktop_dir.resolve()}`" in warning.getMessage()
+
+
+async def test_an_installation_without_the_page_says_so_at_start(aiohttp_client, users_file, monkeypatch, caplog):
+    monkeypatch.setattr(desktop, "DEFAULT_DIR", Path("/nonexistent/channels/desktop"))
+    monkeypatch.delenv("COMETD_BROKER_DESKTOP_DIR", raising=False)
+    with caplog.at_level("INFO", logger="channels.desktop"):
+        client = await aiohttp_client(build_app("--users-file", users_file))
+    [warning] = [r for r in caplog.records if r.name == "channels.desktop" and r.levelname == "WARNING"]
+    assert "agent desktop not served at /" in warning.getMessage()
+    assert "without the desktop's package data" in warning.getMessage()
+    assert (await client.get("/")).status == 404
