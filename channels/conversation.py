@@ -289,7 +289,9 @@ class Conversations:
     def offer(self, request: OfferRequest, user_id: str) -> None:
         ix = self._interactions[request.interaction_id]
         self._touch(ix)  # routing offers interactions other than the one an operation is about
-        leg = Leg(user_id, LegState.INVITED, request.role, offer=request)
+        timeout = self.routing.offer_timeout
+        leg = Leg(user_id, LegState.INVITED, request.role, offer=request,
+                  offer_expires_ms=self._now() + round(timeout * 1000), offer_timeout=timeout)
         ix.legs[user_id] = leg
         self._by_user.setdefault(user_id, set()).add(ix.id)
         self._notify(ix, leg, "StatusChange")

@@ -201,6 +201,8 @@ class Leg:
     role: Role
     participant: Participant | None = None  # set when the agent joins the chat session
     offer: Any = None  # the routing request this leg answers while Invited
+    offer_expires_ms: int | None = None  # when the offer times out (epoch ms), while Invited
+    offer_timeout: float | None = None  # its timeout in seconds
 
     def to_document(self) -> dict[str, Any]:
         """Without `offer`: it belongs to routing, which stores it beside the interaction (conversation.py)."""
@@ -287,7 +289,22 @@ class Interaction:
                                     "uri": self.media.uri(base_url, self.id)}
         if with_user_data or self.user_data:
             resource["userData"] = dict(self.user_data)
+        if leg.state is LegState.INVITED and leg.offer_expires_ms is not None:
+            resource["offer"] = self.offer_view(leg)
         return resource
+
+    def offer_view(self, leg: Leg) -> dict[str, Any]:
+        """What an agent needs to judge an offer before accepting (an extension of GWS): when it times out,
+        and the customer's first message (GWS's preview), which the agent otherwise sees only after Accept."""
+        assert leg.offer_expires_ms is not None
+        offer: dict[str, Any] = {"expiresAt": format_timestamp(leg.offer_expires_ms),
+                                 "expiresAtMs": leg.offer_expires_ms, "timeout": leg.offer_timeout}
+        first = next((m for m in self.log if m.type is MessageType.TEXT and m.visibility is Visibility.ALL
+                      and m.sender.type == "Customer"), None)
+        if first is not None:
+            offer["preview"] = {"nickname": first.sender.nickname, "text": first.text or "",
+                                "timestamp": format_timestamp(first.timestamp_ms)}
+        return offer
 
     def messages_for_agents(self, upto: int | None = None) -> list[dict[str, Any]]:
         """Agents see All and Agents messages."""

@@ -140,7 +140,15 @@ def _resource_schemas() -> dict[str, Schema]:
         "capabilities": {"type": "array", "items": _enum(_conversation_capabilities()),
                          "description": "the operations the caller may perform now"},
         "participants": {"type": "array", "items": _ref("Participant")},
-        "uri": _STR, "userData": _USER_DATA}
+        "uri": _STR, "userData": _USER_DATA,
+        "offer": _obj({
+            "expiresAt": {"type": "string", "example": "2014-01-02T14:23:48.109+0000"},
+            "expiresAtMs": {"type": "integer", "description": "epoch milliseconds"},
+            "timeout": {"type": "number", "description": "the offer timeout in seconds (--offer-timeout)"},
+            "preview": _obj({"nickname": _STR, "text": _STR, "timestamp": _STR}, ("nickname", "text", "timestamp"),
+                            description="the customer's first message")},
+            ("expiresAt", "expiresAtMs", "timeout"),
+            description="while Invited only (an extension of GWS): when the offer times out, and a preview")}
     generic_caps = {"type": "array", "items": _enum(interactions.ENGINE_OPERATION)}
     agent_interaction = {"id": _STR, "mediaType": _enum(model.MEDIA), "state": _enum(leg_states),
                          "capabilities": generic_caps, "participants": {"type": "array", "items": _ref("Participant")},

@@ -53,7 +53,7 @@ def test_sms_conversation_with_two_agents_survives_a_broker_crash(broker: Restar
         try:
             pages = {}
             for user in USERS:
-                page = browser.new_context(viewport={"width": 1280, "height": 760}).new_page()
+                page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
                 page.on("pageerror", lambda error, user=user: page_errors.append(f"{user}: {error}"))
                 pages[user] = page
             alice, bob = pages["agent1"], pages["agent2"]

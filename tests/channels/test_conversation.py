@@ -52,6 +52,25 @@ async def test_inbound_waits_for_a_ready_agent_then_is_offered() -> None:
     await conv.close()
 
 
+async def test_an_offer_says_when_it_expires_and_previews_the_first_message() -> None:
+    conv, routing, rec = make_engine()
+    await routing.set_ready("alice", "sms")
+    before = conv._now()
+    ix = await inbound(conv, routing, text="My parcel is late")
+    (offer,) = rec.of("alice", TOPIC)
+    details = offer["smssession"]["offer"]
+    assert details["timeout"] == routing.offer_timeout
+    assert before + routing.offer_timeout * 1000 <= details["expiresAtMs"] <= conv._now() + routing.offer_timeout * 1000
+    assert details["expiresAt"].endswith("+0000")
+    assert details["preview"]["text"] == "My parcel is late" and details["preview"]["nickname"] == "PersonP"
+    assert conv.resource("alice", SMS, ix.id)["offer"] == details  # the REST view says the same
+    rec.clear()
+    await conv.operate("alice", SMS, ix.id, "Accept", {"nickname": "Alice"})
+    assert all("offer" not in n["smssession"] for n in rec.of("alice", TOPIC) if "smssession" in n)
+    assert "offer" not in conv.resource("alice", SMS, ix.id)
+    await conv.close()
+
+
 async def test_accept_sequence_matches_seed_001() -> None:
     conv, routing, rec = make_engine()
     await routing.set_ready("alice", "sms")

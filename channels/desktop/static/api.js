@@ -11,6 +11,41 @@ export class GwsError extends Error {
     }
 }
 
+// The browser could not reach the server at all (it is down, or the network is): fetch() rejects with a
+// bare TypeError ("Failed to fetch"), which would tell an agent nothing. Say what happened and what was not done.
+export class UnreachableError extends Error {
+    constructor(action) {
+        super(`Could not reach the server — ${action} was not done. Check your connection and try again.`);
+        this.action = action;
+    }
+}
+
+// The words an agent knows for each operation, for the messages that say one was not done: a button's
+// label as the button says it, anything else in lower case ("… sending your message was not done").
+const ACTION_NAMES = {
+    Accept: "Accept", Reject: "Reject", Complete: "Complete", Leave: "Leave", Invite: "Invite",
+    Consult: "Consult", Transfer: "Transfer", SetDisposition: "Set disposition", SendMessage: "sending your message",
+    SendToAgents: "sending your message", Ready: "Go Ready", NotReady: "Go Not Ready",
+    StartContactCenterSession: "starting your session", EndContactCenterSession: "logging out",
+    AddInteraction: "To workbin", Pull: "Pull",
+    SendStartTypingNotification: "the typing notice", SendStopTypingNotification: "the typing notice",
+    SendStartTypingToAgentsNotification: "the typing notice", SendStopTypingToAgentsNotification: "the typing notice",
+};
+
+export function actionName(operationName) {
+    return ACTION_NAMES[operationName] ?? "the request";
+}
+
+// fetch(), with a network failure turned into an UnreachableError naming the action.
+async function reach(action, path, options) {
+    try {
+        return await fetch(path, options);
+    } catch (error) {
+        if (error?.name === "AbortError") throw error;
+        throw new UnreachableError(action);
+    }
+}
+
 const NOT_AUTHENTICATED = 20;
 // Marks our requests as a script's: the server then answers 401 without a Basic challenge, which
 // would make the browser pop up its own login dialog over the page's form.
@@ -38,14 +73,14 @@ export class GwsApi {
 
     // Log in with a password; returns the user resource (with its channels).
     async login(user, password) {
-        const me = await this.#get("/api/v2/me?subresources=*", {Authorization: basic(user, password)});
+        const me = await this.#get("/api/v2/me?subresources=*", {Authorization: basic(user, password)}, "logging in");
         this.#credentials = {user, password};
         return me.user;
     }
 
     // Use a JWT for every request; returns the user resource (the server refuses unknown users).
     async loginWithToken(token) {
-        const me = await this.#get("/api/v2/me?subresources=*", {Authorization: `Bearer ${token}`});
+        const me = await this.#get("/api/v2/me?subresources=*", {Authorization: `Bearer ${token}`}, "logging in");
         this.#token = token;
         return me.user;
     }
@@ -110,8 +145,8 @@ export class GwsApi {
         return this.#token ? {Authorization: `Bearer ${this.#token}`} : {};
     }
 
-    async #get(path, headers) {
-        const response = await fetch(path, {headers: {...SCRIPT, ...this.#bearer(), ...headers},
+    async #get(path, headers, action = "the refresh") {
+        const response = await reach(action, path, {headers: {...SCRIPT, ...this.#bearer(), ...headers},
             credentials: "same-origin", cache: "no-store"});
         const token = response.headers.get("X-CSRF-TOKEN");
         if (token) this.#csrf = token;
@@ -119,10 +154,12 @@ export class GwsApi {
     }
 
     async #send(method, path, body) {
-        if (!this.#csrf && !this.#token) await this.#get("/api/v2/me", {}); // a token comes with any GET
+        const action = actionName(body?.operationName);
+        if (!this.#csrf && !this.#token) await this.#get("/api/v2/me", {}, action); // a token comes with any GET
         const headers = {...SCRIPT, ...this.#bearer(), "Content-Type": "application/json"};
         if (this.#csrf) headers["X-CSRF-TOKEN"] = this.#csrf;
-        const response = await fetch(path, {method, headers, body: JSON.stringify(body), credentials: "same-origin"});
+        const response = await reach(action, path, {method, headers, body: JSON.stringify(body),
+            credentials: "same-origin"});
         return GwsApi.#body(response);
     }
 
@@ -131,7 +168,9 @@ export class GwsApi {
         try {
             body = await response.json();
         } catch {
-            throw new GwsError(-1, `HTTP ${response.status} from the server, not a GWS reply`, response.status);
+            // A proxy's error page, or a broker restarting behind one: the request was not done either.
+            throw new GwsError(-1, `The server answered HTTP ${response.status} instead of the contact-center API:` +
+                " the request was not done. Try again in a moment.", response.status);
         }
         if (body.statusCode !== 0 && body.statusCode !== 7) {
             throw new GwsError(body.statusCode, body.statusMessage, response.status);

@@ -1,7 +1,8 @@
 // The agent desktop: login, channel readiness, the work list, the conversation pane and its actions.
 // Wires the REST API (api.js), the CometD connection (connection.js) and the model (model.js) to the DOM.
 
-import {GwsApi, GwsError} from "/desktop/api.js";
+import {alertStats, beep, flashTitle, notify, prepareAlerts} from "/desktop/alerts.js";
+import {GwsApi, GwsError, UnreachableError} from "/desktop/api.js";
 import {Connection} from "/desktop/connection.js";
 import {COLLECTION, DesktopModel, isActive, MEDIA} from "/desktop/model.js";
 
@@ -13,6 +14,12 @@ const STATUS_LABELS = {
     resumed: "Connected · resumed", "resumed-gaps": "Connected · resumed with gaps", disconnected: "Disconnected",
 };
 const MEDIA_LABELS = {sms: "SMS", chat: "Chat"};
+// Not-ready reason codes in the agent's words; null: no reason worth showing (the session just started).
+const REASON_LABELS = {
+    LoggedIn: null, Login: null, Break: "Break", Lunch: "Lunch", Meeting: "Meeting", Training: "Training",
+    Coaching: "Coaching", Personal: "Personal", Away: "Away", AfterCallWork: "After-call work",
+    ACW: "After-call work", WrapUp: "Wrap-up", SystemError: "System problem", Offline: "Offline",
+};
 
 const api = new GwsApi();
 let user = null; // the user resource
@@ -22,6 +29,7 @@ let selected = null; // id of the interaction in the conversation pane
 let typingSent = null; // {id, agentsOnly, timer} while we told others we are typing
 let renderQueued = false;
 let saveTimer = null;
+const alerted = new Set(); // offers already announced (beep, notification) in this page
 
 // --- storage: per user, per tab --------------------------------------------------------------------------
 
@@ -76,7 +84,7 @@ api.onRelogin = async me => {
 async function enter(me) {
     user = me;
     model = new DesktopModel(loadSaved());
-    for (const entry of me.channels ?? []) model.channels[entry.channel] = entry.userState;
+    readChannels(me);
     $("#login-view").hidden = true;
     $("#desktop-view").hidden = false;
     $("#agent-name").textContent = `${nickname()} (${me.userName})`;
@@ -105,10 +113,23 @@ async function enter(me) {
             });
         },
     });
-    window.desktop = {connection, model}; // for the end-to-end test and for support sessions
+    window.desktop = {connection, model, alerts: alertStats}; // for the end-to-end test and for support sessions
     connection.start();
     render();
 }
+
+// The user resource's channels: each one's state, and its capacity when the server says it (a number of
+// interactions at once; read defensively: older servers do not send it).
+function readChannels(me) {
+    for (const entry of me.channels ?? []) {
+        if (!entry?.channel) continue;
+        if (entry.userState) model.channels[entry.channel] = entry.userState;
+        const capacity = typeof entry.capacity === "object" ? entry.capacity?.max ?? entry.capacity?.value : entry.capacity;
+        if (Number.isInteger(capacity)) capacities[entry.channel] = capacity;
+    }
+}
+
+const capacities = {}; // channel -> how many interactions at once, when known
 
 function nickname() {
     return user.firstName || user.userName;
@@ -123,6 +144,7 @@ function showLogin(message = "") {
 
 $("#login-form").addEventListener("submit", async event => {
     event.preventDefault();
+    prepareAlerts(); // a user gesture: sound and the notification prompt are allowed now
     const button = $("#login-submit");
     button.disabled = true;
     $("#login-error").textContent = "";
@@ -147,6 +169,8 @@ $("#logout").addEventListener("click", async () => {
     sessionStorage.removeItem(storageKey("ready"));
     api.forget();
     user = model = connection = selected = null;
+    alerted.clear();
+    flashTitle(null);
     showLogin("Logged out.");
 });
 
@@ -175,7 +199,7 @@ function onEvent(topic, data) {
 // Read the current state: after login, and after a resume (the log may not have had everything).
 async function refresh() {
     const me = await api.get("/api/v2/me?subresources=*");
-    for (const entry of me.user.channels ?? []) model.channels[entry.channel] = entry.userState;
+    readChannels(me.user);
     for (const [media, collection] of Object.entries(COLLECTION)) {
         const listing = await api.get(`/api/v2/me/${collection}?fields=*`);
         model.reconcile(media, listing[collection] ?? []);
@@ -240,6 +264,7 @@ $("#channels").addEventListener("click", async event => {
     if (!button) return;
     const channel = button.dataset.channel;
     const ready = model.channels[channel]?.state !== "Ready";
+    if (ready) prepareAlerts();
     button.disabled = true;
     try {
         setDesiredReady(channel, ready);
@@ -336,15 +361,17 @@ function showStatus(status) {
     const pill = $("#conn-state");
     pill.dataset.state = status;
     pill.textContent = STATUS_LABELS[status] ?? status;
-    if (status === "resumed") hideBanner();
+    if (status === "resumed" || (status === "connected" && $("#banner").dataset.kind === "unreachable")) hideBanner();
 }
 
-function banner(text) {
+// keep: until the connection is back (the server was unreachable), not just 8 seconds.
+function banner(text, {keep = false} = {}) {
     const element = $("#banner");
     element.textContent = text;
     element.hidden = false;
+    element.dataset.kind = keep ? "unreachable" : "notice";
     clearTimeout(element.timer);
-    element.timer = setTimeout(hideBanner, 8000);
+    if (!keep) element.timer = setTimeout(hideBanner, 8000);
 }
 
 function hideBanner() {
@@ -353,7 +380,9 @@ function hideBanner() {
 
 function showError(error) {
     console.warn(error);
-    banner(error instanceof GwsError ? `${error.message} (statusCode ${error.statusCode})` : error.message);
+    if (error instanceof UnreachableError) return banner(error.message, {keep: true});
+    banner(error instanceof GwsError && error.statusCode > 0 ? `${error.message} (statusCode ${error.statusCode})` :
+        error.message);
 }
 
 // --- rendering --------------------------------------------------------------------------------------------------
@@ -387,6 +416,40 @@ function render() {
     renderInteractions();
     renderWorkbins();
     renderConversation();
+    updateAlerts();
+}
+
+// --- offers: countdown, sound, notification, title --------------------------------------------------------------
+
+function countdown(ms) {
+    const seconds = Math.ceil(ms / 1000);
+    return `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, "0")}`;
+}
+
+function previewOf(rec) {
+    const preview = rec.offer?.preview;
+    if (preview?.text) return preview;
+    // An older server sends no preview: the first customer message we hold, if any.
+    const first = model.sortedMessages(rec).find(m => m.type === "Text" && m.from?.type === "Customer");
+    return first ? {nickname: first.from.nickname, text: first.text ?? ""} : null;
+}
+
+function offerTitle(rec) {
+    return `New ${MEDIA_LABELS[rec.media] ?? rec.media}`;
+}
+
+// Announce each new offer once, and flash the title while any offer waits for an answer.
+function updateAlerts() {
+    const pending = model.pendingOffers();
+    for (const rec of pending) {
+        if (alerted.has(rec.id)) continue;
+        alerted.add(rec.id);
+        beep();
+        const preview = previewOf(rec);
+        notify(`${offerTitle(rec)} from ${title(rec)}`, preview ? preview.text : "Accept or reject it in the agent desktop",
+            `offer-${rec.id}`, () => select(rec.id));
+    }
+    flashTitle(pending.length ? `● ${offerTitle(pending[0])}${pending.length > 1 ? ` (+${pending.length - 1})` : ""}` : null);
 }
 
 function renderChannels() {
@@ -397,12 +460,30 @@ function renderChannels() {
         anyReady ||= ready;
         const label = document.querySelector(`[data-channel-state="${channel}"]`);
         label.dataset.state = ready ? "Ready" : "NotReady";
-        label.textContent = ready ? "Ready" : state?.reason ? `Not Ready (${state.reason})` : "Not Ready";
+        label.textContent = channelStateLabel(state);
         document.querySelector(`button.chan-toggle[data-channel="${channel}"]`).textContent = ready ? "Go Not Ready" : "Go Ready";
+        const cap = document.querySelector(`[data-channel-capacity="${channel}"]`);
+        cap.textContent = capacities[channel] ? `up to ${capacities[channel]} at a time` : "";
+        cap.hidden = !capacities[channel];
     }
     const pill = $("#agent-state");
     pill.dataset.state = anyReady ? "Ready" : "NotReady";
-    pill.textContent = anyReady ? "Ready" : "Not Ready";
+    pill.textContent = anyReady ? "Ready" : "Not ready";
+}
+
+// "Ready", "Not ready", "Not ready — Lunch": never the raw reason code.
+function channelStateLabel(state) {
+    if (state?.state === "Ready") return "Ready";
+    const reason = reasonLabel(state?.reason);
+    return reason ? `Not ready — ${reason}` : "Not ready";
+}
+
+function reasonLabel(code) {
+    if (!code) return null;
+    if (code in REASON_LABELS) return REASON_LABELS[code];
+    // An unknown code: its words, in sentence case ("CustomerCallback" -> "Customer callback").
+    const words = String(code).replace(/[_-]+/g, " ").replace(/([a-z])([A-Z])/g, "$1 $2").trim().toLowerCase();
+    return words ? words[0].toUpperCase() + words.slice(1) : null;
 }
 
 const STATE_LABELS = {Invited: "Offered", LeftChat: "Wrap-up", InWorkbin: "In workbin"};
@@ -424,8 +505,13 @@ function renderWork() {
         element("span", {class: `media ${rec.media}`}, MEDIA_LABELS[rec.media] ?? rec.media),
         element("span", {class: "who"}, title(rec)),
         rec.unread ? element("span", {class: "unread"}, String(rec.unread)) : null,
-        element("span", {class: `state ${rec.state}`}, stateLabel(rec.state)))) :
+        element("span", {class: `state ${rec.state}`}, workStateLabel(rec)))) :
         [element("li", {class: "empty"}, "No interactions yet")]));
+}
+
+function workStateLabel(rec) {
+    const left = model.offerRemaining(rec);
+    return left === null ? stateLabel(rec.state) : `${stateLabel(rec.state)} · ${countdown(left)}`;
 }
 
 function renderInteractions() {
@@ -463,6 +549,7 @@ function renderConversation() {
     const state = $("#conv-state");
     state.textContent = stateLabel(rec.state);
     state.dataset.state = rec.state;
+    renderOffer(rec);
     $("#conv-participants").replaceChildren(...rec.participants.map(p =>
         element("span", {class: `participant ${p.type}`}, p.nickname)));
     for (const button of document.querySelectorAll("#actions button[data-op]")) {
@@ -481,6 +568,23 @@ function renderConversation() {
     const toAgents = rec.capabilities.includes("SendToAgents");
     $("#agents-only").disabled = !(toCustomer && toAgents);
     if (toCustomer !== toAgents) $("#agents-only").checked = toAgents;
+}
+
+// The offer banner of the pane: how long is left to answer, and what the customer wrote first.
+function renderOffer(rec) {
+    const panel = $("#offer-panel");
+    panel.hidden = rec.state !== "Invited";
+    if (panel.hidden) return;
+    const left = model.offerRemaining(rec);
+    $("#offer-heading").textContent = `${offerTitle(rec)} from ${title(rec)}`;
+    const clock = $("#offer-countdown");
+    clock.hidden = left === null;
+    clock.dataset.urgent = left !== null && left <= 10000 ? "true" : "false";
+    clock.textContent = left === null ? "" : left > 0 ? `Expires in ${countdown(left)}` : "Expiring…";
+    const preview = previewOf(rec);
+    $("#offer-preview").hidden = !preview;
+    $("#offer-preview-from").textContent = preview?.nickname ?? "";
+    $("#offer-preview-text").textContent = preview?.text ?? "";
 }
 
 function renderTranscript(rec) {
@@ -507,7 +611,8 @@ function renderTranscript(rec) {
     if (atBottom) list.scrollTop = list.scrollHeight;
 }
 
-setInterval(() => { if (model && selected) scheduleRender(); }, 2000); // typing notices expire
+// Typing notices expire, offer countdowns tick.
+setInterval(() => { if (model && (selected || model.pendingOffers().length)) scheduleRender(); }, 1000);
 
 // --- start: resume the tab's session when the broker still knows its cookie ---------------------------------------
 

@@ -106,6 +106,21 @@ export class DesktopModel {
         this.#prune();
     }
 
+    // Milliseconds left to answer an offer (0 once it is due), or null when it is not an offer with a deadline.
+    // Never more than the offer's timeout, so a browser clock ahead of the server's cannot stretch it.
+    offerRemaining(rec, now = Date.now()) {
+        const offer = rec.state === "Invited" ? rec.offer : null;
+        if (!offer || typeof offer.expiresAtMs !== "number") return null;
+        const left = offer.expiresAtMs - now;
+        const cap = typeof offer.timeout === "number" ? offer.timeout * 1000 : left;
+        return Math.max(0, Math.min(left, cap));
+    }
+
+    // Offers still waiting for an answer.
+    pendingOffers(now = Date.now()) {
+        return Object.values(this.interactions).filter(r => r.state === "Invited" && this.offerRemaining(r, now) !== 0);
+    }
+
     typingNow(rec, now = Date.now()) {
         return Object.values(rec.typing).filter(t => now - t.at < TYPING_SHOWN_MS).map(t => t.nickname);
     }
@@ -123,6 +138,12 @@ export class DesktopModel {
             if (customer) rec.customer = customer.nickname;
         }
         if (resource.userData) rec.userData = resource.userData;
+        // While Invited: when the offer times out and the customer's first message (the preview).
+        if (rec.state === "Invited") {
+            if (resource.offer) rec.offer = resource.offer;
+        } else {
+            delete rec.offer;
+        }
         if (rec.state !== "InWorkbin") rec.workbinId = undefined;
         rec.updatedAt = Date.now();
     }
