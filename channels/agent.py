@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .auth import SessionStore, User, current_session, current_user
+from .auth import SessionStore, User, UserDirectory, current_session, current_user
 from .envelope import GwsError, Status, ok, operation_name, param, read_json_object
 from .routing import ROUTED_CHANNELS, Routing
 from .store import Document, DocumentStore
@@ -23,6 +23,8 @@ from .store import Document, DocumentStore
 AGENT_KIND = "agent"  # store documents: user -> {"channels": [...], "states": {channel: state}}
 
 CHANNEL_OPERATIONS = ("Ready", "NotReady")
+# Who may read another user's resource (/api/v2/users/{id}); everyone may read their own.
+PRIVILEGED_ROLES = frozenset({"admin", "supervisor"})
 ME_OPERATIONS = ("StartContactCenterSession", "EndContactCenterSession")
 
 
@@ -30,9 +32,11 @@ class AgentApi:
     """Who is logged in to which channels; Ready/NotReady only inside a contact-center session."""
 
     def __init__(self, routing: Routing, sessions: SessionStore, base_url: str,
-                 store: DocumentStore | None = None) -> None:
-        """With `store`, sessions and readiness are kept there (and restored from it now)."""
+                 store: DocumentStore | None = None, users: UserDirectory | None = None) -> None:
+        """With `store`, sessions and readiness are kept there (and restored from it now). `users`: whom an
+        admin or supervisor may read at /api/v2/users/{id} (without it, only oneself)."""
         self.routing = routing
+        self.users = users
         self.sessions = sessions
         self.base_url = base_url
         self._logged_in: dict[str, list[str]] = {}  # user -> channels of its contact-center session
@@ -73,6 +77,22 @@ class AgentApi:
     async def get_me(self, request: web.Request) -> web.Response:
         user = current_user(request)
         return ok(user=self.user_view(user, request.query.get("subresources") == "*"))
+
+    async def get_user(self, request: web.Request) -> web.Response:
+        """`GET /api/v2/users/{id}`: the `uri` of the user resource that /api/v2/me hands out. One's own
+        resource as /api/v2/me shows it; another user's only for an admin or supervisor, and otherwise the
+        same 404 as for an unknown id, so an agent learns nothing about who exists."""
+        user = current_user(request)
+        wanted = request.match_info["id"]
+        if wanted == user.user_id:
+            target: User | None = user
+        elif user.roles & PRIVILEGED_ROLES and self.users is not None:
+            target = self.users.get(wanted)
+        else:
+            target = None
+        if target is None:
+            raise GwsError(Status.NOT_FOUND, f"user {wanted} not found")
+        return ok(user=self.user_view(target, request.query.get("subresources") == "*"))
 
     async def post_me(self, request: web.Request) -> web.Response:
         user = current_user(request)
@@ -139,3 +159,4 @@ def add_routes(app: web.Application, api: AgentApi) -> None:
     app.router.add_get("/api/v2/me", api.get_me)
     app.router.add_post("/api/v2/me", api.post_me)
     app.router.add_post("/api/v2/me/channels/{channel}", api.post_channel)
+    app.router.add_get("/api/v2/users/{id}", api.get_user)

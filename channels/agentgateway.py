@@ -3,6 +3,8 @@
 Routes live under `/agentgateway/resource/`. Every answer is HTTP 200 with a JSON body
 `{"message": ..., "retcode": ..., "result": {...}}` (event polls carry `event` instead of `result`);
 `retcode` "0" is success and anything else names the failure, the way Huawei's desktops expect it.
+A path under the prefix that is no interface answers 404, a method an interface does not take 405, both
+in the same envelope (retcode 000-002).
 
 Authentication is the static mode (AUTHMODE 1): the Guid handed out by sign-in stays valid until the
 agent signs out or stops polling for `idle_signout` seconds. A request either fails before anything
@@ -114,10 +116,12 @@ def _throttled(wait: float) -> GatewayError:
 
 
 def reply(retcode: str = SUCCESS, message: str = "success", result: Json | None = None,
-          headers: dict[str, str] | None = None) -> web.Response:
-    """The Huawei envelope, always HTTP 200: clients branch on `retcode`, not on the HTTP status."""
+          headers: dict[str, str] | None = None, *, status: int = 200) -> web.Response:
+    """The Huawei envelope, HTTP 200 from every interface: clients branch on `retcode`, not on the HTTP
+    status (only a path that is no interface, or a method it does not take, says so with 404 or 405)."""
     body = {"message": message, "retcode": retcode, "result": {} if result is None else result}
-    response = web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
+    response = web.Response(body=orjson.dumps(body), status=status, content_type="application/json",
+                            headers=headers)
     response[RETCODE] = retcode  # for the metrics, without parsing the body back
     return response
 
@@ -152,6 +156,27 @@ def guarded(handler: Handler) -> Handler:
         return response
 
     return wrapper
+
+
+@web.middleware
+async def no_such_interface(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Under PREFIX, a path that is no interface (404) or a method an interface does not take (405, with
+    Allow) answers in the envelope too, with retcode 000-002 (invalid parameter: the one failure the
+    conference pages, e.g. Inviting Participants in Batches, list for a malformed request), so a desktop
+    that reads `retcode` is told what was wrong."""
+    if not (request.path == PREFIX or request.path.startswith(PREFIX + "/")):
+        return await handler(request)
+    started = time.monotonic()
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        response = reply(INVALID_PARAMETER, f"{request.path} does not support {request.method}: use {allowed}",
+                         headers={"Allow": allowed}, status=405)
+    except web.HTTPNotFound:
+        response = reply(INVALID_PARAMETER, f"no agent gateway interface at {request.path}", status=404)
+    _count(request, response, time.monotonic() - started)
+    return response
 
 
 def _count(request: web.Request, response: web.StreamResponse, seconds: float) -> None:
@@ -563,6 +588,7 @@ class AgentGateway:
         app.router.add_post(conf + "/requestagentconf", guarded(self._mirrored(self.request_conference)))
         app.router.add_post(conf + "/batchaddparticipant", guarded(self._mirrored(self.batch_add)))
         app.router.add_post(conf + "/batchremoveparticipant", guarded(self._mirrored(self.batch_remove)))
+        app.middlewares.append(no_such_interface)
         app.on_startup.append(self._start)
         app.on_shutdown.append(self._release_polls)
         app.on_cleanup.append(self._stop)

@@ -60,6 +60,9 @@ class ContactCenterConfig:
     # Seconds an interaction that is over (customer gone, every agent done, in no workbin or queue) stays
     # readable before it is forgotten; 0 keeps every interaction forever (memory and state grow with them).
     ended_retention: float = 86400.0
+    # GET /api/v2/interactions (every active interaction) for admins and supervisors only; by default agents
+    # may list too, as GWS's Interactions API page says, and see the ones they take no part in as summaries.
+    interactions_list_supervisors_only: bool = False
 
 
 @dataclass
@@ -138,7 +141,8 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
 
     gateway = AgentGateway(users, poll_wait=config.gateway_poll_wait, mirror=mirror, store=store,
                            login_throttle=broker.login_throttle, client_address=client_address)
-    agent_api = agent.AgentApi(routing, sessions, config.base_url, store=store if keep_readiness else None)
+    agent_api = agent.AgentApi(routing, sessions, config.base_url, store=store if keep_readiness else None,
+                               users=users)
     center = ContactCenter(users, sessions, routing, conversations, agent_api, gateway, bins, store)
 
     # The OpenAPI document is public: a client reads it before it can log in.
@@ -152,7 +156,7 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
     agent.add_routes(app, center.agent_api)
     smssessions.add_routes(app, conversations)
     chats.add_routes(app, conversations)
-    interactions.add_routes(app, conversations, bins)
+    interactions.add_routes(app, conversations, bins, agents_see_all=not config.interactions_list_supervisors_only)
     workbins.add_routes(app, bins)
     if config.media_token:
         media.add_routes(app, conversations, config.media_token)
@@ -259,6 +263,14 @@ class ContactCenterPlugin:
                                 "workbin or queue) stays readable (GET, transcript) before it is forgotten, in "
                                 "memory and in the state store; 0 keeps them all forever "
                                 "(env COMETD_BROKER_ENDED_RETENTION); default: 86400 (a day)")
+        group.add_argument("--interactions-list-supervisors-only", action="store_true",
+                           default=_env("INTERACTIONS_LIST_SUPERVISORS_ONLY", "false").lower()
+                           in ("1", "true", "yes", "on"),
+                           help="only admins and supervisors may list every active interaction "
+                                "(GET /api/v2/interactions); agents then read only their own "
+                                "(env COMETD_BROKER_INTERACTIONS_LIST_SUPERVISORS_ONLY=true); default: agents "
+                                "may list too, seeing the interactions they are not in as summaries "
+                                "(id, mediaType, state, uri)")
         group.add_argument("--queues", default=_env("QUEUES", "default"),
                            help="comma-separated queue names (env COMETD_BROKER_QUEUES); default: default")
         group.add_argument("--demo", action="store_true",
@@ -318,7 +330,8 @@ class ContactCenterPlugin:
             base_url=args.base_url or f"{broker.config.scheme}://{broker.config.host}:{broker.config.port}",
             secure_cookies=broker.config.tls,
             offer_timeout=args.offer_timeout, queues=queues, state_db=args.state_db,
-            ended_retention=args.ended_retention)
+            ended_retention=args.ended_retention,
+            interactions_list_supervisors_only=args.interactions_list_supervisors_only)
         if args.desktop_dir:
             desktop.add_routes(app, args.desktop_dir, broker.config.mount)  # DesktopDirError names the option
         else:

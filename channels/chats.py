@@ -15,7 +15,12 @@ from .model import CHAT, MediaKind
 
 
 class MediaRoutes:
-    """`POST /api/v2/me/<collection>/{id}` (operationName), `GET /api/v2/me/<collection>[/{id}]`."""
+    """`POST /api/v2/me/<collection>/{id}` (operationName), `GET /api/v2/me/<collection>[/{id}]`.
+
+    `/api/v2/<collection>/{id}` (no `/me`) is the resource's `uri`, the one every notification and listing
+    hands out: GET there answers what GET under /me answers, and POST takes the same operations on the
+    caller's own part of it (the SMS Invite page's sample posts to `api/v2/smssessions/{id}`). Both act
+    for the caller only: an interaction the caller holds no part of is 404, as under /me."""
 
     def __init__(self, conversations: Conversations, media: MediaKind) -> None:
         self.conversations = conversations
@@ -24,8 +29,9 @@ class MediaRoutes:
     def add_to(self, app: web.Application) -> None:
         base = f"/api/v2/me/{self.media.collection}"
         app.router.add_get(base, self.list)
-        app.router.add_get(base + "/{id}", self.get)
-        app.router.add_post(base + "/{id}", self.operate)
+        for resource in (base + "/{id}", f"/api/v2/{self.media.collection}/{{id}}"):
+            app.router.add_get(resource, self.get)
+            app.router.add_post(resource, self.operate)
 
     async def operate(self, request: web.Request) -> web.Response:
         user = current_user(request)

@@ -76,8 +76,13 @@ OPERATIONS = ("Accept", "Reject", "Invite", "Consult", "Transfer", "Leave", "Com
 _CAPABILITY_OF = {"RemoveParticipantFromConference": "Invite", "SendUrl": "SendMessage",
                   "SendCustomNotice": "SendMessage", "SendCustomNoticeToAgents": "SendToAgents"}
 MAX_URL_LENGTH = 2048
+# Where an operation's target may be given. `userUri` is an alias of `targetUri`: the SMS Invite page's own
+# sample request names the invitee with it, while its parameter table says targetUri.
+TARGET_PARAMS = ("targetUri", "userUri", "targetPath")
 
-_USER_PATH = re.compile(r"(?:.*/api/v2)?/users/([^/?#]+)/?")
+# A user is named by its user resource or by its contact entry: GWS's contact directory lists every user as
+# a contact of type User, under the user's id (the SMS Invite sample names its invitee by `/api/v2/contacts/{id}`).
+_USER_PATH = re.compile(r"(?:.*/api/v2)?/(?:users|contacts)/([^/?#]+)/?")
 _QUEUE_PATH = re.compile(r"(?:.*/api/v2)?/queues/([^/?#]+)/?")
 
 
@@ -403,7 +408,7 @@ class Conversations:
         if ix.ended:
             raise GwsError(Status.INVALID_STATE, f"{ix.media.resource_key} {ix.id} has ended: Complete it instead")
         queue_name = param(params, "queueName", str, required=False)
-        if queue_name is not None and not any(k in params for k in ("targetUri", "targetPath")):
+        if queue_name is not None and not any(k in params for k in TARGET_PARAMS):
             kind, target = "queue", self._known_queue(queue_name)
         else:
             kind, target = self._target(params, leg)
@@ -614,13 +619,18 @@ class Conversations:
     # --- validation helpers ---------------------------------------------------------------------------------
 
     def _target(self, params: dict[str, Any], leg: Leg) -> tuple[str, str]:
-        """("user", id) or ("queue", name) from targetUri / targetPath; unknown ones are 6."""
+        """("user", id) or ("queue", name) from targetUri (or its alias userUri) / targetPath; unknown ones
+        are 6. A user is `/users/{id}` or `/contacts/{id}`, a queue `/queues/{name}`, each path alone or at the
+        end of a URI."""
         uri = param(params, "targetUri", str, required=False)
+        alias = param(params, "userUri", str, required=False)
         path = param(params, "targetPath", str, required=False)
-        if uri is None and path is None:
-            raise GwsError(Status.MISSING_PARAMETER, "missing parameter 'targetUri' (or 'targetPath')")
-        where = uri if uri is not None else path
-        name = "targetUri" if uri is not None else "targetPath"
+        if alias is not None and uri is not None and alias != uri:
+            raise GwsError(Status.VALIDATION_ERROR, "userUri is another name for targetUri: give one of them")
+        if uri is None and alias is None and path is None:
+            raise GwsError(Status.MISSING_PARAMETER, "missing parameter 'targetUri' (or 'userUri' or 'targetPath')")
+        name = "targetUri" if uri is not None else "userUri" if alias is not None else "targetPath"
+        where = uri if uri is not None else alias if alias is not None else path
         if (found := _USER_PATH.fullmatch(where)) is not None:
             user_id = found.group(1)
             if self.users.get(user_id) is None:
@@ -631,7 +641,8 @@ class Conversations:
         if (found := _QUEUE_PATH.fullmatch(where)) is not None:
             return "queue", self._known_queue(found.group(1))
         raise GwsError(Status.VALIDATION_ERROR,
-                       f"{name} must name a user (/users/{{id}}) or a queue (/queues/{{name}}), got {where!r}")
+                       f"{name} must name a user (/users/{{id}} or /contacts/{{id}}) or a queue (/queues/{{name}}), "
+                       f"got {where!r}")
 
     def _known_queue(self, name: str) -> str:
         if not self.routing.has_queue(name):

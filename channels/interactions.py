@@ -43,9 +43,17 @@ def generic_capabilities(media_capabilities: list[str]) -> list[str]:
 
 
 class InteractionsApi:
-    def __init__(self, conversations: Conversations, workbins: Workbins) -> None:
+    """`agents_see_all`: GWS's Interactions API Operations page (seed 002) lists Agent among the permissions
+    of `GET /api/v2/interactions` (every active interaction of the contact center). An agent sees each one it
+    takes no part in as a summary: that it exists, its medium, its state and its uri, never who is in it,
+    what was said or its user data; its uri answers GET with the same summary while it stays active. Off,
+    only admins and supervisors may list, and an agent reads only the interactions it takes part in (the
+    --interactions-list-supervisors-only option)."""
+
+    def __init__(self, conversations: Conversations, workbins: Workbins, *, agents_see_all: bool = True) -> None:
         self.conversations = conversations
         self.workbins = workbins
+        self.agents_see_all = agents_see_all
         conversations.add_listener(self._mirror)
 
     # --- views --------------------------------------------------------------------------------------------
@@ -78,6 +86,22 @@ class InteractionsApi:
             view["userData"] = dict(ix.user_data)
         return view
 
+    def summary_view(self, ix: Interaction) -> dict[str, Any]:
+        """What an agent sees of an active interaction it takes no part in: no participants, no messages,
+        no user data, no agents."""
+        return {"id": ix.id, "mediaType": ix.media.name, "state": self._overall_state(ix),
+                "uri": interaction_uri(self.conversations.base_url, ix.id)}
+
+    def _view_for(self, user: User, ix: Interaction) -> dict[str, Any] | None:
+        """`user`'s view of `ix`, or None when `user` may not see it."""
+        if (leg := ix.legs.get(user.user_id)) is not None:
+            return self.agent_view(ix, leg)
+        if user.roles & PRIVILEGED_ROLES:
+            return self.center_view(ix)
+        if self.agents_see_all and self._is_active(ix):
+            return self.summary_view(ix)
+        return None
+
     def _overall_state(self, ix: Interaction) -> str:
         if self.workbins.holder(ix.id) is not None:
             return "InWorkbin"
@@ -92,6 +116,10 @@ class InteractionsApi:
     def _is_open(self, ix: Interaction) -> bool:
         """Still in the contact center: the customer is there, an agent holds it, or a workbin does."""
         return not ix.ended or bool(ix.active_legs()) or self.workbins.holder(ix.id) is not None
+
+    def _is_active(self, ix: Interaction) -> bool:
+        """Being handled or waiting to be: open and not parked in a workbin (a workbin is its owner's)."""
+        return self._is_open(ix) and self.workbins.holder(ix.id) is None
 
     def _mirror(self, ix: Interaction, leg: Leg, data: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         if data.get("notificationType") not in MIRRORED:
@@ -129,21 +157,27 @@ class InteractionsApi:
         return _listing(request, views)
 
     async def list_all(self, request: web.Request) -> web.Response:
+        """Admins and supervisors: every open interaction, whole (workbins' too). Agents: every active one,
+        their own as they see them and the others as summaries."""
         user = current_user(request)
-        if not user.roles & PRIVILEGED_ROLES:
+        if user.roles & PRIVILEGED_ROLES:
+            return _listing(request, [self.center_view(ix) for ix in self.conversations.all_interactions()
+                                      if self._is_open(ix)])
+        if not self.agents_see_all:
             raise GwsError(Status.NO_PERMISSION, "listing all interactions requires the admin or supervisor role")
-        return _listing(request, [self.center_view(ix) for ix in self.conversations.all_interactions()
-                                  if self._is_open(ix)])
+        return _listing(request, [view for ix in self.conversations.all_interactions() if self._is_active(ix)
+                                  and (view := self._view_for(user, ix)) is not None])
 
     async def get(self, request: web.Request) -> web.Response:
+        """The uri every interaction view hands out: the caller's view, the whole for an admin or supervisor,
+        a summary for an agent while it is active; otherwise the 404 of an unknown id."""
         user = current_user(request)
         interaction_id = request.match_info["id"]
         ix = self.conversations.interaction(interaction_id)
-        if ix is not None and user.user_id in ix.legs:
-            return ok(interaction=self.agent_view(ix, ix.legs[user.user_id]))
-        if ix is not None and user.roles & PRIVILEGED_ROLES:
-            return ok(interaction=self.center_view(ix))
-        raise GwsError(Status.NOT_FOUND, f"interaction {interaction_id} not found")
+        view = self._view_for(user, ix) if ix is not None else None
+        if view is None:
+            raise GwsError(Status.NOT_FOUND, f"interaction {interaction_id} not found")
+        return ok(interaction=view)
 
     async def update(self, request: web.Request) -> web.Response:
         """PUT `{"userData": {...}}`: merged into the user data (UpdateUserData of the caller's leg)."""
@@ -221,5 +255,6 @@ def _listing(request: web.Request, views: list[dict[str, Any]]) -> web.Response:
     return ok(interactions=views)
 
 
-def add_routes(app: web.Application, conversations: Conversations, workbins: Workbins) -> None:
-    InteractionsApi(conversations, workbins).add_to(app)
+def add_routes(app: web.Application, conversations: Conversations, workbins: Workbins, *,
+               agents_see_all: bool = True) -> None:
+    InteractionsApi(conversations, workbins, agents_see_all=agents_see_all).add_to(app)

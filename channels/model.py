@@ -80,8 +80,11 @@ class MessageType(StrEnum):
 # --- capabilities ------------------------------------------------------------------------------------
 
 INVITED_CAPS = ("Accept", "Reject")
-# Seed 000 / domain.md 2.2, in their order.
-CHATTING_CAPS = ("Transfer", "Leave", "Invite", "Consult", "SetInFocus", "SetDisposition", "AttachUserData",
+# Seed 000 (SMS Invite) / domain.md 2.2, in their order, with the focus capability under the name the SMS
+# Accept page (seed 001) and the ChatLeave page give it: "InFocus". The Invite page prints "SetInFocus" in the
+# same place; the GWS pages disagree, and a client must find one name for one capability, so every list here
+# says "InFocus". The operation the capability permits keeps its name, SetInFocus (see FOCUS_ALIASES).
+CHATTING_CAPS = ("Transfer", "Leave", "Invite", "Consult", "InFocus", "SetDisposition", "AttachUserData",
                  "DeleteUserData", "UpdateUserData", "Complete", "SendMessage", "SendStartTypingNotification",
                  "SendStopTypingNotification")
 AGENTS_ONLY_CAPS = ("SendToAgents", "SendStartTypingToAgentsNotification", "SendStopTypingToAgentsNotification")
@@ -92,14 +95,14 @@ CONFERENCE_CAPS = (*CHATTING_CAPS[:CHATTING_CAPS.index("UpdateUserData") + 1], *
 # operations (SendMessage, customer typing) and nothing that decides the interaction's fate (Transfer,
 # Invite, Consult, Complete, SetDisposition): the consultant talks to the agents, may annotate user data,
 # and Leaves when done.
-CONSULT_CAPS = ("Leave", "SetInFocus", "AttachUserData", "DeleteUserData", "UpdateUserData", *AGENTS_ONLY_CAPS)
-# Documented LeftChat list (ChatLeave). "InFocus" is that page's spelling of SetInFocus: the SetInFocus
-# operation is accepted in LeftChat (see FOCUS_ALIASES), because focusing a chat in wrap-up is harmless and
-# the documented capability plainly means it. SetDisposition/user data are not listed, so they are refused.
+CONSULT_CAPS = ("Leave", "InFocus", "AttachUserData", "DeleteUserData", "UpdateUserData", *AGENTS_ONLY_CAPS)
+# Documented LeftChat list (ChatLeave). The SetInFocus operation is accepted in LeftChat (InFocus, see
+# FOCUS_ALIASES), because focusing a chat in wrap-up is harmless and the documented capability plainly means
+# it. SetDisposition/user data are not listed, so they are refused.
 LEFT_CHAT_CAPS = ("Transfer", "Complete", "Leave", "InFocus")
 
 # Operation name -> capability names that permit it.
-FOCUS_ALIASES = {"SetInFocus": ("SetInFocus", "InFocus")}
+FOCUS_ALIASES = {"SetInFocus": ("InFocus",)}
 
 
 def capabilities(state: LegState, role: Role, agents_chatting: int) -> list[str]:

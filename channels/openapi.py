@@ -190,6 +190,12 @@ def _resource_schemas() -> dict[str, Schema]:
             "uri": _STR, "workbinId": _STR, "userData": _USER_DATA},
             ("id", "mediaType", "state", "queue", "participants", "agents", "uri"),
             description="an interaction as a whole, as an admin or supervisor sees it"),
+        "InteractionSummary": _obj({
+            "id": _STR, "mediaType": _enum(model.MEDIA),
+            "state": _enum([model.LegState.CHATTING.value, model.LegState.LEFT_CHAT.value,
+                            model.LegState.INVITED.value, "Queued", "Completed"]),
+            "uri": _STR}, ("id", "mediaType", "state", "uri"),
+            description="an active interaction the calling agent takes no part in: only that it exists"),
         "Workbin": _obj(workbin_fields, tuple(workbin_fields)),
         "WorkbinContent": _obj({**workbin_fields, "interactions": {"type": "array", "items": _ref("WorkbinItem")}},
                                (*workbin_fields, "interactions")),
@@ -217,8 +223,10 @@ def _listing(key: str, item: Schema) -> Schema:
 
 # --- operation bodies ------------------------------------------------------------------------------------
 
-_TARGET = {"targetUri": {"type": "string", "description": "…/users/{id} or …/queues/{name}"},
-           "targetPath": {"type": "string", "description": "/users/{id} or /queues/{name}"}}
+_TARGET = {"targetUri": {"type": "string", "description": "…/users/{id}, …/contacts/{id} or …/queues/{name}"},
+           "userUri": {"type": "string", "description": "another name for targetUri (the SMS Invite page's sample "
+                                                        "uses it); give one of the two"},
+           "targetPath": {"type": "string", "description": "/users/{id}, /contacts/{id} or /queues/{name}"}}
 _NONE: tuple[dict[str, Schema], tuple[str, ...]] = ({}, ())
 
 # operationName -> (parameters, required) for the chat and SMS operations (conversation.OPERATIONS).
@@ -442,6 +450,9 @@ class _Builder:
                                                    "channels": partial}, ("statusCode", "channels"),
                                                   description="some channels failed: a status per channel")]},
                       tag="me", body=_operation_body("Me", agent.ME_OPERATIONS))
+        self.agent_op("/api/v2/users/{id}", "get", "a user at its uri: oneself (as /api/v2/me), or anyone for "
+                      "an admin or supervisor", _ok_with({"user": _ref("User")}), tag="me",
+                      parameters=[_id_param("id", "the user id"), subresources])
         self.agent_op("/api/v2/me/channels/{channel}", "post", "Ready or NotReady on one channel", _ref("Ok"),
                       tag="me", body=_operation_body("Channel", agent.CHANNEL_OPERATIONS),
                       parameters=[{"name": "channel", "in": "path", "required": True,
@@ -461,6 +472,13 @@ class _Builder:
                       _ok_with({kind.resource_key: _ref("Conversation")}), tag=tag, parameters=[ident])
         self.agent_op(base + "/{id}", "post", f"an operation on a {kind.resource_key}", _ref("Accepted"), tag=tag,
                       parameters=[ident], body=_operation_body("Conversation", conversation.OPERATIONS))
+        # The resource's uri (notifications and listings hand it out): the same as under /me.
+        uri = f"/api/v2/{kind.collection}/{{id}}"
+        self.agent_op(uri, "get", f"one {kind.resource_key} at its uri: as GET {base}/{{id}}",
+                      _ok_with({kind.resource_key: _ref("Conversation")}), tag=tag, parameters=[ident])
+        self.agent_op(uri, "post", f"an operation on a {kind.resource_key} at its uri: as POST {base}/{{id}}",
+                      _ref("Accepted"), tag=tag, parameters=[ident],
+                      body=_operation_body("Conversation", conversation.OPERATIONS))
 
     def _interactions(self) -> None:
         ident = _id_param("id", "the interaction id")
@@ -469,12 +487,16 @@ class _Builder:
         self.agent_op("/api/v2/me/interactions/{id}", "post", "an operation on an interaction", _ref("Accepted"),
                       tag="interactions", parameters=[ident],
                       body=_operation_body("Interaction", interactions.OPERATIONS))
-        self.agent_op("/api/v2/interactions", "get", "every open interaction (admin or supervisor)",
-                      _listing("interactions", _ref("CenterInteraction")), tag="interactions", parameters=[_FIELDS])
-        self.agent_op("/api/v2/interactions/{id}", "get", "one interaction: the caller's view, or the whole for "
-                      "an admin or supervisor",
+        self.agent_op("/api/v2/interactions", "get", "every open interaction, whole, for an admin or supervisor; "
+                      "every active one for an agent: its own as it sees them, the others as summaries (403 for "
+                      "an agent with --interactions-list-supervisors-only)",
+                      _listing("interactions", {"oneOf": [_ref("CenterInteraction"), _ref("AgentInteraction"),
+                                                          _ref("InteractionSummary")]}),
+                      tag="interactions", parameters=[_FIELDS])
+        self.agent_op("/api/v2/interactions/{id}", "get", "one interaction: the caller's view, the whole for "
+                      "an admin or supervisor, a summary for another agent while it is active",
                       _ok_with({"interaction": {"oneOf": [_ref("AgentInteraction"), _ref("WorkbinItem"),
-                                                          _ref("CenterInteraction")]}}),
+                                                          _ref("CenterInteraction"), _ref("InteractionSummary")]}}),
                       tag="interactions", parameters=[ident])
         self.agent_op("/api/v2/interactions/{id}", "put", "merge user data into the interaction", _ref("Accepted"),
                       tag="interactions", parameters=[ident],

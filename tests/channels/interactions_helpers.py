@@ -67,7 +67,8 @@ class IxStack(Stack):
         return interaction_id
 
 
-async def make_ix_stack(aiohttp_client: Any, *, offer_timeout: float = 30.0, capacity: int = 1) -> IxStack:
+async def make_ix_stack(aiohttp_client: Any, *, offer_timeout: float = 30.0, capacity: int = 1,
+                        agents_see_all: bool = True) -> IxStack:
     users = UserDirectory(User(name, hash_password(password, iterations=1), frozenset(ROLES.get(name, {"agent"})),
                                first_name=name.capitalize()) for name, password in PASSWORDS.items())
     sessions = HttpSessions()
@@ -85,7 +86,7 @@ async def make_ix_stack(aiohttp_client: Any, *, offer_timeout: float = 30.0, cap
     chats.add_routes(app, conversations)
     smssessions.add_routes(app, conversations)
     media.add_routes(app, conversations, MEDIA_TOKEN)
-    interactions.add_routes(app, conversations, bins)
+    interactions.add_routes(app, conversations, bins, agents_see_all=agents_see_all)
     workbins.add_routes(app, bins)
 
     async def close(_: web.Application) -> None:

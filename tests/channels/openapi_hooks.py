@@ -29,7 +29,7 @@ MEDIA_TOKEN = os.environ["OPENAPI_TEST_MEDIA_TOKEN"]
 TIMEOUT = 10.0
 
 
-@schemathesis.auth().apply_to(path_regex=r"^/api/v2/(me|interactions)(/|$)")
+@schemathesis.auth().apply_to(path_regex=r"^/api/v2/(me|interactions|users|chats|smssessions)(/|$)")
 class AgentLogin:
     def get(self, case: Any, context: Any) -> dict[str, str]:
         credentials = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()

@@ -195,7 +195,11 @@ async def test_unknown_ids_operations_and_other_peoples_interactions() -> None:
     ("Invite", {"targetUri": ["x"]}, Status.VALIDATION_ERROR),
     ("Invite", {"targetUri": "http://localhost:8080/api/v2/users/nobody"}, Status.NOT_FOUND),
     ("Invite", {"targetPath": "/queues/nowhere"}, Status.NOT_FOUND),
-    ("Invite", {"targetPath": "/contacts/x"}, Status.VALIDATION_ERROR),
+    ("Invite", {"targetPath": "/contacts/x"}, Status.NOT_FOUND),  # a contact is a user under the user's id
+    ("Invite", {"targetPath": "/places/x"}, Status.VALIDATION_ERROR),
+    ("Invite", {"userUri": "http://localhost:8080/api/v2/contacts/nobody"}, Status.NOT_FOUND),
+    ("Invite", {"userUri": "/users/bob", "targetUri": "/users/carol"}, Status.VALIDATION_ERROR),
+    ("Invite", {"userUri": 5}, Status.VALIDATION_ERROR),
     ("Invite", {"targetPath": "/users/alice"}, Status.VALIDATION_ERROR),
     ("Transfer", {"queueName": "nowhere"}, Status.NOT_FOUND),
     ("Consult", {"targetPath": 3}, Status.VALIDATION_ERROR),

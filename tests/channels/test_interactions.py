@@ -55,8 +55,9 @@ async def test_offer_accept_and_list_shapes(aiohttp_client) -> None:
     assert (status, bad) == (400, {"statusCode": 10, "statusMessage": "fields must be *"})
 
 
-async def test_all_interactions_for_admins_and_supervisors_only(aiohttp_client) -> None:
-    stack = await make_ix_stack(aiohttp_client)
+async def test_all_interactions_for_admins_and_supervisors_only_when_restricted(aiohttp_client) -> None:
+    """--interactions-list-supervisors-only (test_seeds_to_the_letter.py covers the default, seed 002's)."""
+    stack = await make_ix_stack(aiohttp_client, agents_see_all=False)
     alice = await stack.desk("alice")
     chat_id = await stack.accepted(alice)
     queued_id = await stack.inbound("sms")  # nobody Ready for SMS: it waits

@@ -22,13 +22,14 @@ from channels.model import (
     permits,
 )
 
-# Seed 000, "Successful", first notification: the capabilities of a conference member, in order.
-SEED_000_CONFERENCE = ["Transfer", "Leave", "Invite", "Consult", "SetInFocus", "SetDisposition", "AttachUserData",
+# Seed 000, "Successful", first notification: the capabilities of a conference member, in order, with the focus
+# capability named "InFocus" as seed 001 names it (seed 000 prints "SetInFocus"; model.CHATTING_CAPS says why).
+SEED_000_CONFERENCE = ["Transfer", "Leave", "Invite", "Consult", "InFocus", "SetDisposition", "AttachUserData",
                        "DeleteUserData", "UpdateUserData", "SendToAgents", "SendStartTypingToAgentsNotification",
                        "SendStopTypingToAgentsNotification", "Complete", "SendMessage", "SendStartTypingNotification",
                        "SendStopTypingNotification"]
-# Seed 000, "Failed": the capabilities of the lone agent.
-SEED_000_ALONE = ["Transfer", "Leave", "Invite", "Consult", "SetInFocus", "SetDisposition", "AttachUserData",
+# Seed 000, "Failed": the capabilities of the lone agent (InFocus, as above).
+SEED_000_ALONE = ["Transfer", "Leave", "Invite", "Consult", "InFocus", "SetDisposition", "AttachUserData",
                   "DeleteUserData", "UpdateUserData", "Complete", "SendMessage", "SendStartTypingNotification",
                   "SendStopTypingNotification"]
 
@@ -49,7 +50,22 @@ def test_consultant_talks_to_agents_only() -> None:
     assert not {"SendMessage", "Transfer", "Complete", "Invite", "Consult", "SendStartTypingNotification"} & set(caps)
 
 
-def test_in_focus_alias_permits_set_in_focus_in_left_chat() -> None:
+# Seed 001: the capabilities of the agent right after Accept (StatusChange and ParticipantsUpdated).
+SEED_001_ACCEPTED = ["Transfer", "Complete", "Leave", "InFocus", "SendMessage", "SendStartTypingNotification",
+                     "SendStopTypingNotification"]
+
+
+def test_an_accepted_agent_has_every_capability_seed_001_names_and_no_set_in_focus() -> None:
+    caps = capabilities(LegState.CHATTING, Role.OWNER, 1)
+    assert set(SEED_001_ACCEPTED) <= set(caps)
+    assert "SetInFocus" not in caps  # one name for one capability: InFocus
+    for state, role, agents in ((LegState.CHATTING, Role.CONFERENCE, 2), (LegState.CHATTING, Role.CONSULT, 2),
+                                (LegState.LEFT_CHAT, Role.OWNER, 0)):
+        assert "InFocus" in capabilities(state, role, agents) and "SetInFocus" not in capabilities(state, role, agents)
+
+
+def test_in_focus_permits_set_in_focus() -> None:
+    assert permits(capabilities(LegState.CHATTING, Role.OWNER, 1), "SetInFocus")
     assert permits(capabilities(LegState.LEFT_CHAT, Role.OWNER, 0), "SetInFocus")
     assert not permits(capabilities(LegState.LEFT_CHAT, Role.OWNER, 0), "SetDisposition")
     assert not permits([], "SetInFocus")

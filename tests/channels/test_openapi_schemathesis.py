@@ -123,6 +123,8 @@ values = ["{ids['chat']}", "{ids['parked']}"]
 values = ["{ids['sms']}", "{ids['chat']}", "{ids['parked']}"]
 [dictionaries.workbin]
 values = ["alice-inprogress", "alice-drafts", "Drafts"]
+[dictionaries.user]
+values = ["alice", "bob"]
 [dictionaries.agent]
 values = [{AGENT_ID}]
 
@@ -130,6 +132,7 @@ values = [{AGENT_ID}]
 {bind("/chats/", "id", "chat")}
 {bind("/interactions/", "id", "interaction")}
 {bind("/workbins/", "id", "workbin")}
+{bind("^/api/v2/users/", "id", "user")}
 {bind("^/agentgateway/", "agentid", "agent")}
 """)
     return path
