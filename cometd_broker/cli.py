@@ -19,7 +19,7 @@ from .config import ENV_PREFIX, BrokerConfig, options, resolve
 from .configfile import CONFIG_ENV, Option, Setting
 from .logs import configure as configure_logging
 from .metrics import share_worker_metrics
-from .serving import serve_app
+from .serving import ListenError, serve_app
 from .tls import TlsError, server_context
 from .tools.commands import add_commands as add_event_commands
 from .version import __version__
@@ -182,14 +182,15 @@ def serve(args: argparse.Namespace, config: BrokerConfig) -> int:
         print(f"cometd-broker: invalid configuration: {exc}", file=sys.stderr)
         return 2
     if config.workers > 1:
+        log.info("%s", storage_line(args, config))
         return _supervise(args, config)
-    app = create_app(config)
-    for plugin in plugins():
-        try:
+    try:  # a missing optional package (redis) or an unusable event log: one line, not a traceback
+        app = create_app(config)
+        for plugin in plugins():
             plugin.install(app, app[BROKER], args)
-        except (ValueError, OSError) as exc:
-            print(f"cometd-broker: invalid configuration: {exc}", file=sys.stderr)
-            return 2
+    except (ValueError, OSError, ImportError) as exc:
+        print(f"cometd-broker: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     loop_name = "uvloop" if _use_uvloop() else "asyncio"
     auth = "anonymous allowed" if config.allow_anonymous else "authentication required"
     url = f"{config.scheme}://{config.host}:{config.port}{config.mount}"
@@ -211,13 +212,43 @@ def serve(args: argparse.Namespace, config: BrokerConfig) -> int:
         if args.worker_metrics_dir:
             share_worker_metrics(app, args.worker_metrics_dir, index)
 
-        asyncio.run(serve_app(app, config.host, config.port, lean=lean, reuse_port=True,
-                              ready=lambda: report_ready(worker_of), name=f"worker {index}",
-                              ssl_context=ssl_context))
-        return 0
-    asyncio.run(serve_app(app, config.host, config.port, lean=lean, ready=lambda: announce(""),
-                          ssl_context=ssl_context))
+        return _run_server(serve_app(app, config.host, config.port, lean=lean, reuse_port=True,
+                                     ready=lambda: report_ready(worker_of), name=f"worker {index}",
+                                     ssl_context=ssl_context))
+    log.info("%s", storage_line(args, config))
+    return _run_server(serve_app(app, config.host, config.port, lean=lean, ready=lambda: announce(""),
+                                 ssl_context=ssl_context))
+
+
+def _run_server(server: Any) -> int:
+    """Run `serve_app`; a port that cannot be bound (in use, not permitted) is one line and exit 2."""
+    try:
+        asyncio.run(server)
+    except ListenError as exc:
+        print(f"cometd-broker: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def describe_event_log(url: str) -> str:
+    """Where an event log is, as a start-up line says it: an absolute path, a Redis URL or memory."""
+    if url.strip() in ("memory:", ":memory:"):
+        return "in memory (lost on exit)"
+    if "://" in url:
+        return f"in Redis at {configfile.mask_url_password(url)}"
+    return os.path.abspath(url)
+
+
+def storage_line(args: argparse.Namespace, config: BrokerConfig) -> str:
+    """One line naming every store the server keeps data in (relative defaults land in the working
+    directory, so a run started from another folder would silently start empty)."""
+    parts = [f"event log {describe_event_log(config.event_log_url)}"]
+    for plugin in plugins():
+        describe = getattr(plugin, "describe_storage", None)
+        text = describe(args, config) if describe is not None else None
+        if text:
+            parts.append(text)
+    return "data: " + "; ".join(parts)
 
 
 def _supervise(args: argparse.Namespace, config: BrokerConfig) -> int:
