@@ -263,6 +263,38 @@ def _supervise(args: argparse.Namespace, config: BrokerConfig) -> int:
     return Supervisor(config.workers, args.argv, listening).run()
 
 
+def _event_log_setting(name: str, flag: Any, file_values: dict[str, Any], path: str | None) -> tuple[Any, str]:
+    """One option's value as `serve` would take it (flag > environment > file > default), and its source."""
+    if flag is not None:
+        return flag, "--" + name.replace("_", "-")
+    env = ENV_PREFIX + name.upper()
+    if os.environ.get(env):
+        return os.environ[env], env
+    if name in file_values:
+        return file_values[name], f"{path} [broker] {name.replace('_', '-')}"
+    field = next(f for f in options() if f.name == name)
+    return field.metadata.get("cli_default", field.default), "the default"
+
+
+def resolve_event_log(args: argparse.Namespace) -> None:
+    """`events dump|replay`: find the event log and Redis prefix as `serve` does, so the tools read the
+    log the broker writes without repeating its configuration. Sets `args.event_log`, `args.redis_prefix`
+    and `args.event_log_source` (where the log's location came from, for error messages)."""
+    path = args.config or os.environ.get(CONFIG_ENV) or None
+    file_values: dict[str, Any] = {}
+    if path:
+        parser = argparse.ArgumentParser(add_help=False)
+        known = configfile.broker_options() + _add_serve_options(parser, named_plugins())
+        file_values = configfile.read(path, known).get(configfile.BROKER_TABLE, {})
+    args.redis_prefix, _ = _event_log_setting("redis_prefix", args.redis_prefix, file_values, path)
+    if args.event_log is None:
+        redis, redis_source = _event_log_setting("redis", None, file_values, path)
+        if redis:  # a cluster keeps its event log in its Redis, whatever event-log says
+            args.event_log, args.event_log_source = redis, redis_source
+            return
+    args.event_log, args.event_log_source = _event_log_setting("event_log", args.event_log, file_values, path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -276,4 +308,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "config":
             return show_config(args, effective)
         return serve(args, effective.config)
+    if args.command == "events" and hasattr(args, "event_log"):
+        try:
+            resolve_event_log(args)
+        except (ValueError, OSError) as exc:
+            print(f"cometd-broker events: invalid configuration: {exc}", file=sys.stderr)
+            return 2
     return args.func(args)  # `events ...` and plugins' commands set func
