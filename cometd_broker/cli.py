@@ -17,6 +17,7 @@ from . import configfile
 from .app import BROKER, create_app
 from .config import ENV_PREFIX, BrokerConfig, options, resolve
 from .configfile import CONFIG_ENV, Option, Setting
+from .eventlog import is_redis_url
 from .logs import configure as configure_logging
 from .metrics import share_worker_metrics
 from .serving import ListenError, serve_app
@@ -232,10 +233,13 @@ def _run_server(server: Any) -> int:
 
 def describe_event_log(url: str) -> str:
     """Where an event log is, as a start-up line says it: an absolute path, a Redis URL or memory."""
-    if url.strip() in ("memory:", ":memory:"):
+    if url in ("memory:", "memory://"):
         return "in memory (lost on exit)"
-    if "://" in url:
+    if is_redis_url(url):
         return f"in Redis at {configfile.mask_url_password(url)}"
+    scheme, sep, rest = url.partition(":")
+    if sep and scheme == "sqlite":  # sqlite:///abs, sqlite:rel (see open_event_log)
+        url = rest[2:] if rest.startswith("//") else rest
     return os.path.abspath(url)
 
 

@@ -78,6 +78,9 @@ def test_start_up_says_when_data_is_kept_in_memory():
 def test_relative_paths_are_named_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert describe_event_log("cometd-broker-events.db") == str(tmp_path / "cometd-broker-events.db")
+    assert describe_event_log("sqlite:logs/events.db") == str(tmp_path / "logs" / "events.db")
+    assert describe_event_log("sqlite:///var/lib/events.db") == "/var/lib/events.db"
+    assert describe_event_log("memory:") == "in memory (lost on exit)"
     assert describe_event_log("redis://:secret@host:6379/0") == "in Redis at redis://:****@host:6379/0"
 
 
