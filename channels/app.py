@@ -29,7 +29,7 @@ from .auth import GwsAuthenticator, HttpSessions, SessionStore, UserDirectory, a
 from .conversation import Conversations, ReferenceIds
 from .demo import install_demo
 from .envelope import Handler, envelope_middleware
-from .routing import Routing
+from .routing import ROUTED_CHANNELS, Routing
 from .store import DocumentStore, StateStore
 
 if TYPE_CHECKING:  # the cluster modules need the optional redis package: imported only when clustered
@@ -54,6 +54,10 @@ class ContactCenterConfig:
     offer_timeout: float = 30.0
     queues: list[str] = field(default_factory=lambda: ["default"])
     gateway_poll_wait: float = 10.0  # Huawei: an idle event poll is answered after 10 s
+    # Interactions an agent holds at once on a channel (offered or accepted): the default for every
+    # routed channel, and per-channel overrides (`--capacity 2,chat=3`).
+    capacity: int = 1
+    channel_capacity: dict[str, int] = field(default_factory=dict)
     # ":memory:" keeps nothing: code that builds a config (tests, embedding) never writes files unasked.
     # `cometd-broker serve` defaults to the file STATE_DB instead (--state-db).
     state_db: str = ":memory:"
@@ -129,7 +133,8 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
     async def publish(user_id: str, channel: str, data: dict[str, Any]) -> None:
         await broker.publish_to_user(user_id, channel, data)
 
-    routing = Routing(publish, queues=config.queues, offer_timeout=config.offer_timeout)
+    routing = Routing(publish, queues=config.queues, offer_timeout=config.offer_timeout,
+                      capacity=config.capacity, channel_capacity=config.channel_capacity)
     reference_ids = ReferenceIds()  # shared: a referenceId is unique across every API (and persisted)
     # The engine loads first: workbins refer to its interactions.
     conversations = Conversations(publish, routing, users, base_url=config.base_url, reference_ids=reference_ids,
@@ -236,6 +241,30 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get("COMETD_BROKER_" + name, default)
 
 
+def parse_capacity(text: str) -> tuple[int, dict[str, int]]:
+    """`--capacity`: `N` for every channel, `channel=N` for one, comma-separated (`2,chat=3`);
+    returns the default and the per-channel overrides."""
+    default, per_channel = 1, {}
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        name, sep, number = entry.rpartition("=")
+        name = name.strip()
+        try:
+            value = int(number)
+        except ValueError:
+            value = -1
+        if value < 0 or (sep and not name):
+            raise ValueError(f"capacity entry {entry!r} must be N or CHANNEL=N with N >= 0 (e.g. 2,chat=3)")
+        if not sep:
+            default = value
+        elif name not in ROUTED_CHANNELS:
+            raise ValueError(f"capacity names unknown channel {name!r} (known: {', '.join(ROUTED_CHANNELS)})")
+        else:
+            per_channel[name] = value
+    return default, per_channel
+
+
 class ContactCenterPlugin:
     """The `cometd_broker.apps` entry point: options, the `users` command and installation."""
 
@@ -271,6 +300,11 @@ class ContactCenterPlugin:
                                 "(env COMETD_BROKER_INTERACTIONS_LIST_SUPERVISORS_ONLY=true); default: agents "
                                 "may list too, seeing the interactions they are not in as summaries "
                                 "(id, mediaType, state, uri)")
+        group.add_argument("--capacity", default=_env("CAPACITY", "1"), metavar="N,CHANNEL=N",
+                           help="interactions one agent holds at once per channel (offered or accepted; the "
+                                "next waits Queued): N for every channel, CHANNEL=N for one, comma-separated, "
+                                f"channels {', '.join(ROUTED_CHANNELS)} (env COMETD_BROKER_CAPACITY); "
+                                "default: 1")
         group.add_argument("--queues", default=_env("QUEUES", "default"),
                            help="comma-separated queue names (env COMETD_BROKER_QUEUES); default: default")
         group.add_argument("--demo", action="store_true",
@@ -314,6 +348,11 @@ class ContactCenterPlugin:
             raise ValueError("demo-interval must be > 0")
         if not args.ended_retention >= 0:
             raise ValueError("ended-retention must be >= 0 seconds (0 keeps ended interactions forever)")
+        if args.media_token is not None and not args.media_token.strip():
+            # `--media-token "$TOKEN"` with the variable unset: an API silently off looks like a routing bug.
+            raise ValueError("media-token is empty (flag, COMETD_BROKER_MEDIA_TOKEN or config file); to turn the "
+                             "media API off, leave media-token unset")
+        capacity, channel_capacity = parse_capacity(args.capacity)
         if not (args.users_file or args.demo or args.media_token):
             # Nobody could log in: serve the broker alone, without the API's middlewares on every request.
             log.info("contact-center API off: give --users-file (or --demo) to serve it")
@@ -330,7 +369,7 @@ class ContactCenterPlugin:
             base_url=args.base_url or f"{broker.config.scheme}://{broker.config.host}:{broker.config.port}",
             secure_cookies=broker.config.tls,
             offer_timeout=args.offer_timeout, queues=queues, state_db=args.state_db,
-            ended_retention=args.ended_retention,
+            ended_retention=args.ended_retention, capacity=capacity, channel_capacity=channel_capacity,
             interactions_list_supervisors_only=args.interactions_list_supervisors_only)
         if args.desktop_dir:
             desktop.add_routes(app, args.desktop_dir, broker.config.mount)  # DesktopDirError names the option
@@ -343,10 +382,18 @@ class ContactCenterPlugin:
         if args.demo:
             for user, password in install_demo(app, center, interval=args.demo_interval):
                 print(f"demo user {user} password {password}", flush=True)
-        log.info("contact center: %d user(s), queues %s, CSRF %s, media gateway API %s, state in %s, also at %s",
-                 len(center.users), ", ".join(queues), "on" if config.csrf else "off",
-                 "on" if config.media_token else "off", config.state_db, NOTIFICATIONS)
+        log.info("contact center: %d user(s), queues %s, capacity %s, CSRF %s, media gateway API %s, "
+                 "state in %s, also at %s", len(center.users), ", ".join(queues), _capacity_text(config),
+                 "on" if config.csrf else "off", "on" if config.media_token else "off",
+                 describe_state_db(config.state_db), NOTIFICATIONS)
 
+    def describe_storage(self, args: argparse.Namespace, broker_config: Any) -> str | None:
+        """For the server's start-up line of where data is kept (None when the API is off)."""
+        if not (args.users_file or args.demo or args.media_token):
+            return None
+        if broker_config.redis:
+            return "contact-center state in Redis (the cluster's)"
+        return f"contact-center state {describe_state_db(args.state_db)}"
 
     def _install_clustered(self, app: web.Application, broker: Broker, args: argparse.Namespace,
                            config: ContactCenterConfig) -> None:
@@ -359,9 +406,18 @@ class ContactCenterPlugin:
         install_clustered_contact_center(app, broker, config, users, options)
         log.info("contact center (clustered on %s): %d user(s), queues %s, CSRF %s, media gateway API %s; "
                  "the leader runs the engine with its state in Redis (lease ttl %.1f s); this process serves "
-                 "it on %s while it leads; --state-db is not used", broker.config.redis, len(users),
+                 "it on %s while it leads; --state-db is not used; capacity %s", broker.config.redis, len(users),
                  ", ".join(config.queues), "on" if config.csrf else "off", "on" if config.media_token else "off",
-                 options.lease_ttl, options.host)
+                 options.lease_ttl, options.host, _capacity_text(config))
+
+
+def describe_state_db(path: str) -> str:
+    """The state store as a start-up line names it: an absolute path, or in memory."""
+    return "in memory (lost on exit)" if path == ":memory:" else os.path.abspath(path)
+
+
+def _capacity_text(config: ContactCenterConfig) -> str:
+    return ", ".join(f"{c}={config.channel_capacity.get(c, config.capacity)}" for c in ROUTED_CHANNELS)
 
 
 plugin = ContactCenterPlugin()

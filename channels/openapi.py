@@ -202,9 +202,12 @@ def _resource_schemas() -> dict[str, Schema]:
         "User": _obj({"id": _STR, "userName": _STR, "firstName": _STR, "lastName": _STR,
                       "roles": {"type": "array", "items": _enum(sorted(ROLES))}, "uri": _STR, "path": _STR,
                       "employeeId": {"type": "string", "description": "the Huawei agent id (workNo)"},
-                      "channels": {"type": "array", "items": _obj({"channel": _enum(ROUTED_CHANNELS),
-                                                                   "userState": user_state},
-                                                                  ("channel", "userState"))},
+                      "channels": {"type": "array", "items": _obj({
+                          "channel": _enum(ROUTED_CHANNELS), "userState": user_state,
+                          "capacity": {"type": "integer", "minimum": 0,
+                                       "description": "interactions routing gives the agent at once on this "
+                                                      "channel (--capacity); not in GWS"}},
+                          ("channel", "userState", "capacity"))},
                       "devices": {"type": "array", "maxItems": 0, "items": {"type": "object"}}},
                      ("id", "userName", "firstName", "lastName", "roles", "uri", "path")),
     }

@@ -106,13 +106,16 @@ class UnknownQueue(KeyError):
 
 class Routing:
     def __init__(self, publish: Publish, *, queues: Iterable[str] = ("default",), capacity: int = 1,
+                 channel_capacity: Mapping[str, int] | None = None,
                  capacities: Mapping[str, Mapping[str, int]] | None = None, offer_timeout: float = 30.0) -> None:
-        """`capacity` is the default per agent per channel; `capacities` overrides it as user -> channel -> n.
+        """`capacity` is the default per agent per channel, `channel_capacity` overrides it for every agent
+        on a channel (channel -> n), `capacities` for one agent (user -> channel -> n).
         `offer_timeout` (seconds) is how long an offer waits for Accept/Reject before the next agent."""
-        if capacity < 0 or offer_timeout <= 0:
+        if capacity < 0 or offer_timeout <= 0 or any(n < 0 for n in (channel_capacity or {}).values()):
             raise ValueError("capacity must be >= 0 and offer_timeout > 0")
         self._publish = publish
         self.default_capacity = capacity
+        self._channel_capacity = dict(channel_capacity or {})
         self._capacities = {u: dict(c) for u, c in (capacities or {}).items()}
         self.offer_timeout = offer_timeout
         self._queues: dict[str, list[OfferRequest]] = {name: [] for name in queues}
@@ -147,7 +150,9 @@ class Routing:
         self._capacities.setdefault(user_id, {})[channel] = capacity
 
     def capacity(self, user_id: str, channel: str) -> int:
-        return self._capacities.get(user_id, {}).get(channel, self.default_capacity)
+        """Interactions the agent may hold at once on the channel (Invited or Chatting legs)."""
+        default = self._channel_capacity.get(channel, self.default_capacity)
+        return self._capacities.get(user_id, {}).get(channel, default)
 
     # --- readiness ---------------------------------------------------------------------------------------
 
@@ -167,8 +172,10 @@ class Routing:
         self._agents.setdefault(user_id, {})[channel] = ChannelState.from_document(state, next(self._tick))
 
     def channels_view(self, user_id: str) -> list[dict[str, Any]]:
-        """`[{"channel": "chat", "userState": {...}}]` for every channel the agent has a state on."""
-        return [{"channel": name, "userState": st.user_state()} for name, st in self._agents.get(user_id, {}).items()]
+        """`[{"channel": "chat", "userState": {...}, "capacity": 1}]` for every channel the agent has a state
+        on; `capacity` (not in GWS) is how many interactions routing gives the agent at once there."""
+        return [{"channel": name, "userState": st.user_state(), "capacity": self.capacity(user_id, name)}
+                for name, st in self._agents.get(user_id, {}).items()]
 
     async def set_ready(self, user_id: str, channel: str) -> None:
         await self._set(user_id, channel, ready=True, reason=None)
@@ -194,7 +201,8 @@ class Routing:
         if became_ready:
             self._forget_declines(user_id)
         await self._publish(user_id, CHANNELS_TOPIC,
-                            {"channels": [{"channel": channel, "userState": state.user_state()}]})
+                            {"channels": [{"channel": channel, "userState": state.user_state(),
+                                           "capacity": self.capacity(user_id, channel)}]})
         if became_ready:
             for listener in self._available:
                 await listener()

@@ -72,9 +72,15 @@ def _read_password(args: argparse.Namespace) -> str:
     if args.password is not None:
         return args.password
     if args.password_stdin:
-        return sys.stdin.readline().rstrip("\r\n")
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise ValueError("no password on standard input (--password-stdin reads its first line)")
+        return password
     if not sys.stdin.isatty():
-        raise ValueError("no password: give --password-stdin or --password, or run in a terminal to be asked")
+        # A script or a pipe cannot answer a prompt: say how to give the password without one.
+        raise ValueError("no password: standard input is not a terminal, so it cannot be asked for; pipe it in "
+                         "with --password-stdin (printf '%s\\n' \"$PASSWORD\" | cometd-broker users add NAME "
+                         "--file FILE --password-stdin)")
     password = getpass.getpass("Password: ")
     if password != getpass.getpass("Repeat password: "):
         raise ValueError("the passwords do not match")

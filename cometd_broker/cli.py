@@ -17,9 +17,10 @@ from . import configfile
 from .app import BROKER, create_app
 from .config import ENV_PREFIX, BrokerConfig, options, resolve
 from .configfile import CONFIG_ENV, Option, Setting
+from .eventlog import is_redis_url
 from .logs import configure as configure_logging
 from .metrics import share_worker_metrics
-from .serving import serve_app
+from .serving import ListenError, serve_app
 from .tls import TlsError, server_context
 from .tools.commands import add_commands as add_event_commands
 from .version import __version__
@@ -182,14 +183,15 @@ def serve(args: argparse.Namespace, config: BrokerConfig) -> int:
         print(f"cometd-broker: invalid configuration: {exc}", file=sys.stderr)
         return 2
     if config.workers > 1:
+        log.info("%s", storage_line(args, config))
         return _supervise(args, config)
-    app = create_app(config)
-    for plugin in plugins():
-        try:
+    try:  # a missing optional package (redis) or an unusable event log: one line, not a traceback
+        app = create_app(config)
+        for plugin in plugins():
             plugin.install(app, app[BROKER], args)
-        except (ValueError, OSError) as exc:
-            print(f"cometd-broker: invalid configuration: {exc}", file=sys.stderr)
-            return 2
+    except (ValueError, OSError, ImportError) as exc:
+        print(f"cometd-broker: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     loop_name = "uvloop" if _use_uvloop() else "asyncio"
     auth = "anonymous allowed" if config.allow_anonymous else "authentication required"
     url = f"{config.scheme}://{config.host}:{config.port}{config.mount}"
@@ -211,13 +213,46 @@ def serve(args: argparse.Namespace, config: BrokerConfig) -> int:
         if args.worker_metrics_dir:
             share_worker_metrics(app, args.worker_metrics_dir, index)
 
-        asyncio.run(serve_app(app, config.host, config.port, lean=lean, reuse_port=True,
-                              ready=lambda: report_ready(worker_of), name=f"worker {index}",
-                              ssl_context=ssl_context))
-        return 0
-    asyncio.run(serve_app(app, config.host, config.port, lean=lean, ready=lambda: announce(""),
-                          ssl_context=ssl_context))
+        return _run_server(serve_app(app, config.host, config.port, lean=lean, reuse_port=True,
+                                     ready=lambda: report_ready(worker_of), name=f"worker {index}",
+                                     ssl_context=ssl_context))
+    log.info("%s", storage_line(args, config))
+    return _run_server(serve_app(app, config.host, config.port, lean=lean, ready=lambda: announce(""),
+                                 ssl_context=ssl_context))
+
+
+def _run_server(server: Any) -> int:
+    """Run `serve_app`; a port that cannot be bound (in use, not permitted) is one line and exit 2."""
+    try:
+        asyncio.run(server)
+    except ListenError as exc:
+        print(f"cometd-broker: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def describe_event_log(url: str) -> str:
+    """Where an event log is, as a start-up line says it: an absolute path, a Redis URL or memory."""
+    if url in ("memory:", "memory://"):
+        return "in memory (lost on exit)"
+    if is_redis_url(url):
+        return f"in Redis at {configfile.mask_url_password(url)}"
+    scheme, sep, rest = url.partition(":")
+    if sep and scheme == "sqlite":  # sqlite:///abs, sqlite:rel (see open_event_log)
+        url = rest[2:] if rest.startswith("//") else rest
+    return os.path.abspath(url)
+
+
+def storage_line(args: argparse.Namespace, config: BrokerConfig) -> str:
+    """One line naming every store the server keeps data in (relative defaults land in the working
+    directory, so a run started from another folder would silently start empty)."""
+    parts = [f"event log {describe_event_log(config.event_log_url)}"]
+    for plugin in plugins():
+        describe = getattr(plugin, "describe_storage", None)
+        text = describe(args, config) if describe is not None else None
+        if text:
+            parts.append(text)
+    return "data: " + "; ".join(parts)
 
 
 def _supervise(args: argparse.Namespace, config: BrokerConfig) -> int:
@@ -230,6 +265,38 @@ def _supervise(args: argparse.Namespace, config: BrokerConfig) -> int:
                  f"(transports: {', '.join(config.transport_list)}; {auth}; {config.workers} workers; "
                  f"cluster on {config.redis})")
     return Supervisor(config.workers, args.argv, listening).run()
+
+
+def _event_log_setting(name: str, flag: Any, file_values: dict[str, Any], path: str | None) -> tuple[Any, str]:
+    """One option's value as `serve` would take it (flag > environment > file > default), and its source."""
+    if flag is not None:
+        return flag, "--" + name.replace("_", "-")
+    env = ENV_PREFIX + name.upper()
+    if os.environ.get(env):
+        return os.environ[env], env
+    if name in file_values:
+        return file_values[name], f"{path} [broker] {name.replace('_', '-')}"
+    field = next(f for f in options() if f.name == name)
+    return field.metadata.get("cli_default", field.default), "the default"
+
+
+def resolve_event_log(args: argparse.Namespace) -> None:
+    """`events dump|replay`: find the event log and Redis prefix as `serve` does, so the tools read the
+    log the broker writes without repeating its configuration. Sets `args.event_log`, `args.redis_prefix`
+    and `args.event_log_source` (where the log's location came from, for error messages)."""
+    path = args.config or os.environ.get(CONFIG_ENV) or None
+    file_values: dict[str, Any] = {}
+    if path:
+        parser = argparse.ArgumentParser(add_help=False)
+        known = configfile.broker_options() + _add_serve_options(parser, named_plugins())
+        file_values = configfile.read(path, known).get(configfile.BROKER_TABLE, {})
+    args.redis_prefix, _ = _event_log_setting("redis_prefix", args.redis_prefix, file_values, path)
+    if args.event_log is None:
+        redis, redis_source = _event_log_setting("redis", None, file_values, path)
+        if redis:  # a cluster keeps its event log in its Redis, whatever event-log says
+            args.event_log, args.event_log_source = redis, redis_source
+            return
+    args.event_log, args.event_log_source = _event_log_setting("event_log", args.event_log, file_values, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -245,4 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "config":
             return show_config(args, effective)
         return serve(args, effective.config)
+    if args.command == "events" and hasattr(args, "event_log"):
+        try:
+            resolve_event_log(args)
+        except (ValueError, OSError) as exc:
+            print(f"cometd-broker events: invalid configuration: {exc}", file=sys.stderr)
+            return 2
     return args.func(args)  # `events ...` and plugins' commands set func

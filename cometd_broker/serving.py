@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import ssl
 import time
@@ -32,6 +33,10 @@ SHUTDOWN_TIMEOUT = 5.0  # seconds aiohttp waits for its in-flight requests when 
 # message makes a few dicts and lists that die young and rarely form cycles, so the default
 # ran a collection every few dozen messages (a fifth of the CPU of websocket delivery).
 GC_YOUNG_THRESHOLD = 50_000
+
+
+class ListenError(OSError):
+    """The port could not be bound (in use, not permitted, no such address): said in one line."""
 
 
 def tune_gc() -> None:
@@ -127,7 +132,11 @@ async def serve_app(app: web.Application, host: str, port: int, *, lean: bool, r
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop_on, signum)
     try:
-        await web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port).start()
+        try:
+            await web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port).start()
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)  # not the bind call's repr of the address
+            raise ListenError(f"cannot listen on {host}:{port}: {reason}") from None
         ready()
         await stop.wait()
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 
 import pytest
 from bayeux_helpers import broker_of, connect, handshake_id, open_session, subscribe
@@ -145,7 +146,9 @@ async def test_events_are_paged_with_a_cursor_or_an_id(admin):
     status, body = await get(admin, "/admin/events", {"stream": "/chat/room", "after": "3"})
     assert [e["id"] for e in body["events"]] == [4, 5]
     record = body["events"][0]
-    assert set(record) == {"stream", "id", "timestamp", "message"} and record["stream"] == "/chat/room"
+    assert set(record) == {"stream", "id", "timestamp", "time", "message"} and record["stream"] == "/chat/room"
+    assert record["time"] == datetime.fromtimestamp(record["timestamp"], UTC).isoformat(timespec="milliseconds")[
+        :-6] + "Z"  # ISO 8601 UTC with milliseconds, beside the epoch seconds
     status, body = await get(admin, "/admin/events")
     assert len(body["events"]) == 6
 

@@ -10,6 +10,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -87,7 +89,9 @@ async def test_dump_writes_every_event_as_json_lines_while_the_broker_runs(recor
     assert result.returncode == 0, result.stderr
     records = lines(result.stdout)
     assert [r["message"]["data"]["n"] for r in records] == [1, 2, 3, 4, 5, 6]
-    assert all(set(r) == {"stream", "id", "timestamp", "message"} for r in records)
+    assert all(set(r) == {"stream", "id", "timestamp", "time", "message"} for r in records)
+    for r in records:  # the same moment in ISO 8601 UTC, to the millisecond
+        assert r["time"] == datetime.fromtimestamp(r["timestamp"], UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     assert [(r["stream"], r["id"]) for r in records[:3]] == [
         ("/chat/room", 1), ("@alice/v2/me/chats", 1), ("@bob/v2/me/smssessions", 1)]
     assert records[1]["message"]["channel"] == "/v2/me/chats"
@@ -153,6 +157,62 @@ def test_errors_are_one_line_and_exit_2(tmp_path, args, message):
 def test_a_missing_log_is_not_created(tmp_path):
     result = run_events("dump", "--event-log", str(tmp_path / "typo.db"))
     assert result.returncode == 2 and not (tmp_path / "typo.db").exists()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_configured(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`events ...` with only `env` of the COMETD_BROKER_* variables (not conftest's), from `cwd`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("COMETD_BROKER_")}
+    return subprocess.run([sys.executable, "-m", "cometd_broker", "events", *args], capture_output=True, text=True,
+                          timeout=60, env={**clean, "PYTHONPATH": str(ROOT), **env}, cwd=cwd or ROOT)
+
+
+async def test_dump_finds_the_log_as_serve_does_from_the_environment_or_the_config_file(recorded, tmp_path):
+    _, path = recorded
+    result = await asyncio.to_thread(run_configured, "dump", env={"COMETD_BROKER_EVENT_LOG": path})
+    assert result.returncode == 0, result.stderr
+    assert len(lines(result.stdout)) == len(RECORDED)
+
+    config = tmp_path / "broker.toml"
+    config.write_text(f'[broker]\nevent-log = "{path}"\n[contact-center]\nqueues = "a,b"\n', encoding="utf-8")
+    for args, env in ((("--config", str(config)), {}), ((), {"COMETD_BROKER_CONFIG": str(config)})):
+        result = await asyncio.to_thread(run_configured, "dump", "--user", "alice", *args, env=env)
+        assert result.returncode == 0, result.stderr
+        assert {r["stream"] for r in lines(result.stdout)} == {"@alice/v2/me/chats"}
+    # A flag wins over the environment, as for serve.
+    result = await asyncio.to_thread(run_configured, "dump", "--event-log", path,
+                                     env={"COMETD_BROKER_EVENT_LOG": str(tmp_path / "other.db")})
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(("env", "args", "message"), [
+    ({}, (), "event log 'cometd-broker-events.db' not found (looked for the SQLite file {cwd}/cometd-broker-events.db, "
+             "from the default)"),
+    ({"COMETD_BROKER_EVENT_LOG": "typo.db"}, (), "{cwd}/typo.db, from COMETD_BROKER_EVENT_LOG)"),
+    ({"COMETD_BROKER_EVENT_LOG": "memory:"}, (), "(from COMETD_BROKER_EVENT_LOG) is kept in a broker's memory"),
+    ({}, ("--config", "{cwd}/broker.toml"), "{cwd}/gone.db, from {cwd}/broker.toml [broker] event-log)"),
+    ({}, ("--config", "{cwd}/missing.toml"), "cannot read config file {cwd}/missing.toml"),
+])
+def test_a_log_that_is_not_there_says_where_it_was_looked_for(tmp_path, env, args, message):
+    (tmp_path / "broker.toml").write_text('[broker]\nevent-log = "gone.db"\n', encoding="utf-8")
+    result = run_configured("dump", *[a.format(cwd=tmp_path) for a in args], env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("cometd-broker events:")]
+    assert len(error_lines) == 1 and message.format(cwd=tmp_path) in error_lines[0], result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "cometd-broker-events.db").exists()
+
+
+async def test_dump_into_a_closed_pipe_stops_quietly(recorded):
+    """`events dump | head -1`: the reader goes away before the dump is written."""
+    _, path = recorded
+    process = subprocess.Popen([sys.executable, "-m", "cometd_broker", "events", "dump", "--event-log", path],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the interpreter has even started: every write meets a broken pipe
+    _, err = await asyncio.to_thread(process.communicate, timeout=60)
+    assert process.returncode == 0, err
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err and b"Exception ignored" not in err, err
 
 
 # ------------------------------------------------------------------------------------- tail

@@ -45,7 +45,8 @@ def add_commands(subparsers: Any) -> None:
     dump = actions.add_parser("dump", help="write a range of recorded events as JSON lines",
                               description="Read a SQLite event log (also while a broker writes it), or a "
                                           "cluster's in Redis, and write one JSON object per event: "
-                                          '{"stream","id","timestamp","message"}.')
+                                          '{"stream","id","timestamp","time","message"} '
+                                          "(timestamp: epoch seconds; time: the same in ISO 8601 UTC).")
     _log_argument(dump)
     _filter_arguments(dump)
     dump.add_argument("--limit", type=int, default=None, help="stop after N events")
@@ -81,10 +82,21 @@ def add_commands(subparsers: Any) -> None:
 
 
 def _log_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--event-log", required=True, metavar="PATH",
-                        help="the broker's SQLite event log file, or its Redis URL (redis://host:6379/0)")
-    parser.add_argument("--redis-prefix", default=DEFAULT_PREFIX,
-                        help="with a Redis URL: the broker's --redis-prefix (default: %(default)s)")
+    # Unset, these are resolved as `serve` resolves them (cli.py): environment, then --config's [broker].
+    parser.add_argument("--event-log", default=None, metavar="PATH",
+                        help="the broker's SQLite event log file, or its Redis URL (redis://host:6379/0); "
+                             "default: as `serve` finds it: COMETD_BROKER_REDIS or COMETD_BROKER_EVENT_LOG, "
+                             "then the --config file's [broker] redis / event-log, then cometd-broker-events.db")
+    parser.add_argument("--redis-prefix", default=None,
+                        help=f"with a Redis URL: the broker's --redis-prefix (default: COMETD_BROKER_REDIS_PREFIX, "
+                             f"the config file's, then {DEFAULT_PREFIX})")
+    parser.add_argument("--config", metavar="PATH", default=None,
+                        help="the broker's TOML configuration file, read for event-log, redis and redis-prefix "
+                             "(env COMETD_BROKER_CONFIG)")
+
+
+def _source(args: argparse.Namespace) -> str:
+    return getattr(args, "event_log_source", "--event-log")
 
 
 def _token_argument(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +132,13 @@ def _run(coro: Any) -> int:
     except KeyboardInterrupt:
         print("cometd-broker events: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`events dump | head`): stop quietly, as a Unix filter does. What is left
+        # in stdout's buffer goes nowhere, so the interpreter's final flush cannot fail with a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
     return 0
 
 
@@ -132,17 +151,23 @@ def _check_limit(name: str, value: int | None) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_log(path: str, redis_prefix: str = DEFAULT_PREFIX) -> AsyncIterator[EventLog]:
+async def open_log(path: str, redis_prefix: str = DEFAULT_PREFIX, source: str = "--event-log"
+                   ) -> AsyncIterator[EventLog]:
     """Open an existing SQLite event log, or the Redis log of the deployment `redis_prefix` names; never
-    create one, nor take a missing one for an empty log (a typo must not look like an empty log)."""
+    create one, nor take a missing one for an empty log (a typo must not look like an empty log).
+    `source` says where `path` came from (a flag, a variable, the config file, the default), for errors."""
     if is_redis_url(path):
         async with _open_redis_log(path, redis_prefix) as log:
             yield log
         return
+    if path.strip() in ("memory:", ":memory:"):
+        raise ToolError(f"event log {path!r} (from {source}) is kept in a broker's memory: there is no file to "
+                        "read; give --event-log the broker's SQLite file or Redis URL")
     if not os.path.exists(path):
-        raise ToolError(f"event log {path!r} not found")
+        raise ToolError(f"event log {path!r} not found (looked for the SQLite file {os.path.abspath(path)}, "
+                        f"from {source})")
     if not os.path.isfile(path):
-        raise ToolError(f"event log {path!r} is not a file")
+        raise ToolError(f"event log {path!r} is not a file ({os.path.abspath(path)}, from {source})")
     _check_is_event_log(path)
     try:
         log = SqliteEventLog(path)
@@ -198,7 +223,7 @@ def _check_is_event_log(path: str) -> None:
 async def _dump(args: argparse.Namespace) -> None:
     filt = _filter(args)
     _check_limit("--limit", args.limit)
-    async with open_log(args.event_log, args.redis_prefix) as log:
+    async with open_log(args.event_log, args.redis_prefix, _source(args)) as log:
         with _output(args.output) as out:
             progress = Progress("dumped")
             try:
@@ -333,7 +358,7 @@ async def _replay(args: argparse.Namespace) -> None:
     else:
         sink = BayeuxSink(_base_url(args.subscriber_url, "--subscriber-url"), args.bayeux_token)
     try:
-        async with open_log(args.event_log, args.redis_prefix) as log:
+        async with open_log(args.event_log, args.redis_prefix, _source(args)) as log:
             total = await count(log, filt)
             if args.limit is not None:
                 total = min(total, args.limit)

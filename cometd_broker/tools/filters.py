@@ -158,7 +158,14 @@ def decode(event: Event) -> Any:
 
 def event_record(event: Event, message: Any) -> dict[str, Any]:
     """The JSON-lines shape shared by `events dump`, `events tail` and the admin API."""
-    return {"stream": event.stream, "id": event.id, "timestamp": event.timestamp, "message": message}
+    return {"stream": event.stream, "id": event.id, "timestamp": event.timestamp, "time": iso_time(event.timestamp),
+            "message": message}
+
+
+def iso_time(timestamp: float) -> str:
+    """Epoch seconds as ISO 8601 UTC with milliseconds: 2026-12-07T03:12:00.123Z."""
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def record_line(event: Event, message: Any) -> bytes:

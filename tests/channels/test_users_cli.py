@@ -6,7 +6,12 @@ import argparse
 import functools
 import io
 import json
+import os
+import shlex
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -86,7 +91,31 @@ def test_password_prompt_must_match(tmp_path, monkeypatch, capsys):
 def test_no_password_without_a_terminal(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     assert cli("users", "add", "dave", "--file", str(tmp_path / "users.json")) == 2
-    assert "no password: give --password-stdin or --password" in one_line_error(capsys)
+    error = one_line_error(capsys)
+    assert "standard input is not a terminal" in error and "--password-stdin" in error
+
+
+def test_password_stdin_with_nothing_piped_in_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert cli("users", "add", "dave", "--password-stdin", "--file", str(tmp_path / "users.json")) == 2
+    assert "no password on standard input" in one_line_error(capsys)
+
+
+def test_the_readme_example_works_in_a_script(tmp_path):
+    """The README's first contact-center commands, as a script runs them: no terminal to ask in."""
+    script = (f"{shlex.quote(sys.executable)} -m cometd_broker users add sam --file users.json "
+              "--role supervisor < /dev/null; echo \"exit $?\"\n"
+              "printf '%s\\n' \"$PASSWORD\" | "
+              f"{shlex.quote(sys.executable)} -m cometd_broker users add alice --file users.json "
+              "--agent-id 101 --first-name Alice --password-stdin\n")
+    env = {**os.environ, "PASSWORD": "alice-pw", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    result = subprocess.run(["sh", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "exit 2" in result.stdout and "--password-stdin" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "added user alice (agent)" in result.stdout
+    assert UserDirectory.load(tmp_path / "users.json").authenticate("alice", "alice-pw") is not None
 
 
 @pytest.mark.parametrize(("argv", "message"), [

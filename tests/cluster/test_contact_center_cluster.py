@@ -193,7 +193,7 @@ def new_message(text: str) -> Callable[[dict[str, Any]], bool]:
 
 def sms_state(state: str) -> Callable[[dict[str, Any]], bool]:
     return lambda data: data["channels"] == [{"channel": "sms", "userState": {
-        **data["channels"][0]["userState"], "state": state}}]
+        **data["channels"][0]["userState"], "state": state}, "capacity": 1}]
 
 
 def new_http() -> aiohttp.ClientSession:
@@ -221,7 +221,7 @@ async def test_login_on_one_process_and_the_desktop_works_on_every_process(redis
         await alice.next_event("/v2/me/channels", sms_state("NotReady"))
         await alice.next_event("/v2/me/channels", lambda d: d["channels"] == [
             {"channel": "sms", "userState": {"state": "Ready", "displayName": "Ready",
-                                             "id": d["channels"][0]["userState"]["id"]}}])
+                                             "id": d["channels"][0]["userState"]["id"]}, "capacity": 1}])
         for port in (a.port, b.port):  # both processes read the same readiness
             channels = (await alice.rest(port, "GET", "/api/v2/me?subresources=*"))["user"]["channels"]
             assert {c["channel"]: c["userState"]["state"] for c in channels} == {"sms": "Ready", "chat": "NotReady"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import subprocess
 import sys
 import time
@@ -192,6 +193,18 @@ async def test_events_dump_reads_the_log_of_the_url_database_and_prefix(deploy):
         assert failed.returncode == 2 and "no event log" in failed.stderr and f"{prefix}:db" in failed.stderr
     failed = await run_events("dump", "--event-log", other.url, "--redis-prefix", "a b")
     assert failed.returncode == 2 and "redis_prefix must be" in failed.stderr
+
+
+async def test_events_dump_finds_a_clusters_log_from_the_environment_as_serve_does(deploy):
+    """COMETD_BROKER_REDIS and COMETD_BROKER_REDIS_PREFIX, set for the brokers, are enough for the tool."""
+    other = await deploy(1, "production")
+    await broker_of(other.processes[0]).publish("/feed", {"from": "production"})
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("COMETD_BROKER_")},
+           "COMETD_BROKER_REDIS": other.url, "COMETD_BROKER_REDIS_PREFIX": "production"}
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "cometd_broker", "events", "dump"],
+                                   capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert [orjson.loads(line)["message"]["data"] for line in done.stdout.splitlines()] == [{"from": "production"}]
 
 
 # ---- the contact center: lease, HTTP sessions and state per deployment --------------------------------
