@@ -229,7 +229,7 @@ def _supervise(args: argparse.Namespace, config: BrokerConfig) -> int:
     listening = (f"cometd-broker {__version__} listening on {url} "
                  f"(transports: {', '.join(config.transport_list)}; {auth}; {config.workers} workers; "
                  f"cluster on {config.redis})")
-    return Supervisor(config.workers, args.argv, listening).run()
+    return Supervisor(config.workers, args.argv, listening, stop_timeout=config.stop_timeout).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
