@@ -45,4 +45,10 @@ EXPOSE 8080
 # https when COMETD_BROKER_TLS_CERT is set (unverified: the certificate names the service, not 127.0.0.1).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, ssl, urllib.request as u; tls = bool(os.environ.get('COMETD_BROKER_TLS_CERT')); u.urlopen(('https' if tls else 'http') + '://127.0.0.1:' + os.environ.get('COMETD_BROKER_PORT', '8080') + '/health', timeout=4, context=ssl._create_unverified_context() if tls else None)"]
+# Stopping: `docker stop` sends STOPSIGNAL, then SIGKILLs the container after its grace (`-t`, default 10 s).
+# On SIGTERM `serve` answers every held connect and stops; with COMETD_BROKER_WORKERS > 1 its supervisor
+# waits for the workers at most COMETD_BROKER_STOP_TIMEOUT (default 8 s), then kills a hung one and exits,
+# inside that grace. Keep the grace (docker stop -t, compose stop_grace_period, Kubernetes
+# terminationGracePeriodSeconds) at least the stop timeout + 2 s when raising either (README, "Docker").
+STOPSIGNAL SIGTERM
 CMD ["cometd-broker", "serve", "--host", "0.0.0.0"]

@@ -264,7 +264,7 @@ def _supervise(args: argparse.Namespace, config: BrokerConfig) -> int:
     listening = (f"cometd-broker {__version__} listening on {url} "
                  f"(transports: {', '.join(config.transport_list)}; {auth}; {config.workers} workers; "
                  f"cluster on {config.redis})")
-    return Supervisor(config.workers, args.argv, listening).run()
+    return Supervisor(config.workers, args.argv, listening, stop_timeout=config.stop_timeout).run()
 
 
 def _event_log_setting(name: str, flag: Any, file_values: dict[str, Any], path: str | None) -> tuple[Any, str]:

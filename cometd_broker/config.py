@@ -20,6 +20,7 @@ from .logs import LOG_FORMATS, LOG_LEVELS
 from .redis_names import DEFAULT_PREFIX, prefix_error, redis_namespace
 from .security import ChannelRule
 from .session import QUEUE_POLICIES
+from .workers import STOP_TIMEOUT
 
 ALL_TRANSPORTS = ("websocket", "long-polling", "callback-polling")
 ENV_PREFIX = "COMETD_BROKER_"
@@ -112,6 +113,10 @@ class BrokerConfig:
         "re-handshakes there)"))
     workers: int = field(default=1, metadata=_doc(
         "processes serving the same port (SO_REUSEPORT), supervised by `serve`; more than 1 needs redis"))
+    stop_timeout: float = field(default=STOP_TIMEOUT, metadata=_doc(
+        "with workers > 1: seconds the supervisor waits for its workers to stop after SIGTERM before it "
+        "SIGKILLs the rest: more than the 5 s a worker gives in-flight requests, less than the grace of "
+        "whatever stops the supervisor (docker stop: 10 s)"))
     redis_prefix: str = field(default=DEFAULT_PREFIX, metadata=_doc(
         "with redis: the start of every Redis key and pub/sub channel name of this deployment, followed by "
         "the URL's database (cometd:db0:...), so deployments on one Redis server (other databases, or other "
@@ -223,6 +228,8 @@ class BrokerConfig:
             raise ValueError(f"redis must be a redis://, rediss:// or unix:// URL, got {self.redis!r}")
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
+        if not self.stop_timeout > 0:
+            raise ValueError("stop_timeout must be > 0")
         if self.workers > 1 and not self.redis:
             # Each process has its own sessions: only a shared engine carries events between them.
             raise ValueError("workers > 1 needs redis (--redis URL): without it a client's events would "

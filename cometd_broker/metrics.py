@@ -2,7 +2,8 @@
 
 Nothing here runs per message. The hot paths bump plain counters (`stats.BrokerStats`); the gauges
 (sessions by transport, subscriptions, queue depths ...) are computed from the broker's own
-structures when Prometheus scrapes. Applications on the broker (the contact-center REST API) add
+structures when Prometheus scrapes, and so are the process families (CPU, memory, file descriptors,
+garbage collection: process_metrics.py). Applications on the broker (the contact-center REST API) add
 their own labelled families with `Metrics.counter` / `Metrics.histogram`.
 
 The format is written here rather than with prometheus_client: it is a page of code, and the broker
@@ -24,6 +25,7 @@ from aiohttp import web
 
 from .eventlog import EventLogClosed, EventLogUnavailable
 from .http.bad_requests import BAD_REQUESTS
+from .process_metrics import write_runtime_metrics
 from .stats import LATENCY_BUCKETS, Disconnect, Histogram
 from .tasks import cancel_and_wait
 from .version import __version__
@@ -212,6 +214,7 @@ class Metrics:
         write_broker_metrics(out, self.broker, ready)
         for name in sorted(self.families):
             self.families[name].write(out)
+        write_runtime_metrics(out)  # process_* and python_*, as every Prometheus exporter has them
         return out.text()
 
     def page(self, labels: Labels = ()) -> bytes:

@@ -3,7 +3,8 @@
 Each worker is `cometd-broker serve` again with `--workers 1` and a hidden `--worker-of`, which
 makes it bind with SO_REUSEPORT (the kernel spreads new connections over the workers) and report
 readiness on a pipe instead of printing "listening". The supervisor prints that line once, when
-every worker is ready; forwards SIGTERM/SIGINT to the workers and waits for them (bounded); and
+every worker is ready; forwards SIGTERM/SIGINT to the workers and waits for them, at most
+`--stop-timeout` seconds, then SIGKILLs the ones still running; and
 restarts a worker that dies, unless workers keep dying (then it stops them all and fails). It also
 makes the directory in which the workers share their /metrics pages (worker_metrics.py) and removes it.
 
@@ -26,15 +27,21 @@ from collections.abc import Sequence
 
 READY = b"ready\n"
 STARTUP_TIMEOUT = 30.0  # seconds every worker has to start listening
-STOP_TIMEOUT = 10.0  # seconds workers have to stop after SIGTERM before they are killed
+# Seconds workers have to stop after SIGTERM before they are killed (`--stop-timeout`). Below the 10 s
+# `docker stop` waits by default before it SIGKILLs the whole container (Kubernetes waits 30 s): the
+# supervisor must end its own bounded wait, kill a hung worker and exit first, or the other workers'
+# clean stop is lost in the container's kill. Above the 5 s a worker gives its in-flight requests
+# (serving.SHUTDOWN_TIMEOUT); held connects are answered at once, so a healthy worker stops well within.
+STOP_TIMEOUT = 8.0
 MAX_RESTARTS = 5  # worker deaths tolerated per RESTART_WINDOW before the supervisor gives up
 RESTART_WINDOW = 60.0
 POLL = 0.2  # seconds between checks of the workers
 
 
 class Supervisor:
-    def __init__(self, count: int, argv: Sequence[str], listening: str) -> None:
+    def __init__(self, count: int, argv: Sequence[str], listening: str, stop_timeout: float = STOP_TIMEOUT) -> None:
         self.count = count
+        self.stop_timeout = stop_timeout
         self.argv = list(argv)  # the `serve ...` arguments, as given
         self.listening = listening  # printed once every worker listens
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
@@ -117,25 +124,29 @@ class Supervisor:
                       file=sys.stderr, flush=True)
                 os.close(self._spawn(index))  # its clients re-handshake on the others meanwhile
         started = time.monotonic()
-        print(f"cometd-broker: stopping {len(self.workers)} workers on {self._signal}", file=sys.stderr, flush=True)
+        print(f"cometd-broker: stopping {len(self.workers)} workers on {self._signal} "
+              f"(at most {self.stop_timeout:g} s)", file=sys.stderr, flush=True)
         status = self._stop_all()
         print(f"cometd-broker: stopped in {time.monotonic() - started:.2f} s"
               + ("" if status == 0 else " (a worker did not stop cleanly)"), file=sys.stderr, flush=True)
         return status
 
     def _stop_all(self) -> int:
-        """SIGTERM every worker, wait (bounded), SIGKILL the rest; 0 if all stopped cleanly."""
+        """SIGTERM every worker, wait at most `stop_timeout` seconds in all, SIGKILL the rest; 0 if all
+        stopped cleanly."""
         for process in self.workers.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
+        deadline = time.monotonic() + self.stop_timeout
         clean = True
-        for process in self.workers.values():
+        for index, process in self.workers.items():
             try:
-                status = process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                status = process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
                 status = process.wait()
+                print(f"cometd-broker: worker {index} (pid {process.pid}) did not stop within "
+                      f"{self.stop_timeout:g} s of SIGTERM; killed it", file=sys.stderr, flush=True)
             clean = clean and status in (0, -signal.SIGTERM)
         return 0 if clean else 1
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import logging
 import math
+import os
+import platform
 import re
+import resource
+import time
 from typing import Any
 
 import aiohttp
@@ -37,6 +42,7 @@ from cometd_broker import BrokerConfig, create_app
 from cometd_broker.app import BROKER
 from cometd_broker.eventlog import SqliteEventLog
 from cometd_broker.metrics import CounterFamily, Exposition, HistogramFamily, format_value
+from cometd_broker.process_metrics import ProcessMetrics, write_runtime_metrics
 from cometd_broker.stats import Histogram
 
 ANON = {"allow_anonymous": True}
@@ -246,6 +252,119 @@ async def test_metrics_token_guards_metrics_only(make_client):
     assert (await get_json(client, "/health"))[0] == 200
     with pytest.raises(ValueError, match="metrics_token must be at least 16 characters"):
         BrokerConfig(metrics_token="short").validate()
+
+
+# ---------------------------------------------------------------------------- process and runtime families
+
+RUNTIME_FAMILIES = {  # as the parser names them (a counter without _total), with their labels
+    "process_cpu_seconds": ("counter", ()), "process_resident_memory_bytes": ("gauge", ()),
+    "process_virtual_memory_bytes": ("gauge", ()), "process_open_fds": ("gauge", ()),
+    "process_max_fds": ("gauge", ()), "process_start_time_seconds": ("gauge", ()),
+    "python_gc_objects_collected": ("counter", ("generation",)),
+    "python_gc_objects_uncollectable": ("counter", ("generation",)),
+    "python_gc_collections": ("counter", ("generation",)),
+    "python_info": ("gauge", ("implementation", "major", "minor", "patchlevel", "version")),
+}
+
+
+def families_of(text: str) -> dict[str, tuple[str, str, tuple[str, ...], list[Any]]]:
+    """name -> (type, HELP text, label names, samples), as Prometheus's parser reads them."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        labels = sorted({name for sample in family.samples for name in sample.labels} - {"worker"})
+        found[family.name] = (family.type, family.documentation, tuple(labels), family.samples)
+    return found
+
+
+def prometheus_client_runtime_page() -> str:
+    """What prometheus_client's own process, GC and platform collectors write for this process."""
+    from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    GCCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return generate_latest(registry).decode()
+
+
+def vm_rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+def burn_cpu(seconds: float) -> None:
+    until = time.process_time() + seconds
+    while time.process_time() < until:
+        sum(range(1000))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="the process families come from Linux's /proc")
+async def test_process_and_runtime_families_are_those_of_prometheus_client(make_client):
+    client = await make_client(**ANON)
+    ours = families_of((await scrape(client)).text)
+    reference = families_of(prometheus_client_runtime_page())
+    assert {name: (kind, labels) for name, (kind, _, labels, _) in ours.items() if name in RUNTIME_FAMILIES} \
+        == RUNTIME_FAMILIES
+    for name, (kind, help_text, labels, _) in reference.items():  # every family it writes, described alike
+        assert ours[name][:3] == (kind, help_text, labels), name
+    page = Scrape(prometheus_client_runtime_page())
+    ours_page = await scrape(client)
+    # The same readings: what never changes is equal, what does is close.
+    for name in ("process_start_time_seconds", "process_max_fds"):
+        assert ours_page.value(name) == pytest.approx(page.value(name), abs=0.01), name
+    for name in ("process_resident_memory_bytes", "process_virtual_memory_bytes"):
+        assert 0.5 < ours_page.value(name) / page.value(name) < 2, name
+    assert ours_page.value("process_cpu_seconds_total") == pytest.approx(page.value("process_cpu_seconds_total"),
+                                                                         abs=0.5)
+    info = {"implementation": platform.python_implementation(), "version": platform.python_version(),
+            **dict(zip(("major", "minor", "patchlevel"), platform.python_version_tuple(), strict=True))}
+    assert ours_page.value("python_info", **info) == 1
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="the process families come from Linux's /proc")
+async def test_process_metrics_are_this_process_now(make_client):
+    client = await make_client(**ANON)
+    page = await scrape(client)
+    assert 0.5 < page.value("process_resident_memory_bytes") / vm_rss_bytes() < 2
+    assert page.value("process_virtual_memory_bytes") >= page.value("process_resident_memory_bytes")
+    assert 3 <= page.value("process_open_fds") <= page.value("process_max_fds")
+    assert page.value("process_max_fds") == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    # The process started before this broker did, and not before the machine booted.
+    assert page.value("process_start_time_seconds") <= page.value("cometd_start_time_seconds") + 0.01
+    with open("/proc/stat") as stat:
+        booted = next(float(line.split()[1]) for line in stat if line.startswith("btime "))
+    assert booted < page.value("process_start_time_seconds") < time.time()
+    for generation in ("0", "1", "2"):
+        assert page.value("python_gc_collections_total", generation=generation) >= 0
+        assert page.value("python_gc_objects_uncollectable_total", generation=generation) >= 0
+
+    before = page.value("process_cpu_seconds_total")
+    burn_cpu(0.3)  # the test server runs in this process
+    after = (await scrape(client)).value("process_cpu_seconds_total")
+    assert after - before >= 0.2, (before, after)
+    collections = page.value("python_gc_collections_total", generation="2")
+    gc.collect()
+    assert (await scrape(client)).value("python_gc_collections_total", generation="2") >= collections + 1
+
+    # Opening files shows in the count of descriptors.
+    opened = [open(os.devnull) for _ in range(20)]  # noqa: SIM115
+    try:
+        assert (await scrape(client)).value("process_open_fds") >= page.value("process_open_fds") + 20
+    finally:
+        for handle in opened:
+            handle.close()
+
+
+def test_without_proc_only_the_portable_families_are_written(tmp_path):
+    out = Exposition()
+    write_runtime_metrics(out, ProcessMetrics(proc=str(tmp_path / "no-proc")))
+    found = families_of(out.text().decode())
+    assert "process_resident_memory_bytes" not in found and "process_open_fds" not in found
+    assert "process_start_time_seconds" not in found and "process_virtual_memory_bytes" not in found
+    cpu = found["process_cpu_seconds"][3][0].value  # from os.times()
+    assert cpu == pytest.approx(sum(os.times()[:2]), abs=0.5) and cpu > 0
+    assert found["process_max_fds"][3][0].value == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert {"python_info", "python_gc_collections"} <= set(found)
 
 
 # ---------------------------------------------------------------------------- counters under real traffic

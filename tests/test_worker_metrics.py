@@ -80,3 +80,27 @@ async def test_a_worker_keeps_its_page_current_and_removes_it_when_it_stops(tmp_
         with contextlib.suppress(StopAsyncIteration):
             await sharing.__anext__()
     assert not (tmp_path / "2.prom").exists()
+
+
+def test_every_workers_process_families_merge_into_one_valid_page(tmp_path) -> None:
+    """Each worker's page has its own process_* and python_* samples, labelled with its index; the
+    merged page declares each family once and Prometheus's parser reads every worker's samples."""
+    from test_metrics import RUNTIME_FAMILIES, check_well_formed, families_of
+
+    metrics = {index: create_app(BrokerConfig(allow_anonymous=True))[METRICS] for index in ("1", "2", "3")}
+    shared = {index: SharedMetrics(tmp_path, int(index), lambda index=index: metrics[index].page(
+        (("worker", index),))) for index in metrics}
+    shared["2"].write()
+    shared["3"].write()
+    merged = shared["1"].combined(metrics["1"].page(shared["1"].labels)).decode()  # worker 1 is scraped
+    check_well_formed(merged)  # HELP then TYPE, each family once, its samples together
+    families = families_of(merged)
+    only_with_proc = {"process_resident_memory_bytes", "process_virtual_memory_bytes", "process_open_fds",
+                      "process_start_time_seconds"}
+    expected = set(RUNTIME_FAMILIES) - (set() if os.path.exists("/proc/self/stat") else only_with_proc)
+    for name in expected:
+        kind, _, labels, samples = families[name]
+        assert (kind, labels) == RUNTIME_FAMILIES[name], name
+        per_worker = len(samples) // 3
+        assert per_worker >= 1, name
+        assert [sample.labels["worker"] for sample in samples] == [w for w in "123" for _ in range(per_worker)], name
