@@ -98,6 +98,9 @@ class HoldPolicy(Protocol):
 
 
 REFUSED = object()  # HoldPolicy.hold's answer for a connect that may not be held
+# Inbound units (websocket frames, pipelined requests) one connection has served per event-loop turn
+# before it yields: a flood of cheap messages must not hold the loop for a whole read's worth of them.
+PER_TURN = 64
 
 
 class _Hold(ParkedConnect):

@@ -30,7 +30,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from .. import bayeux
 from ..bayeux import BodyError, Message
 from ..broker import RequestContext
-from ..exchange import Answer, Exchange, encode
+from ..exchange import PER_TURN, Answer, Exchange, encode
 from ..forwarding import Relay
 from ..private_port import FORWARDED_BY
 from .bad_requests import BAD_REQUESTS
@@ -180,7 +180,7 @@ class LeanHttpConnection(asyncio.Protocol):
 
     __slots__ = ("server", "transport", "buffer", "busy", "started", "last_active", "remote", "_head",
                  "_close_after", "_reading_paused", "_writing_paused", "_pumping", "_last_head", "_forwarding",
-                 "_reader", "_cors", "_secure_cookie")
+                 "_reader", "_cors", "_secure_cookie", "_pump_scheduled")
 
     def __init__(self, server: LeanHttp) -> None:
         self.server = server
@@ -195,6 +195,7 @@ class LeanHttpConnection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False  # the peer does not read our answers: serve nothing more
         self._pumping = False  # inside _pump: an answer written now must not serve the next request itself
+        self._pump_scheduled = False  # PER_TURN requests served this turn: the rest on the next (see _pump)
         # A client repeats the same head on every long-poll of its connection: the last POST's
         # parse, with its request context, is reused when the bytes are equal.
         self._last_head: _Head | None = None
@@ -228,7 +229,7 @@ class LeanHttpConnection(asyncio.Protocol):
             self.started = now
         buffer += data
         self.last_active = now
-        if self.busy or self._writing_paused:
+        if self.busy or self._writing_paused or self._pump_scheduled:
             self._flow()
         else:
             self._pump()
@@ -249,7 +250,8 @@ class LeanHttpConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        pause = self._writing_paused or (self.busy and len(self.buffer) > self.server.max_size + MAX_HEAD)
+        pause = (self._writing_paused or self._pump_scheduled
+                 or (self.busy and len(self.buffer) > self.server.max_size + MAX_HEAD))
         if pause != self._reading_paused:
             self._reading_paused = pause
             (transport.pause_reading if pause else transport.resume_reading)()
@@ -286,9 +288,16 @@ class LeanHttpConnection(asyncio.Protocol):
         if self._pumping:
             return
         self._pumping = True
+        self._pump_scheduled = False
         buffer = self.buffer
+        served = 0
         try:
             while buffer and not self.busy and not self._writing_paused and self.transport is not None:
+                if served == PER_TURN:  # the rest next turn, with reading paused: others get the loop
+                    self._pump_scheduled = True
+                    asyncio.get_running_loop().call_soon(self._pump)
+                    break
+                served += 1
                 before = len(buffer)
                 self._next_request()
                 buffer = self.buffer  # a hand-over or an upgrade takes the buffer

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from .. import bayeux
 from ..bayeux import BodyError, Message
 from ..broker import RequestContext
-from ..exchange import Answer, Exchange
+from ..exchange import PER_TURN, Answer, Exchange
 from .http import parse_json
 from .ws_frames import (
     GOING_AWAY,
@@ -75,7 +75,8 @@ class LeanWebSocket(asyncio.Protocol):
     """One upgraded connection: a session's sink while its client is connected here."""
 
     __slots__ = ("server", "transport", "ctx", "reader", "pong_due", "batches", "busy", "pending",
-                 "flush_scheduled", "paused", "reading_paused", "closing", "last_seen", "pinged")
+                 "flush_scheduled", "paused", "reading_paused", "closing", "last_seen", "pinged", "backlog",
+                 "drain_scheduled")
 
     def __init__(self, server: WebSocketServer, ctx: RequestContext) -> None:
         self.server = server
@@ -85,6 +86,8 @@ class LeanWebSocket(asyncio.Protocol):
         self.reader = FrameReader(server.max_size)
         self.pong_due: bytes | None = None  # the latest ping not answered while the peer did not read
         self.batches: deque[list[Message]] = deque()  # received while a batch is being handled
+        self.backlog: deque[Any] = deque()  # frames read and not served yet (see _drain)
+        self.drain_scheduled = False
         self.busy = False
         self.pending: list[bytes] = []  # answers to write with the next frame (flush joins them with events)
         self.flush_scheduled = False
@@ -125,9 +128,26 @@ class LeanWebSocket(asyncio.Protocol):
             return  # after our close frame: the peer's remaining bytes are read and dropped
         self.last_seen = time.monotonic()
         self.pinged = False
-        for event in self.reader.receive_data(data):
+        self.backlog.extend(self.reader.receive_data(data))
+        if not self.drain_scheduled:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Serve the frames read, PER_TURN of them per loop turn; the rest wait, with reading paused,
+        for the next turn, so one connection's flood of cheap frames cannot hold the loop."""
+        self.drain_scheduled = False
+        backlog = self.backlog
+        served = 0
+        while backlog:
             if self.closing:
+                backlog.clear()
                 return
+            if served == PER_TURN:
+                self.drain_scheduled = True
+                asyncio.get_running_loop().call_soon(self._drain)
+                break
+            served += 1
+            event = backlog.popleft()
             kind = type(event)
             if kind is WebSocketMessage:
                 self._message(event.payload)
@@ -140,6 +160,7 @@ class LeanWebSocket(asyncio.Protocol):
             elif kind is Failure:
                 self.fail(event.code, event.reason)
             # a Pong: liveness is noted for every read above
+        self._flow()
 
     # ------------------------------------------------------------------ frames in
 
@@ -168,11 +189,12 @@ class LeanWebSocket(asyncio.Protocol):
 
     def _flow(self) -> None:
         """Read only while what is read can be answered: not while the peer leaves our frames unread,
-        nor while MAX_WAITING batches already wait for the one being handled."""
+        nor while MAX_WAITING batches already wait for the one being handled, nor while frames already
+        read wait for the next turn."""
         transport = self.transport
         if transport is None or self.closing:
             return
-        pause = self.paused or len(self.batches) >= MAX_WAITING
+        pause = self.paused or len(self.batches) >= MAX_WAITING or bool(self.backlog)
         if pause != self.reading_paused:
             self.reading_paused = pause
             (transport.pause_reading if pause else transport.resume_reading)()

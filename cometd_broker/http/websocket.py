@@ -15,7 +15,7 @@ from aiohttp import WSMsgType, web
 
 from .. import bayeux
 from ..bayeux import BodyError
-from ..exchange import Answer, Exchange
+from ..exchange import PER_TURN, Answer, Exchange
 from ..tasks import cancel_and_wait
 from .browser import BrowserPolicy
 from .http import context_for, parse_json
@@ -62,8 +62,15 @@ class WebSocketConnection:
         self._writer = asyncio.get_running_loop().create_task(self._write_forever(), name="websocket-writer")
         ctx = context_for(request, "websocket", browser)
         ctx.sink = self
+        since_yield = 0
         try:
             async for frame in self.ws:
+                # aiohttp hands over frames already read without suspending: a flood of cheap messages
+                # would hold the loop for a whole read's worth of them. Let every other connection in.
+                since_yield += 1
+                if since_yield >= PER_TURN:
+                    since_yield = 0
+                    await asyncio.sleep(0)
                 if frame.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     continue
                 try:
