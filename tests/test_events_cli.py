@@ -247,7 +247,7 @@ def test_ctrl_c_stops_tail_cleanly():
         process = subprocess.Popen([sys.executable, "-m", "cometd_broker", "events", "tail", "--url", base(broker),
                                     "--duration", "30"], env={**os.environ, "COMETD_BROKER_ADMIN_TOKEN": TOKEN},
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.0)  # started and waiting on the tail
+        assert "following" in process.stderr.readline()  # connected and waiting on the tail
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=15)
         assert process.returncode == 130, stderr

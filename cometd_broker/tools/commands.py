@@ -291,6 +291,7 @@ async def _tail(args: argparse.Namespace) -> None:
     headers = {"Authorization": f"Bearer {_token(args)}"}
     deadline = time.monotonic() + args.duration if args.duration is not None else math.inf
     printed = 0
+    announced = False
     cursor: str | None = None
     out = sys.stdout.buffer
     async with aiohttp.ClientSession(headers=headers) as http:
@@ -304,6 +305,9 @@ async def _tail(args: argparse.Namespace) -> None:
                     if response.status != 200:
                         body = await response.read()
                         raise ToolError(f"tail from {url} failed: {http_error_text(response.status, body)}")
+                    if not announced:  # once: the broker answered, and events follow as they are published
+                        announced = True
+                        print(f"following {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
                     async for line in _lines(response):
                         record = orjson.loads(line)
                         if "next" in record:

@@ -84,6 +84,8 @@ def test_offer_alerts_readable_states_and_an_unreachable_broker(broker: Restarta
             sms_state = page.locator('[data-channel-state="sms"]')
             expect(sms_state).to_have_text("Not ready")
             expect(page.locator("#agent-state")).to_have_text("Not ready")
+            # each channel's capacity, as GET /api/v2/me?subresources=* gives it (--capacity, default 1)
+            expect(page.locator('[data-channel-capacity="sms"]')).to_have_text("up to 1 at a time")
             page.click('button.chan-toggle[data-channel="sms"]')
             expect(sms_state).to_have_text("Ready")
             page.click('button.chan-toggle[data-channel="sms"]')
