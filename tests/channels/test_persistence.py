@@ -133,7 +133,7 @@ class Engine:
     async def stop(self) -> None:
         # Like a crash as far as the store is concerned: nothing is written on the way down.
         await self.routing.close()
-        self.store.close()
+        await self.store.close()
 
 
 def make_engine(path: Path, clock: Callable[[], int]) -> Engine:
@@ -306,7 +306,7 @@ async def test_conferences_and_sign_ins_survive_a_restart(aiohttp_client, tmp_pa
         "addresses": [{"addressType": "9", "address": "102"}, {"addressType": "6", "address": "5551234"}]})
     assert added["retcode"] == "0", added
     await client.close()
-    store.close()
+    await store.close()
 
     client, gateway, store = await serve()
     assert list(gateway.conferences) == [conf_id]
@@ -325,13 +325,13 @@ async def test_conferences_and_sign_ins_survive_a_restart(aiohttp_client, tmp_pa
     assert (await gateway_call(client, "POST", "agentconf/101/requestagentconf",
                                guid=await sign_in(client, "101")))["result"]["confId"] == conf_id + 1
     await client.close()
-    store.close()
+    await store.close()
 
     client, gateway, store = await serve()
     assert [(c.conf_id, c.chair, list(c.participants)) for c in gateway.conferences.values()] == [
         (conf_id + 1, "101", [])]
     await client.close()
-    store.close()
+    await store.close()
 
 
 # ================================================================ end to end: SIGKILL and restart
