@@ -844,12 +844,12 @@ class Conversations:
         dirty, contacts, staged = self._dirty, self._dirty_contacts, self._staged
         self._dirty, self._dirty_contacts, self._staged = {}, set(), {}
         if self.store is not None:
-            changes: list[Change] = [("interaction", ix.id, self._document(ix)) for ix in dirty.values()]
-            changes += [("contact", contact, {"lastAgent": self.last_agent[contact]}) for contact in contacts]
-            changes += [(kind, key, render()) for (kind, key), render in staged.items()]
-            if last_ref is not None and last_ref != self._saved_ref:
-                changes.append(("counter", "referenceId", {"last": last_ref}))
             try:
+                changes: list[Change] = [("interaction", ix.id, self._document(ix)) for ix in dirty.values()]
+                changes += [("contact", contact, {"lastAgent": self.last_agent[contact]}) for contact in contacts]
+                changes += [(kind, key, render()) for (kind, key), render in staged.items()]
+                if last_ref is not None and last_ref != self._saved_ref:
+                    changes.append(("counter", "referenceId", {"last": last_ref}))
                 await self.store.apply(changes)
             except BaseException:
                 # Still due (with whatever was staged while the write was in flight, which is newer).

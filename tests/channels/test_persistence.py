@@ -136,13 +136,13 @@ class Engine:
         await self.store.close()
 
 
-def make_engine(path: Path, clock: Callable[[], int]) -> Engine:
+def make_engine(path: Path, clock: Callable[[], int], store_type: type[StateStore] = StateStore) -> Engine:
     published: list[tuple[str, str, dict[str, Any]]] = []
 
     async def publish(user_id: str, topic: str, data: dict[str, Any]) -> None:
         published.append((user_id, topic, data))
 
-    store = StateStore(path)
+    store = store_type(path)
     routing = Routing(publish, queues=("default", "sales"), offer_timeout=30.0)
     refs = ReferenceIds()
     conversations = Conversations(publish, routing, USERS, base_url=BASE_URL, reference_ids=refs,
@@ -260,6 +260,38 @@ async def test_an_ended_interaction_and_the_counter_persist(tmp_path, clock) -> 
     assert engine.routing.waiting() == []
     assert engine.workbins.find("bob", "Drafts").subscribed is False
     assert await engine.workbins.subscribe(engine.workbins.find("bob", "Drafts"), True) == ref + 1
+    await engine.stop()
+
+
+class RefusingStore(StateStore):
+    """Refuses every write while `down` (a full disk, a cluster's Redis gone)."""
+
+    down = False
+
+    async def apply(self, changes: Any) -> None:
+        if self.down:
+            raise OSError("the disk is full")
+        await super().apply(changes)
+
+
+async def test_a_write_that_fails_tells_nobody_and_the_next_run_writes_it(tmp_path, clock) -> None:
+    """The engine awaits its write before publishing: a refused write is an error nobody hears of, and the
+    change stays due, written by the next run (with that run's own change)."""
+    engine = make_engine(tmp_path / "state.db", clock, RefusingStore)
+    store, conv = engine.store, engine.conversations
+    assert isinstance(store, RefusingStore)
+    await engine.routing.set_ready("alice", "sms")
+    sms = (await conv.create_inbound(SMS, "PersonP", text="Hello")).id
+    told = len(engine.published)
+    store.down = True
+    with pytest.raises(OSError, match="disk is full"):
+        await op(engine, "alice", SMS, sms, "Accept")
+    assert len(engine.published) == told  # nobody was told of the Accept
+    assert store.load("interaction")[sms]["legs"][0]["state"] == "Invited"
+    store.down = False
+    await op(engine, "alice", SMS, sms, "SendMessage", text="hi")
+    legs = store.load("interaction")[sms]["legs"]
+    assert [(leg["userId"], leg["state"]) for leg in legs] == [("alice", "Chatting")]
     await engine.stop()
 
 
