@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 import orjson
 import redis
@@ -90,7 +90,7 @@ class RedisStateStore:
         """Read every kind now, for `load` (the engine restores from it synchronously)."""
         loaded: dict[str, dict[str, Document]] = {}
         start = self._key("")
-        async with self._unavailable("unavailable"):
+        async with self._unavailable():
             async for name in self._redis.scan_iter(match=_glob_escape(start) + "*", count=100):
                 kind = name.decode()[len(start):]
                 loaded[kind] = await self.read(kind)
@@ -98,7 +98,7 @@ class RedisStateStore:
 
     async def read(self, kind: str) -> dict[str, Document]:
         """Every document of a kind as Redis holds it now."""
-        async with self._unavailable("unavailable"):
+        async with self._unavailable():
             raw = await self._redis.hgetall(self._key(kind))
         return {key.decode(): orjson.loads(body) for key, body in raw.items()}
 
@@ -171,11 +171,11 @@ class RedisStateStore:
             raise StoreUnavailable("contact-center state store is closed")
 
     @contextlib.asynccontextmanager
-    async def _unavailable(self, what: str):  # type: ignore[no-untyped-def]
+    async def _unavailable(self) -> AsyncIterator[None]:
         try:
             yield
         except (redis.RedisError, OSError) as exc:
-            raise StoreUnavailable(f"contact-center state store (Redis) {what}: {exc}") from None
+            raise StoreUnavailable(f"contact-center state store (Redis) unavailable: {exc}") from None
 
     async def close(self) -> None:
         """Finish the writes queued so far, then close the client."""
