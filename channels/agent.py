@@ -49,9 +49,9 @@ class AgentApi:
         return {"channels": self._logged_in.get(user_id, []),
                 "states": {channel: state.to_document() for channel, state in self.routing.states(user_id).items()}}
 
-    def _save(self, user_id: str) -> None:
+    async def _save(self, user_id: str) -> None:
         if self._store is not None:
-            self._store.apply([(AGENT_KIND, user_id, self._document(user_id))])
+            await self._store.apply([(AGENT_KIND, user_id, self._document(user_id))])
 
     def _restore(self, store: DocumentStore) -> None:
         for user_id, doc in sorted(store.load(AGENT_KIND).items()):

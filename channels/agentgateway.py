@@ -11,13 +11,16 @@ agent signs out or stops polling for `idle_signout` seconds. A request either fa
 changes or is applied whole: handlers validate everything first and only then mutate, with no await
 between the two.
 
-Persistence (given a `StateStore`): conferences (chairperson, participants) and the conference-id counter
-are written at the end of each change, before the handler yields, so before any event leaves the process
-(events reach desktops only through a later poll or the mirror flush). Sign-in sessions are written too, at
-the end of each request that changed them and before a poll hands out an event: the agent, a SHA-256 digest
-of its Guid (never the Guid, never the password), its sign-in options and its queue of events not polled
-yet. So after a restart (or, in a cluster, a leader failover) a desktop polls on with the same Guid and gets
-every event queued before; the idle sign-out counts from the restart.
+Persistence (given a `DocumentStore`): what a request changed -- conferences (chairperson, participants),
+the conference-id counter and sign-in sessions -- is written in one awaited write at the end of the request,
+before its reply and before the mirror lets its events out; a poll writes the taking of its event before
+handing it out. A session is stored as the agent, a SHA-256 digest of its Guid (never the Guid, never the
+password), its sign-in options and its queue of events not polled yet. So after a restart (or, in a cluster,
+a leader failover) a desktop polls on with the same Guid and gets every event queued before; the idle
+sign-out counts from the restart. The store's writes are ordered, so an event a poll hands out (queued by
+another request) is stored before its taking is. A write that fails keeps everything it carried due for the
+next one, its events not mirrored yet; the request answers "retry later" (as for any failure, what it
+changed in memory stays).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from cometd_broker.metrics import METRICS, route_label
 from cometd_broker.tasks import cancel_and_wait
 
 from .auth import User, UserDirectory, peer_address
-from .store import Change, Document, StateStore, StoreUnavailable
+from .store import Change, Document, DocumentStore, StoreUnavailable
 
 log = logging.getLogger("channels.agentgateway")
 
@@ -493,7 +496,7 @@ class AgentGateway:
 
     def __init__(self, users: UserDirectory, *, poll_wait: float = 10.0, idle_signout: float = 120.0,
                  max_events: int = 1000, clock: Callable[[], float] = time.monotonic,
-                 mirror: Mirror | None = None, store: StateStore | None = None,
+                 mirror: Mirror | None = None, store: DocumentStore | None = None,
                  login_throttle: LoginThrottle | None = None,
                  client_address: Callable[[web.Request], str | None] = peer_address) -> None:
         """`mirror(user_id, event)`, when given, also receives every event queued for a signed-in
@@ -517,7 +520,9 @@ class AgentGateway:
         self._routes_added = False
         self.mirror = mirror
         self._mirror_outbox: list[tuple[str, Json]] = []
-        self._dirty_sessions: set[str] = set()  # agent IDs whose session changed since the last save
+        self._mirror_lock = asyncio.Lock()  # mirrors one write's events at a time, in the order of the writes
+        self._dirty_sessions: set[str] = set()  # agent IDs whose session changed since the last write
+        self._dirty_conferences: set[int] = set()  # conference IDs changed (or ended) since the last write
         self.store = store
         self.login_throttle = login_throttle if login_throttle is not None else LoginThrottle()
         self.client_address = client_address
@@ -526,7 +531,7 @@ class AgentGateway:
 
     # ------------------------------------------------------------ persistence
 
-    def _restore(self, store: StateStore) -> None:
+    def _restore(self, store: DocumentStore) -> None:
         for doc in store.load("conference").values():
             conference = Conference.from_document(doc)
             self.conferences[conference.conf_id] = conference
@@ -545,33 +550,41 @@ class AgentGateway:
             log.info("restored %d agent gateway sign-in(s) with %d event(s) not polled yet", len(self.sessions),
                      sum(len(session.events) for session in self.sessions.values()))
 
-    def _save_sessions(self) -> None:
-        """Write the sessions changed since the last save (signed in or out, an event queued or taken), in
-        one transaction; if it fails they stay due for the next save."""
-        dirty, self._dirty_sessions = self._dirty_sessions, set()
-        if self.store is None or not dirty:
-            return
-        changes: list[Change] = []
-        for agent_id in sorted(dirty):
-            session = self.sessions.get(agent_id)
-            changes.append((SESSION_KIND, agent_id, None if session is None else {
-                "guidDigest": session.guid_digest, "options": dataclasses.asdict(session.options),
-                "events": list(session.events), "dropped": session.dropped}))
-        try:
-            self.store.apply(changes)
-        except BaseException:
-            self._dirty_sessions |= dirty
-            raise
+    def _changed(self, conference: Conference) -> None:
+        """The conference (or its end) and the id counter go with the next write."""
+        self._dirty_conferences.add(conference.conf_id)
 
-    def _save(self, conference: Conference) -> None:
-        """Write the conference as it is now (deleted once it has ended) with the id counter, in one
-        transaction."""
-        if self.store is None:
-            return
-        alive = self.conferences.get(conference.conf_id) is conference
-        changes: list[Change] = [("conference", str(conference.conf_id), conference.to_document() if alive else None),
-                                 ("counter", "confId", {"next": self._next_conf_id})]
-        self.store.apply(changes)
+    async def _commit(self) -> None:
+        """Write what changed since the last write (sessions signed in or out, events queued or taken,
+        conferences and the id counter) in one awaited write, then mirror the events queued with it, in
+        order. If the write fails, all of it stays due for the next write, its events not mirrored."""
+        sessions, self._dirty_sessions = self._dirty_sessions, set()
+        conferences, self._dirty_conferences = self._dirty_conferences, set()
+        outbox, self._mirror_outbox = self._mirror_outbox, []
+        if self.store is not None and (sessions or conferences):
+            changes: list[Change] = []
+            for agent_id in sorted(sessions):
+                session = self.sessions.get(agent_id)
+                changes.append((SESSION_KIND, agent_id, None if session is None else {
+                    "guidDigest": session.guid_digest, "options": dataclasses.asdict(session.options),
+                    "events": list(session.events), "dropped": session.dropped}))
+            for conf_id in sorted(conferences):  # an ended conference is deleted
+                conference = self.conferences.get(conf_id)
+                changes.append(("conference", str(conf_id), None if conference is None else conference.to_document()))
+            if conferences:
+                changes.append(("counter", "confId", {"next": self._next_conf_id}))
+            try:
+                await self.store.apply(changes)
+            except BaseException:
+                self._dirty_sessions |= sessions
+                self._dirty_conferences |= conferences
+                self._mirror_outbox[:0] = outbox
+                raise
+        if outbox and self.mirror is not None:
+            # Writes complete in order and the lock is taken in that order: events leave in order too.
+            async with self._mirror_lock:
+                for user_id, event in outbox:
+                    await self.mirror(user_id, event)
 
     # ------------------------------------------------------------ wiring and lifetime
 
@@ -617,8 +630,7 @@ class AgentGateway:
             await asyncio.sleep(self.sweep_period)
             try:
                 self.sign_out_idle_agents()
-                self._save_sessions()
-                await self.flush_mirror()
+                await self._commit()
             except Exception:
                 # One bad sweep must not stop idle sign-outs for the rest of the app's life.
                 log.exception("agent gateway sweep failed")
@@ -687,24 +699,15 @@ class AgentGateway:
         if user is not None:
             self._mirror_outbox.append((user.user_id, event))
 
-    async def flush_mirror(self) -> None:
-        """Hand the events queued since the last flush to `mirror`, in order."""
-        outbox, self._mirror_outbox = self._mirror_outbox, []
-        if self.mirror is not None:
-            for user_id, event in outbox:
-                await self.mirror(user_id, event)
-
     def _mirrored(self, handler: Handler) -> Handler:
-        """Run a handler, then mirror the events it queued (events stay sync to queue, async to mirror)."""
+        """Run a handler, then write what it changed and mirror the events it queued (events stay sync to
+        queue, async to store and mirror)."""
 
         async def run(request: web.Request) -> web.StreamResponse:
             try:
                 return await handler(request)
             finally:
-                try:
-                    self._save_sessions()  # before the reply, and before the mirror lets any event out
-                finally:
-                    await self.flush_mirror()
+                await self._commit()  # before the reply, and before the mirror lets any event out
 
         return run
 
@@ -738,9 +741,10 @@ class AgentGateway:
         self.sessions[agent_id] = session
         self._dirty_sessions.add(agent_id)
         try:
-            self._save_sessions()
+            await self._commit()
         except BaseException:  # not kept: not signed in either, or the Guid nobody received would lock the agent out
-            del self.sessions[agent_id]
+            if self.sessions.get(agent_id) is session:
+                del self.sessions[agent_id]
             raise
         bind_user(user.user_id)
         log.info("agent %s signed in", agent_id)
@@ -764,7 +768,7 @@ class AgentGateway:
         session = self._authorized(request)
         session.last_poll = self.clock()
         if session.events:
-            return event_reply(self._take_event(session))
+            return event_reply(await self._take_event(session))
         # The newest poll wins: the one it replaces is answered at once with no event.
         session.wake(WAKE_SUPERSEDED)
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -779,15 +783,15 @@ class AgentGateway:
         if self.sessions.get(session.agent_id) is not session:
             raise GatewayError(NOT_SIGNED_IN, f"agent {session.agent_id} was signed out while polling")
         if why != WAKE_SUPERSEDED and session.events:
-            return event_reply(self._take_event(session))
+            return event_reply(await self._take_event(session))
         return event_reply(None)
 
-    def _take_event(self, session: AgentSession) -> Json:
-        """The oldest queued event, its removal saved first: an event is handed out once, or stays queued."""
+    async def _take_event(self, session: AgentSession) -> Json:
+        """The oldest queued event, its removal stored first: an event is handed out once, or stays queued."""
         event = session.events.popleft()
         self._dirty_sessions.add(session.agent_id)
         try:
-            self._save_sessions()
+            await self._commit()
         except BaseException:
             session.events.appendleft(event)
             raise
@@ -807,7 +811,7 @@ class AgentGateway:
         self._next_conf_id += 1
         self.conferences[conference.conf_id] = conference
         self._conference_of[agent_id] = conference.conf_id
-        self._save(conference)
+        self._changed(conference)
         # Huawei's order (cec_07_1283): the chair joins, then the conference may be used.
         self.send(agent_id, "AgentConf_SelfJoinResult", {"result": 0, "confId": conference.conf_id})
         self.send(agent_id, "AgentConf_RequestSuccess", {"result": 0, "confId": conference.conf_id})
@@ -830,7 +834,7 @@ class AgentGateway:
             conference.participants[participant.key] = participant
             if participant.address_type == AGENT_ADDRESS:
                 self._conference_of[participant.address] = conference.conf_id
-        self._save(conference)
+        self._changed(conference)
         for participant in batch.participants:
             self._announce(conference, participant, CHANGE_JOIN)
         return reply()
@@ -861,7 +865,7 @@ class AgentGateway:
                                                          f"participant of conference {conference.conf_id}")
         for key in keys:
             self._remove_participant(conference, key, REASON_REMOVED_BY_CHAIR)
-        self._save(conference)  # events only queued so far: nothing has left the process yet
+        self._changed(conference)  # events only queued so far: nothing leaves before the write
         return reply()
 
     def _remove_participant(self, conference: Conference, key: Address, reason: int) -> None:
@@ -896,10 +900,10 @@ class AgentGateway:
             return
         if conference.chair != agent_id:
             self._remove_participant(conference, (AGENT_ADDRESS, agent_id), REASON_SIGNED_OUT)
-            self._save(conference)
+            self._changed(conference)
             return
         for key in list(conference.participants):
             self._remove_participant(conference, key, REASON_CONFERENCE_ENDED)
         del self.conferences[conference.conf_id]
         del self._conference_of[agent_id]
-        self._save(conference)
+        self._changed(conference)

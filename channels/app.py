@@ -169,13 +169,12 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
     openapi.add_routes(app, csrf=config.csrf, media=bool(config.media_token))
 
     async def housekeeping(_: web.Application) -> AsyncIterator[None]:
-        """While the app runs: the first dispatch after restoring readiness, then the pruning sweeps
-        (a cleanup context ends before the on_cleanup below closes the store)."""
-        if keep_readiness:
-            try:  # one engine run: what waits is offered to the agents restored Ready
-                await conversations.save()
-            except Exception as exc:  # the next run offers it instead (a store outage, a lost lease)
-                log.warning("contact center: offering what waits to the agents restored Ready failed: %s", exc)
+        """While the app runs: the first engine run, then the pruning sweeps (a cleanup context ends before
+        the on_cleanup below closes the store)."""
+        try:  # writes what restoring changed (offers re-routed); offers what waits to agents restored Ready
+            await conversations.save()
+        except Exception as exc:  # the next run does it instead (a store outage, a lost lease)
+            log.warning("contact center: the first engine run after restoring the state failed: %s", exc)
         pruning = None
         if config.ended_retention > 0:
             period = min(PRUNE_PERIOD_MAX, max(PRUNE_PERIOD_MIN, config.ended_retention / 4))
@@ -187,7 +186,7 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
     async def close(_: web.Application) -> None:
         await conversations.close()
         await routing.close()
-        store.close()  # last: every write above has been committed
+        await store.close()  # last: every write queued above is committed first
 
     app.cleanup_ctx.append(housekeeping)
     app.on_cleanup.append(close)
@@ -209,13 +208,18 @@ def install_clustered_contact_center(app: web.Application, broker: Broker, confi
     add_mount(app, NOTIFICATIONS)
     allow_cross_origin_api(app)
 
-    def engine_app(lease: str) -> web.Application:
+    async def engine_app(lease: str) -> web.Application:
         engine = web.Application(client_max_size=broker.config.max_message_size + 1024)  # as the public app
         store = RedisStateStore(options.redis_url, prefix=options.prefix, lease_key=options.lease_key,
                                 lease_value=lease, timeout=options.redis_timeout)
-        install_engine(engine, broker, config, users, sessions, store,
-                       inner_middlewares=(store_errors(node, API_PREFIX),), keep_readiness=True,
-                       client_address=forwarded_client)
+        try:
+            await store.open()  # the state, read without blocking the loop; the engine restores from it
+            install_engine(engine, broker, config, users, sessions, store,
+                           inner_middlewares=(store_errors(node, API_PREFIX),), keep_readiness=True,
+                           client_address=forwarded_client)
+        except BaseException:
+            await store.close()
+            raise
         return engine
 
     node = ClusterNode(options, engine_app)

@@ -35,7 +35,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -138,7 +138,7 @@ class LeaderLease:
         return None if value is None else value.decode()
 
 
-EngineFactory = Callable[[str], web.Application]  # lease value -> the engine's app for that term
+EngineFactory = Callable[[str], Awaitable[web.Application]]  # lease value -> the engine's app for that term
 
 
 class ClusterNode:
@@ -251,7 +251,7 @@ class ClusterNode:
 
     async def _serve_engine(self, value: str, sock: socket.socket) -> None:
         # Loads the state from Redis (the same restore as a restart from SQLite: pending offers re-routed).
-        app = self._engine_app(value)
+        app = await self._engine_app(value)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handle_signals=False)
         await self._runner.setup()
         self._sock = None  # the site closes it when it stops; the next term binds a new one

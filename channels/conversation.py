@@ -14,12 +14,13 @@ Notifications go to agents through `publish(user_id, topic, data)` (the broker's
 `referenceId` appears only on notifications that the caller's operation caused for the caller (and on an
 `Error` telling a requester that their Invite/Consult/Transfer failed, as in seed 000).
 
-Persistence (given a `StateStore`): step 3 also writes, in ONE `store.apply` between applying the change and
-publishing the outbox, every interaction the run touched (with the routing requests that wait for it or that
-its Invited legs answer), changed saveLAR contacts, the referenceId counter and whatever other modules staged
-(workbins). So whatever a client was told is on disk, and a crash loses at most an operation nobody heard of.
-Nothing is deleted: the engine keeps finished interactions in memory too (their views and transcripts stay
-readable), and the store mirrors exactly that; pruning them would have to happen in both places at once.
+Persistence (given a `DocumentStore`): step 3 also writes, in ONE `store.apply` between applying the change
+and publishing the outbox, every interaction the run touched (with the routing requests that wait for it or
+that its Invited legs answer), changed saveLAR contacts, the referenceId counter and whatever other modules
+staged (workbins). The write is awaited (the store's writer thread or task does the I/O; the loop serves on)
+and the outbox is published only once it is stored. So whatever a client was told is on disk, and a crash
+loses at most an operation nobody heard of. Interactions that are over are forgotten by `prune`, in memory
+and in the store in the same run.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from .model import (
     permits,
 )
 from .routing import OfferRequest, Routing
-from .store import Change, Document, StateStore
+from .store import Change, Document, DocumentStore
 
 log = logging.getLogger("channels.conversation")
 
@@ -111,7 +112,7 @@ class Conversations:
 
     def __init__(self, publish: Publish, routing: Routing, users: UserLookup, *,
                  base_url: str = "http://localhost:8080", reference_ids: Iterator[int] | None = None,
-                 clock_ms: Callable[[], int] | None = None, store: StateStore | None = None) -> None:
+                 clock_ms: Callable[[], int] | None = None, store: DocumentStore | None = None) -> None:
         """`reference_ids` may be shared with other modules so referenceIds are unique per server; only a
         `ReferenceIds` is persisted. `store` None keeps nothing; otherwise the state in it is loaded now."""
         self._publish = publish
@@ -324,7 +325,7 @@ class Conversations:
             self._outbox = []
             result = change()
             self.routing.dispatch()
-            self._persist()  # before anyone is told: what a client hears of is on disk
+            await self._persist()  # before anyone is told: what a client hears of is stored
             await self._flush()
             return result
 
@@ -836,24 +837,29 @@ class Conversations:
         waiting = [request.to_document() for request in self.routing.waiting_for(ix.id)]
         return {**ix.to_document(), "offers": offers, "waiting": waiting}
 
-    def _persist(self) -> None:
-        """One transaction with everything this run changed. A failed write raises (the caller gets an error,
-        nobody is notified) and keeps the changes pending, so the next run writes them."""
+    async def _persist(self) -> None:
+        """One write with everything this run changed, awaited. A failed write raises (the caller gets an
+        error, nobody is notified) and keeps the changes pending, so the next run writes them."""
         last_ref = self._refs.last if isinstance(self._refs, ReferenceIds) else None
+        dirty, contacts, staged = self._dirty, self._dirty_contacts, self._staged
+        self._dirty, self._dirty_contacts, self._staged = {}, set(), {}
         if self.store is not None:
-            changes: list[Change] = [("interaction", ix.id, self._document(ix)) for ix in self._dirty.values()]
-            changes += [("contact", contact, {"lastAgent": self.last_agent[contact]})
-                        for contact in self._dirty_contacts]
-            changes += [(kind, key, render()) for (kind, key), render in self._staged.items()]
-            if last_ref is not None and last_ref != self._saved_ref:
-                changes.append(("counter", "referenceId", {"last": last_ref}))
-            self.store.apply(changes)
-        self._dirty.clear()
-        self._dirty_contacts.clear()
-        self._staged.clear()
+            try:
+                changes: list[Change] = [("interaction", ix.id, self._document(ix)) for ix in dirty.values()]
+                changes += [("contact", contact, {"lastAgent": self.last_agent[contact]}) for contact in contacts]
+                changes += [(kind, key, render()) for (kind, key), render in staged.items()]
+                if last_ref is not None and last_ref != self._saved_ref:
+                    changes.append(("counter", "referenceId", {"last": last_ref}))
+                await self.store.apply(changes)
+            except BaseException:
+                # Still due (with whatever was staged while the write was in flight, which is newer).
+                self._dirty = {**dirty, **self._dirty}
+                self._dirty_contacts |= contacts
+                self._staged = {**staged, **self._staged}
+                raise
         self._saved_ref = last_ref
 
-    def _restore(self, store: StateStore) -> None:
+    def _restore(self, store: DocumentStore) -> None:
         """Load the state a previous server wrote. Agents' readiness is not part of it: after a restart every
         agent is NotReady until their desktop logs in and goes Ready again, as after a desktop restart (in a
         cluster, AgentApi restores it from the same store, so agents are Ready again at once). So an
@@ -893,7 +899,8 @@ class Conversations:
             self._offer_failed(ix, leg, "was offered it when the server restarted", declined=False)
             self._touch(ix)
         self._outbox = []  # nobody is connected yet to be told; the views show the outcome
-        self._persist()  # disk and memory agree again before the first run
+        # The re-routed offers stay dirty: the first run writes them (the app runs one at start-up). Until
+        # then the store holds what a restart would re-route the same way again.
         if docs:
             log.info("restored %d interaction(s), %d queued, %d pending offer(s) re-routed",
                      len(docs), len(self.routing.waiting()), len(pending))

@@ -125,8 +125,9 @@ class Routing:
         self._offerer: Offerer | None = None
         self._available: list[Callable[[], Awaitable[None]]] = []
         self._timers: dict[Hashable, asyncio.Task[None]] = {}
-        # Called with the user after a readiness change, before it is published; raising undoes the change.
-        self.on_state_change: Callable[[str], None] | None = None
+        # Awaited with the user after a readiness change, before it is published (a cluster's store writes
+        # it); raising undoes the change.
+        self.on_state_change: Callable[[str], Awaitable[None]] | None = None
 
     # --- configuration ---------------------------------------------------------------------------------
 
@@ -192,17 +193,20 @@ class Routing:
         state.ready, state.reason, state.state_id = ready, reason, str(uuid.uuid4()).upper()
         if became_ready:
             state.idle_since = next(self._tick)
+        # What this change tells, fixed now: another change of the same agent may run while the write is awaited.
+        notification = {"channels": [{"channel": channel, "userState": state.user_state(),
+                                      "capacity": self.capacity(user_id, channel)}]}
         if self.on_state_change is not None:
+            after = (state.ready, state.reason, state.state_id, state.idle_since)
             try:
-                self.on_state_change(user_id)  # kept (a cluster's store) before anyone hears of it
+                await self.on_state_change(user_id)  # kept (a cluster's store) before anyone hears of it
             except BaseException:
-                state.ready, state.reason, state.state_id, state.idle_since = before
+                if (state.ready, state.reason, state.state_id, state.idle_since) == after:  # not changed since
+                    state.ready, state.reason, state.state_id, state.idle_since = before
                 raise
         if became_ready:
             self._forget_declines(user_id)
-        await self._publish(user_id, CHANNELS_TOPIC,
-                            {"channels": [{"channel": channel, "userState": state.user_state(),
-                                           "capacity": self.capacity(user_id, channel)}]})
+        await self._publish(user_id, CHANNELS_TOPIC, notification)
         if became_ready:
             for listener in self._available:
                 await listener()

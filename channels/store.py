@@ -1,28 +1,47 @@
 """Persistence of contact-center state in SQLite: one JSON document per (kind, key).
 
-The engine keeps its state in memory and writes every changed document here in one transaction per
-operation, before the operation's notifications are published, so a restart resumes from the last
-applied operation. WAL with synchronous=NORMAL keeps a commit to a few tens of microseconds: the
-writes are small and run on the event loop without stalling it.
+The engine keeps its state in memory and writes every changed document here, one `apply` per operation,
+and publishes the operation's notifications only once that write has committed, so a restart resumes
+from the last operation anybody heard of.
+
+Nothing here runs on the event loop but encoding (DESIGN.md rule 4): `apply` queues its documents for
+the store's writer thread and awaits a future the thread resolves after COMMIT. The thread takes every
+write queued while it was busy into one transaction (group commit), and commits writes in the order
+they were queued, so an awaited write implies every write queued before it is committed too: a caller
+that publishes after its own write never tells anyone of a change that is not stored yet.
+
+`load` reads on the caller's thread: it is for start-up only, before the loop serves (the engine is
+built, and its state restored, before the app starts), never for a running engine.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import queue
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 
+log = logging.getLogger("channels.store")
+
 Document = dict[str, Any]
 Change = tuple[str, str, Document | None]  # (kind, key, document or None to delete)
+Row = tuple[str, str, bytes | None]  # a change encoded: (kind, key, JSON or None to delete)
+
+MAX_PENDING = 1024  # writes queued and not committed yet; more wait (on the loop, not blocking it) for a slot
+MAX_BATCH = 256  # writes committed in one transaction at most
 
 
 class StoreUnavailable(Exception):
     """The state could not be read or written: Redis is unreachable, or this process is no longer leader
-    (a cluster's store; here so that code serving both kinds of store needs no Redis to name it)."""
+    (a cluster's store; here so that code serving both kinds of store needs no Redis to name it), or the
+    store is closed."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -36,63 +55,193 @@ CREATE TABLE IF NOT EXISTS documents (
 
 class DocumentStore(Protocol):
     """What the engine needs of its persistence: `StateStore` (SQLite, one process) or
-    `channels.redis_store.RedisStateStore` (a cluster's Redis). Synchronous on purpose: a write happens
-    inside the engine's locked run, between applying a change and publishing its notifications."""
+    `channels.redis_store.RedisStateStore` (a cluster's Redis).
+
+    Writes are awaited and ordered: `apply` returns once its changes are stored, after every write
+    queued before it. The engine awaits it between applying a change and publishing its notifications;
+    the loop goes on serving meanwhile."""
 
     def load(self, kind: str) -> dict[str, Document]:
-        """Every document of a kind, by key."""
+        """Every document of a kind, by key, as stored when the engine starts (start-up only)."""
 
-    def apply(self, changes: Iterable[Change]) -> None:
-        """Write and delete documents atomically: all of them or none."""
+    async def apply(self, changes: Iterable[Change]) -> None:
+        """Write and delete documents atomically (all of them or none), after every earlier write."""
 
-    def close(self) -> None:
-        """Release the connection; nothing is written after."""
+    async def close(self) -> None:
+        """Finish the writes queued so far, then release the connection; nothing is written after."""
+
+
+def encode(changes: Iterable[Change]) -> list[Row]:
+    """The changes as the store writes them; raises (nothing queued) if a document is not JSON."""
+    return [(kind, key, None if doc is None else orjson.dumps(doc)) for kind, key, doc in changes]
+
+
+@dataclass(slots=True, eq=False)
+class _Write:
+    rows: list[Row]
+    future: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop
+    slots: asyncio.Semaphore  # released when the write is settled
 
 
 class StateStore:
-    """A small document store; `path` ":memory:" keeps nothing across restarts (tests, demos)."""
+    """A small document store; `path` ":memory:" keeps nothing across restarts (tests, demos).
 
-    def __init__(self, path: str | Path) -> None:
+    One connection, owned by the writer thread once the first write starts it (`load` shares it under
+    a lock, at start-up). `commits` and `writes` count transactions and `apply` calls: writes / commits
+    is the group-commit factor."""
+
+    def __init__(self, path: str | Path, *, max_pending: int = MAX_PENDING, max_batch: int = MAX_BATCH) -> None:
+        if max_pending < 1 or max_batch < 1:
+            raise ValueError("max_pending and max_batch must be >= 1")
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._lock = threading.Lock()  # one writer, whatever thread a caller is on
+        self._lock = threading.Lock()  # the connection: the writer thread, or a start-up load
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
+        self._max_batch = max_batch
+        self._slots = asyncio.Semaphore(max_pending)
+        # Unbounded as a structure, bounded by the slots; the stop sentinel (None) needs no slot.
+        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="channels-state-writer", daemon=True)
+        self._closing = False
+        self._exited: asyncio.Future[None] | None = None
+        self._on_exit: Callable[[], None] | None = None  # set by close(): tells the loop the thread ended
+        self.commits = 0
+        self.writes = 0
 
     def load(self, kind: str) -> dict[str, Document]:
-        """Every document of a kind, by key."""
+        """Every document of a kind, by key (start-up: this reads the file on the caller's thread)."""
         with self._lock:
             rows = self._db.execute("SELECT key, body FROM documents WHERE kind = ?", (kind,)).fetchall()
         return {key: orjson.loads(body) for key, body in rows}
 
-    def apply(self, changes: Iterable[Change]) -> None:
-        """Write and delete documents in one transaction: all of them or none."""
-        encoded = [(kind, key, None if doc is None else orjson.dumps(doc)) for kind, key, doc in changes]
-        if not encoded:
+    async def apply(self, changes: Iterable[Change]) -> None:
+        """Write and delete documents in one transaction: all of them or none. Returns once committed;
+        a caller cancelled meanwhile does not cancel the write."""
+        rows = encode(changes)
+        if not rows:
             return
-        with self._lock:
-            self._db.execute("BEGIN")
+        self._check_open()
+        await self._slots.acquire()
+        if self._closing:  # closed while we waited for a slot
+            self._slots.release()
+            self._check_open()
+        loop = asyncio.get_running_loop()
+        write = _Write(rows, loop.create_future(), loop, self._slots)
+        if not self._thread.ident:
+            self._thread.start()
+        self._queue.put(write)
+        await write.future
+
+    async def close(self) -> None:
+        """Commit every write queued so far, then end the thread and close the connection."""
+        if self._exited is not None:
+            await asyncio.shield(self._exited)
+            return
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        self._exited = loop.create_future()
+        if not self._thread.ident:  # never written: nothing to wait for
+            with self._lock:
+                self._db.close()
+            self._exited.set_result(None)
+            return
+        exited = self._exited
+
+        def done() -> None:
             try:
-                for kind, key, body in encoded:
-                    if body is None:
-                        self._db.execute("DELETE FROM documents WHERE kind = ? AND key = ?", (kind, key))
-                    else:
-                        self._db.execute("INSERT OR REPLACE INTO documents (kind, key, body) VALUES (?, ?, ?)",
-                                         (kind, key, body))
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                loop.call_soon_threadsafe(lambda: exited.done() or exited.set_result(None))
+            except RuntimeError:
+                pass  # the loop is closed: nobody waits
 
-    def put(self, kind: str, key: str, document: Document) -> None:
-        self.apply([(kind, key, document)])
+        self._on_exit = done
+        self._queue.put(None)
+        await asyncio.shield(exited)
 
-    def delete(self, kind: str, key: str) -> None:
-        self.apply([(kind, key, None)])
+    def close_now(self) -> None:
+        """`close` for code with no loop running (tools, tests): blocks until the queued writes are committed."""
+        self._closing = True
+        if self._thread.ident:
+            self._queue.put(None)
+            self._thread.join()
+        else:
+            with self._lock:
+                self._db.close()
 
-    def close(self) -> None:
+    def _check_open(self) -> None:
+        if self._closing:
+            raise StoreUnavailable("contact-center state store is closed")
+
+    # ---- the writer thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            stop = False
+            while not stop:
+                first = self._queue.get()
+                if first is None:
+                    break
+                batch = [first]
+                while len(batch) < self._max_batch:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stop = True
+                        break
+                    batch.append(more)
+                self._commit(batch)
+        finally:
+            with self._lock:
+                self._db.close()
+            if self._on_exit is not None:
+                self._on_exit()
+
+    def _commit(self, batch: list[_Write]) -> None:
+        failure: BaseException | None = None
         with self._lock:
-            self._db.close()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                for write in batch:
+                    for kind, key, body in write.rows:
+                        if body is None:
+                            self._db.execute("DELETE FROM documents WHERE kind = ? AND key = ?", (kind, key))
+                        else:
+                            self._db.execute("INSERT OR REPLACE INTO documents (kind, key, body) VALUES (?, ?, ?)",
+                                             (kind, key, body))
+                self._db.execute("COMMIT")
+            except Exception as exc:  # a full disk, a broken file: every write of the batch fails
+                failure = exc
+                if self._db.in_transaction:
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        log.exception("contact-center state store: rollback failed")
+            else:
+                self.commits += 1
+                self.writes += len(batch)
+        for write in batch:
+            _settle(write, failure)
+
+
+def _settle(write: _Write, failure: BaseException | None) -> None:
+    """Resolve a write's future on its loop (from the writer thread)."""
+
+    def resolve() -> None:
+        write.slots.release()
+        if write.future.done():  # the caller was cancelled: the write happened (or failed) all the same
+            return
+        if failure is None:
+            write.future.set_result(None)
+        else:
+            write.future.set_exception(failure)
+
+    try:
+        write.loop.call_soon_threadsafe(resolve)
+    except RuntimeError:
+        pass  # the caller's loop is closed: nobody is waiting any more

@@ -37,7 +37,7 @@ from .auth import current_user
 from .conversation import Conversations
 from .envelope import GwsError, Status, ok, operation_name, param, read_json_object
 from .model import Interaction
-from .store import Document, StateStore
+from .store import Document, DocumentStore
 
 Publish = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
 
@@ -89,7 +89,7 @@ class Workbins:
         if conversations.store is not None:
             self._restore(conversations.store)
 
-    def _restore(self, store: StateStore) -> None:
+    def _restore(self, store: DocumentStore) -> None:
         """The stored workbins over the defaults; construct after the engine has loaded its interactions."""
         for doc in store.load("workbin").values():
             workbin = Workbin.from_document(doc)

@@ -921,10 +921,10 @@ class FlakyStore(StateStore):
 
     down = False
 
-    def apply(self, changes):
+    async def apply(self, changes):
         if self.down:
             raise StoreUnavailable("contact-center state store (Redis) unavailable: connection refused")
-        super().apply(changes)
+        await super().apply(changes)
 
 
 async def test_a_state_store_that_is_unavailable_is_a_retry_later_not_a_traceback(make_gateway, caplog):

@@ -133,16 +133,16 @@ class Engine:
     async def stop(self) -> None:
         # Like a crash as far as the store is concerned: nothing is written on the way down.
         await self.routing.close()
-        self.store.close()
+        await self.store.close()
 
 
-def make_engine(path: Path, clock: Callable[[], int]) -> Engine:
+def make_engine(path: Path, clock: Callable[[], int], store_type: type[StateStore] = StateStore) -> Engine:
     published: list[tuple[str, str, dict[str, Any]]] = []
 
     async def publish(user_id: str, topic: str, data: dict[str, Any]) -> None:
         published.append((user_id, topic, data))
 
-    store = StateStore(path)
+    store = store_type(path)
     routing = Routing(publish, queues=("default", "sales"), offer_timeout=30.0)
     refs = ReferenceIds()
     conversations = Conversations(publish, routing, USERS, base_url=BASE_URL, reference_ids=refs,
@@ -263,6 +263,38 @@ async def test_an_ended_interaction_and_the_counter_persist(tmp_path, clock) -> 
     await engine.stop()
 
 
+class RefusingStore(StateStore):
+    """Refuses every write while `down` (a full disk, a cluster's Redis gone)."""
+
+    down = False
+
+    async def apply(self, changes: Any) -> None:
+        if self.down:
+            raise OSError("the disk is full")
+        await super().apply(changes)
+
+
+async def test_a_write_that_fails_tells_nobody_and_the_next_run_writes_it(tmp_path, clock) -> None:
+    """The engine awaits its write before publishing: a refused write is an error nobody hears of, and the
+    change stays due, written by the next run (with that run's own change)."""
+    engine = make_engine(tmp_path / "state.db", clock, RefusingStore)
+    store, conv = engine.store, engine.conversations
+    assert isinstance(store, RefusingStore)
+    await engine.routing.set_ready("alice", "sms")
+    sms = (await conv.create_inbound(SMS, "PersonP", text="Hello")).id
+    told = len(engine.published)
+    store.down = True
+    with pytest.raises(OSError, match="disk is full"):
+        await op(engine, "alice", SMS, sms, "Accept")
+    assert len(engine.published) == told  # nobody was told of the Accept
+    assert store.load("interaction")[sms]["legs"][0]["state"] == "Invited"
+    store.down = False
+    await op(engine, "alice", SMS, sms, "SendMessage", text="hi")
+    legs = store.load("interaction")[sms]["legs"]
+    assert [(leg["userId"], leg["state"]) for leg in legs] == [("alice", "Chatting")]
+    await engine.stop()
+
+
 async def test_without_a_store_nothing_is_written(tmp_path, clock) -> None:
     routing = Routing(lambda *_: asyncio.sleep(0))
     conversations = Conversations(lambda *_: asyncio.sleep(0), routing, USERS, clock_ms=clock)
@@ -306,7 +338,7 @@ async def test_conferences_and_sign_ins_survive_a_restart(aiohttp_client, tmp_pa
         "addresses": [{"addressType": "9", "address": "102"}, {"addressType": "6", "address": "5551234"}]})
     assert added["retcode"] == "0", added
     await client.close()
-    store.close()
+    await store.close()
 
     client, gateway, store = await serve()
     assert list(gateway.conferences) == [conf_id]
@@ -325,13 +357,13 @@ async def test_conferences_and_sign_ins_survive_a_restart(aiohttp_client, tmp_pa
     assert (await gateway_call(client, "POST", "agentconf/101/requestagentconf",
                                guid=await sign_in(client, "101")))["result"]["confId"] == conf_id + 1
     await client.close()
-    store.close()
+    await store.close()
 
     client, gateway, store = await serve()
     assert [(c.conf_id, c.chair, list(c.participants)) for c in gateway.conferences.values()] == [
         (conf_id + 1, "101", [])]
     await client.close()
-    store.close()
+    await store.close()
 
 
 # ================================================================ end to end: SIGKILL and restart

@@ -188,7 +188,7 @@ async def test_a_readiness_change_the_store_refuses_is_undone_and_not_published(
     recorder.clear()
     calls = offerer.available_calls
 
-    def refuse(user_id: str) -> None:
+    async def refuse(user_id: str) -> None:
         raise OSError(f"the store is down (writing {user_id})")
 
     routing.on_state_change = refuse
