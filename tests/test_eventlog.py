@@ -273,6 +273,57 @@ async def test_concurrent_appends_keep_order_and_unique_ids(make_log: MakeLog) -
         assert log.commits <= appends // 4, f"{log.commits} commits for {appends} appends: no group commit"
 
 
+async def test_append_many_assigns_ids_per_stream_in_order(make_log: MakeLog) -> None:
+    log = make_log()
+    await log.append("/b", [b"b1"])
+    ids = await log.append_many([("/a", b"a1"), ("/b", b"b2"), ("/a", b"a2"), ("/c", b"c1"), ("/a", b"a3")])
+    assert ids == [1, 2, 2, 1, 3]
+    assert [e.payload for e in await log.read("/a", 0, 10)] == [b"a1", b"a2", b"a3"]
+    assert ids_of(await log.read("/b", 0, 10)) == [1, 2]
+    assert await log.append_many([]) == []
+    assert await log.streams() == ["/a", "/b", "/c"]  # the empty call created nothing
+    with pytest.raises(TypeError):
+        await log.append_many([("/a", "text")])  # type: ignore[list-item]
+    assert (await log.bounds("/a")).latest == 3  # a refused call appended nothing
+
+
+async def test_sqlite_appends_of_one_loop_turn_share_one_commit(tmp_path: Path) -> None:
+    log = SqliteEventLog(tmp_path / "events.db")
+    await log.append("/warm", [b"up"])
+    before = log.commits
+    # Started together: every append runs its first step in the same loop turn.
+    results = await asyncio.gather(*(log.append(f"/s{n % 5}", [b"%d" % n]) for n in range(50)),
+                                   log.append_many([("/s0", b"m1"), ("/s9", b"m2")]))
+    assert log.commits == before + 1
+    assert [ids[0] for ids in results[:5]] == [1, 1, 1, 1, 1]  # in submission order within the commit
+    assert results[-1] == [11, 1]
+    assert ids_of(await log.read("/s0", 0, 100)) == list(range(1, 12))
+    await log.close()
+
+
+async def test_sqlite_a_failed_commit_fails_every_append_it_carried(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = SqliteEventLog(path)
+    await log.append("/a", [b"1"])
+    with sqlite3.connect(path) as other:
+        other.execute(
+            "CREATE TRIGGER reject BEFORE INSERT ON events WHEN NEW.payload = x'626164' "
+            "BEGIN SELECT RAISE(ABORT, 'rejected'); END"
+        )
+    other.close()
+    calls = [log.append("/a", [b"%d" % n]) for n in range(2, 12)]
+    calls.append(log.append_many([("/b", b"fine"), ("/a", b"bad")]))
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    # One commit carried them all: one bad payload fails every one of them, and says so.
+    assert all(isinstance(r, sqlite3.IntegrityError) for r in results), results
+    assert "none of them was recorded" in "".join(getattr(results[0], "__notes__", []))
+    assert "from 11 appends" in "".join(results[0].__notes__)
+    assert await log.bounds("/a") == (1, 1)
+    assert await log.bounds("/b") == Bounds(0, 0)
+    assert await log.append_many([("/a", b"2"), ("/b", b"3")]) == [2, 1]  # the ids were handed out again
+    await log.close()
+
+
 async def test_closed_log_refuses_calls(make_log: MakeLog) -> None:
     log = make_log()
     await log.append("/a", [b"1"])

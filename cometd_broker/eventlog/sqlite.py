@@ -156,6 +156,10 @@ class SqliteEventLog:
         self._check_open()
         return await self._writer.append(stream, payloads)
 
+    async def append_many(self, events: Sequence[tuple[str, bytes]]) -> list[int]:
+        self._check_open()
+        return await self._writer.append_many(events)
+
     async def trim(self, now: float) -> int:
         self._check_open()
         return await self._writer.trim(now)
