@@ -391,6 +391,67 @@ async def test_sqlite_file_of_an_older_version_gets_an_epoch_that_then_stays(tmp
     await log.close()
 
 
+async def test_sqlite_last_ids_come_from_the_saved_counters_or_the_newest_events(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    clock = FakeClock(1000.0)
+    log = SqliteEventLog(path, Retention(max_age=10), clock=clock)
+    await log.append_many([("/old", b"1"), ("/old", b"2"), ("/kept", b"1")])
+    with sqlite3.connect(path) as conn:  # appends do not write the counters: a trim does
+        assert conn.execute("SELECT COUNT(*) FROM streams").fetchone() == (0,)
+    conn.close()
+    clock.now = 1005.0
+    await log.append("/kept", [b"2"])
+    await log.append("/new", [b"1"])
+    clock.now = 1012.0
+    assert await log.trim(clock.now) == 3  # /old entirely, /kept's first
+    await log.append("/kept", [b"3"])  # after the trim: in no saved counter
+    await log.close()
+
+    log = SqliteEventLog(path, clock=clock)
+    assert await log.streams() == ["/kept", "/new", "/old"]
+    assert await log.bounds("/old") == (3, 2)  # everything trimmed, the last id kept
+    assert await log.bounds("/kept") == (2, 3)  # the newest event is later than the saved counter
+    assert await log.append_many([("/old", b"3"), ("/kept", b"4"), ("/new", b"2")]) == [3, 4, 2]
+    await log.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        conn.execute("PRAGMA user_version = 3")  # a file of a later version: refused, not misread
+    conn.close()
+    with pytest.raises(sqlite3.OperationalError, match="newer"):
+        SqliteEventLog(path)
+
+
+async def test_sqlite_a_trim_after_a_restart_keeps_the_last_ids(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    clock = FakeClock(1000.0)
+    log = SqliteEventLog(path, Retention(max_age=10), clock=clock)
+    await log.append("/a", [b"1", b"2"])
+    await log.close()
+    log = SqliteEventLog(path, Retention(max_age=10), clock=clock)  # /a's counters known from its events only
+    clock.now = 1020.0
+    assert await log.trim(clock.now) == 2
+    await log.close()
+    log = SqliteEventLog(path, clock=clock)
+    assert await log.bounds("/a") == (3, 2)
+    assert await log.append("/a", [b"3"]) == [3]
+    await log.close()
+
+
+async def test_sqlite_a_version_1_file_keeps_its_ids(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = SqliteEventLog(path)
+    await log.append("/a", [b"1", b"2"])
+    await log.close()
+    with sqlite3.connect(path) as conn:  # version 1 saved every stream's counters with every commit
+        conn.execute("INSERT INTO streams VALUES ('/a', 2, 1.0), ('/gone', 7, 1.0)")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    log = SqliteEventLog(path)
+    assert await log.append_many([("/a", b"3"), ("/gone", b"8")]) == [3, 8]
+    assert await log.streams() == ["/a", "/gone"]
+    await log.close()
+
+
 async def test_sqlite_ids_not_reused_after_trimming_everything_and_reopen(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     clock = FakeClock(0.0)

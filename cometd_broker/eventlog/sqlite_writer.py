@@ -16,8 +16,9 @@ returned, so no id is handed out (and no event delivered) before it is stored.
 Where the time went before (the broker pinned to one core, the loop busy):
 the thread must take the GIL back after every SQLite call (each statement
 releases it), and with the loop holding it that costs up to the switch
-interval (5 ms) each. So a commit is a few multi-row statements (`_chunks`),
-not one statement per event and per stream.
+interval (5 ms) each. So a commit is BEGIN, one multi-row INSERT and COMMIT
+(and the retention's delete for a stream over max_count), not statements per
+event and per stream; the streams' counters are saved by trims, not appends.
 """
 
 from __future__ import annotations
@@ -44,22 +45,38 @@ _SAVE_STREAMS = (
 )
 _DROP_BY_COUNT = "DELETE FROM events WHERE stream = ? AND id <= ?"
 _DROP_BY_AGE = "DELETE FROM events WHERE ts < ?"
-# Rows per multi-row statement at most; smaller chunks are powers of two, so a handful of
-# statement texts (each prepared once, then cached by sqlite3) serve every batch size.
-_MAX_CHUNK = 512
+# Rows per multi-row statement at most (4 parameters a row stays far below SQLite's 32766). A commit
+# of up to this many events is one INSERT and one upsert; each size's text is prepared once and then
+# found in the connection's statement cache (the sizes a steady load makes are few).
+_MAX_ROWS = 1000
 
 
-def _chunks(count: int) -> list[int]:
-    """Statement sizes for `count` rows: _MAX_CHUNK while it fits, then the binary digits of the rest."""
-    sizes = [_MAX_CHUNK] * (count // _MAX_CHUNK)
-    rest = count % _MAX_CHUNK
-    bit = _MAX_CHUNK >> 1
-    while rest:
-        if rest & bit:
-            sizes.append(bit)
-            rest -= bit
-        bit >>= 1
-    return sizes
+# The distinct streams of `events`, one index seek each (a skip scan of the primary key), as `names`.
+EVENT_STREAMS = (
+    "WITH RECURSIVE names(stream) AS (SELECT MIN(stream) FROM events UNION ALL "
+    "SELECT (SELECT MIN(stream) FROM events WHERE stream > names.stream) FROM names WHERE stream IS NOT NULL)"
+)
+_NEWEST_EVENTS = (
+    "{} SELECT stream, (SELECT id FROM events e WHERE e.stream = names.stream ORDER BY id DESC LIMIT 1), "
+    "(SELECT ts FROM events e WHERE e.stream = names.stream ORDER BY id DESC LIMIT 1) "
+    "FROM names WHERE stream IS NOT NULL"
+)
+
+
+def _load_last(conn: sqlite3.Connection) -> tuple[dict[str, tuple[int, float]], set[str]]:
+    """Every stream's last id and timestamp (its saved counters or its newest event, whichever is
+    later), and the streams whose saved counters are behind."""
+    last: dict[str, tuple[int, float]] = {
+        stream: (last_id, last_ts)
+        for stream, last_id, last_ts in conn.execute("SELECT stream, last_id, last_ts FROM streams")
+    }
+    unsaved = set()
+    for stream, newest_id, newest_ts in conn.execute(_NEWEST_EVENTS.format(EVENT_STREAMS)):
+        saved = last.get(stream)
+        if saved is None or newest_id > saved[0]:
+            last[stream] = (newest_id, max(newest_ts, saved[1]) if saved else newest_ts)
+            unsaved.add(stream)
+    return last, unsaved
 
 
 @dataclass(slots=True, eq=False)
@@ -113,10 +130,8 @@ class SqliteWriter:
         self._batch_delay = batch_delay
         self._max_batch = max_batch
         # stream -> (last id ever assigned, last timestamp); loaded once, then owned by the thread.
-        self._last: dict[str, tuple[int, float]] = {
-            stream: (last_id, last_ts)
-            for stream, last_id, last_ts in conn.execute("SELECT stream, last_id, last_ts FROM streams")
-        }
+        # Streams whose counters `streams` does not hold yet: a trim saves them before it deletes.
+        self._last, self._unsaved = _load_last(conn)
         # The semaphore bounds queued jobs; the queue's one extra slot is for the stop sentinel,
         # so put_nowait can never fail and stop() never blocks.
         self._slots = asyncio.Semaphore(max_pending)
@@ -128,7 +143,6 @@ class SqliteWriter:
         self._exited = False
         self._exit_waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
         self._turn: _Turn | None = None  # appends of the current loop turn, not yet handed to the thread
-        self._statements: dict[tuple[str, int], str] = {}  # the multi-row statements' texts, by size
         self.commits = 0  # transactions committed; appends / commits is the group-commit factor
         # The event-log lag, for metrics: events appended but not yet committed, and when each queued
         # job was submitted (jobs are settled in submission order, so the oldest is first).
@@ -323,15 +337,11 @@ class SqliteWriter:
                     ids.append(id_)
                 turn_ids.append(ids)
             results.append(turn_ids)
-        streams: list[Any] = []
-        for stream in before:
-            streams += (stream, *last[stream])
         max_count = self._retention.max_count
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             self._insert(_INSERT_EVENTS + "{}", "(?,?,?,?)", rows, 4)
-            self._insert(_SAVE_STREAMS, "(?,?,?)", streams, 3)
             if max_count is not None:
                 # Enforced in the same transaction so the file never holds more than max_count per stream.
                 for stream in before:
@@ -352,24 +362,27 @@ class SqliteWriter:
             self._settle_turns(batch, None, exc)
             return
         self.commits += 1
+        self._unsaved.update(before)
         self._settle_turns(batch, results, None)
 
     def _insert(self, template: str, row: str, params: list[Any], width: int) -> None:
-        """Run `template` with as many `row` groups as needed for `params`, in a few statements."""
-        start = 0
-        for size in _chunks(len(params) // width):
-            sql = self._statements.get((template, size))
-            if sql is None:
-                sql = self._statements[(template, size)] = template.format(",".join([row] * size))
-            end = start + size * width
-            self._conn.execute(sql, params[start:end])
-            start = end
+        """Run `template` with one `row` group per row of `params`, in as few statements as it takes."""
+        rows = ("," + row) * _MAX_ROWS
+        step = _MAX_ROWS * width
+        for start in range(0, len(params), step):
+            chunk = params[start:start + step]
+            self._conn.execute(template.format(rows[1:len(chunk) // width * (len(row) + 1)]), chunk)
 
     def _trim(self, job: _TrimJob) -> None:
         max_age, max_count = self._retention.max_age, self._retention.max_count
         dropped = 0
+        unsaved: list[Any] = []
+        for stream in self._unsaved:
+            unsaved += (stream, *self._last[stream])
         try:
             self._conn.execute("BEGIN IMMEDIATE")
+            # The counters first: a stream trimmed to nothing still knows its last id after a restart.
+            self._insert(_SAVE_STREAMS, "(?,?,?)", unsaved, 3)
             if max_age is not None:
                 dropped += self._conn.execute(_DROP_BY_AGE, (job.now - max_age,)).rowcount
             if max_count is not None:
@@ -383,6 +396,7 @@ class SqliteWriter:
             self._settle(job, None, exc)
             return
         self.commits += 1
+        self._unsaved.clear()
         self._settle(job, dropped, None)
 
     def _rollback(self) -> None:
