@@ -16,9 +16,10 @@ returned, so no id is handed out (and no event delivered) before it is stored.
 Where the time went before (the broker pinned to one core, the loop busy):
 the thread must take the GIL back after every SQLite call (each statement
 releases it), and with the loop holding it that costs up to the switch
-interval (5 ms) each. So a commit is BEGIN, one multi-row INSERT and COMMIT
-(and the retention's delete for a stream over max_count), not statements per
-event and per stream; the streams' counters are saved by trims, not appends.
+interval (5 ms) each. So a commit is one multi-row INSERT, its own transaction
+(BEGIN, several INSERTs, the retention's deletes and COMMIT only past 1,000
+events or when a stream is over max_count), not statements per event and per
+stream; the streams' counters are saved by trims, not appends.
 """
 
 from __future__ import annotations
@@ -338,17 +339,20 @@ class SqliteWriter:
                 turn_ids.append(ids)
             results.append(turn_ids)
         max_count = self._retention.max_count
+        # Enforced in the same transaction so the file never holds more than max_count per stream.
+        drops = [] if max_count is None else [
+            (stream, last[stream][0] - max_count) for stream in before if last[stream][0] > max_count]
         conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            self._insert(_INSERT_EVENTS + "{}", "(?,?,?,?)", rows, 4)
-            if max_count is not None:
-                # Enforced in the same transaction so the file never holds more than max_count per stream.
-                for stream in before:
-                    last_id = last[stream][0]
-                    if last_id > max_count:
-                        conn.execute(_DROP_BY_COUNT, (stream, last_id - max_count))
-            conn.execute("COMMIT")
+            if len(rows) <= _MAX_ROWS * 4 and not drops:
+                # One statement is its own transaction (autocommit): no BEGIN and COMMIT, each of
+                # which would release the GIL and wait to take it back from a busy loop.
+                self._insert(_INSERT_EVENTS + "{}", "(?,?,?,?)", rows, 4)
+            else:
+                conn.execute("BEGIN IMMEDIATE")
+                self._insert(_INSERT_EVENTS + "{}", "(?,?,?,?)", rows, 4)
+                conn.executemany(_DROP_BY_COUNT, drops)
+                conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
             for stream, previous in before.items():  # the ids were not committed: hand them out again
