@@ -3,6 +3,7 @@
     python bench/cycle.py                    # CPU microseconds per cycle
     python bench/cycle.py --profile 25       # and cProfile's top 25 functions by own time
     python bench/cycle.py --redis redis://127.0.0.1:6379/0 --batch 10   # with the Redis engine
+    python bench/cycle.py --event-log sqlite --profile 25   # the durable default, and its writer thread's profile
 
 A cycle is what the p2p-lp scenario of bench/run.py repeats thousands of times a second: one
 message published to a client's own channel releases that client's held /meta/connect, whose
@@ -19,6 +20,8 @@ import asyncio
 import cProfile
 import pstats
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cometd_broker.app import create_app
+from cometd_broker.app import BROKER, create_app
 from cometd_broker.config import BrokerConfig
 from cometd_broker.serving import LeanAppRunner
 
@@ -118,8 +121,49 @@ class Client:
                     "id": str(self.ids)}])
 
 
-async def run(cycles: int, clients: int, batch: int, repeat: int, profile: int, redis: str) -> None:
-    log_config = {"redis": redis} if redis else {"event_log": "memory:"}
+class WriterProfile:
+    """The SQLite event log's writer thread (the loop's profiler sees only the loop's thread): cProfile
+    of its commits by the thread's CPU time, and the wall time of the same commits. What the wall time
+    has on top of the CPU time is waiting: for the GIL (the thread takes it back after every SQLite
+    call, and the loop holds it), or for the disk."""
+
+    def __init__(self) -> None:
+        from cometd_broker.eventlog import sqlite_writer
+
+        self.cpu = cProfile.Profile(time.thread_time)
+        self.on = threading.Event()
+        self.commits = 0
+        self.wall_s = 0.0
+        self.cpu_s = 0.0
+        original = sqlite_writer.SqliteWriter._commit
+        outer = self
+
+        def commit(self: Any, batch: Any) -> None:
+            if not outer.on.is_set():
+                return original(self, batch)
+            wall, cpu = time.perf_counter(), time.thread_time()
+            outer.cpu.enable()
+            try:
+                return original(self, batch)
+            finally:
+                outer.cpu.disable()
+                outer.commits += 1
+                outer.wall_s += time.perf_counter() - wall
+                outer.cpu_s += time.thread_time() - cpu
+
+        sqlite_writer.SqliteWriter._commit = commit  # type: ignore[method-assign]
+
+    def print(self, top: int, events: int) -> None:
+        per = 1e6 / max(events, 1)
+        print(f"--- the writer thread: {self.commits} commits of {events} events, thread CPU {self.cpu_s * per:.1f} "
+              f"us/event, wall {self.wall_s * per:.1f} us/event (the rest waited for the GIL or the disk) ---")
+        pstats.Stats(self.cpu).sort_stats("tottime").print_stats(top)
+
+
+async def run(cycles: int, clients: int, batch: int, repeat: int, profile: int, redis: str,
+              event_log: str) -> None:
+    log_config = {"redis": redis} if redis else {"event_log": event_log}
+    writer_profile = WriterProfile() if profile and event_log != "memory:" and not redis else None
     app = create_app(BrokerConfig(allow_anonymous=True, transports="long-polling", log_level="WARNING",
                                   **log_config))
     runner = LeanAppRunner(app, access_log=None, handle_signals=False)
@@ -160,21 +204,45 @@ async def run(cycles: int, clients: int, batch: int, repeat: int, profile: int, 
     rounds = max(1, cycles // clients)
     done = rounds * clients
     best = float("inf")
+    writer = getattr(getattr(app[BROKER].event_log, "_writer", None), "_thread", None)
+    threads = {"loop": threading.get_native_id(), **({"writer": writer.native_id} if writer else {})}
+    split: dict[str, float] = {}
     for _ in range(repeat):  # the least CPU of a few runs: the figure least disturbed by the machine
-        start = time.process_time()
+        start, before = time.process_time(), {name: thread_cpu(tid) for name, tid in threads.items()}
         await cycle_all(rounds)
-        best = min(best, time.process_time() - start)
+        took = time.process_time() - start
+        if took < best:
+            best = took
+            split = {name: thread_cpu(tid) - before[name] for name, tid in threads.items()}
     loop_kind = "uvloop" if uvloop and isinstance(asyncio.get_running_loop(), uvloop.Loop) else "asyncio"
     print(f"{best / done * 1e6:.2f} us CPU per cycle (publish + release + answer + next connect parked; "
           f"best of {repeat} x {done}), {clients} clients, {batch} per publish, "
-          f"{'redis, ' if redis else ''}{loop_kind}")
+          f"{'redis, ' if redis else event_log.split(':')[0] + ' event log, '}{loop_kind}")
+    if writer is not None:
+        print("  of which " + ", ".join(f"{name} thread {cpu / done * 1e6:.2f} us" for name, cpu in split.items()))
+    commits = getattr(app[BROKER].event_log, "commits", None)
+    if commits:
+        print(f"{commits} commits so far, {(2 + rounds * repeat) * clients / commits:.1f} events per commit")
     if profile:
         profiler = cProfile.Profile()
+        if writer_profile is not None:
+            writer_profile.on.set()
         profiler.enable()
         await cycle_all(rounds)
         profiler.disable()
+        if writer_profile is not None:
+            writer_profile.on.clear()
+        print("--- the event loop's thread ---")
         pstats.Stats(profiler).sort_stats("tottime").print_stats(profile)
+        if writer_profile is not None:
+            writer_profile.print(profile, rounds * clients)
     await runner.cleanup()
+
+
+def thread_cpu(native_id: int) -> float:
+    """CPU seconds one thread of this process has run (Linux: schedstat's first field, in ns)."""
+    with open(f"/proc/self/task/{native_id}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e9
 
 
 def main() -> int:
@@ -186,11 +254,15 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--redis", default="", metavar="URL",
                    help="run with the Redis engine against this Redis (flush it first: streams are reused)")
+    p.add_argument("--event-log", default="memory:", metavar="URL",
+                   help="the event log: memory: (default), sqlite (a file in a temporary directory) or a URL")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="print cProfile's top N by own time")
     args = p.parse_args()
     if uvloop is not None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(run(args.cycles, args.clients, args.batch, args.repeat, args.profile, args.redis))
+    with tempfile.TemporaryDirectory(prefix="cycle-") as tmp:
+        event_log = f"sqlite:///{tmp}/events.db" if args.event_log == "sqlite" else args.event_log
+        asyncio.run(run(args.cycles, args.clients, args.batch, args.repeat, args.profile, args.redis, event_log))
     return 0
 
 

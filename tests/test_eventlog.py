@@ -273,6 +273,57 @@ async def test_concurrent_appends_keep_order_and_unique_ids(make_log: MakeLog) -
         assert log.commits <= appends // 4, f"{log.commits} commits for {appends} appends: no group commit"
 
 
+async def test_append_many_assigns_ids_per_stream_in_order(make_log: MakeLog) -> None:
+    log = make_log()
+    await log.append("/b", [b"b1"])
+    ids = await log.append_many([("/a", b"a1"), ("/b", b"b2"), ("/a", b"a2"), ("/c", b"c1"), ("/a", b"a3")])
+    assert ids == [1, 2, 2, 1, 3]
+    assert [e.payload for e in await log.read("/a", 0, 10)] == [b"a1", b"a2", b"a3"]
+    assert ids_of(await log.read("/b", 0, 10)) == [1, 2]
+    assert await log.append_many([]) == []
+    assert await log.streams() == ["/a", "/b", "/c"]  # the empty call created nothing
+    with pytest.raises(TypeError):
+        await log.append_many([("/a", "text")])  # type: ignore[list-item]
+    assert (await log.bounds("/a")).latest == 3  # a refused call appended nothing
+
+
+async def test_sqlite_appends_of_one_loop_turn_share_one_commit(tmp_path: Path) -> None:
+    log = SqliteEventLog(tmp_path / "events.db")
+    await log.append("/warm", [b"up"])
+    before = log.commits
+    # Started together: every append runs its first step in the same loop turn.
+    results = await asyncio.gather(*(log.append(f"/s{n % 5}", [b"%d" % n]) for n in range(50)),
+                                   log.append_many([("/s0", b"m1"), ("/s9", b"m2")]))
+    assert log.commits == before + 1
+    assert [ids[0] for ids in results[:5]] == [1, 1, 1, 1, 1]  # in submission order within the commit
+    assert results[-1] == [11, 1]
+    assert ids_of(await log.read("/s0", 0, 100)) == list(range(1, 12))
+    await log.close()
+
+
+async def test_sqlite_a_failed_commit_fails_every_append_it_carried(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = SqliteEventLog(path)
+    await log.append("/a", [b"1"])
+    with sqlite3.connect(path) as other:
+        other.execute(
+            "CREATE TRIGGER reject BEFORE INSERT ON events WHEN NEW.payload = x'626164' "
+            "BEGIN SELECT RAISE(ABORT, 'rejected'); END"
+        )
+    other.close()
+    calls = [log.append("/a", [b"%d" % n]) for n in range(2, 12)]
+    calls.append(log.append_many([("/b", b"fine"), ("/a", b"bad")]))
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    # One commit carried them all: one bad payload fails every one of them, and says so.
+    assert all(isinstance(r, sqlite3.IntegrityError) for r in results), results
+    assert "none of them was recorded" in "".join(getattr(results[0], "__notes__", []))
+    assert "from 11 appends" in "".join(results[0].__notes__)
+    assert await log.bounds("/a") == (1, 1)
+    assert await log.bounds("/b") == Bounds(0, 0)
+    assert await log.append_many([("/a", b"2"), ("/b", b"3")]) == [2, 1]  # the ids were handed out again
+    await log.close()
+
+
 async def test_closed_log_refuses_calls(make_log: MakeLog) -> None:
     log = make_log()
     await log.append("/a", [b"1"])
@@ -337,6 +388,67 @@ async def test_sqlite_file_of_an_older_version_gets_an_epoch_that_then_stays(tmp
     await log.close()
     log = SqliteEventLog(path)
     assert await log.epoch() == epoch
+    await log.close()
+
+
+async def test_sqlite_last_ids_come_from_the_saved_counters_or_the_newest_events(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    clock = FakeClock(1000.0)
+    log = SqliteEventLog(path, Retention(max_age=10), clock=clock)
+    await log.append_many([("/old", b"1"), ("/old", b"2"), ("/kept", b"1")])
+    with sqlite3.connect(path) as conn:  # appends do not write the counters: a trim does
+        assert conn.execute("SELECT COUNT(*) FROM streams").fetchone() == (0,)
+    conn.close()
+    clock.now = 1005.0
+    await log.append("/kept", [b"2"])
+    await log.append("/new", [b"1"])
+    clock.now = 1012.0
+    assert await log.trim(clock.now) == 3  # /old entirely, /kept's first
+    await log.append("/kept", [b"3"])  # after the trim: in no saved counter
+    await log.close()
+
+    log = SqliteEventLog(path, clock=clock)
+    assert await log.streams() == ["/kept", "/new", "/old"]
+    assert await log.bounds("/old") == (3, 2)  # everything trimmed, the last id kept
+    assert await log.bounds("/kept") == (2, 3)  # the newest event is later than the saved counter
+    assert await log.append_many([("/old", b"3"), ("/kept", b"4"), ("/new", b"2")]) == [3, 4, 2]
+    await log.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        conn.execute("PRAGMA user_version = 3")  # a file of a later version: refused, not misread
+    conn.close()
+    with pytest.raises(sqlite3.OperationalError, match="newer"):
+        SqliteEventLog(path)
+
+
+async def test_sqlite_a_trim_after_a_restart_keeps_the_last_ids(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    clock = FakeClock(1000.0)
+    log = SqliteEventLog(path, Retention(max_age=10), clock=clock)
+    await log.append("/a", [b"1", b"2"])
+    await log.close()
+    log = SqliteEventLog(path, Retention(max_age=10), clock=clock)  # /a's counters known from its events only
+    clock.now = 1020.0
+    assert await log.trim(clock.now) == 2
+    await log.close()
+    log = SqliteEventLog(path, clock=clock)
+    assert await log.bounds("/a") == (3, 2)
+    assert await log.append("/a", [b"3"]) == [3]
+    await log.close()
+
+
+async def test_sqlite_a_version_1_file_keeps_its_ids(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = SqliteEventLog(path)
+    await log.append("/a", [b"1", b"2"])
+    await log.close()
+    with sqlite3.connect(path) as conn:  # version 1 saved every stream's counters with every commit
+        conn.execute("INSERT INTO streams VALUES ('/a', 2, 1.0), ('/gone', 7, 1.0)")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    log = SqliteEventLog(path)
+    assert await log.append_many([("/a", b"3"), ("/gone", b"8")]) == [3, 8]
+    assert await log.streams() == ["/a", "/gone"]
     await log.close()
 
 

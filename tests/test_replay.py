@@ -287,6 +287,24 @@ async def test_a_deleted_sqlite_log_is_another_log(make_client, tmp_path):
     assert [e["ext"]["replayId"] for e in await receive(fresh, client_id, 7)] == list(range(1, 8))
 
 
+async def test_a_batch_of_publishes_is_one_commit_of_the_sqlite_log(make_client, tmp_path):
+    client = await make_client(event_log=str(tmp_path / "events.db"), **ANON)
+    log = broker_of(client).event_log
+    reader = await replay_session(client)
+    await subscribe_from(client, reader, "/r", 0)
+    await subscribe_from(client, reader, "/s", 0)
+    publisher = await replay_session(client)
+    before = log.commits
+    batch = [{"channel": "/r" if n % 3 else "/s", "clientId": publisher, "data": {"seq": n}} for n in range(12)]
+    replies = await send(client, batch)
+    assert [r["successful"] for r in replies] == [True] * 12
+    assert log.commits == before + 1  # recorded together, and delivered only after that commit
+    events = await receive(client, reader, 12)
+    assert [e["data"]["seq"] for e in events] == list(range(12))  # the batch's order
+    assert [e["ext"]["replayId"] for e in events if e["channel"] == "/r"] == list(range(1, 9))
+    assert [e["ext"]["replayId"] for e in events if e["channel"] == "/s"] == list(range(1, 5))
+
+
 async def test_a_replay_epoch_that_is_not_a_string_is_refused(make_client):
     client = await make_client(**ANON)
     [reply] = await send(client, handshake_message(ext={"replay": True, "replayEpoch": 7}))

@@ -123,6 +123,15 @@ class EventLog(Protocol):
         """
         ...
 
+    async def append_many(self, events: Sequence[tuple[str, bytes]]) -> list[int]:
+        """Append (stream, payload) pairs, in order and to any streams, as one unit; return their ids.
+
+        The same as appending each in turn, except that a durable store commits them together:
+        all are recorded or, when the call raises, none is. The broker appends a batch's
+        publishes this way (one commit, one wake-up of the caller, instead of one per publish).
+        """
+        ...
+
     async def read(self, stream: str, after: int, limit: int) -> list[Event]:
         """Events of `stream` with id > `after`, ascending, at most `limit`.
 

@@ -71,6 +71,14 @@ class MemoryEventLog:
         state.latest = first + len(payloads) - 1
         return [first] if len(payloads) == 1 else list(range(first, state.latest + 1))
 
+    async def append_many(self, events: Sequence[tuple[str, bytes]]) -> list[int]:
+        self._check_open()
+        payloads = as_payloads([payload for _, payload in events])
+        ids = []
+        for (stream, _), payload in zip(events, payloads, strict=True):
+            ids += await self.append(stream, [payload])  # never suspends: the whole call stays atomic
+        return ids
+
     async def read(self, stream: str, after: int, limit: int) -> list[Event]:
         self._check_open()
         check_limit(limit)

@@ -235,6 +235,14 @@ class RedisEventLog:
             return []
         return await self._run_append([(stream, payload, 0) for payload in payloads])
 
+    async def append_many(self, events: Sequence[tuple[str, bytes]]) -> list[int]:
+        self._check_open()
+        payloads = as_payloads([payload for _, payload in events])
+        if not payloads:
+            return []
+        return await self._run_append([(stream, payload, 0) for (stream, _), payload in zip(events, payloads,
+                                                                                          strict=True)])
+
     # The Redis engine calls the append script itself, on its own connection (see RedisLink):
     @property
     def append_script(self) -> str:

@@ -22,11 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .base import KEEP_ALL, UNKNOWN_BOUNDS, Bounds, Event, EventLogClosed, Retention, check_limit, new_epoch
-from .sqlite_writer import SqliteWriter
+from .sqlite_writer import EVENT_STREAMS, SqliteWriter
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+# 2: `streams` is written when a trim deletes, not on every append (see the table's comment); a
+# version that reads it as complete (1) must not open such a file, and the version check refuses it.
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     stream  TEXT    NOT NULL,
@@ -38,7 +40,9 @@ CREATE TABLE IF NOT EXISTS events (
 -- read_range's order and trimming by age; (stream, id) ride along so ordering needs no lookups.
 CREATE INDEX IF NOT EXISTS events_by_time ON events (ts, stream, id);
 -- The last id ever assigned per stream, kept even when every event of the stream was trimmed,
--- so ids are never reused after a restart.
+-- so ids are never reused after a restart. Saved by the trims, before they delete: a stream's
+-- last id is the larger of this and its newest event's, so appends need not write it (a row
+-- per stream and commit cost as much as the events themselves).
 CREATE TABLE IF NOT EXISTS streams (
     stream  TEXT    PRIMARY KEY,
     last_id INTEGER NOT NULL,
@@ -156,6 +160,10 @@ class SqliteEventLog:
         self._check_open()
         return await self._writer.append(stream, payloads)
 
+    async def append_many(self, events: Sequence[tuple[str, bytes]]) -> list[int]:
+        self._check_open()
+        return await self._writer.append_many(events)
+
     async def trim(self, now: float) -> int:
         self._check_open()
         return await self._writer.trim(now)
@@ -173,11 +181,13 @@ class SqliteEventLog:
     async def bounds(self, stream: str) -> Bounds:
         # One statement, one snapshot: latest and oldest agree even while the writer commits.
         rows = await self._query(
-            "SELECT (SELECT last_id FROM streams WHERE stream = ?), (SELECT MIN(id) FROM events WHERE stream = ?)",
-            (stream, stream),
+            "SELECT MAX(COALESCE((SELECT last_id FROM streams WHERE stream = ?1), 0), "
+            "COALESCE((SELECT MAX(id) FROM events WHERE stream = ?1), 0)), "
+            "(SELECT MIN(id) FROM events WHERE stream = ?1)",
+            (stream,),
         )
         latest, oldest = rows[0]
-        if latest is None:
+        if not latest:
             return UNKNOWN_BOUNDS
         return Bounds(latest + 1 if oldest is None else oldest, latest)
 
@@ -190,7 +200,8 @@ class SqliteEventLog:
 
     async def streams(self) -> list[str]:
         # SQLite's BINARY collation orders UTF-8 bytes, which is Python's code point order.
-        rows = await self._query("SELECT stream FROM streams ORDER BY stream", ())
+        rows = await self._query(f"{EVENT_STREAMS} SELECT stream FROM names WHERE stream IS NOT NULL "
+                                 "UNION SELECT stream FROM streams ORDER BY stream", ())
         return [stream for (stream,) in rows]
 
     async def read_range(
