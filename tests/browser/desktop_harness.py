@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -61,6 +62,15 @@ def require_browser() -> str:
         pytest.skip(problem)
     assert chromium is not None
     return chromium
+
+
+def screenshot_folder(configured: str | None, prefix: str) -> Path:
+    """Where a test's screenshots go: `configured` (an environment variable's value), or a new temporary
+    folder named by `prefix`; the path is printed so a failing run can be looked at."""
+    folder = Path(configured) if configured else Path(tempfile.mkdtemp(prefix=prefix))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"\nagent desktop screenshots: {folder}")
+    return folder
 
 
 def add_user(users_file: Path, name: str, password: str, first_name: str) -> None:

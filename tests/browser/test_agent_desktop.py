@@ -11,11 +11,17 @@ interaction lists say so. Screenshots go to an artifacts folder whose path the t
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
-from desktop_harness import CHROMIUM_FLAGS, Customer, RestartableBroker, require_browser, start_broker
+from desktop_harness import (
+    CHROMIUM_FLAGS,
+    Customer,
+    RestartableBroker,
+    require_browser,
+    screenshot_folder,
+    start_broker,
+)
 
 MEDIA_TOKEN = "media-gateway-token-for-the-desktop-test"
 USERS = {"agent1": ("agent1-secret", "Alice"), "agent2": ("agent2-secret", "Bob")}
@@ -24,10 +30,7 @@ TIMEOUT_MS = 20_000  # a restart includes the CometD client's back-off; everythi
 
 @pytest.fixture
 def artifacts() -> Path:
-    folder = Path(os.environ.get("DESKTOP_ARTIFACTS") or tempfile.mkdtemp(prefix="agent-desktop-artifacts-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    print(f"\nagent desktop screenshots: {folder}")
-    return folder
+    return screenshot_folder(os.environ.get("DESKTOP_ARTIFACTS"), "agent-desktop-artifacts-")
 
 
 @pytest.fixture

@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import pytest
-from desktop_harness import CHROMIUM_FLAGS, REPO, Customer, RestartableBroker, require_browser, start_broker
+from desktop_harness import (
+    CHROMIUM_FLAGS,
+    REPO,
+    Customer,
+    RestartableBroker,
+    require_browser,
+    screenshot_folder,
+    start_broker,
+)
 
 MEDIA_TOKEN = "media-gateway-token-for-the-offer-test"
 USERS = {"agent1": ("agent1-secret", "Alice")}
@@ -44,10 +51,7 @@ RECORD_NOTIFICATIONS = """
 @pytest.fixture
 def shots() -> Path:
     configured = os.environ.get("DESKTOP_DOCS_SCREENSHOTS")
-    folder = (REPO / configured) if configured else Path(tempfile.mkdtemp(prefix="agent-desktop-offer-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    print(f"\nagent desktop screenshots: {folder}")
-    return folder
+    return screenshot_folder(str(REPO / configured) if configured else None, "agent-desktop-offer-")
 
 
 @pytest.fixture
