@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -287,17 +288,123 @@ async def test_append_many_assigns_ids_per_stream_in_order(make_log: MakeLog) ->
     assert (await log.bounds("/a")).latest == 3  # a refused call appended nothing
 
 
-async def test_sqlite_appends_of_one_loop_turn_share_one_commit(tmp_path: Path) -> None:
-    log = SqliteEventLog(tmp_path / "events.db")
+class HeldWriter:
+    """Another connection holding the file's write lock: the log's writer thread, once it has taken a
+    job, waits for the lock, and every append made meanwhile queues for its next commit."""
+
+    def __init__(self, path: Path) -> None:
+        self.other = sqlite3.connect(path, isolation_level=None)
+        self.other.execute("BEGIN IMMEDIATE")
+
+    def release(self) -> None:
+        self.other.execute("COMMIT")
+        self.other.close()
+
+
+async def busy_writer(log: SqliteEventLog, path: Path) -> tuple[HeldWriter, asyncio.Task[list[int]]]:
+    """Make the writer thread busy with one append it cannot commit until the HeldWriter is released."""
+    held = HeldWriter(path)
+    blocker = asyncio.ensure_future(log.append("/blocker", [b"b"]))
+    writer = log._writer
+    for _ in range(500):  # until the thread has taken the blocker off the queue
+        await asyncio.sleep(0.01)
+        if not writer._jobs and not writer._idle:
+            break
+    return held, blocker
+
+
+async def test_sqlite_appends_made_while_a_commit_runs_share_the_next_one(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = SqliteEventLog(path)
     await log.append("/warm", [b"up"])
     before = log.commits
-    # Started together: every append runs its first step in the same loop turn.
-    results = await asyncio.gather(*(log.append(f"/s{n % 5}", [b"%d" % n]) for n in range(50)),
-                                   log.append_many([("/s0", b"m1"), ("/s9", b"m2")]))
-    assert log.commits == before + 1
+    held, blocker = await busy_writer(log, path)
+    calls = asyncio.gather(*(log.append(f"/s{n % 5}", [b"%d" % n]) for n in range(50)),
+                           log.append_many([("/s0", b"m1"), ("/s9", b"m2")]))
+    await asyncio.sleep(0.05)  # every append is queued behind the blocked commit
+    held.release()
+    results = await calls
+    assert await blocker == [1]
+    assert log.commits == before + 2  # the blocker's, then one for all the others
     assert [ids[0] for ids in results[:5]] == [1, 1, 1, 1, 1]  # in submission order within the commit
     assert results[-1] == [11, 1]
     assert ids_of(await log.read("/s0", 0, 100)) == list(range(1, 12))
+    await log.close()
+
+
+async def test_sqlite_an_append_reaches_an_idle_writer_at_once(tmp_path: Path) -> None:
+    # Handed over when it is made, not a loop turn later: the thread commits it even while the loop
+    # is blocked right after the append's first step.
+    log = SqliteEventLog(tmp_path / "events.db")
+    await log.append("/warm", [b"up"])
+    before = log.commits
+    append = asyncio.ensure_future(log.append("/a", [b"1"]))
+    await asyncio.sleep(0)  # the append's first step runs: it is submitted and now awaits its commit
+    deadline = time.monotonic() + 5
+    while log.commits == before and time.monotonic() < deadline:
+        time.sleep(0.01)  # blocks the loop (and releases the GIL): only the writer thread can move
+    assert log.commits == before + 1
+    assert await append == [1]
+    await log.close()
+
+
+async def test_append_many_then_runs_before_the_caller_resumes(make_log: MakeLog) -> None:
+    log = make_log()
+    loop = asyncio.get_running_loop()
+    turns = 0
+    running = True
+
+    def tick() -> None:  # counts loop turns: one call per turn
+        nonlocal turns
+        turns += 1
+        if running:
+            loop.call_soon(tick)
+
+    tick()
+    seen: list[tuple[str, list[int], int]] = []
+
+    def then(ids: list[int]) -> str:
+        seen.append(("then", ids, turns))
+        return "delivered"
+
+    assert await log.append_many_then([("/a", b"1"), ("/b", b"2"), ("/a", b"3")], then) == "delivered"
+    resumed_at = turns
+    running = False
+    assert seen[0][:2] == ("then", [1, 1, 2])
+    assert seen[0][2] <= resumed_at  # memory: in the same turn; SQLite: in the commit's callback, a turn earlier
+    if make_log.kind == "sqlite":  # type: ignore[attr-defined]
+        assert seen[0][2] < resumed_at
+    assert await log.append_many_then([], lambda ids: ids) == []
+
+
+async def test_append_many_then_passes_its_error_to_the_caller_and_keeps_the_events(make_log: MakeLog) -> None:
+    log = make_log()
+
+    def then(ids: list[int]) -> None:
+        raise LookupError(f"dispatch failed for {ids}")
+
+    with pytest.raises(LookupError, match=r"\[1\]"):
+        await log.append_many_then([("/a", b"1")], then)
+    assert ids_of(await log.read("/a", 0, 10)) == [1]  # recorded: the error is the caller's, not the log's
+
+
+async def test_sqlite_append_many_then_runs_even_when_the_caller_was_cancelled(tmp_path: Path) -> None:
+    # What is committed is delivered: a publisher that went away does not take its events' dispatch with it.
+    path = tmp_path / "events.db"
+    log = SqliteEventLog(path)
+    held, blocker = await busy_writer(log, path)
+    delivered: list[list[int]] = []
+    call = asyncio.ensure_future(log.append_many_then([("/a", b"1")], delivered.append))
+    await asyncio.sleep(0.05)
+    call.cancel()
+    held.release()
+    assert await blocker == [1]
+    for _ in range(500):
+        if delivered:
+            break
+        await asyncio.sleep(0.01)
+    assert delivered == [[1]]
+    assert call.cancelled()
     await log.close()
 
 
@@ -311,9 +418,14 @@ async def test_sqlite_a_failed_commit_fails_every_append_it_carried(tmp_path: Pa
             "BEGIN SELECT RAISE(ABORT, 'rejected'); END"
         )
     other.close()
+    held, blocker = await busy_writer(log, path)
     calls = [log.append("/a", [b"%d" % n]) for n in range(2, 12)]
     calls.append(log.append_many([("/b", b"fine"), ("/a", b"bad")]))
-    results = await asyncio.gather(*calls, return_exceptions=True)
+    gathered = asyncio.gather(*calls, return_exceptions=True)
+    await asyncio.sleep(0.05)  # all queued behind the blocked commit: the next commit carries them all
+    held.release()
+    results = await gathered
+    assert await blocker == [1]
     # One commit carried them all: one bad payload fails every one of them, and says so.
     assert all(isinstance(r, sqlite3.IntegrityError) for r in results), results
     assert "none of them was recorded" in "".join(getattr(results[0], "__notes__", []))

@@ -46,9 +46,11 @@ Retention
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
+
+T = TypeVar("T")
 
 
 class EventLogClosed(RuntimeError):
@@ -129,6 +131,17 @@ class EventLog(Protocol):
         The same as appending each in turn, except that a durable store commits them together:
         all are recorded or, when the call raises, none is. The broker appends a batch's
         publishes this way (one commit, one wake-up of the caller, instead of one per publish).
+        """
+        ...
+
+    async def append_many_then(self, events: Sequence[tuple[str, bytes]],
+                               then: Callable[[list[int]], T]) -> T:
+        """`append_many`, then `then(ids)` as soon as the events are recorded; returns its result.
+
+        `then` runs on the loop before the caller resumes (a durable store runs it in the callback
+        that learns of the commit, a loop turn before the awaiting task would), and runs even if
+        the caller was cancelled meanwhile: the broker dispatches from it, so what is recorded is
+        delivered, without waiting for the publishing task to be scheduled again.
         """
         ...
 

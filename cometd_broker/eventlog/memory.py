@@ -20,6 +20,7 @@ from .base import (
     Event,
     EventLogClosed,
     Retention,
+    T,
     as_payloads,
     check_limit,
     new_epoch,
@@ -78,6 +79,9 @@ class MemoryEventLog:
         for (stream, _), payload in zip(events, payloads, strict=True):
             ids += await self.append(stream, [payload])  # never suspends: the whole call stays atomic
         return ids
+
+    async def append_many_then(self, events: Sequence[tuple[str, bytes]], then: Callable[[list[int]], T]) -> T:
+        return then(await self.append_many(events))  # no suspension in between: in the same loop turn
 
     async def read(self, stream: str, after: int, limit: int) -> list[Event]:
         self._check_open()

@@ -54,6 +54,7 @@ from .base import (
     EventLogClosed,
     EventLogUnavailable,
     Retention,
+    T,
     as_payloads,
     check_limit,
     is_redis_url,
@@ -242,6 +243,9 @@ class RedisEventLog:
             return []
         return await self._run_append([(stream, payload, 0) for (stream, _), payload in zip(events, payloads,
                                                                                           strict=True)])
+
+    async def append_many_then(self, events: Sequence[tuple[str, bytes]], then: Callable[[list[int]], T]) -> T:
+        return then(await self.append_many(events))  # the Redis engine publishes through its own script
 
     # The Redis engine calls the append script itself, on its own connection (see RedisLink):
     @property

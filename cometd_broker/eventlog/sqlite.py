@@ -164,6 +164,10 @@ class SqliteEventLog:
         self._check_open()
         return await self._writer.append_many(events)
 
+    async def append_many_then(self, events: Sequence[tuple[str, bytes]], then: Callable[[list[int]], T]) -> T:
+        self._check_open()
+        return await self._writer.append_many_then(events, then)
+
     async def trim(self, now: float) -> int:
         self._check_open()
         return await self._writer.trim(now)

@@ -5,13 +5,17 @@ write() always), and the event loop must never wait for the disk. Why one
 thread: SQLite allows one writer at a time anyway, and a single owner of the
 per-stream id counters needs no lock to keep ids strictly increasing.
 
-Appends wait on an asyncio future. The appends of one loop turn travel to the
-thread together (one queue item: `_Turn`). The thread takes the first queued
-turn, keeps collecting for `batch_delay` seconds (or until `max_batch` events;
-a turn is never split), commits them all in one transaction and resolves every
-future of the commit with one `call_soon_threadsafe`: under load, many appends
-share one commit and one wake-up of the loop. Nothing resolves before COMMIT
-returned, so no id is handed out (and no event delivered) before it is stored.
+Appends wait on an asyncio future. The loop puts each append on a shared list
+and wakes the thread only when it is idle; the thread takes everything queued
+at once, commits up to `max_batch` events per transaction (an append is never
+split) and resolves every future of the commit with one `call_soon_threadsafe`:
+under load, many appends share one commit and one wake-up of the loop, and an
+append waiting for an idle writer is handed over at once, not a loop turn later.
+An append may carry `then`, run on the loop with its ids as soon as the commit
+is known there, before any task resumes: the broker dispatches from it, so a
+publish reaches its subscribers in the loop turn that learns of the commit.
+Nothing resolves before COMMIT returned, so no id is handed out (and no event
+delivered) before it is stored.
 
 Where the time went before (the broker pinned to one core, the loop busy):
 the thread must take the GIL back after every SQLite call (each statement
@@ -26,13 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .base import EventLogClosed, Retention, as_payloads
@@ -83,16 +86,9 @@ def _load_last(conn: sqlite3.Connection) -> tuple[dict[str, tuple[int, float]], 
 @dataclass(slots=True, eq=False)
 class _AppendJob:
     events: list[tuple[str, bytes]]  # (stream, payload), in order
-    future: asyncio.Future[list[int]]
-
-
-@dataclass(slots=True, eq=False)
-class _Turn:
-    """The appends one loop turn submitted: one queue item, committed together, resolved together."""
-
+    future: asyncio.Future[Any]  # the ids, or what `then` returned
     loop: asyncio.AbstractEventLoop
-    jobs: list[_AppendJob] = field(default_factory=list)
-    size: int = 0  # events
+    then: Callable[[list[int]], Any] | None  # run on the loop with the ids, once committed
 
 
 @dataclass(slots=True, eq=False)
@@ -106,7 +102,7 @@ class _Stop:
     """The sentinel that ends the thread once every job queued before it is done."""
 
 
-_Job = _Turn | _TrimJob | _Stop
+_Job = _AppendJob | _TrimJob | _Stop
 
 
 class SqliteWriter:
@@ -133,17 +129,16 @@ class SqliteWriter:
         # stream -> (last id ever assigned, last timestamp); loaded once, then owned by the thread.
         # Streams whose counters `streams` does not hold yet: a trim saves them before it deletes.
         self._last, self._unsaved = _load_last(conn)
-        # The semaphore bounds queued jobs; the queue's one extra slot is for the stop sentinel,
-        # so put_nowait can never fail and stop() never blocks.
-        self._slots = asyncio.Semaphore(max_pending)
-        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=max_pending + 1)
+        self._slots = asyncio.Semaphore(max_pending)  # bounds the queued jobs (the stop sentinel aside)
+        self._jobs: deque[_Job] = deque()  # submitted, not yet taken by the thread; guarded by _lock
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self._idle = False  # the thread waits on _arrived: the next job must wake it
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._stopping = False
         self._failure: BaseException | None = None
-        self._exit_lock = threading.Lock()
         self._exited = False
         self._exit_waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
-        self._turn: _Turn | None = None  # appends of the current loop turn, not yet handed to the thread
         self.commits = 0  # transactions committed; appends / commits is the group-commit factor
         # The event-log lag, for metrics: events appended but not yet committed, and when each queued
         # job was submitted (jobs are settled in submission order, so the oldest is first).
@@ -172,48 +167,48 @@ class SqliteWriter:
         if not job_payloads:
             self._check_open()
             return []
-        return await self._submit_append([(stream, payload) for payload in job_payloads])
+        return await self._submit_append([(stream, payload) for payload in job_payloads], None)
 
     async def append_many(self, events: Sequence[tuple[str, bytes]]) -> list[int]:
         """(stream, payload) pairs to any streams, committed together; their ids in order."""
+        return await self.append_many_then(events, None)
+
+    async def append_many_then(self, events: Sequence[tuple[str, bytes]],
+                               then: Callable[[list[int]], Any] | None) -> Any:
+        """`append_many`, then `then(ids)` on the loop as soon as the commit is known there (even when
+        the caller was cancelled meanwhile: what is committed is delivered); its result is returned."""
         payloads = as_payloads([payload for _, payload in events])
         if not payloads:
             self._check_open()
-            return []
+            return [] if then is None else then([])
         return await self._submit_append([(stream, payload) for (stream, _), payload
-                                          in zip(events, payloads, strict=True)])
+                                          in zip(events, payloads, strict=True)], then)
 
     async def trim(self, now: float) -> int:
         await self._take_slot()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
-        self._flush()  # appends submitted before the trim go first: jobs settle in submission order
-        with self._exit_lock:  # the thread drains the queue under this lock when it ends: no job is stranded
-            if self._exited:
-                self._slots.release()
-                raise EventLogClosed(f"event log writer ended: {self._failure!r}")
-            self._queue.put_nowait(_TrimJob(now, future, loop))
-        self._submitted.append(time.monotonic())
+        self._submit(_TrimJob(now, future, loop))  # after every append submitted before it
         return await future
 
     async def stop(self) -> None:
         """Commit every job queued so far, then end the thread and close the connection."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
-        with self._exit_lock:
+        with self._lock:
             if not self._exited and self._exit_waiter is None:
                 self._exit_waiter = (loop, waiter)
             elif self._exited:
                 waiter.set_result(None)
             else:  # a concurrent stop() is already waiting: wait on its future
                 waiter = self._exit_waiter[1]  # type: ignore[index]
-        if not self._stopping:
-            self._stopping = True
-            self._flush()  # this turn's appends are committed too
-            if self._thread.is_alive() or not self._thread.ident:
-                self._queue.put_nowait(_Stop())
-            if not self._thread.ident:  # never started: run nothing, just close
-                self._thread.start()
+            if not self._stopping:
+                self._stopping = True
+                if not self._exited:
+                    self._jobs.append(_Stop())
+                    self._arrived.notify()
+        if not self._thread.ident:  # never started: run nothing, just close
+            self._thread.start()
         await asyncio.shield(waiter)
         self._thread.join()
 
@@ -226,34 +221,31 @@ class SqliteWriter:
             self._slots.release()
             raise
 
-    async def _submit_append(self, events: list[tuple[str, bytes]]) -> list[int]:
+    async def _submit_append(self, events: list[tuple[str, bytes]], then: Callable[[list[int]], Any] | None) -> Any:
         await self._take_slot()
         loop = asyncio.get_running_loop()
-        job = _AppendJob(events, loop.create_future())
-        turn = self._turn
-        if turn is None or turn.loop is not loop:
-            self._flush()  # (another loop's turn: only when one writer serves several loops)
-            turn = self._turn = _Turn(loop)
-            # Callbacks scheduled now run after everything this turn already has ready: every
-            # append made until then travels with this one.
-            loop.call_soon(self._flush)
-        turn.jobs.append(job)
-        turn.size += len(events)
-        self._submitted.append(time.monotonic())
+        job = _AppendJob(events, loop.create_future(), loop, then)
         self.pending_events += len(events)
+        self._submit(job)
         # If the caller is cancelled here the job still runs: a cancelled append may be committed.
         return await job.future
 
-    def _flush(self) -> None:
-        """Hand the current turn's appends to the thread (or fail them, when it has ended)."""
-        turn, self._turn = self._turn, None
-        if turn is None:
-            return
-        with self._exit_lock:  # the thread drains the queue under this lock when it ends: no job is stranded
+    def _submit(self, job: _AppendJob | _TrimJob) -> None:
+        """Queue `job` for the thread, waking it if it is idle (or fail it, when the thread has ended)."""
+        with self._lock:  # the thread drains the jobs under this lock when it ends: no job is stranded
             if not self._exited:
-                self._queue.put_nowait(turn)
+                self._jobs.append(job)
+                self._submitted.append(time.monotonic())
+                if self._idle:
+                    self._idle = False
+                    self._arrived.notify()
                 return
-        self._resolve_turns([turn], None, EventLogClosed(f"event log writer ended: {self._failure!r}"))
+        closed = EventLogClosed(f"event log writer ended: {self._failure!r}")
+        self._submitted.append(time.monotonic())  # popped again by the settling below
+        if isinstance(job, _AppendJob):
+            self._resolve_appends([job], None, closed)
+        else:
+            job.loop.call_soon(self._settle_trim, job, None, closed)
 
     def _check_open(self) -> None:
         if self._failure is not None:
@@ -265,17 +257,28 @@ class SqliteWriter:
 
     def _run(self) -> None:
         try:
-            carried: _Job | None = None
             while True:
-                job = carried if carried is not None else self._queue.get()
-                carried = None
-                if isinstance(job, _Stop):
-                    break
-                if isinstance(job, _TrimJob):
+                jobs = self._take()
+                appends: list[_AppendJob] = []
+                size = 0
+                for place, job in enumerate(jobs):
+                    if isinstance(job, _AppendJob):
+                        if appends and size + len(job.events) > self._max_batch:
+                            self._commit(appends)
+                            appends, size = [], 0
+                        appends.append(job)
+                        size += len(job.events)
+                        continue
+                    if appends:  # jobs settle in submission order: the appends before a trim go first
+                        self._commit(appends)
+                        appends, size = [], 0
+                    if isinstance(job, _Stop):
+                        with self._lock:  # what came after the stop is failed by _notify_exit
+                            self._jobs.extendleft(reversed(jobs[place + 1:]))
+                        return
                     self._trim(job)
-                    continue
-                batch, carried = self._collect(job)
-                self._commit(batch)
+                if appends:
+                    self._commit(appends)
         except Exception as exc:
             # Not re-raised: it is logged here and reported to every waiter and every later call.
             self._failure = exc
@@ -284,60 +287,66 @@ class SqliteWriter:
             self._conn.close()
             self._notify_exit()
 
-    def _collect(self, first: _Turn) -> tuple[list[_Turn], _Job | None]:
-        """Gather turns arriving within batch_delay; a trim or stop ends the batch.
+    def _take(self) -> list[_Job]:
+        """Every job queued so far, waiting for one if there is none.
 
-        Two refinements keep the window from costing more than it saves:
-        - it opens only when another turn is already waiting, which is load;
-          a lone turn is committed at once, so a sequential publisher does
-          not pay batch_delay per event (with 2 ms that capped it at ~430/s);
-        - it closes early once turns stop arriving for a quarter of
-          batch_delay: a burst that has fully arrived gains nothing by waiting.
-        Even without a window, turns that queue while a commit runs share
-        the next one (batch_delay=0 still groups commits under load).
+        With `batch_delay`, a take that found more than one job (which is load) keeps collecting for
+        up to batch_delay, closing early once jobs stop arriving for a quarter of it: a burst that
+        has fully arrived gains nothing by waiting. Without it, jobs that queue while a commit runs
+        still share the next one.
         """
-        batch = [first]
-        size = first.size
-        if self._queue.empty():
-            return batch, None
+        jobs = self._drain(wait=True)
+        if self._batch_delay <= 0 or len(jobs) < 2:
+            return jobs
         deadline = time.monotonic() + self._batch_delay
         gap = self._batch_delay / 4
-        while size < self._max_batch:
-            remaining = min(deadline - time.monotonic(), gap)
-            try:
-                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
+        while sum(len(job.events) for job in jobs if isinstance(job, _AppendJob)) < self._max_batch:
+            if any(isinstance(job, _Stop) for job in jobs):
                 break
-            if not isinstance(job, _Turn):
-                return batch, job
-            batch.append(job)
-            size += job.size
-        return batch, None
+            remaining = min(deadline - time.monotonic(), gap)
+            if remaining <= 0:
+                break
+            more = self._drain(wait=False, timeout=remaining)
+            if not more:
+                break
+            jobs += more
+        return jobs
 
-    def _commit(self, batch: list[_Turn]) -> None:
+    def _drain(self, *, wait: bool, timeout: float | None = None) -> list[_Job]:
+        with self._lock:
+            if not self._jobs:
+                if not wait and timeout is None:
+                    return []
+                self._idle = True
+                while not self._jobs:
+                    if not self._arrived.wait(timeout) and timeout is not None:
+                        break
+                self._idle = False
+            jobs = list(self._jobs)
+            self._jobs.clear()
+        return jobs
+
+    def _commit(self, batch: list[_AppendJob]) -> None:
         last = self._last
         before: dict[str, tuple[int, float] | None] = {}
         rows: list[Any] = []  # stream, id, ts, payload, stream, id ... : the multi-row INSERTs' parameters
-        results: list[list[list[int]]] = []  # per turn, per job: its ids
+        results: list[list[int]] = []  # per job: its ids
         now = self._clock()
-        for turn in batch:
-            turn_ids = []
-            for job in turn.jobs:
-                ids = []
-                for stream, payload in job.events:
-                    previous = last.get(stream)
-                    if stream not in before:
-                        before[stream] = previous
-                    if previous is None:
-                        id_, ts = 1, now
-                    else:
-                        # ts never goes backwards within a stream: age trimming drops a prefix.
-                        id_, ts = previous[0] + 1, (now if now > previous[1] else previous[1])
-                    last[stream] = (id_, ts)
-                    rows += (stream, id_, ts, payload)
-                    ids.append(id_)
-                turn_ids.append(ids)
-            results.append(turn_ids)
+        for job in batch:
+            ids = []
+            for stream, payload in job.events:
+                previous = last.get(stream)
+                if stream not in before:
+                    before[stream] = previous
+                if previous is None:
+                    id_, ts = 1, now
+                else:
+                    # ts never goes backwards within a stream: age trimming drops a prefix.
+                    id_, ts = previous[0] + 1, (now if now > previous[1] else previous[1])
+                last[stream] = (id_, ts)
+                rows += (stream, id_, ts, payload)
+                ids.append(id_)
+            results.append(ids)
         max_count = self._retention.max_count
         # Enforced in the same transaction so the file never holds more than max_count per stream.
         drops = [] if max_count is None else [
@@ -360,14 +369,13 @@ class SqliteWriter:
                     del last[stream]
                 else:
                     last[stream] = previous
-            appends = sum(len(turn.jobs) for turn in batch)
-            exc.add_note(f"the event log's commit of {len(rows) // 4} events from {appends} appends failed: "
+            exc.add_note(f"the event log's commit of {len(rows) // 4} events from {len(batch)} appends failed: "
                          "none of them was recorded")
-            self._settle_turns(batch, None, exc)
+            self._settle_appends(batch, None, exc)
             return
         self.commits += 1
         self._unsaved.update(before)
-        self._settle_turns(batch, results, None)
+        self._settle_appends(batch, results, None)
 
     def _insert(self, template: str, row: str, params: list[Any], width: int) -> None:
         """Run `template` with one `row` group per row of `params`, in as few statements as it takes."""
@@ -397,11 +405,11 @@ class SqliteWriter:
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
-            self._settle(job, None, exc)
+            self._post_trim(job, None, exc)
             return
         self.commits += 1
         self._unsaved.clear()
-        self._settle(job, dropped, None)
+        self._post_trim(job, dropped, None)
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
@@ -410,68 +418,79 @@ class SqliteWriter:
             except sqlite3.Error:
                 log.exception("event log rollback failed")
 
-    def _settle_turns(self, batch: list[_Turn], results: list[list[list[int]]] | None,
-                      exc: BaseException | None) -> None:
-        """Resolve a commit's futures: one call_soon_threadsafe per loop (one, in practice)."""
+    def _settle_appends(self, batch: list[_AppendJob], results: list[list[int]] | None,
+                        exc: BaseException | None) -> None:
+        """Resolve a commit's appends: one call_soon_threadsafe per loop (one, in practice)."""
         by_loop: dict[asyncio.AbstractEventLoop, list[int]] = {}
-        for place, turn in enumerate(batch):
-            by_loop.setdefault(turn.loop, []).append(place)
+        for place, job in enumerate(batch):
+            by_loop.setdefault(job.loop, []).append(place)
         for loop, places in by_loop.items():
-            turns = [batch[place] for place in places]
-            turn_results = None if results is None else [results[place] for place in places]
+            jobs = [batch[place] for place in places]
+            job_results = None if results is None else [results[place] for place in places]
             try:
-                loop.call_soon_threadsafe(self._resolve_turns, turns, turn_results, exc)
+                loop.call_soon_threadsafe(self._resolve_appends, jobs, job_results, exc)
             except RuntimeError:
                 pass  # the caller's loop is closed: nobody is waiting any more
 
-    def _resolve_turns(self, turns: list[_Turn], results: list[list[list[int]]] | None,
-                       exc: BaseException | None) -> None:
-        """On the loop: release the slots and settle every append of `turns`."""
+    def _resolve_appends(self, jobs: list[_AppendJob], results: list[list[int]] | None,
+                         exc: BaseException | None) -> None:
+        """On the loop: release the slots, run each committed append's `then`, settle its future."""
         submitted = self._submitted
-        for place, turn in enumerate(turns):
-            for index, job in enumerate(turn.jobs):
-                self._slots.release()
-                if submitted:
-                    submitted.popleft()
-                self.pending_events -= len(job.events)
-                if job.future.done():  # the caller was cancelled
-                    continue
-                if exc is not None:
-                    job.future.set_exception(exc)
-                else:
-                    job.future.set_result(results[place][index])  # type: ignore[index]
-
-    def _settle(self, job: _TrimJob, result: Any, exc: BaseException | None) -> None:
-        def resolve() -> None:
+        for index, job in enumerate(jobs):
             self._slots.release()
-            if self._submitted:
-                self._submitted.popleft()
-            if job.future.done():  # the caller was cancelled
-                return
+            if submitted:
+                submitted.popleft()
+            self.pending_events -= len(job.events)
+            future = job.future
             if exc is not None:
-                job.future.set_exception(exc)
-            else:
-                job.future.set_result(result)
+                if not future.done():  # else the caller was cancelled
+                    future.set_exception(exc)
+                continue
+            ids = results[index]  # type: ignore[index]
+            if job.then is None:
+                if not future.done():
+                    future.set_result(ids)
+                continue
+            try:
+                outcome = job.then(ids)
+            except Exception as error:  # the caller's to handle, as if its own code had raised it
+                if not future.done():
+                    future.set_exception(error)
+                continue
+            if not future.done():
+                future.set_result(outcome)
 
+    def _post_trim(self, job: _TrimJob, result: Any, exc: BaseException | None) -> None:
         try:
-            job.loop.call_soon_threadsafe(resolve)
+            job.loop.call_soon_threadsafe(self._settle_trim, job, result, exc)
         except RuntimeError:
             pass  # the caller's loop is closed: nobody is waiting any more
 
+    def _settle_trim(self, job: _TrimJob, result: Any, exc: BaseException | None) -> None:
+        self._slots.release()
+        if self._submitted:
+            self._submitted.popleft()
+        if job.future.done():  # the caller was cancelled
+            return
+        if exc is not None:
+            job.future.set_exception(exc)
+        else:
+            job.future.set_result(result)
+
     def _fail_queued(self) -> None:
+        """Fail every job the thread will not run (called with _lock held, as the thread ends)."""
         closed = EventLogClosed("event log writer stopped before this job ran")
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(job, _Turn):
-                self._settle_turns([job], None, closed)
-            elif isinstance(job, _TrimJob):
-                self._settle(job, None, closed)
+        jobs = [job for job in self._jobs if not isinstance(job, _Stop)]
+        self._jobs.clear()
+        appends = [job for job in jobs if isinstance(job, _AppendJob)]
+        if appends:
+            self._settle_appends(appends, None, closed)
+        for job in jobs:
+            if isinstance(job, _TrimJob):
+                self._post_trim(job, None, closed)
 
     def _notify_exit(self) -> None:
-        with self._exit_lock:
+        with self._lock:
             self._exited = True
             waiter = self._exit_waiter
             self._fail_queued()
