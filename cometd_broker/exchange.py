@@ -25,11 +25,10 @@ import orjson
 from . import bayeux
 from .bayeux import Message
 from .broker import Broker, HandleResult, PendingConnect, RequestContext
+from .poll_hold import ABANDONED  # the client of a held connect went away
 from .session import MESSAGES, REMOVED, SHUTDOWN, SUPERSEDED, ParkedConnect, ServerSession, Sink
 
 log = logging.getLogger("cometd_broker")
-
-ABANDONED = "abandoned"  # the client of a held connect went away
 
 
 class Answer:

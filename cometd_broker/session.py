@@ -1,16 +1,15 @@
-"""A server session: its bounded event queue, the parked /meta/connect and its expiry."""
+"""A server session: its bounded event queue, the parked /meta/connect (held as poll_hold says) and its expiry."""
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .extensions.ack import AckState
 from .extensions.replay import ReplayMark
+from .poll_hold import SUPERSEDED, TIMEOUT, Held, HoldSlot, HoldTimers, Release
 from .security import Principal
 
 if TYPE_CHECKING:
@@ -18,10 +17,9 @@ if TYPE_CHECKING:
 
 _monotonic = time.monotonic
 
-# Why a parked /meta/connect was answered.
-TIMEOUT = "timeout"          # the hold time passed: answer with an empty successful reply
+# Why a parked /meta/connect was answered, besides poll_hold's TIMEOUT (answer with an empty
+# successful reply) and SUPERSEDED (a newer connect of the same session replaced it).
 MESSAGES = "messages"        # events are queued: answer with them
-SUPERSEDED = "superseded"    # a newer connect of the same session replaced it
 REMOVED = "removed"          # the session ended (disconnect, expiry, slow consumer)
 SHUTDOWN = "shutdown"        # the server is stopping
 
@@ -92,84 +90,23 @@ class Sink(Protocol):
     def wake(self) -> None: ...
 
 
-Release = Callable[[str], None]
-
-
-class ParkedConnect:
+class ParkedConnect(Held):
     """A /meta/connect held open until events arrive or its timeout passes."""
 
-    __slots__ = ("reply", "release", "holds", "slot")
+    __slots__ = ("reply",)
 
     def __init__(self, reply: dict[str, Any], release: Release | None = None) -> None:
         """`release(reason)` answers it when it is finished; None for a subclass that overrides `finish`."""
+        Held.__init__(self, release)
         self.reply = reply
-        self.release = release
-        self.holds: HoldTimers | None = None  # where its timeout is kept, while it is held
-        self.slot = 0
-
-    def finish(self, reason: str) -> None:
-        """Stop holding, and have whoever holds it (the exchange) answer it."""
-        self.cancel_timeout()
-        self.release(reason)  # type: ignore[misc]
-
-    def cancel_timeout(self) -> None:
-        if self.holds is not None:
-            self.holds.remove(self)
 
 
-class HoldTimers:
-    """The timeouts of held connects, on one coarse clock instead of an event-loop timer each.
-
-    Thousands of connects are parked and released every second; a loop timer per park (made,
-    then cancelled) was a tenth of the broker's own work per long-poll cycle. Here a timeout
-    is a dict entry in the bucket of its `tick`, and one loop timer runs while any is held.
-    A connect times out up to one tick late, never early."""
-
-    def __init__(self, tick: float = 0.05) -> None:
-        self.tick = tick
-        self._buckets: dict[int, dict[ParkedConnect, ServerSession]] = {}
-        self._due: list[int] = []  # heap of the slots that have a bucket
-        self._timer: asyncio.TimerHandle | None = None
-
-    def add(self, parked: ParkedConnect, session: ServerSession, timeout: float,
-            loop: asyncio.AbstractEventLoop) -> None:
-        slot = int((_monotonic() + timeout) / self.tick) + 1
-        bucket = self._buckets.get(slot)
-        if bucket is None:
-            bucket = self._buckets[slot] = {}
-            heapq.heappush(self._due, slot)
-        bucket[parked] = session
-        parked.holds, parked.slot = self, slot
-        if self._timer is None:
-            self._timer = loop.call_at(loop.time() + self.tick, self._expire, loop)
-
-    def remove(self, parked: ParkedConnect) -> None:
-        parked.holds = None
-        bucket = self._buckets.get(parked.slot)
-        if bucket is not None:
-            bucket.pop(parked, None)  # an emptied bucket stays until its slot comes: no heap removal
-
-    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = int(_monotonic() / self.tick)
-        due, buckets = self._due, self._buckets
-        while due and due[0] <= now:
-            for parked, session in buckets.pop(heapq.heappop(due)).items():
-                parked.holds = None
-                if session.parked is parked:
-                    session.unpark(TIMEOUT)
-        self._timer = loop.call_at(loop.time() + self.tick, self._expire, loop) if due else None
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-
-class ServerSession:
-    """One handshaken client. Owned by the Broker; transports only read the queue."""
+class ServerSession(HoldSlot):
+    """One handshaken client. Owned by the Broker; transports only read the queue. It is the slot
+    of its parked /meta/connect: the newest connect wins."""
 
     __slots__ = ("client_id", "principal", "browser_id", "cookie_seen", "queue", "subscriptions", "connected",
-                 "parked", "expires_at", "sink", "transport", "ack", "replay", "replay_from", "replay_epoch",
+                 "expires_at", "sink", "transport", "ack", "replay", "replay_from", "replay_epoch",
                  "catch_up", "drained", "latest_connect")
 
     def __init__(self, client_id: str, principal: Principal, browser_id: str | None,
@@ -183,7 +120,7 @@ class ServerSession:
         self.queue = queue
         self.subscriptions: set[str] = set()
         self.connected = False  # True once the first /meta/connect was answered
-        self.parked: ParkedConnect | None = None
+        self.parked: ParkedConnect | None = None  # type: ignore[assignment]  # HoldSlot's, narrowed
         self.expires_at = float("inf")
         self.sink: Sink | None = None
         self.transport = transport
@@ -211,21 +148,16 @@ class ServerSession:
             self.unpark(MESSAGES)
         return True
 
-    def park(self, parked: ParkedConnect, timeout: float, holds: HoldTimers,
+    def park(self, parked: ParkedConnect, timeout: float, holds: HoldTimers,  # type: ignore[override]
              loop: asyncio.AbstractEventLoop) -> None:
         """Hold a connect; a previously parked one is answered as superseded (newest wins)."""
-        if self.parked is not None:
-            self.unpark(SUPERSEDED)
-        self.parked = parked
-        holds.add(parked, self, timeout, loop)
+        HoldSlot.park(self, parked, timeout, holds, loop)
         self.expires_at = float("inf")  # a parked connect proves the client is alive
-
-    def unpark(self, reason: str) -> None:
-        parked = self.parked
-        if parked is None:
-            return
-        self.parked = None
-        parked.finish(reason)
 
     def __repr__(self) -> str:
         return f"<ServerSession {self.client_id[:8]} user={self.user_id!r} transport={self.transport}>"
+
+
+# The hold mechanics live in poll_hold; the names the broker and its tests know them by stay here too.
+__all__ = ["DISCONNECT_POLICY", "DROP_OLDEST_POLICY", "MESSAGES", "QUEUE_POLICIES", "REMOVED", "SHUTDOWN",
+           "SUPERSEDED", "TIMEOUT", "HoldTimers", "ParkedConnect", "ServerSession", "SessionQueue", "Sink"]
