@@ -117,6 +117,8 @@ class PrivatePort:
 
     async def close(self) -> None:
         """Stop listening once the last user closed it; its connections and services end too."""
+        if self._users == 0:
+            return  # never opened (a start that failed before it)
         self._users -= 1
         if self._users > 0 or self._server is None:
             return
