@@ -14,9 +14,9 @@ processes and each request there is a 402 and a re-handshake, forever.
   until the TTL ends, but its port refuses.
 - Forwarding: a long-poll POST, or a callback-polling (JSONP) GET, whose first message names another
   tag (never a handshake) is sent, method, target, headers and body, to that owner's private port
-  and the owner's reply bytes are relayed unchanged (the relay client, forwarding.py). If the owner is not registered,
-  cannot be reached in time, or drops the request, the batch is handled here as before: 402
-  with handshake advice, so the client resumes on this process by replay, losing nothing.
+  and the owner's reply bytes are relayed unchanged (the relay client, forwarding.py). If the owner is
+  not registered, cannot be reached in time, or drops the request, the batch is handled here as
+  before: 402 with handshake advice, so the client resumes on this process by replay, losing nothing.
 - Lookups: one Redis GET per tag at a time, however many requests name it at once; a known owner is
   then routed to without waiting, its registration re-read in the background every TTL/3, and a
   failed lookup changes nothing (it says nothing about the owner, and a dead owner's port refuses).
