@@ -198,6 +198,8 @@ def install_clustered_contact_center(app: web.Application, broker: Broker, confi
                                      users: UserDirectory, options: ClusterOptions) -> ClusterNode:
     """Every process of a cluster: shared HTTP sessions, the notifications mount, forwarding of the REST
     API to the leader, and a campaign for the lease; the process that wins runs the engine (cluster.py)."""
+    from cometd_broker.private_port import private_port
+
     from .cluster import ClusterAuthenticator, ClusterNode, forwarded_client, store_errors
     from .redis_sessions import RedisHttpSessions
     from .redis_store import RedisStateStore
@@ -222,7 +224,7 @@ def install_clustered_contact_center(app: web.Application, broker: Broker, confi
             raise
         return engine
 
-    node = ClusterNode(options, engine_app)
+    node = ClusterNode(options, engine_app, private_port(app, options.host))  # the session router's, same host
     # Here only what cannot be forwarded (a body over the size limit) needs the envelope.
     app.middlewares.append(scoped(envelope_middleware, API_PREFIX, (NOTIFICATIONS,)))
     app.middlewares.append(node.middleware((API_PREFIX, GATEWAY_PREFIX), (NOTIFICATIONS,)))

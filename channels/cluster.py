@@ -5,23 +5,26 @@ asyncio lock orders every operation and its notifications. Rather than share tha
 processes, a cluster elects one *leader* through a Redis lease and only the leader runs the engine,
 with its state in Redis (`RedisStateStore`), so a successor resumes where it stopped.
 
-- Lease: `SET {namespace}:cc:leader VALUE NX PX ttl`, in the broker's namespace (its Redis prefix and
-  database), like every key of the contact center. The value is JSON naming the term (a random token)
+- Lease: `SET {namespace}:cc:leader VALUE NX PX ttl`, an entry of the broker's cluster registry
+  (cometd_broker/registry.py: its namespace, its TTL refreshed every ttl/3, compare-and-delete), like
+  every key of the contact center in that namespace. The value is JSON naming the term (a random token)
   and the URL where the holder serves the engine. The holder extends it every ttl/3 with a compare-and-
   extend script; if it cannot (the value changed, or Redis did not answer before the lease ran out) it
   stops serving at once. Its Redis writes are fenced by the same value (see redis_store.py), so a
   deposed leader that has not noticed yet cannot overwrite its successor's state.
-- Engine address: each process binds a private socket (`host`, an ephemeral port) and listens on it only
-  while it leads. The public port cannot be used for this because the workers of `--workers N` share it
-  (SO_REUSEPORT): a connection to it reaches whichever worker the kernel picks. A loopback host suits
-  the workers of one machine; processes on several machines set `host` to an address they reach each
-  other on. The private port needs no trust of its own: forwarded requests carry the client's own
-  credentials (cookie, Basic, CSRF token, Guid, media token), which the engine checks as usual.
-- Forwarding: every process (the leader too, through its own private port, so there is one path)
-  relays the REST request unchanged and the reply unchanged (status, headers incl. Set-Cookie, body).
-  A leader that cannot be connected to is looked up again and retried, for at most `find_wait`
-  seconds (a failover takes up to one lease ttl); nothing was sent, so retrying is safe. A leader that
-  fails after the request was sent is not retried (it may have been applied): 503.
+- Engine address: the process's private port on `host` (cometd_broker/private_port.py, an ephemeral
+  port, the same one as the broker's session router when it binds the same host), where the engine is
+  offered as the service `contact-center` only while this process leads; any other time the port
+  answers that service 421 (not served here). A loopback host suits the workers of one machine;
+  processes on several machines set `host` to an address they reach each other on. The private port
+  needs no trust of its own: forwarded requests carry the client's own credentials (cookie, Basic,
+  CSRF token, Guid, media token), which the engine checks as usual.
+- Forwarding, with the broker's relay client (cometd_broker/forwarding.py): every process (the leader
+  too, through its own private port, so there is one path) relays the REST request unchanged and the
+  reply unchanged (status, headers incl. Set-Cookie, body). A leader that cannot be connected to, or
+  no longer leads there, is looked up again and retried, for at most `find_wait` seconds (a failover
+  takes up to one lease ttl); nothing was sent, so retrying is safe. A leader that fails after the
+  request was sent is not retried (it may have been applied): 503.
 - Notifications: the engine publishes with `broker.publish_to_user`, which goes through Redis to the
   agent's CometD sessions on every process.
 """
@@ -33,19 +36,20 @@ import contextlib
 import logging
 import os
 import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 import redis
 import redis.asyncio as aioredis
 from aiohttp import web
-from multidict import CIMultiDict
 
-from cometd_broker.private_port import HOP_BY_HOP, address_of, bind_private
+from cometd_broker.forwarding import Forwarder, ForwardError, relay_request, relayed_response
+from cometd_broker.private_port import PrivatePort
+from cometd_broker.redis_names import redis_key
+from cometd_broker.registry import RegistryEntry
 from cometd_broker.security import AuthenticationError, HandshakeRequest, Principal
 from cometd_broker.tasks import cancel_and_wait
 
@@ -57,17 +61,7 @@ from .redis_store import NotLeader, StoreUnavailable
 
 log = logging.getLogger("channels.cluster")
 
-# Compare-and-extend / compare-and-delete: only the holder's own value may renew or release the lease.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-_HOP_BY_HOP = HOP_BY_HOP
+SERVICE = "contact-center"  # the engine's name on the private port
 
 
 @dataclass(frozen=True)
@@ -88,11 +82,11 @@ class ClusterOptions:
     @property
     def prefix(self) -> str:
         """How every Redis key of the contact center starts: the deployment's namespace, then `cc`."""
-        return f"{self.namespace}:cc"
+        return redis_key(self.namespace, "cc")
 
     @property
     def lease_key(self) -> str:
-        return f"{self.prefix}:leader"
+        return redis_key(self.prefix, "leader")
 
     @property
     def find_wait(self) -> float:
@@ -112,30 +106,16 @@ def lease_url(value: str | bytes) -> str | None:
     return url if isinstance(url, str) else None
 
 
-class LeaderLease:
-    """The Redis operations on the lease; each returns or raises redis.RedisError, never hangs."""
-
-    def __init__(self, client: aioredis.Redis, key: str, ttl: float) -> None:
-        self.key = key
-        self.ttl_ms = max(1, int(ttl * 1000))
-        self._redis = client
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+class LeaderLease(RegistryEntry):
+    """The lease, a registry entry processes compete for; each call returns or raises redis.RedisError,
+    never hangs."""
 
     async def acquire(self, value: str) -> str | None:
         """None if we now hold the lease, else the holder's value (SET NX GET: one atomic step)."""
-        holder = await self._redis.set(self.key, value, nx=True, px=self.ttl_ms, get=True)
-        return None if holder is None else holder.decode()
-
-    async def renew(self, value: str) -> bool:
-        return bool(await self._renew(keys=[self.key], args=[value, self.ttl_ms]))
-
-    async def release(self, value: str) -> None:
-        await self._release(keys=[self.key], args=[value])
+        return await self.claim(value)
 
     async def holder(self) -> str | None:
-        value = await self._redis.get(self.key)
-        return None if value is None else value.decode()
+        return await self.read()
 
 
 EngineFactory = Callable[[str], Awaitable[web.Application]]  # lease value -> the engine's app for that term
@@ -144,18 +124,18 @@ EngineFactory = Callable[[str], Awaitable[web.Application]]  # lease value -> th
 class ClusterNode:
     """This process's part: campaigns for the lease, runs the engine while it leads, forwards requests."""
 
-    def __init__(self, options: ClusterOptions, engine_app: EngineFactory) -> None:
+    def __init__(self, options: ClusterOptions, engine_app: EngineFactory, port: PrivatePort | None = None) -> None:
         self.options = options
         self._engine_app = engine_app
+        self.port = port or PrivatePort(options.host)  # the process's, shared with its session router
         self._redis = aioredis.Redis.from_url(options.redis_url, socket_timeout=options.redis_timeout,
                                               socket_connect_timeout=options.redis_timeout)
         self.lease = LeaderLease(self._redis, options.lease_key, options.lease_ttl)
         self.leader_url: str | None = None  # the leader's engine URL as last seen
         self.term: str | None = None  # our lease value while we lead
         self._runner: web.AppRunner | None = None
-        self._sock: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
-        self._client: aiohttp.ClientSession | None = None
+        self._forwarder = Forwarder(connect_timeout=options.redis_timeout, read_timeout=options.read_timeout)
         self._wake = asyncio.Event()
         self._fence_task: asyncio.Task[None] | None = None
         self._held: str | None = None  # the lease value we hold, from winning it (the engine may be starting)
@@ -168,10 +148,7 @@ class ClusterNode:
     # --- lifetime -------------------------------------------------------------------------------------
 
     async def start(self, _: web.Application | None = None) -> None:
-        self._client = aiohttp.ClientSession(
-            auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None, connect=self.options.redis_timeout,
-                                          sock_read=self.options.read_timeout))
+        await self.port.open()  # before campaigning: a lease names its address
         self._task = asyncio.get_running_loop().create_task(self._campaign(), name="contact-center-lease")
 
     async def stop(self, _: web.Application | None = None) -> None:
@@ -187,17 +164,14 @@ class ClusterNode:
         if held is not None:
             with contextlib.suppress(redis.RedisError, OSError):
                 await self.lease.release(held)
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        if self._client is not None:
-            await self._client.close()
+        self._forwarder.close()
+        await self.port.close()
         await self._redis.aclose()
 
     # --- the lease ------------------------------------------------------------------------------------
 
     async def _campaign(self) -> None:
-        period = self.options.lease_ttl / 3
+        period = self.lease.refresh_every
         valid_until = 0.0  # monotonic time our lease surely lasts to (renewal sent before it)
         while True:
             sent = time.monotonic()
@@ -228,8 +202,7 @@ class ClusterNode:
             self._wake.clear()
 
     async def _try_lead(self) -> None:
-        sock = self._private_socket()
-        value = lease_value(f"http://{address_of(sock)}")
+        value = lease_value(f"http://{self.port.address}")
         holder = await self.lease.acquire(value)
         if holder is not None:
             self.leader_url = lease_url(holder)
@@ -238,24 +211,22 @@ class ClusterNode:
         log.info("contact-center leader: this process (pid %d) leads, engine at %s", os.getpid(),
                  lease_url(value))
         try:
-            await self._serve_engine(value, sock)
+            await self._serve_engine(value)
         except Exception:
             log.exception("contact-center leader: the engine failed to start; releasing the lease")
-            self._sock = None  # the failed site owns it now
-            sock.close()
             await self._stop_engine()
             self._held = None
             await self.lease.release(value)
             return
         self.term, self.leader_url = value, lease_url(value)
 
-    async def _serve_engine(self, value: str, sock: socket.socket) -> None:
+    async def _serve_engine(self, value: str) -> None:
         # Loads the state from Redis (the same restore as a restart from SQLite: pending offers re-routed).
         app = await self._engine_app(value)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handle_signals=False)
-        await self._runner.setup()
-        self._sock = None  # the site closes it when it stops; the next term binds a new one
-        await web.SockSite(self._runner, sock).start()
+        self._runner = runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handle_signals=False)
+        await runner.setup()
+        assert runner.server is not None
+        self.port.offer(SERVICE, runner.server)
 
     async def _step_down(self, why: str, level: int = logging.WARNING) -> None:
         if self.term is None:
@@ -268,6 +239,7 @@ class ClusterNode:
     async def _stop_engine(self) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:
+            await self.port.withdraw(SERVICE)  # 421 from now on: the others look for the next leader
             await runner.cleanup()
 
     def fenced(self) -> None:
@@ -281,49 +253,35 @@ class ClusterNode:
         finally:
             self._fence_task = None
 
-    def _private_socket(self) -> socket.socket:
-        if self._sock is None:
-            self._sock = bind_private(self.options.host)
-        return self._sock
-
     # --- forwarding -----------------------------------------------------------------------------------
 
-    async def _find_leader(self) -> str | None:
-        try:
-            holder = await self.lease.holder()
-        except (redis.RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
-        self.leader_url = lease_url(holder) if holder is not None else None
-        return self.leader_url
+    async def _leader_address(self, again: bool) -> str | None:
+        """The leader's "host:port" as last seen, or (`again`, or none seen) as the lease names it now."""
+        if again or self.leader_url is None:
+            try:
+                holder = await self.lease.holder()
+            except (redis.RedisError, OSError) as exc:
+                raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+            self.leader_url = lease_url(holder) if holder is not None else None
+        url = self.leader_url
+        return (urlsplit(url).netloc or None) if url is not None else None
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """Relay `request` to the leader and its reply back; 503 when no leader answers in time."""
-        assert self._client is not None, "ClusterNode.start() was not awaited"
-        body = await request.read()
-        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP)
-        headers.add("X-Forwarded-For", request.remote or "")
-        deadline = time.monotonic() + self.options.find_wait
-        url = self.leader_url
-        while True:
-            try:
-                url = url or await self._find_leader()
-            except StoreUnavailable as exc:
-                return _unavailable(request, f"no contact-center leader: {exc}")
-            if url is not None:
-                try:
-                    async with self._client.request(request.method, url + request.raw_path, headers=headers,
-                                                    data=body, allow_redirects=False) as reply:
-                        payload = await reply.read()
-                        return _relay(reply, payload)
-                except aiohttp.ClientConnectorError:
-                    url = self.leader_url = None  # nothing was sent: look the leader up again, retry
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    log.warning("forwarding %s %s to %s failed: %r", request.method, request.path, url, exc)
-                    return _unavailable(request, "the contact-center leader failed while handling the request; "
-                                                 "it may or may not have been applied: check, then retry")
-            if time.monotonic() >= deadline:
+        # The client's address last: the leader counts failed logins against it (`forwarded_client`).
+        headers = [*request.headers.items(), ("X-Forwarded-For", request.remote or "")]
+        relayed = relay_request(request.method, request.raw_path, headers, await request.read(), service=SERVICE)
+        try:
+            reply = await self._forwarder.relay_to_any(self._leader_address, relayed, wait=self.options.find_wait)
+        except StoreUnavailable as exc:
+            return _unavailable(request, f"no contact-center leader: {exc}")
+        except ForwardError as exc:
+            if not exc.sent:
                 return _unavailable(request, "no contact-center leader reachable, retry later")
-            await asyncio.sleep(0.1)
+            log.warning("forwarding %s %s to %s failed: %s", request.method, request.path, self.leader_url, exc)
+            return _unavailable(request, "the contact-center leader failed while handling the request; "
+                                         "it may or may not have been applied: check, then retry")
+        return relayed_response(reply)
 
     def middleware(self, prefixes: tuple[str, ...], exempt: tuple[str, ...]) -> Callable[..., object]:
         """Forward requests under `prefixes` (but not under `exempt`) instead of handling them here."""
@@ -346,11 +304,6 @@ def forwarded_client(request: web.Request) -> str | None:
     values = request.headers.getall("X-Forwarded-For", [])
     forwarded = values[-1].rsplit(",", 1)[-1].strip() if values else ""
     return forwarded or request.remote
-
-
-def _relay(reply: aiohttp.ClientResponse, payload: bytes) -> web.Response:
-    headers = CIMultiDict((k, v) for k, v in reply.headers.items() if k.lower() not in _HOP_BY_HOP)
-    return web.Response(body=payload, status=reply.status, reason=reply.reason, headers=headers)
 
 
 def _unavailable(request: web.Request, message: str) -> web.Response:

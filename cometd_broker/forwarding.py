@@ -1,33 +1,53 @@
-"""A small HTTP/1.1 client that relays a request's bytes to another broker process and returns its reply's bytes.
+"""The relay client: one HTTP/1.1 request relayed, headers and body as the client sent them, to another
+process's private port (private_port.py), and its reply's bytes back.
+
+Used by both kinds of forwarding in a cluster: a Bayeux request to the process owning its session
+(routing.py), and a contact-center REST request to the leader (channels). Each caller decides what a
+failure means to its clients (a 402 answered here, a 503 envelope); the rules common to both are here:
+- Retry only before sending: a connection refused (nothing listens there), a pooled connection the peer
+  closed while idle, or a 421 from the private port (not served there now) leaves the request unsent,
+  and `relay_to_any` looks the peer up again and retries until its deadline. Once the request was
+  written, a failure is final (`ForwardError.sent`): the peer may have applied it.
+- Pass-through: the client's headers go unchanged but for hop-by-hop ones and the relay's own, which
+  the sender sets; the reply is relayed as it came (`raw`), or as an aiohttp response minus its
+  hop-by-hop headers (`relayed_response`).
 
 Why not aiohttp's client: the reply is relayed to the client unchanged, so the raw bytes are what we
-need, and a forwarded long-poll (a POST, or a JSONP GET) is one small request answered with one
-Content-Length body (the owner's private port is the lean path, or aiohttp for JSONP: both set one).
+need, and a relayed request is one small request answered with one Content-Length body (the private
+port is the lean path, or aiohttp: both set one).
 One connection per in-flight request, because a held /meta/connect occupies its connection for up
-to the connect timeout; idle connections are kept for reuse, at most `max_idle` per owner and for at
-most `idle_timeout` seconds (below the owner's own keep-alive timeout, so a reused connection is
-rarely one the owner is closing).
+to the connect timeout; idle connections are kept for reuse, at most `max_idle` per peer and for at
+most `idle_timeout` seconds (below the peer's own keep-alive timeout, so a reused connection is
+rarely one the peer is closing).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .private_port import split_address
+from aiohttp import web
+
+from .private_port import FORWARDED_BY, HOP_BY_HOP, MISDIRECTED, RELAY_SERVICE, split_address
 
 MAX_HEAD = 16 * 1024  # bytes of a reply's status line and headers
+RETRY_PAUSE = 0.1  # seconds between looking a peer up again and retrying
+# Never relayed from the client: the relay's own headers (set by the sender), and Expect (the relaying
+# side has the whole body already; an interim 100 would not be a reply).
+_NOT_RELAYED = HOP_BY_HOP | {FORWARDED_BY.lower(), RELAY_SERVICE.lower(), "expect"}
+_NO_BODY = frozenset({204, 304})
 
 
 class ForwardError(Exception):
-    """The owner could not be reached, or dropped the request before answering it in full."""
+    """The peer could not be reached, did not serve the request, or dropped it before answering in full."""
 
-    def __init__(self, message: str, *, refused: bool = False) -> None:
+    def __init__(self, message: str, *, refused: bool = False, sent: bool = True) -> None:
         super().__init__(message)
-        self.refused = refused  # nothing listens there: the owner is gone, not merely busy
+        self.refused = refused  # nothing listens there: the peer is gone, not merely busy
+        self.sent = sent and not refused  # the peer may have received (and applied) the request
 
 
 @dataclass(slots=True)
@@ -36,7 +56,28 @@ class ForwardedReply:
     reason: str
     headers: list[tuple[str, str]]
     body: bytes
-    raw: bytes  # the whole reply as the owner sent it: head and body
+    raw: bytes  # the whole reply as the peer sent it: head and body
+
+
+def relay_request(method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes, *,
+                  forwarded_by: str | None = None, service: str | None = None) -> bytes:
+    """The bytes of `method target` with the client's headers and body, for the Bayeux endpoint of the
+    peer (`forwarded_by`: this process's id) or for one of its services (`service`)."""
+    lines = [f"{method} {target} HTTP/1.1"]
+    lines += [f"{name}: {value}" for name, value in headers if name.lower() not in _NOT_RELAYED]
+    lines.append(f"Content-Length: {len(body)}")
+    if forwarded_by is not None:
+        lines.append(f"{FORWARDED_BY}: {forwarded_by}")
+    if service is not None:
+        lines.append(f"{RELAY_SERVICE}: {service}")
+    lines += ["", ""]
+    return "\r\n".join(lines).encode("latin-1", "replace") + body
+
+
+def relayed_response(reply: ForwardedReply) -> web.Response:
+    """The peer's reply as an aiohttp response: status, reason, headers (but hop-by-hop ones) and body."""
+    headers = [(k, v) for k, v in reply.headers if k.lower() not in HOP_BY_HOP]
+    return web.Response(status=reply.status, reason=reply.reason, headers=headers, body=reply.body)
 
 
 class Relay(Protocol):
@@ -60,14 +101,14 @@ class _Connection:
 
 
 class _Stale(Exception):
-    """A reused connection was closed by the owner before any byte of the reply: nothing was handled."""
+    """A reused connection was closed by the peer before any byte of the reply: nothing was handled."""
 
 
 class Forwarder:
     def __init__(self, *, connect_timeout: float = 1.0, read_timeout: float = 60.0, max_idle: int = 64,
                  idle_timeout: float = 30.0) -> None:
         self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout  # above the longest held connect the owner may answer late
+        self.read_timeout = read_timeout  # above the longest a peer may take to answer (a held connect)
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self._idle: dict[str, list[_Connection]] = {}
@@ -79,8 +120,30 @@ class Forwarder:
             try:
                 return await self._exchange(address, reused, request, reused=True)
             except _Stale:
-                pass  # the owner closed it while idle: retry once on a new connection
+                pass  # the peer closed it while idle: retry once on a new connection
         return await self._exchange(address, await self._open(address), request, reused=False)
+
+    async def relay_to_any(self, locate: Callable[[bool], Awaitable[str | None]], request: bytes, *,
+                           wait: float) -> ForwardedReply:
+        """Send `request` to the peer `locate(again)` names (None: none now), looking again and retrying
+        while it was not sent, for at most `wait` seconds; then ForwardError (`sent` False: never sent)."""
+        deadline = time.monotonic() + wait
+        again = False
+        while True:
+            address = await locate(again)
+            if address is not None:
+                try:
+                    reply = await self.send(address, request)
+                except ForwardError as exc:
+                    if exc.sent:
+                        raise
+                else:
+                    if reply.status != MISDIRECTED:
+                        return reply
+            if time.monotonic() >= deadline:
+                raise ForwardError("no peer reachable", sent=False)
+            again = True
+            await asyncio.sleep(RETRY_PAUSE)
 
     def close(self) -> None:
         for connections in self._idle.values():
@@ -112,7 +175,7 @@ class Forwarder:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=MAX_HEAD),
                                                     self.connect_timeout)
         except (OSError, ValueError, TimeoutError) as exc:
-            raise ForwardError(f"cannot connect to {address}: {exc!r}",
+            raise ForwardError(f"cannot connect to {address}: {exc!r}", sent=False,
                                refused=isinstance(exc, ConnectionRefusedError | ValueError)) from None
         return _Connection(reader, writer)
 
@@ -122,11 +185,11 @@ class Forwarder:
         try:
             async with asyncio.timeout(self.read_timeout):
                 if connection.writer.is_closing():
-                    # Closed (or reset: the owner died) since it was opened or pooled: nothing was sent, and
+                    # Closed (or reset: the peer died) since it was opened or pooled: nothing was sent, and
                     # writing would raise (uvloop) or vanish (asyncio) rather than fail as a send.
                     if reused:
                         raise _Stale
-                    raise ForwardError(f"{address} closed the connection before the request was sent")
+                    raise ForwardError(f"{address} closed the connection before the request was sent", sent=False)
                 connection.writer.write(request)
                 try:
                     head = await connection.reader.readuntil(b"\r\n\r\n")
@@ -134,7 +197,7 @@ class Forwarder:
                     if reused and not exc.partial:
                         raise _Stale from None
                     raise ForwardError(f"{address} closed the connection before answering") from None
-                status, reason, headers, length, keep_alive = _parse_head(head)
+                status, reason, headers, length, keep_alive = _parse_head(head, request.startswith(b"HEAD "))
                 body = await connection.reader.readexactly(length)
             done = True
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError) as exc:
@@ -142,7 +205,7 @@ class Forwarder:
         except TimeoutError:
             raise ForwardError(f"{address} did not answer within {self.read_timeout:.0f} s") from None
         finally:
-            if not done:  # also when cancelled (the client went away): the owner sees its request abandoned
+            if not done:  # also when cancelled (the client went away): the peer sees its request abandoned
                 connection.close()
         if keep_alive:
             self._put(address, connection)
@@ -151,8 +214,9 @@ class Forwarder:
         return ForwardedReply(status, reason, headers, body, head + body)
 
 
-def _parse_head(head: bytes) -> tuple[int, str, list[tuple[str, str]], int, bool]:
-    """Status, reason, headers, Content-Length and keep-alive of a reply head; ForwardError if unusable."""
+def _parse_head(head: bytes, to_head: bool = False) -> tuple[int, str, list[tuple[str, str]], int, bool]:
+    """Status, reason, headers, body length and keep-alive of a reply head (to a HEAD request if `to_head`);
+    ForwardError if unusable."""
     lines = head[:-4].decode("latin-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
     code, _, reason = rest.partition(" ")
@@ -174,7 +238,10 @@ def _parse_head(head: bytes) -> tuple[int, str, list[tuple[str, str]], int, bool
         elif lower == "connection" and "close" in value.lower():
             keep_alive = False
         headers.append((name, value))
+    status = int(code)
+    if to_head or status in _NO_BODY:
+        return status, reason, headers, 0, keep_alive  # no body, whatever Content-Length says (RFC 9112 6.3)
     if length < 0:
         raise ForwardError("the reply has no Content-Length")
-    return int(code), reason, headers, length, keep_alive
+    return status, reason, headers, length, keep_alive
 

@@ -48,3 +48,8 @@ def redis_namespace(url: str, prefix: str = DEFAULT_PREFIX) -> str:
     if problem:
         raise ValueError(problem)
     return f"{prefix}:db{redis_database(url)}"
+
+
+def redis_key(namespace: str, *parts: str) -> str:
+    """A key of the deployment whose namespace is `namespace`: `{namespace}:{part}:{part}...`."""
+    return ":".join((namespace, *parts))

@@ -8,21 +8,21 @@ processes and each request there is a 402 and a re-handshake, forever.
 
 - Tag: every clientId this process issues starts with its tag, 8 random hex digits drawn at start,
   followed by the usual 160 random bits (bayeux.new_client_id), so a clientId stays unguessable.
-- Registry: the process listens on a private socket (private_port.py) and keeps
-  `{namespace}:route:{tag}` = "host:port" in Redis (the deployment's namespace, redis_names.py) with
-  a TTL it refreshes every TTL/3; it deletes the key when it stops. A process SIGKILLed leaves the key
+- Registry: the process listens on its private port (private_port.py) and keeps
+  `{namespace}:route:{tag}` = "host:port" in the cluster's registry (registry.py: the deployment's
+  namespace, a TTL refreshed every TTL/3, removed when it stops). A process SIGKILLed leaves the key
   until the TTL ends, but its port refuses.
 - Forwarding: a long-poll POST, or a callback-polling (JSONP) GET, whose first message names another
   tag (never a handshake) is sent, method, target, headers and body, to that owner's private port
-  and the owner's reply bytes are relayed unchanged (forwarding.py). If the owner is not registered,
-  cannot be reached in time, or drops the request, the batch is handled here as before: 402
-  with handshake advice, so the client resumes on this process by replay, losing nothing.
+  and the owner's reply bytes are relayed unchanged (the relay client, forwarding.py). If the owner is
+  not registered, cannot be reached in time, or drops the request, the batch is handled here as
+  before: 402 with handshake advice, so the client resumes on this process by replay, losing nothing.
 - Lookups: one Redis GET per tag at a time, however many requests name it at once; a known owner is
   then routed to without waiting, its registration re-read in the background every TTL/3, and a
   failed lookup changes nothing (it says nothing about the owner, and a dead owner's port refuses).
   Under load a lookup's timeout must not turn into a second of 402s for every session of a live owner.
-- The private port serves only forwarded requests (with `X-Cometd-Forwarded-By`, anything else 400)
-  and never forwards again: POSTs on the lean path, and GETs (JSONP) handed to aiohttp's handler of
+- On the private port, requests with `X-Cometd-Forwarded-By` are this router's (private_port.py) and
+  never forwarded again: POSTs on the lean path, and GETs (JSONP) handed to aiohttp's handler of
   callback-polling, so the owner wraps the reply in the client's callback exactly as on its public
   port. It needs no trust of its own: a forwarded request carries the client's own clientId and
   browser cookie, which the owner checks as for any request. For the same reason the header grants
@@ -46,13 +46,16 @@ from aiohttp import web
 from . import bayeux
 from .bayeux import Message
 from .broker import Broker
-from .forwarding import ForwardedReply, Forwarder, ForwardError
+from .forwarding import ForwardedReply, Forwarder, ForwardError, relay_request
 from .http.http import HttpTransport
 from .http.lean_http import LeanHttp
 from .http.origins import ORIGIN, OriginPolicy, Verdict, decorate
-from .private_port import FORWARDED_BY, HOP_BY_HOP, address_of, bind_private
-from .redis_names import DEFAULT_PREFIX, redis_namespace
+from .private_port import FORWARDED_BY, PrivatePort, private_port
+from .redis_names import DEFAULT_PREFIX, redis_key, redis_namespace
+from .registry import RegistryEntry
 from .tasks import cancel_and_wait
+
+__all__ = ["FORWARDED_BY", "SessionRouter", "install_router"]
 
 log = logging.getLogger(__name__)
 
@@ -60,59 +63,52 @@ TAG_LENGTH = 8  # hex digits of the process tag that starts a clientId
 CLIENT_ID_LENGTH = TAG_LENGTH + 40  # the tag, then bayeux.new_client_id()
 REGISTRATION_TTL = 10.0  # seconds a registration lives unless refreshed
 MISS_TTL = 1.0  # seconds an unknown or unreachable owner is remembered as such
-PRIVATE_BACKLOG = 4096
 MAX_CACHED = 4096  # owners remembered (tags come from clients: bounded)
 CONNECT_TIMEOUT = 5.0  # seconds to connect to an owner: a dead one on loopback refuses at once; this bounds
 # a host that is down, and leaves room for this process's own loop lag under a burst
 _HEX = frozenset("0123456789abcdef")
-_NOT_RELAYED = HOP_BY_HOP | {FORWARDED_BY.lower()}
 
 
 class SessionRouter:
     """This process's tag, its registration, its private port, and the forwarding of others' sessions."""
 
     def __init__(self, broker: Broker, redis_url: str, host: str, *, prefix: str = DEFAULT_PREFIX,
-                 ttl: float = REGISTRATION_TTL, http: HttpTransport) -> None:
+                 ttl: float = REGISTRATION_TTL, http: HttpTransport, port: PrivatePort | None = None) -> None:
         self.broker = broker
         self.http = http  # serves the forwarded requests the lean path hands over
         self.origins = OriginPolicy(broker.config.allowed_origins)
         self.tag = secrets.token_hex(TAG_LENGTH // 2)
         broker.client_id_prefix = self.tag
-        self.host = host
+        self.port = port or PrivatePort(host)  # shared with the contact center's leader on the same host
         self.namespace = redis_namespace(redis_url, prefix)
         self.ttl = ttl
-        self.address = ""  # "host:port" of the private port, once started
         # A held connect may be answered up to its timeout late, plus the owner's queue of work.
         # Idle connections kept per owner: up to one per long-polling client it relays for.
         self.forwarder = Forwarder(connect_timeout=CONNECT_TIMEOUT, max_idle=1024,
                                    read_timeout=broker.config.timeout / 1000 + 30.0)
         self._redis = aioredis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.registration = RegistryEntry(self._redis, self.key(self.tag), ttl)
         self._owners: dict[str, tuple[str | None, float]] = {}  # tag -> (address or None, fresh until)
         self._lookups: dict[str, asyncio.Task[str | None]] = {}  # tag -> its lookup in flight
-        self._server: asyncio.AbstractServer | None = None
         self._private: LeanHttp | None = None
-        self._private_aiohttp: web.Server | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._redis_down = False  # logged once per outage
 
+    @property
+    def address(self) -> str:
+        """"host:port" of the private port, once started."""
+        return self.port.address
+
     def key(self, tag: str) -> str:
-        return f"{self.namespace}:route:{tag}"
+        return redis_key(self.namespace, "route", tag)
 
     # --- lifetime -------------------------------------------------------------------------------------
 
     async def start(self, _: web.Application | None = None) -> None:
-        sock = bind_private(self.host)
-        self.address = address_of(sock)
-        fallback = web.Server(self._serve_handed_over, access_log=None)
-        private = LeanHttp(self.http.exchange, self.http.browser, ["/"], fallback, forwarded_only=True)
-        try:
-            # Every held connect relayed here is a connection of its own: a deep accept queue, so
-            # a burst of them while this process is busy is not refused.
-            self._server = await asyncio.get_running_loop().create_server(private, sock=sock, backlog=PRIVATE_BACKLOG)
-        except OSError:
-            sock.close()
-            raise
-        self._private, self._private_aiohttp = private, fallback
+        port = self.port
+        self._private = LeanHttp(self.http.exchange, self.http.browser, ["/"], port.dispatch, forwarded_only=True)
+        port.front, port.bayeux = self._private, self._serve_handed_over
+        await port.open()
         await self._register()  # before the public port listens, when Redis answers
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever(), name="session-router")
         log.info("session router: tag %s, forwarded requests on %s", self.tag, self.address)
@@ -124,22 +120,18 @@ class SessionRouter:
         for lookup in list(self._lookups.values()):
             await cancel_and_wait(lookup)
         with contextlib.suppress(redis.RedisError, OSError):
-            await self._redis.delete(self.key(self.tag))
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+            await self.registration.release(self.address)
         if self._private is not None:
+            self.port.front = self.port.bayeux = None
             self._private.close()
             self._private = None
-        if self._private_aiohttp is not None:
-            await self._private_aiohttp.shutdown(1.0)
-            self._private_aiohttp = None
+            await self.port.close()
         self.forwarder.close()
         await self._redis.aclose()
 
     async def _register(self) -> None:
         try:
-            await self._redis.set(self.key(self.tag), self.address, px=max(1, int(self.ttl * 1000)))
+            await self.registration.put(self.address)
         except (redis.RedisError, OSError) as exc:
             if not self._redis_down:
                 self._redis_down = True
@@ -152,7 +144,7 @@ class SessionRouter:
 
     async def _refresh_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.ttl / 3)
+            await asyncio.sleep(self.registration.refresh_every)
             await self._register()
 
     # --- forwarding -----------------------------------------------------------------------------------
@@ -180,7 +172,8 @@ class SessionRouter:
             stats.forward_failures += 1
             return None
         try:
-            reply = await self.forwarder.send(address, self._request(method, target, headers, body))
+            reply = await self.forwarder.send(address, relay_request(method, target, headers, body,
+                                                                     forwarded_by=self.tag))
         except ForwardError as exc:
             stats.forward_failures += 1
             if self._owners.get(tag, (None,))[0] is not None:
@@ -191,12 +184,6 @@ class SessionRouter:
             return None  # a busy owner fails this request only, not the next ones
         stats.forwarded += 1
         return reply
-
-    def _request(self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
-        lines = [f"{method} {target} HTTP/1.1"]
-        lines += [f"{name}: {value}" for name, value in headers if name.lower() not in _NOT_RELAYED]
-        lines += [f"Content-Length: {len(body)}", f"{FORWARDED_BY}: {self.tag}", "", ""]
-        return "\r\n".join(lines).encode("latin-1", "replace") + body
 
     async def _owner(self, tag: str) -> str | None:
         cached = self._owners.get(tag)
@@ -244,14 +231,13 @@ class SessionRouter:
         return response
 
     async def _serve_handed_over(self, request: web.BaseRequest) -> web.StreamResponse:
-        """The private port's requests the lean path hands over: forwarded JSONP GETs, and any forwarded
-        request after one on the same (pooled) connection. Never forwarded again."""
+        """The forwarded requests the lean path hands over to the private port's aiohttp side: JSONP GETs,
+        and any forwarded request after one on the same (pooled) connection. Never forwarded again."""
         allowed = self.broker.transports
-        if FORWARDED_BY in request.headers:
-            if request.method == "GET" and "callback-polling" in allowed and "message" in request.query:
-                return await self.http.callback_polling(request, relay=False)
-            if request.method == "POST" and "long-polling" in allowed:
-                return self._cors(request, await self.http.long_polling(request, relay=False))
+        if request.method == "GET" and "callback-polling" in allowed and "message" in request.query:
+            return await self.http.callback_polling(request, relay=False)
+        if request.method == "POST" and "long-polling" in allowed:
+            return self._cors(request, await self.http.long_polling(request, relay=False))
         return web.Response(status=400, text="this port serves only requests forwarded by the broker's own "
                                              "processes\n", headers={"Connection": "close"})
 
@@ -260,7 +246,8 @@ def install_router(app: web.Application, broker: Broker, endpoint: Any) -> Sessi
     """With redis: tag this process's clientIds and forward others' long-polls to their owners.
     `endpoint` is the app's Bayeux endpoint (app.BayeuxEndpoint), whose transports relay through it."""
     cfg = broker.config
-    router = SessionRouter(broker, cfg.redis, cfg.forward_host, prefix=cfg.redis_prefix, http=endpoint.http)
+    router = SessionRouter(broker, cfg.redis, cfg.forward_host, prefix=cfg.redis_prefix, http=endpoint.http,
+                           port=private_port(app, cfg.forward_host))
     endpoint.router = router
     endpoint.http.router = router
     app.on_startup.append(router.start)  # after the broker's own start (registered before)

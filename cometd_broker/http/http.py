@@ -16,8 +16,7 @@ from .. import bayeux
 from ..bayeux import BodyError, Message
 from ..broker import RequestContext
 from ..exchange import Exchange, encode
-from ..forwarding import Relay
-from ..private_port import HOP_BY_HOP
+from ..forwarding import Relay, relayed_response
 from .browser import BrowserPolicy, browser_id_of
 
 JSON = "application/json"
@@ -94,8 +93,7 @@ class HttpTransport:
         reply = await router.forward(tag, request.raw_path, request.headers.items(), body, method=method)
         if reply is None:
             return None  # the owner is gone: answered here (402), the client resumes on this process
-        headers = [(k, v) for k, v in reply.headers if k.lower() not in HOP_BY_HOP]
-        return web.Response(status=reply.status, reason=reply.reason, headers=headers, body=reply.body)
+        return relayed_response(reply)
 
     async def callback_polling(self, request: web.BaseRequest, *, relay: bool = True) -> web.StreamResponse:
         callback = request.query.get("jsonp", "jsonpcallback")
