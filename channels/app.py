@@ -22,7 +22,7 @@ from cometd_broker.app import add_mount, allow_cross_origin
 from cometd_broker.security import ChainedAuthenticator
 from cometd_broker.tasks import cancel_and_wait
 
-from . import agent, chats, desktop, interactions, media, openapi, smssessions, users_cli, workbins
+from . import agent, chats, desktop, interactions, media, openapi, smssessions, users_cli, workbins, workbins_api
 from .agentgateway import MIRROR_CHANNEL, AgentGateway
 from .agentgateway import PREFIX as GATEWAY_PREFIX
 from .auth import GwsAuthenticator, HttpSessions, SessionStore, UserDirectory, auth_middleware, peer_address
@@ -162,7 +162,7 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
     smssessions.add_routes(app, conversations)
     chats.add_routes(app, conversations)
     interactions.add_routes(app, conversations, bins, agents_see_all=not config.interactions_list_supervisors_only)
-    workbins.add_routes(app, bins)
+    workbins_api.add_routes(app, bins)
     if config.media_token:
         media.add_routes(app, conversations, config.media_token)
     gateway.add_routes(app)  # the Huawei agent gateway: its own Guid authentication

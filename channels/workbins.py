@@ -23,6 +23,8 @@ Persistence: workbins (items, subscription) live in the engine's store and are w
 (`Conversations.stage`), so placing or pulling an interaction is one transaction with the interaction's own
 change: on disk an interaction is never both out of the agent's hands and out of the workbin. Which workbin
 holds an interaction is stored only here (the items), never a second time on the interaction.
+
+The HTTP routes over these workbins are in workbins_api.py.
 """
 
 from __future__ import annotations
@@ -31,11 +33,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
-from .auth import current_user
 from .conversation import Conversations
-from .envelope import GwsError, Status, ok, operation_name, param, read_json_object
+from .envelope import GwsError, Status
 from .model import Interaction
 from .store import Document, DocumentStore
 
@@ -227,47 +226,3 @@ class Workbins:
                 bins[workbin.id] = workbin
             self._bins[user_id] = bins
         return bins
-
-
-# --- HTTP ------------------------------------------------------------------------------------------------
-
-
-class WorkbinRoutes:
-    """`GET /api/v2/me/workbins[/{id}]`, `POST /api/v2/me/workbins/{id}` (operationName)."""
-
-    def __init__(self, workbins: Workbins) -> None:
-        self.workbins = workbins
-
-    def add_to(self, app: web.Application) -> None:
-        app.router.add_get("/api/v2/me/workbins", self.list)
-        app.router.add_get("/api/v2/me/workbins/{id}", self.get)
-        app.router.add_post("/api/v2/me/workbins/{id}", self.operate)
-
-    async def list(self, request: web.Request) -> web.Response:
-        views = [b.view(self.workbins.base_url) for b in self.workbins.of(current_user(request).user_id)]
-        fields = request.query.get("fields")
-        if fields is None:
-            return ok(uris=[view["uri"] for view in views])
-        if fields != "*":
-            raise GwsError(Status.VALIDATION_ERROR, "fields must be *")
-        return ok(workbins=views)
-
-    async def get(self, request: web.Request) -> web.Response:
-        workbin = self.workbins.find(current_user(request).user_id, request.match_info["id"])
-        return ok(workbin=self.workbins.content(workbin))
-
-    async def operate(self, request: web.Request) -> web.Response:
-        user = current_user(request)
-        body = await read_json_object(request)
-        operation = operation_name(body, OPERATIONS)
-        workbin = self.workbins.find(user.user_id, request.match_info["id"])
-        if operation in ("Subscribe", "Unsubscribe"):
-            return ok(referenceId=await self.workbins.subscribe(workbin, operation == "Subscribe"))
-        interaction_id = param(body, "id", str)
-        if operation == "AddInteraction":
-            return ok(referenceId=await self.workbins.place(user.user_id, workbin, interaction_id))
-        return ok(referenceId=await self.workbins.pull(user.user_id, workbin, interaction_id))
-
-
-def add_routes(app: web.Application, workbins: Workbins) -> None:
-    WorkbinRoutes(workbins).add_to(app)
