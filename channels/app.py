@@ -28,7 +28,7 @@ from .agentgateway import PREFIX as GATEWAY_PREFIX
 from .auth import GwsAuthenticator, HttpSessions, SessionStore, UserDirectory, auth_middleware, peer_address
 from .conversation import Conversations, ReferenceIds
 from .demo import install_demo
-from .envelope import Handler, envelope_middleware
+from .envelope import Handler, envelope_middleware, label_operation
 from .routing import ROUTED_CHANNELS, Routing
 from .store import DocumentStore, StateStore
 
@@ -139,6 +139,7 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
     # The engine loads first: workbins refer to its interactions.
     conversations = Conversations(publish, routing, users, base_url=config.base_url, reference_ids=reference_ids,
                                   store=store)
+    conversations.operations.on_operation = label_operation  # the metrics name the operation the engine ran
     bins = workbins.Workbins(conversations, publish, reference_ids=reference_ids)
 
     async def mirror(user_id: str, event: dict[str, Any]) -> None:
