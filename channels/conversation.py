@@ -52,7 +52,7 @@ class Conversations:
         self.repository = InteractionRepository(routing, self._refs, store)
         self.outbox = Outbox(base_url, self.repository.touch)
         self.core = ConversationCore(publish, routing, self.repository, self.outbox, clock_ms=clock_ms)
-        self._now = self.core.now
+        self._now = self.core.now  # the engine clock (epoch ms): tests compare offer deadlines with it
         self.operations = AgentOperations(self.core, users, self._refs)
         self.customers = CustomerSide(self.core)
         self.pruning = Pruner(self.core)
