@@ -22,13 +22,13 @@ from cometd_broker.app import add_mount, allow_cross_origin
 from cometd_broker.security import ChainedAuthenticator
 from cometd_broker.tasks import cancel_and_wait
 
-from . import agent, chats, desktop, interactions, media, openapi, smssessions, users_cli, workbins
+from . import agent, chats, desktop, interactions, media, openapi, smssessions, users_cli, workbins, workbins_api
 from .agentgateway import MIRROR_CHANNEL, AgentGateway
 from .agentgateway import PREFIX as GATEWAY_PREFIX
 from .auth import GwsAuthenticator, HttpSessions, SessionStore, UserDirectory, auth_middleware, peer_address
 from .conversation import Conversations, ReferenceIds
 from .demo import install_demo
-from .envelope import Handler, envelope_middleware
+from .envelope import Handler, envelope_middleware, label_operation
 from .routing import ROUTED_CHANNELS, Routing
 from .store import DocumentStore, StateStore
 
@@ -139,6 +139,7 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
     # The engine loads first: workbins refer to its interactions.
     conversations = Conversations(publish, routing, users, base_url=config.base_url, reference_ids=reference_ids,
                                   store=store)
+    conversations.operations.on_operation = label_operation  # the metrics name the operation the engine ran
     bins = workbins.Workbins(conversations, publish, reference_ids=reference_ids)
 
     async def mirror(user_id: str, event: dict[str, Any]) -> None:
@@ -162,7 +163,7 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
     smssessions.add_routes(app, conversations)
     chats.add_routes(app, conversations)
     interactions.add_routes(app, conversations, bins, agents_see_all=not config.interactions_list_supervisors_only)
-    workbins.add_routes(app, bins)
+    workbins_api.add_routes(app, bins)
     if config.media_token:
         media.add_routes(app, conversations, config.media_token)
     gateway.add_routes(app)  # the Huawei agent gateway: its own Guid authentication

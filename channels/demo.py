@@ -24,7 +24,7 @@ from aiohttp import web
 
 from .auth import UserDirectory
 from .conversation import Conversations
-from .envelope import GwsError
+from .errors import ContactCenterError
 from .model import CHAT, SMS, LegState, MediaKind, MessageType
 
 if TYPE_CHECKING:  # app.py imports this module to serve --demo
@@ -179,7 +179,7 @@ class CustomerSimulator:
         try:
             ix = await self.conversations.create_inbound(arrival.media, arrival.nickname,
                                                          text=arrival.script.opening, queue=arrival.queue)
-        except GwsError as exc:
+        except ContactCenterError as exc:
             log.warning("demo: no new %s customer: %s", arrival.media.name, exc.message)
             return
         except Exception:  # a bug must not end the demo for good: log it, try again next interval
@@ -194,7 +194,7 @@ class CustomerSimulator:
     async def _step(self, customer: DemoCustomer, now: float) -> None:
         try:
             await self._advance(customer, now)
-        except GwsError as exc:
+        except ContactCenterError as exc:
             # Expected races: the agent completed or transferred the chat just before the customer spoke.
             log.info("demo: customer %s (%s) stops: %s", customer.nickname, customer.interaction_id, exc.message)
             self.customers.pop(customer.interaction_id, None)

@@ -1,7 +1,8 @@
 """The GWS reply envelope: `statusCode` 0 on success; otherwise `statusMessage` and nothing else.
 
-Handlers raise `GwsError` for any failure; `envelope_middleware` turns it (and anything unexpected)
-into the envelope, so a client never sees a traceback and a failed request never half-applies.
+Handlers raise `GwsError` for any failure, and the domain its own errors (errors.py); `envelope_middleware`
+turns both (and anything unexpected) into the envelope, so a client never sees a traceback and a failed
+request never half-applies. A domain error is answered with the GWS statusCode of its kind (`DOMAIN_STATUS`).
 It also counts every request by route, operationName and status in the app's metrics (when the app
 has them: `cometd_broker.metrics`), as `gws_requests_total` and `gws_request_duration_seconds`.
 """
@@ -21,6 +22,9 @@ from aiohttp import web
 from cometd_broker.engine import EngineUnavailable
 from cometd_broker.eventlog import EventLogUnavailable
 from cometd_broker.metrics import METRICS, Metrics, route_label
+
+from .errors import ContactCenterError, Kind
+from .params import param, unknown_operation  # `param` too for handlers: they read parameters as the domain does
 
 log = logging.getLogger("channels")
 
@@ -51,6 +55,16 @@ _HTTP_STATUS = {
 }
 
 
+# The statusCode that answers each kind of domain error.
+DOMAIN_STATUS = {
+    Kind.MISSING_PARAMETER: Status.MISSING_PARAMETER,
+    Kind.INVALID_PARAMETER: Status.VALIDATION_ERROR,
+    Kind.INVALID_STATE: Status.INVALID_STATE,
+    Kind.NOT_FOUND: Status.NOT_FOUND,
+    Kind.IN_USE: Status.IN_USE,
+}
+
+
 class GwsError(Exception):
     """A request that failed with a GWS statusCode; nothing was changed."""
 
@@ -59,6 +73,11 @@ class GwsError(Exception):
         self.status = status
         self.message = message
         self.http_status = http_status if http_status is not None else _HTTP_STATUS.get(status, 400)
+
+    @classmethod
+    def of(cls, error: ContactCenterError) -> GwsError:
+        """The GWS answer to a domain error."""
+        return cls(DOMAIN_STATUS[error.kind], error.message)
 
 
 # The statusCode of an envelope, kept on its response for the metrics (no re-parsing of the body).
@@ -124,7 +143,8 @@ def _count(metrics: Metrics, request: web.Request, operation: str, status_code: 
 async def _enveloped(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except GwsError as exc:
+    except (GwsError, ContactCenterError) as caught:
+        exc = caught if isinstance(caught, GwsError) else GwsError.of(caught)
         return failure(exc.status, exc.message, exc.http_status)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -157,33 +177,18 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return parsed
 
 
-def param(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = True,
-          default: Any = None) -> Any:
-    """A typed body parameter: statusCode 1 when missing, 10 when of the wrong type."""
-    if name not in body or body[name] is None:
-        if required:
-            raise GwsError(Status.MISSING_PARAMETER, f"missing parameter '{name}'")
-        return default
-    value = body[name]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds:
-        raise GwsError(Status.VALIDATION_ERROR, f"parameter '{name}' must be {_names(kinds)}")
-    if not isinstance(value, kinds):
-        raise GwsError(Status.VALIDATION_ERROR, f"parameter '{name}' must be {_names(kinds)}")
-    return value
-
-
 def check_operation(operation: str, valid: Sequence[str], *, on: str | None = None) -> None:
     """statusCode 10 naming the valid operations when `operation` is not one of them."""
-    if operation in valid:
-        current = _OPERATION.get()
-        if current is not None:  # only valid names become a metrics label: their number is bounded
-            current[0] = operation
-        return
-    names = ", ".join(valid)
-    message = (f"unknown operationName {operation!r}; valid: {names}" if on is None
-               else f"unknown operationName {operation!r} on {on}: use one of {names}")
-    raise GwsError(Status.VALIDATION_ERROR, message)
+    if operation not in valid:
+        raise unknown_operation(operation, valid, on=on)
+    label_operation(operation)
+
+
+def label_operation(operation: str) -> None:
+    """Name the current request's operation in the metrics; only valid names, so their number is bounded."""
+    current = _OPERATION.get()
+    if current is not None:
+        current[0] = operation
 
 
 def operation_name(body: dict[str, Any], valid: Sequence[str], *, on: str | None = None) -> str:
@@ -191,9 +196,3 @@ def operation_name(body: dict[str, Any], valid: Sequence[str], *, on: str | None
     operation = param(body, "operationName", str)
     check_operation(operation, valid, on=on)
     return operation
-
-
-def _names(kinds: tuple[type, ...]) -> str:
-    words = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", dict: "an object",
-             list: "an array"}
-    return " or ".join(words.get(k, k.__name__) for k in kinds)

@@ -208,7 +208,8 @@ class Leg:
     offer_timeout: float | None = None  # its timeout in seconds
 
     def to_document(self) -> dict[str, Any]:
-        """Without `offer`: it belongs to routing, which stores it beside the interaction (conversation.py)."""
+        """Without `offer`: it belongs to routing, which stores it beside the interaction
+        (conversation_repository.py)."""
         return {"userId": self.user_id, "state": self.state.value, "role": self.role.value,
                 "participant": None if self.participant is None else self.participant.as_dict()}
 
@@ -243,7 +244,7 @@ class Interaction:
     def to_document(self) -> dict[str, Any]:
         """Everything needed to resume the interaction, as JSON-ready data. Legs keep their insertion order
         (it is the join order the participants list shows). Which workbin holds the interaction and which
-        routing requests wait for it are stored by their owners (workbins.py, conversation.py)."""
+        routing requests wait for it are stored by their owners (workbins.py, conversation_repository.py)."""
         return {"id": self.id, "media": self.media.name, "customer": self.customer.as_dict(),
                 "queue": self.queue, "contactId": self.contact_id, "createdMs": self.created_ms,
                 "legs": [leg.to_document() for leg in self.legs.values()],

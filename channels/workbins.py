@@ -1,7 +1,7 @@
 """Per-agent workbins: places where an agent parks an interaction to continue it later.
 
 Every agent has the same default workbins (`<user>-inprogress` "In Progress", `<user>-drafts` "Drafts"),
-created on first use; an agent sees only their own (another's id is 6, as if it did not exist).
+created on first use; an agent sees only their own (another's id is not found, as if it did not exist).
 
 Placing an interaction (`AddInteraction` here, `PlaceInWorkbin` on /me/interactions) is the engine's
 Complete for the agent's leg while the workbin holds the interaction: the agent leaves the chat session and
@@ -12,7 +12,7 @@ so a workbin item never has agents working on it.
 Taking it back is `Pull` (`{"operationName":"Pull","id":...}`): the interaction is offered to the agent
 (Invited), as a Genesys pull delivers an invitation, and the agent Accepts it as usual, getting the log up
 to the point of joining. Declined or unanswered, it goes to its queue like any failed offer. Accept on an
-item still in a workbin is refused (statusCode 2) so that one explicit step takes it out.
+item still in a workbin is refused (an invalid state) so that one explicit step takes it out.
 
 Notifications on `/v2/me/workbins` (owner only): `ItemAdded`/`ItemRemoved` while subscribed (an agent is
 subscribed to their own workbins from the start: GWS makes clients subscribe because workbins are shared
@@ -23,6 +23,8 @@ Persistence: workbins (items, subscription) live in the engine's store and are w
 (`Conversations.stage`), so placing or pulling an interaction is one transaction with the interaction's own
 change: on disk an interaction is never both out of the agent's hands and out of the workbin. Which workbin
 holds an interaction is stored only here (the items), never a second time on the interaction.
+
+The HTTP routes over these workbins are in workbins_api.py.
 """
 
 from __future__ import annotations
@@ -31,11 +33,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
-from .auth import current_user
 from .conversation import Conversations
-from .envelope import GwsError, Status, ok, operation_name, param, read_json_object
+from .errors import ContactCenterError, InvalidState, NotFound
 from .model import Interaction
 from .store import Document, DocumentStore
 
@@ -116,7 +115,7 @@ class Workbins:
         bins = self._own(user_id)
         found = bins.get(ident) or next((b for b in bins.values() if b.name == ident), None)
         if found is None:
-            raise GwsError(Status.NOT_FOUND, f"workbin {ident} not found")
+            raise NotFound(f"workbin {ident} not found")
         return found
 
     def holder(self, interaction_id: str) -> Workbin | None:
@@ -145,7 +144,7 @@ class Workbins:
         self._hold(ix.id, workbin)
         try:
             reference_id = await self.conversations.operate(user_id, ix.media, ix.id, "Complete", {})
-        except GwsError:
+        except ContactCenterError:
             self._release(ix.id)
             raise
         await self._item_event(workbin, "ItemAdded", self.item_view(ix), reference_id)
@@ -154,7 +153,7 @@ class Workbins:
     async def pull(self, user_id: str, workbin: Workbin, interaction_id: str) -> int:
         """Take an interaction out of the workbin: it is offered to the agent, who Accepts it."""
         if interaction_id not in workbin.items:
-            raise GwsError(Status.NOT_FOUND, f"interaction {interaction_id} is not in workbin {workbin.id}")
+            raise NotFound(f"interaction {interaction_id} is not in workbin {workbin.id}")
         ix = self.conversations.interaction(interaction_id)
         assert ix is not None, "workbins hold only interactions of the engine"
         item = self.item_view(ix)
@@ -162,7 +161,7 @@ class Workbins:
         self._release(ix.id)
         try:
             await self.conversations.offer_to(user_id, ix.id)
-        except GwsError:
+        except ContactCenterError:
             self._hold(ix.id, workbin)
             raise
         await self._item_event(workbin, "ItemRemoved", item, reference_id)
@@ -191,16 +190,14 @@ class Workbins:
         ix = self.conversations.interaction(interaction_id)
         leg = ix.legs.get(user_id) if ix is not None else None
         if ix is None or leg is None:
-            raise GwsError(Status.NOT_FOUND, f"interaction {interaction_id} not found")
+            raise NotFound(f"interaction {interaction_id} not found")
         if ix.id in self._holder:
-            raise GwsError(Status.INVALID_STATE, f"interaction {ix.id} is already in workbin {self._holder[ix.id].id}")
+            raise InvalidState(f"interaction {ix.id} is already in workbin {self._holder[ix.id].id}")
         # The engine's Complete ends the leg, so whoever may Complete (owner chatting or in wrap-up) may place.
         if "Complete" not in ix.capabilities_of(leg):
-            raise GwsError(Status.INVALID_STATE,
-                           f"interaction {ix.id} cannot be placed in a workbin in state {leg.state.value}")
+            raise InvalidState(f"interaction {ix.id} cannot be placed in a workbin in state {leg.state.value}")
         if any(other is not leg for other in ix.active_legs()):
-            raise GwsError(Status.INVALID_STATE,
-                           f"interaction {ix.id} has other agents in it: only an agent alone in it may place it")
+            raise InvalidState(f"interaction {ix.id} has other agents in it: only an agent alone in it may place it")
         return ix
 
     def _hold(self, interaction_id: str, workbin: Workbin) -> None:
@@ -227,47 +224,3 @@ class Workbins:
                 bins[workbin.id] = workbin
             self._bins[user_id] = bins
         return bins
-
-
-# --- HTTP ------------------------------------------------------------------------------------------------
-
-
-class WorkbinRoutes:
-    """`GET /api/v2/me/workbins[/{id}]`, `POST /api/v2/me/workbins/{id}` (operationName)."""
-
-    def __init__(self, workbins: Workbins) -> None:
-        self.workbins = workbins
-
-    def add_to(self, app: web.Application) -> None:
-        app.router.add_get("/api/v2/me/workbins", self.list)
-        app.router.add_get("/api/v2/me/workbins/{id}", self.get)
-        app.router.add_post("/api/v2/me/workbins/{id}", self.operate)
-
-    async def list(self, request: web.Request) -> web.Response:
-        views = [b.view(self.workbins.base_url) for b in self.workbins.of(current_user(request).user_id)]
-        fields = request.query.get("fields")
-        if fields is None:
-            return ok(uris=[view["uri"] for view in views])
-        if fields != "*":
-            raise GwsError(Status.VALIDATION_ERROR, "fields must be *")
-        return ok(workbins=views)
-
-    async def get(self, request: web.Request) -> web.Response:
-        workbin = self.workbins.find(current_user(request).user_id, request.match_info["id"])
-        return ok(workbin=self.workbins.content(workbin))
-
-    async def operate(self, request: web.Request) -> web.Response:
-        user = current_user(request)
-        body = await read_json_object(request)
-        operation = operation_name(body, OPERATIONS)
-        workbin = self.workbins.find(user.user_id, request.match_info["id"])
-        if operation in ("Subscribe", "Unsubscribe"):
-            return ok(referenceId=await self.workbins.subscribe(workbin, operation == "Subscribe"))
-        interaction_id = param(body, "id", str)
-        if operation == "AddInteraction":
-            return ok(referenceId=await self.workbins.place(user.user_id, workbin, interaction_id))
-        return ok(referenceId=await self.workbins.pull(user.user_id, workbin, interaction_id))
-
-
-def add_routes(app: web.Application, workbins: Workbins) -> None:
-    WorkbinRoutes(workbins).add_to(app)

@@ -12,7 +12,7 @@ from aiohttp import web
 from bayeux_helpers import open_session
 from gws_stack import BASE_URL, MEDIA_TOKEN, MOUNT, Desk, Stack
 
-from channels import chats, interactions, media, smssessions, workbins
+from channels import chats, interactions, media, smssessions, workbins, workbins_api
 from channels.auth import GwsAuthenticator, HttpSessions, User, UserDirectory, auth_middleware, hash_password
 from channels.conversation import Conversations
 from channels.envelope import envelope_middleware
@@ -87,7 +87,7 @@ async def make_ix_stack(aiohttp_client: Any, *, offer_timeout: float = 30.0, cap
     smssessions.add_routes(app, conversations)
     media.add_routes(app, conversations, MEDIA_TOKEN)
     interactions.add_routes(app, conversations, bins, agents_see_all=agents_see_all)
-    workbins.add_routes(app, bins)
+    workbins_api.add_routes(app, bins)
 
     async def close(_: web.Application) -> None:
         await conversations.close()

@@ -9,6 +9,7 @@ from convo_helpers import kinds, make_engine
 from test_model import SEED_000_ALONE, SEED_000_CONFERENCE
 
 from channels.envelope import GwsError, Status
+from channels.errors import ContactCenterError
 from channels.model import CHAT, SMS
 
 TOPIC = SMS.topic
@@ -29,10 +30,11 @@ async def chatting(conv, routing, rec, user: str = "alice", media=SMS):
 
 
 async def expect_error(status: Status, coro) -> GwsError:
-    with pytest.raises(GwsError) as caught:
+    with pytest.raises(ContactCenterError) as caught:
         await coro
-    assert caught.value.status is status, caught.value.message
-    return caught.value
+    error = GwsError.of(caught.value)  # the engine's error as the HTTP edge answers it
+    assert error.status is status, error.message
+    return error
 
 
 # --- offering ------------------------------------------------------------------------------------------
@@ -575,7 +577,7 @@ async def test_routing_never_scans_every_interaction() -> None:
         def items(self):
             raise AssertionError("routing scanned every interaction")
 
-    conv._interactions = NoScan(conv._interactions)
+    conv.repository.interactions = NoScan(conv.repository.interactions)
     await routing.set_ready("bob", "sms")
     ix = await inbound(conv, routing)
     offered = [n for n in rec.of("alice", TOPIC) + rec.of("bob", TOPIC) if n["smssession"]["id"] == ix.id]

@@ -15,7 +15,7 @@ from desktop_helpers import BrowserSession
 
 from channels.app import ContactCenterConfig, install_contact_center
 from channels.demo import DEMO, MAX_ACTIVE, NICKNAMES, SCRIPTS, CustomerSimulator, install_demo
-from channels.envelope import GwsError, Status
+from channels.errors import InvalidState
 from cometd_broker import BrokerConfig, create_app
 from cometd_broker.app import BROKER
 
@@ -273,7 +273,7 @@ async def test_domain_errors_are_logged_and_the_simulation_goes_on(demo, monkeyp
     customer = next(iter(simulator.customers.values()))
 
     async def refuse(*_: Any, **__: Any) -> None:
-        raise GwsError(Status.INVALID_STATE, "has ended")
+        raise InvalidState("has ended")
 
     with caplog.at_level(logging.INFO, "channels.demo"):
         monkeypatch.setattr(center.conversations, "create_inbound", refuse)

@@ -24,6 +24,7 @@ from channels.agentgateway import Participant as ConfParticipant
 from channels.auth import User, UserDirectory, hash_password
 from channels.conversation import Conversations, ReferenceIds
 from channels.envelope import GwsError, Status
+from channels.errors import ContactCenterError
 from channels.model import (
     CHAT,
     SMS,
@@ -472,9 +473,9 @@ async def test_interactions_over_for_the_retention_are_forgotten_in_memory_and_o
     assert await conv.prune(60, now=1059.9) == 0
     assert await conv.prune(60, now=1060.0) == 1 and conv.pruned == 1
     assert conv.interaction(done) is None
-    with pytest.raises(GwsError) as missing:
+    with pytest.raises(ContactCenterError) as missing:
         conv.transcript(SMS, done)
-    assert missing.value.status is Status.NOT_FOUND
+    assert GwsError.of(missing.value).status is Status.NOT_FOUND
     assert {ix.id for ix in conv.all_interactions()} == {wrapup, live, parked}
     await engine.stop()
 

@@ -136,7 +136,7 @@ def without_participant_ids(resource: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_seed_000_sample_request_and_its_notifications(aiohttp_server, monkeypatch, desks) -> None:
-    monkeypatch.setattr("channels.conversation.new_interaction_id", lambda: SMS_ID)
+    monkeypatch.setattr("channels.conversation_repository.new_interaction_id", lambda: SMS_ID)
     server = await make_center(aiohttp_server, monkeypatch, last_reference_id=33)
     inviter = await desks(server, "testname")
     await inviter.ready("sms")
