@@ -206,6 +206,12 @@ async def test_timestamps_never_go_backwards_within_a_stream(make_log: MakeLog) 
     await log.append("/b", [b"x"])
     events = await log.read("/a", 0, 10)
     assert [e.timestamp for e in events] == [500.0, 500.0]
+    if make_log.kind == "redis":  # type: ignore[attr-defined]
+        # One clock for the whole log (its processes' clocks differ): a new stream starts there too.
+        assert (await log.read("/b", 0, 1))[0].timestamp == 500.0
+        assert await log.trim(now=599.0) == 0
+        assert await log.trim(now=601.0) == 3
+        return
     assert (await log.read("/b", 0, 1))[0].timestamp == 400.0
     # So trimming by age drops a prefix and the retained ids stay contiguous.
     assert await log.trim(now=599.0) == 1  # only /b#1 (400) is older than 499

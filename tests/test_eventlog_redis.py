@@ -262,3 +262,19 @@ def _machine_url(redis_server):
 
 TestRedisEventLogModel = RedisEventLogMachine.TestCase
 TestRedisEventLogModel.settings = contract.MODEL_SETTINGS
+
+
+async def test_a_log_from_before_the_clock_key_starts_from_its_newest_stream_stamp(make_log, redis_server) -> None:
+    # Logs written by earlier versions kept a stamp per stream in the HASH {ns}:ts: the first append
+    # of this version starts its clock from the largest, so no stream's timestamps go back.
+    clock = FakeClock(400.0)
+    log = make_log(clock=clock)
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.hset(f"{log.prefix}:ts", mapping={f"{log.prefix}:log:/a": "450.5", f"{log.prefix}:log:/b": "420"})
+    await log.append("/a", [b"1"])
+    assert (await log.read("/a", 0, 1))[0].timestamp == 450.5
+    assert admin.get(f"{log.prefix}:clock") == b"450.5"
+    clock.now = 460.0
+    await log.append("/c", [b"1"])
+    assert (await log.read("/c", 0, 1))[0].timestamp == 460.0
+    assert admin.get(f"{log.prefix}:clock") == b"460.0"

@@ -5,7 +5,10 @@ Layout (every key starts with the deployment's namespace `{ns}`, "{prefix}:db{N}
     {ns}:streams             SET of stream names ever written (`streams()`)
     {ns}:epoch               STRING: the log's epoch, made (SET NX) by the first read that finds it
                              missing, so a new or flushed Redis has a new one
-    {ns}:ts                  HASH: per stream key the last timestamp given (they never go back)
+    {ns}:clock               STRING: the last timestamp given (epoch seconds): timestamps never go
+                             back, whatever the publishing processes' clocks say. (Logs written by
+                             versions before it kept one per stream in the HASH {ns}:ts; the first
+                             append starts from the largest of those.)
     {ns}:log:{stream}        STREAM, one entry per event with the id "0-<id>" and the fields t
                              (epoch seconds, as text) and p (the payload bytes)
 The Redis engine's fan-out channel is `{ns}:fanout` (pub/sub ignores databases: the namespace keeps
@@ -84,25 +87,20 @@ MIN_REDIS = (7, 0)  # XADD with "<ms>-*" ids (and NOMKSTREAM, 6.2)
 # floor, so the explicit id is simply the next one.
 _APPEND = """
 local prefix, now, maxlen = ARGV[1], ARGV[2], ARGV[3]
-local tskey, streams, name_at = prefix .. ':ts', prefix .. ':streams', #prefix + 6  -- after ':log:'
-local order, ts = {}, {}  -- the batch's stream keys; per key its timestamp
-for a = 6, #ARGV, 3 do
-  if not ts[ARGV[a]] then ts[ARGV[a]] = true; order[#order + 1] = ARGV[a] end
-end
-local last = redis.call('HMGET', tskey, unpack(order))
-local changed, c = {}, 0
-local now_n = tonumber(now)
-for i = 1, #order do
-  local key, t = order[i], last[i]
-  if t and tonumber(t) >= now_n then  -- timestamps never go back within a stream
-    ts[key] = t
-  else
-    ts[key] = now
-    changed[c + 1], changed[c + 2] = key, now
-    c = c + 2
+local clock, streams, name_at = prefix .. ':clock', prefix .. ':streams', #prefix + 6  -- after ':log:'
+-- Timestamps never go back, across the cluster's clocks: each call's is at least the last one given.
+-- One value for the whole log (not one per stream: a lookup and a write per call, not per stream).
+local given = redis.call('GET', clock)
+local missing = not given
+if missing then  -- first call, or a log from before the clock key: start from its per-stream stamps
+  local old = redis.call('HVALS', prefix .. ':ts')
+  for i = 1, #old do
+    if not given or tonumber(old[i]) > tonumber(given) then given = old[i] end
   end
 end
-if c > 0 then redis.call('HSET', tskey, unpack(changed)) end
+local t = now
+if given and tonumber(given) >= tonumber(now) then t = given end
+if missing or t ~= given then redis.call('SET', clock, t) end
 local xadd, xadd_existing  -- XADD; the same only to a stream that exists (nil if it does not)
 if maxlen == '' then
   xadd = function(key, id, t, p) return redis.call('XADD', key, id, 't', t, 'p', p) end
@@ -117,7 +115,6 @@ local ids, payloads = {}, {}
 local n = 0
 for a = 6, #ARGV, 3 do
   local key, payload, above = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  local t = ts[key]
   local id
   if above ~= '' then
     id = xadd_existing(key, above, t, payload)

@@ -141,7 +141,7 @@ async def test_a_subscriber_receives_nothing_published_by_the_other_deployment(d
         ns = deployment.namespace
         # The log's epoch key is made by the first replay read, so a deployment may have it or not.
         mine = [key for key in keys_of(redis_port, db) if key.startswith(ns + ":") and key != f"{ns}:epoch"]
-        assert sorted(mine) == sorted([f"{ns}:log:/feed", f"{ns}:streams", f"{ns}:ts",
+        assert sorted(mine) == sorted([f"{ns}:log:/feed", f"{ns}:streams", f"{ns}:clock",
                                        *(f"{ns}:route:{tag}" for tag in tags[ns])])
     every_key = [key for key in keys_of(redis_port, 0) + keys_of(redis_port, 1)
                  if key not in (f"{one.namespace}:epoch", f"{other.namespace}:epoch")]
