@@ -28,7 +28,7 @@ from .eventlog import EventLog, EventLogUnavailable, Retention, RetentionTask, i
 from .extensions import ack, replay
 from .extensions.ack import AckState
 from .login_throttle import LoginThrottle, claimed_login, retry_seconds
-from .logs import bound, session_fields
+from .logs import LineBudget, bound, session_fields
 from .security import (
     AuthenticationError,
     Authenticator,
@@ -126,6 +126,7 @@ class Broker:
         self.personal = Pattern.parse(cfg.personal_prefix)
         self.transports = cfg.transport_list
         self.sessions: dict[str, ServerSession] = {}
+        self._refusal_lines = LineBudget()  # lines about requests refused for want of the session's cookie
         # Starts every clientId this process issues; in a cluster the process tag (routing.py) that
         # lets the other processes forward a session's requests here.
         self.client_id_prefix = ""
@@ -406,8 +407,10 @@ class Broker:
         if browser is not None and not browser.may_use(session, ctx):
             # A clientId is no secret: a request without the browser cookie the session is bound to
             # must not drive it (clientId hijack protection, see http/browser.py).
-            log.info("refused a %s request naming this session: not its browser cookie", ctx.transport,
-                     extra=_ids(session))
+            # Anyone can send these, so their lines are rate-limited like malformed requests.
+            if self._refusal_lines.take():
+                log.info("refused a %s request naming this session: not its browser cookie%s", ctx.transport,
+                         self._refusal_lines.held_back(), extra=_ids(session))
             return None
         return session
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import Context, ContextVar, copy_context
 from typing import Any, TextIO
@@ -27,6 +27,33 @@ CONTEXT_FIELDS = ("clientId", "user")
 
 _client_id: ContextVar[str | None] = ContextVar("log_client_id", default=None)
 _user: ContextVar[str | None] = ContextVar("log_user", default=None)
+
+
+class LineBudget:
+    """At most `burst` lines per `period` seconds (a token bucket), for lines any client can cause:
+    `take()` says whether to log one now, and `held_back()` how many were skipped since the last."""
+
+    def __init__(self, burst: int = 10, period: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst, self.period, self.clock = burst, period, clock
+        self.tokens = float(burst)
+        self.stamp = clock()
+        self.skipped = 0
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.burst / self.period)
+        self.stamp = now
+        if self.tokens < 1:
+            self.skipped += 1
+            return False
+        self.tokens -= 1
+        return True
+
+    def held_back(self) -> str:
+        """" (N more since the last line)" once, after lines were skipped; "" otherwise."""
+        more = f" ({self.skipped} more since the last line)" if self.skipped else ""
+        self.skipped = 0
+        return more
 
 
 def session_fields(client_id: str | None = None, user: str | None = None) -> dict[str, str | None]:

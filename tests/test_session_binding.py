@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 from typing import Any
 
@@ -330,6 +331,20 @@ async def test_a_just_issued_cookie_of_another_user_is_no_sibling(make_client, c
     bobs_cookie = clients(server, broker.session(bob).browser_id)
     reply = reply_to(await bobs_cookie.send("long-polling", connect_message(alice, timeout=0)), "/meta/connect")
     assert refused(reply), reply
+
+
+async def test_a_flood_of_refused_messages_logs_a_few_lines_not_one_each(make_client, clients, caplog):
+    """Anyone who knows a clientId can send refused messages; the log stays readable: at most a
+    burst of lines, and the next line says how many were held back."""
+    server = await make_client()
+    _, client_id = await open_victim(server, clients, "long-polling")
+    stranger = clients(server, None)
+    batch = [publish_message(client_id, "/chat", n) for n in range(300)]
+    with caplog.at_level(logging.INFO, logger="cometd_broker"):
+        replies = await stranger.send("long-polling", *batch)
+    assert len(replies) == 300 and all(refused(reply) for reply in replies)
+    lines = [r for r in caplog.records if "not its browser cookie" in r.getMessage()]
+    assert 1 <= len(lines) <= 10, len(lines)
 
 
 async def test_the_browser_cookie_is_httponly_and_same_site_lax(make_client):

@@ -16,6 +16,8 @@ from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
 
+from ..logs import LineBudget
+
 log = logging.getLogger("cometd_broker.http")
 
 BURST = 10  # lines per period
@@ -23,28 +25,18 @@ PERIOD = 10.0  # seconds
 
 
 class BadRequestLog:
-    """Rate-limited reports of malformed requests (a token bucket: BURST lines, refilled over PERIOD)."""
+    """Rate-limited reports of malformed requests: BURST lines, refilled over PERIOD."""
 
     def __init__(self, logger: logging.Logger = log, clock: Callable[[], float] = time.monotonic) -> None:
         self.logger = logger
-        self.clock = clock
-        self.tokens = float(BURST)
-        self.stamp = clock()
-        self.held_back = 0
+        self.budget = LineBudget(BURST, PERIOD, clock)
         self.total = 0
 
     def report(self, remote: str | None, reason: str) -> None:
         self.total += 1
-        now = self.clock()
-        self.tokens = min(float(BURST), self.tokens + (now - self.stamp) * BURST / PERIOD)
-        self.stamp = now
-        if self.tokens < 1:
-            self.held_back += 1
-            return
-        self.tokens -= 1
-        more = f" ({self.held_back} more since the last line)" if self.held_back else ""
-        self.held_back = 0
-        self.logger.warning("malformed request from %s refused with 400: %s%s", remote or "unknown", reason, more)
+        if self.budget.take():
+            self.logger.warning("malformed request from %s refused with 400: %s%s", remote or "unknown", reason,
+                                self.budget.held_back())
 
 
 BAD_REQUESTS = BadRequestLog()  # one per process: both paths and every site share the budget
