@@ -31,6 +31,15 @@ TOKENS = {"alice": "alice-token", "bob": "bob-token", "carol": "carol-token"}  #
 TOKENS_OPTION = ",".join(f"{token}={user}" for user, token in TOKENS.items())
 
 
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[Any]:
+    """A real redis-server of the module's own (tests/redis_helpers.py), stopped after its last test."""
+    from redis_helpers import running_redis  # imported here: redis_helpers imports this module
+
+    with running_redis() as server:
+        yield server
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -12,7 +12,6 @@ import pytest
 import redis
 import test_eventlog as contract
 from hypothesis.stateful import precondition, rule
-from redis_helpers import running_redis
 from test_eventlog import (  # noqa: F401  (collected here again, with this module's make_log)
     FakeClock,
     test_bounds,
@@ -41,12 +40,6 @@ from cometd_broker.eventlog import (
     open_event_log,
 )
 from cometd_broker.eventlog.redis import RedisEventLog
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    with running_redis() as server:
-        yield server
 
 
 @pytest.fixture

@@ -21,12 +21,6 @@ from cometd_broker.engine.redis_link import RedisLink
 from cometd_broker.eventlog.redis import RedisEventLog, parse_version
 
 
-@pytest.fixture(scope="module")
-def redis_server():
-    with running_redis() as server:
-        yield server
-
-
 async def _open(url: str, name: str = "link-test") -> RedisLink:
     return await RedisLink.open(url, client_name=name, timeout=5)
 

@@ -35,7 +35,6 @@ from bayeux_helpers import (
     unsubscribe_message,
 )
 from conftest import TOKENS_OPTION, USERS_OPTION, LeanTestServer
-from redis_helpers import running_redis
 from ws_helpers import COOKIE, WAIT, WsPeer, ext_auth, is_event
 
 from cometd_broker import BrokerConfig, create_app
@@ -358,12 +357,6 @@ async def test_the_browser_cookie_is_httponly_and_same_site_lax(make_client):
 
 
 # --------------------------------------------------------------------------- the cluster's relay
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    with running_redis() as server:
-        yield server
 
 
 @pytest.fixture

@@ -38,7 +38,6 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from bayeux_helpers import connect, events_in, open_session
-from redis_helpers import running_redis
 
 from channels.app import NOTIFICATIONS, ContactCenterConfig, install_engine
 from channels.auth import GwsAuthenticator, HttpSessions, User, UserDirectory, hash_password
@@ -385,12 +384,6 @@ async def run_measured(client: TestClient, attempts: int = 5) -> None:
 
 
 # ================================================================ the tests
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[Any]:
-    with running_redis() as server:
-        yield server
 
 
 @pytest.fixture

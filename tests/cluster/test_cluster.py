@@ -47,12 +47,6 @@ from cometd_broker.routing import FORWARDED_BY
 BUDGET = 30.0  # seconds for a whole subprocess scenario
 
 
-@pytest.fixture(scope="session")
-def redis_server():
-    with running_redis() as server:
-        yield server
-
-
 @pytest.fixture
 def redis_url(redis_server) -> str:
     """The shared server, running (a restart test may have restarted it) and empty."""

@@ -27,7 +27,6 @@ import orjson
 import pytest
 from bayeux_helpers import connect, events_in, open_session
 from conftest import RunningBroker, free_port, start_broker, wait_listening
-from redis_helpers import running_redis
 from yarl import URL
 
 from channels.auth import User, UserDirectory, hash_password
@@ -37,12 +36,6 @@ TTL = 1.5  # lease seconds: failover within about this
 WAIT = 8.0  # seconds: the bound of every wait for an event or a reply
 PREFIX = "cometd:db0:cc"  # the contact center's keys: the default namespace (redis_url's database 0), then cc
 LEASE = f"{PREFIX}:leader"
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    with running_redis() as server:
-        yield server
 
 
 def raw_redis(port: int, *command: str) -> bytes:

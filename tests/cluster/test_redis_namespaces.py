@@ -24,7 +24,6 @@ import pytest
 import redis
 from bayeux_helpers import broker_of, connect_message, events_in, handshake_message, reply_to, send
 from conftest import USERS_OPTION, RunningBroker, start_broker
-from redis_helpers import running_redis
 
 from channels.auth import User, UserDirectory, hash_password
 from channels.cluster import ClusterOptions
@@ -34,12 +33,6 @@ from cometd_broker.config import resolve
 from cometd_broker.redis_names import prefix_error, redis_database, redis_namespace
 
 WAIT = 8.0  # seconds: the bound of every wait for a reply, a leader or a subprocess
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    with running_redis() as server:
-        yield server
 
 
 @pytest.fixture
