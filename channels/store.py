@@ -5,10 +5,11 @@ and publishes the operation's notifications only once that write has committed, 
 from the last operation anybody heard of.
 
 Nothing here runs on the event loop but encoding (DESIGN.md rule 4): `apply` queues its documents for
-the store's writer thread and awaits a future the thread resolves after COMMIT. The thread takes every
-write queued while it was busy into one transaction (group commit), and commits writes in the order
-they were queued, so an awaited write implies every write queued before it is committed too: a caller
-that publishes after its own write never tells anyone of a change that is not stored yet.
+the store's writer thread (a `JobThread`, as the event log's writer) and awaits a future the thread
+resolves after COMMIT. The thread takes every write queued while it was busy into one transaction (group
+commit, up to MAX_BATCH writes), and commits writes in the order they were queued, so an awaited write
+implies every write queued before it is committed too: a caller that publishes after its own write
+never tells anyone of a change that is not stored yet.
 
 `load` reads on the caller's thread: it is for start-up only, before the loop serves (the engine is
 built, and its state restored, before the app starts), never for a running engine.
@@ -18,15 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+
+from cometd_broker.job_thread import JobThread, settle_on_loops
 
 log = logging.getLogger("channels.store")
 
@@ -104,12 +106,8 @@ class StateStore:
         self._db.execute(_SCHEMA)
         self._max_batch = max_batch
         self._slots = asyncio.Semaphore(max_pending)
-        # Unbounded as a structure, bounded by the slots; the stop sentinel (None) needs no slot.
-        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="channels-state-writer", daemon=True)
+        self._thread: JobThread[_Write] = JobThread("channels-state-writer", self._run, self._on_exit)
         self._closing = False
-        self._exited: asyncio.Future[None] | None = None
-        self._on_exit: Callable[[], None] | None = None  # set by close(): tells the loop the thread ended
         self.commits = 0
         self.writes = 0
 
@@ -132,45 +130,32 @@ class StateStore:
             self._check_open()
         loop = asyncio.get_running_loop()
         write = _Write(rows, loop.create_future(), loop, self._slots)
-        if not self._thread.ident:
+        if not self._thread.started:
             self._thread.start()
-        self._queue.put(write)
+        if not self._thread.submit(write):  # closed meanwhile, or the thread failed
+            self._slots.release()
+            raise StoreUnavailable("contact-center state store is closed")
         await write.future
 
     async def close(self) -> None:
         """Commit every write queued so far, then end the thread and close the connection."""
-        if self._exited is not None:
-            await asyncio.shield(self._exited)
-            return
         self._closing = True
-        loop = asyncio.get_running_loop()
-        self._exited = loop.create_future()
-        if not self._thread.ident:  # never written: nothing to wait for
-            with self._lock:
-                self._db.close()
-            self._exited.set_result(None)
-            return
-        exited = self._exited
-
-        def done() -> None:
-            try:
-                loop.call_soon_threadsafe(lambda: exited.done() or exited.set_result(None))
-            except RuntimeError:
-                pass  # the loop is closed: nobody waits
-
-        self._on_exit = done
-        self._queue.put(None)
-        await asyncio.shield(exited)
+        if self._thread.started:
+            await self._thread.stop()
+        else:  # never written: nothing to wait for
+            self._close_db()
 
     def close_now(self) -> None:
         """`close` for code with no loop running (tools, tests): blocks until the queued writes are committed."""
         self._closing = True
-        if self._thread.ident:
-            self._queue.put(None)
-            self._thread.join()
+        if self._thread.started:
+            self._thread.stop_now()
         else:
-            with self._lock:
-                self._db.close()
+            self._close_db()
+
+    def _close_db(self) -> None:
+        with self._lock:
+            self._db.close()
 
     def _check_open(self) -> None:
         if self._closing:
@@ -178,29 +163,17 @@ class StateStore:
 
     # ---- the writer thread ------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            stop = False
-            while not stop:
-                first = self._queue.get()
-                if first is None:
-                    break
-                batch = [first]
-                while len(batch) < self._max_batch:
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        stop = True
-                        break
-                    batch.append(more)
-                self._commit(batch)
-        finally:
-            with self._lock:
-                self._db.close()
-            if self._on_exit is not None:
-                self._on_exit()
+    def _run(self, writes: list[_Write]) -> None:
+        """On the thread: the writes queued since the last call, MAX_BATCH to a transaction, in order."""
+        for start in range(0, len(writes), self._max_batch):
+            self._commit(writes[start:start + self._max_batch])
+
+    def _on_exit(self, left: list[_Write]) -> None:
+        """On the thread, at its end: close the connection; fail any write it did not run."""
+        self._close_db()
+        if left:
+            settle_on_loops(left, lambda write: write.loop,
+                            lambda mine: _resolve(mine, StoreUnavailable("contact-center state store stopped")))
 
     def _commit(self, batch: list[_Write]) -> None:
         failure: BaseException | None = None
@@ -225,23 +198,16 @@ class StateStore:
             else:
                 self.commits += 1
                 self.writes += len(batch)
-        for write in batch:
-            _settle(write, failure)
+        settle_on_loops(batch, lambda write: write.loop, lambda mine: _resolve(mine, failure))
 
 
-def _settle(write: _Write, failure: BaseException | None) -> None:
-    """Resolve a write's future on its loop (from the writer thread)."""
-
-    def resolve() -> None:
+def _resolve(writes: list[_Write], failure: BaseException | None) -> None:
+    """On the loop: settle the writes of one commit."""
+    for write in writes:
         write.slots.release()
         if write.future.done():  # the caller was cancelled: the write happened (or failed) all the same
-            return
+            continue
         if failure is None:
             write.future.set_result(None)
         else:
             write.future.set_exception(failure)
-
-    try:
-        write.loop.call_soon_threadsafe(resolve)
-    except RuntimeError:
-        pass  # the caller's loop is closed: nobody is waiting any more

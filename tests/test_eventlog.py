@@ -314,7 +314,7 @@ async def busy_writer(log: SqliteEventLog, path: Path) -> tuple[HeldWriter, asyn
     writer = log._writer
     for _ in range(500):  # until the thread has taken the blocker off the queue
         await asyncio.sleep(0.01)
-        if not writer._jobs and not writer._idle:
+        if not writer._thread.queued and not writer._thread.idle:
             break
     return held, blocker
 

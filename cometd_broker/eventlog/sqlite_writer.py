@@ -5,12 +5,13 @@ write() always), and the event loop must never wait for the disk. Why one
 thread: SQLite allows one writer at a time anyway, and a single owner of the
 per-stream id counters needs no lock to keep ids strictly increasing.
 
-Appends wait on an asyncio future. The loop puts each append on a shared list
-and wakes the thread only when it is idle; the thread takes everything queued
-at once, commits up to `max_batch` events per transaction (an append is never
-split) and resolves every future of the commit with one `call_soon_threadsafe`:
-under load, many appends share one commit and one wake-up of the loop, and an
-append waiting for an idle writer is handed over at once, not a loop turn later.
+Appends wait on an asyncio future. The thread is a JobThread (job_thread.py,
+shared with the contact-center state store): it is woken only when idle and
+takes everything queued at once, so an append reaching an idle writer starts at
+once, not a loop turn later. It commits up to `max_batch` events per
+transaction (an append is never split) and resolves every future of the commit
+with one `call_soon_threadsafe`: under load, many appends share one commit and
+one wake-up of the loop.
 An append may carry `then`, run on the loop with its ids as soon as the commit
 is known there, before any task resumes: the broker dispatches from it, so a
 publish reaches its subscribers in the loop turn that learns of the commit.
@@ -31,13 +32,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..job_thread import JobThread, settle_on_loops
 from .base import EventLogClosed, Retention, as_payloads
 
 log = logging.getLogger("cometd_broker.eventlog")
@@ -98,11 +99,7 @@ class _TrimJob:
     loop: asyncio.AbstractEventLoop
 
 
-class _Stop:
-    """The sentinel that ends the thread once every job queued before it is done."""
-
-
-_Job = _AppendJob | _TrimJob | _Stop
+_Job = _AppendJob | _TrimJob
 
 
 class SqliteWriter:
@@ -129,16 +126,9 @@ class SqliteWriter:
         # stream -> (last id ever assigned, last timestamp); loaded once, then owned by the thread.
         # Streams whose counters `streams` does not hold yet: a trim saves them before it deletes.
         self._last, self._unsaved = _load_last(conn)
-        self._slots = asyncio.Semaphore(max_pending)  # bounds the queued jobs (the stop sentinel aside)
-        self._jobs: deque[_Job] = deque()  # submitted, not yet taken by the thread; guarded by _lock
-        self._lock = threading.Lock()
-        self._arrived = threading.Condition(self._lock)
-        self._idle = False  # the thread waits on _arrived: the next job must wake it
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._slots = asyncio.Semaphore(max_pending)  # bounds the queued jobs
+        self._thread: JobThread[_Job] = JobThread(name, self._run, self._on_exit)
         self._stopping = False
-        self._failure: BaseException | None = None
-        self._exited = False
-        self._exit_waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
         self.commits = 0  # transactions committed; appends / commits is the group-commit factor
         # The event-log lag, for metrics: events appended but not yet committed, and when each queued
         # job was submitted (jobs are settled in submission order, so the oldest is first).
@@ -150,12 +140,12 @@ class SqliteWriter:
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread.alive
 
     @property
     def failure(self) -> BaseException | None:
         """What stopped the thread, if it failed."""
-        return self._failure
+        return self._thread.failure
 
     @property
     def oldest_pending_age(self) -> float:
@@ -193,24 +183,8 @@ class SqliteWriter:
 
     async def stop(self) -> None:
         """Commit every job queued so far, then end the thread and close the connection."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        with self._lock:
-            if not self._exited and self._exit_waiter is None:
-                self._exit_waiter = (loop, waiter)
-            elif self._exited:
-                waiter.set_result(None)
-            else:  # a concurrent stop() is already waiting: wait on its future
-                waiter = self._exit_waiter[1]  # type: ignore[index]
-            if not self._stopping:
-                self._stopping = True
-                if not self._exited:
-                    self._jobs.append(_Stop())
-                    self._arrived.notify()
-        if not self._thread.ident:  # never started: run nothing, just close
-            self._thread.start()
-        await asyncio.shield(waiter)
-        self._thread.join()
+        self._stopping = True
+        await self._thread.stop()
 
     async def _take_slot(self) -> None:
         self._check_open()
@@ -230,101 +204,77 @@ class SqliteWriter:
         # If the caller is cancelled here the job still runs: a cancelled append may be committed.
         return await job.future
 
-    def _submit(self, job: _AppendJob | _TrimJob) -> None:
-        """Queue `job` for the thread, waking it if it is idle (or fail it, when the thread has ended)."""
-        with self._lock:  # the thread drains the jobs under this lock when it ends: no job is stranded
-            if not self._exited:
-                self._jobs.append(job)
-                self._submitted.append(time.monotonic())
-                if self._idle:
-                    self._idle = False
-                    self._arrived.notify()
-                return
-        closed = EventLogClosed(f"event log writer ended: {self._failure!r}")
-        self._submitted.append(time.monotonic())  # popped again by the settling below
+    def _submit(self, job: _Job) -> None:
+        """Queue `job` for the thread (or fail it, when the thread has ended)."""
+        self._submitted.append(time.monotonic())
+        if self._thread.submit(job):
+            return
+        closed = EventLogClosed(f"event log writer ended: {self.failure!r}")
         if isinstance(job, _AppendJob):
-            self._resolve_appends([job], None, closed)
+            self._resolve_appends([(job, None)], closed)
         else:
             job.loop.call_soon(self._settle_trim, job, None, closed)
 
     def _check_open(self) -> None:
-        if self._failure is not None:
-            raise EventLogClosed(f"event log writer failed: {self._failure!r}") from self._failure
+        failure = self._thread.failure
+        if failure is not None:
+            raise EventLogClosed(f"event log writer failed: {failure!r}") from failure
         if self._stopping:
             raise EventLogClosed("event log is closed")
 
     # ---- the thread -------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            while True:
-                jobs = self._take()
-                appends: list[_AppendJob] = []
-                size = 0
-                for place, job in enumerate(jobs):
-                    if isinstance(job, _AppendJob):
-                        if appends and size + len(job.events) > self._max_batch:
-                            self._commit(appends)
-                            appends, size = [], 0
-                        appends.append(job)
-                        size += len(job.events)
-                        continue
-                    if appends:  # jobs settle in submission order: the appends before a trim go first
-                        self._commit(appends)
-                        appends, size = [], 0
-                    if isinstance(job, _Stop):
-                        with self._lock:  # what came after the stop is failed by _notify_exit
-                            self._jobs.extendleft(reversed(jobs[place + 1:]))
-                        return
-                    self._trim(job)
-                if appends:
+    def _run(self, jobs: list[_Job]) -> None:
+        """On the thread: every job queued since the last call, in order; a job is never split."""
+        jobs = self._linger(jobs)
+        appends: list[_AppendJob] = []
+        size = 0
+        for job in jobs:
+            if isinstance(job, _AppendJob):
+                if appends and size + len(job.events) > self._max_batch:
                     self._commit(appends)
-        except Exception as exc:
-            # Not re-raised: it is logged here and reported to every waiter and every later call.
-            self._failure = exc
-            log.exception("event log writer thread failed")
-        finally:
-            self._conn.close()
-            self._notify_exit()
+                    appends, size = [], 0
+                appends.append(job)
+                size += len(job.events)
+                continue
+            if appends:  # jobs settle in submission order: the appends before a trim go first
+                self._commit(appends)
+                appends, size = [], 0
+            self._trim(job)
+        if appends:
+            self._commit(appends)
 
-    def _take(self) -> list[_Job]:
-        """Every job queued so far, waiting for one if there is none.
-
-        With `batch_delay`, a take that found more than one job (which is load) keeps collecting for
-        up to batch_delay, closing early once jobs stop arriving for a quarter of it: a burst that
-        has fully arrived gains nothing by waiting. Without it, jobs that queue while a commit runs
-        still share the next one.
-        """
-        jobs = self._drain(wait=True)
+    def _linger(self, jobs: list[_Job]) -> list[_Job]:
+        """With `batch_delay`, a take that found more than one job (which is load) keeps collecting for
+        up to batch_delay, closing early once jobs stop arriving for a quarter of it: a burst that has
+        fully arrived gains nothing by waiting. Without it, jobs that queue while a commit runs still
+        share the next one."""
         if self._batch_delay <= 0 or len(jobs) < 2:
             return jobs
         deadline = time.monotonic() + self._batch_delay
         gap = self._batch_delay / 4
         while sum(len(job.events) for job in jobs if isinstance(job, _AppendJob)) < self._max_batch:
-            if any(isinstance(job, _Stop) for job in jobs):
-                break
             remaining = min(deadline - time.monotonic(), gap)
             if remaining <= 0:
                 break
-            more = self._drain(wait=False, timeout=remaining)
+            more = self._thread.take(remaining)
             if not more:
                 break
             jobs += more
         return jobs
 
-    def _drain(self, *, wait: bool, timeout: float | None = None) -> list[_Job]:
-        with self._lock:
-            if not self._jobs:
-                if not wait and timeout is None:
-                    return []
-                self._idle = True
-                while not self._jobs:
-                    if not self._arrived.wait(timeout) and timeout is not None:
-                        break
-                self._idle = False
-            jobs = list(self._jobs)
-            self._jobs.clear()
-        return jobs
+    def _on_exit(self, left: list[_Job]) -> None:
+        """On the thread, at its end: close the connection and fail what was never run."""
+        self._conn.close()
+        if not left:
+            return
+        closed = EventLogClosed("event log writer stopped before this job ran")
+        appends = [job for job in left if isinstance(job, _AppendJob)]
+        if appends:
+            self._settle_appends(appends, None, closed)
+        for job in left:
+            if isinstance(job, _TrimJob):
+                self._post_trim(job, None, closed)
 
     def _commit(self, batch: list[_AppendJob]) -> None:
         last = self._last
@@ -421,32 +371,22 @@ class SqliteWriter:
     def _settle_appends(self, batch: list[_AppendJob], results: list[list[int]] | None,
                         exc: BaseException | None) -> None:
         """Resolve a commit's appends: one call_soon_threadsafe per loop (one, in practice)."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[int]] = {}
-        for place, job in enumerate(batch):
-            by_loop.setdefault(job.loop, []).append(place)
-        for loop, places in by_loop.items():
-            jobs = [batch[place] for place in places]
-            job_results = None if results is None else [results[place] for place in places]
-            try:
-                loop.call_soon_threadsafe(self._resolve_appends, jobs, job_results, exc)
-            except RuntimeError:
-                pass  # the caller's loop is closed: nobody is waiting any more
+        done = list(zip(batch, results or [None] * len(batch), strict=True))
+        settle_on_loops(done, lambda pair: pair[0].loop, lambda mine: self._resolve_appends(mine, exc))
 
-    def _resolve_appends(self, jobs: list[_AppendJob], results: list[list[int]] | None,
-                         exc: BaseException | None) -> None:
+    def _resolve_appends(self, done: list[tuple[_AppendJob, list[int] | None]], exc: BaseException | None) -> None:
         """On the loop: release the slots, run each committed append's `then`, settle its future."""
         submitted = self._submitted
-        for index, job in enumerate(jobs):
+        for job, ids in done:
             self._slots.release()
             if submitted:
                 submitted.popleft()
             self.pending_events -= len(job.events)
             future = job.future
-            if exc is not None:
+            if exc is not None or ids is None:
                 if not future.done():  # else the caller was cancelled
-                    future.set_exception(exc)
+                    future.set_exception(exc or EventLogClosed("event log append was not committed"))
                 continue
-            ids = results[index]  # type: ignore[index]
             if job.then is None:
                 if not future.done():
                     future.set_result(ids)
@@ -476,27 +416,3 @@ class SqliteWriter:
             job.future.set_exception(exc)
         else:
             job.future.set_result(result)
-
-    def _fail_queued(self) -> None:
-        """Fail every job the thread will not run (called with _lock held, as the thread ends)."""
-        closed = EventLogClosed("event log writer stopped before this job ran")
-        jobs = [job for job in self._jobs if not isinstance(job, _Stop)]
-        self._jobs.clear()
-        appends = [job for job in jobs if isinstance(job, _AppendJob)]
-        if appends:
-            self._settle_appends(appends, None, closed)
-        for job in jobs:
-            if isinstance(job, _TrimJob):
-                self._post_trim(job, None, closed)
-
-    def _notify_exit(self) -> None:
-        with self._lock:
-            self._exited = True
-            waiter = self._exit_waiter
-            self._fail_queued()
-        if waiter is not None:
-            loop, future = waiter
-            try:
-                loop.call_soon_threadsafe(lambda: future.done() or future.set_result(None))
-            except RuntimeError:
-                pass  # loop already closed

@@ -1,0 +1,155 @@
+"""JobThread: one thread that runs jobs in the order they were submitted, many at a time (group commit).
+
+What the SQLite event log's writer and the contact-center state store share (DESIGN.md rule 4: nothing
+on the loop waits on a disk). The loop submits a job and awaits a future of its own; the thread takes
+every job queued since it last looked and hands them to its owner's `run`, which commits them together
+and settles their futures with `settle_on_loops`: one `call_soon_threadsafe` per loop and batch.
+
+The thread is woken only when it is idle, so a job that reaches an idle thread starts at once (not a
+loop turn later), and jobs submitted while it works share its next batch without a wake-up each.
+
+Stopping runs every job submitted before `stop`, refuses later ones, and hands the owner, on the thread
+and after its last batch, whatever was never run (none, unless `run` raised) to fail, so that no
+future is stranded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+log = logging.getLogger("cometd_broker")
+
+J = TypeVar("J")
+
+
+class JobThread(Generic[J]):
+    """Runs `run(jobs)` on its thread for the jobs submitted, in order; `on_exit(left)` once, at the end."""
+
+    def __init__(self, name: str, run: Callable[[list[J]], None], on_exit: Callable[[list[J]], None]) -> None:
+        self._run_jobs = run
+        self._on_exit = on_exit
+        self._jobs: deque[J] = deque()  # submitted, not taken yet; guarded by _lock
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self._idle = False  # the thread waits on _arrived: the next job must wake it
+        self._stopping = False
+        self._exited = False
+        self._exit_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self.failure: BaseException | None = None  # what `run` raised, which ended the thread
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def queued(self) -> int:
+        """Jobs submitted and not taken by the thread yet."""
+        return len(self._jobs)
+
+    @property
+    def idle(self) -> bool:
+        """The thread waits for a job (False while it runs a batch, or before it first looked)."""
+        return self._idle
+
+    def submit(self, job: J) -> bool:
+        """Queue `job`, waking the thread if it is idle; False (nothing queued) once stopping or ended."""
+        with self._lock:
+            if self._stopping or self._exited:
+                return False
+            self._jobs.append(job)
+            if self._idle:
+                self._idle = False
+                self._arrived.notify()
+            return True
+
+    def take(self, timeout: float) -> list[J]:
+        """On the thread, for an owner that lingers for more: the jobs queued now, waiting up to `timeout`
+        seconds for one if there is none ([] when none came, or the thread is stopping)."""
+        with self._lock:
+            if not self._jobs and not self._stopping:
+                self._idle = True
+                self._arrived.wait(timeout)
+                self._idle = False
+            jobs = list(self._jobs)
+            self._jobs.clear()
+        return jobs
+
+    async def stop(self) -> None:
+        """Run every job submitted so far, then end the thread; later submits are refused."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._exited:
+                return
+            self._exit_waiters.append((loop, waiter))
+            self._stopping = True
+            self._arrived.notify()
+        if not self.started:  # never started: it runs nothing and ends
+            self.start()
+        await asyncio.shield(waiter)
+        self._thread.join()
+
+    def stop_now(self) -> None:
+        """`stop` for code with no loop running: blocks until the thread has ended."""
+        with self._lock:
+            self._stopping = True
+            self._arrived.notify()
+        if not self.started:
+            self.start()
+        self._thread.join()
+
+    def _main(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    while not self._jobs and not self._stopping:
+                        self._idle = True
+                        self._arrived.wait()
+                    self._idle = False
+                    if not self._jobs:  # stopping, and everything submitted before it has run
+                        break
+                    jobs = list(self._jobs)
+                    self._jobs.clear()
+                self._run_jobs(jobs)
+        except Exception as exc:
+            # Not re-raised: logged here, and the owner reports it to every waiter and every later call.
+            self.failure = exc
+            log.exception("%s thread failed", self._thread.name)
+        finally:
+            with self._lock:  # from here on every submit is refused: nothing can be stranded
+                self._exited = True
+                left = list(self._jobs)
+                self._jobs.clear()
+                waiters, self._exit_waiters = self._exit_waiters, []
+            self._on_exit(left)
+            for loop, waiter in waiters:
+                try:
+                    loop.call_soon_threadsafe(lambda w=waiter: w.done() or w.set_result(None))
+                except RuntimeError:
+                    pass  # the loop is closed: nobody waits
+
+
+def settle_on_loops(items: Sequence[J], loop_of: Callable[[J], asyncio.AbstractEventLoop],
+                    settle: Callable[[list[J]], None]) -> None:
+    """From a thread: run `settle(the items of one loop)` on each loop, one call_soon_threadsafe per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[J]] = {}
+    for item in items:
+        by_loop.setdefault(loop_of(item), []).append(item)
+    for loop, mine in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(settle, mine)
+        except RuntimeError:
+            pass  # the caller's loop is closed: nobody is waiting any more

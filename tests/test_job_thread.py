@@ -1,0 +1,137 @@
+"""JobThread: the writer thread the SQLite event log and the contact-center state store share."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from cometd_broker.job_thread import JobThread, settle_on_loops
+
+
+class Owner:
+    """Records the batches its thread runs; `gate` holds the thread inside a batch until set."""
+
+    def __init__(self, fail_on: object = None) -> None:
+        self.batches: list[list[object]] = []
+        self.left: list[object] | None = None
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_on = fail_on
+        self.thread: JobThread[object] = JobThread("test-writer", self.run, self.on_exit)
+
+    def run(self, jobs: list[object]) -> None:
+        self.batches.append(jobs)
+        self.gate.wait(5)
+        if self.fail_on in jobs:
+            raise RuntimeError("disk full")
+
+    def on_exit(self, left: list[object]) -> None:
+        self.left = left
+
+
+def wait_until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+async def test_jobs_run_in_order_and_those_queued_while_it_works_share_a_batch() -> None:
+    owner = Owner()
+    owner.thread.start()
+    owner.gate.clear()
+    assert owner.thread.submit(1)
+    wait_until(lambda: owner.batches == [[1]])  # an idle thread takes a job at once
+    for job in range(2, 6):
+        assert owner.thread.submit(job)
+    assert owner.thread.queued == 4
+    owner.gate.set()
+    wait_until(lambda: len(owner.batches) == 2)
+    assert owner.batches == [[1], [2, 3, 4, 5]]
+    await owner.thread.stop()
+    assert owner.left == [] and not owner.thread.alive
+
+
+async def test_stop_runs_what_was_submitted_before_it_and_refuses_the_rest() -> None:
+    owner = Owner()
+    owner.thread.start()
+    owner.gate.clear()
+    owner.thread.submit("a")
+    wait_until(lambda: owner.batches)
+    owner.thread.submit("b")
+    stopping = asyncio.ensure_future(owner.thread.stop())
+    await asyncio.sleep(0.05)
+    assert not owner.thread.submit("late")
+    owner.gate.set()
+    await stopping
+    assert [job for batch in owner.batches for job in batch] == ["a", "b"]
+    assert owner.left == []
+    await owner.thread.stop()  # again: returns at once
+
+
+async def test_a_failing_run_ends_the_thread_and_hands_back_what_was_left(caplog) -> None:
+    owner = Owner(fail_on="bad")
+    owner.thread.start()
+    owner.gate.clear()
+    owner.thread.submit("bad")
+    wait_until(lambda: owner.batches)
+    owner.thread.submit("next")
+    with caplog.at_level("ERROR", logger="cometd_broker"):
+        owner.gate.set()
+        wait_until(lambda: not owner.thread.alive)
+    assert isinstance(owner.thread.failure, RuntimeError)
+    assert owner.left == ["next"]  # never run: its owner fails it, nothing is stranded
+    assert not owner.thread.submit("after")
+    assert "test-writer thread failed" in caplog.text
+
+
+async def test_a_thread_never_started_stops_cleanly() -> None:
+    owner = Owner()
+    await owner.thread.stop()
+    assert owner.batches == [] and owner.left == []
+    other = Owner()
+    other.thread.stop_now()
+    assert other.left == []
+
+
+async def test_take_waits_for_more_jobs_up_to_its_timeout() -> None:
+    seen: list[list[int]] = []
+
+    def run(jobs: list[int]) -> None:
+        seen.append(jobs + thread.take(0.5))  # an owner lingering for more, as batch_delay does
+
+    thread: JobThread[int] = JobThread("linger", run, lambda left: None)
+    thread.start()
+    thread.submit(1)
+    time.sleep(0.1)
+    thread.submit(2)
+    wait_until(lambda: seen)
+    assert seen == [[1, 2]]
+    await thread.stop()
+
+
+async def test_settle_on_loops_calls_each_loop_once_with_its_items() -> None:
+    loop = asyncio.get_running_loop()
+    settled: list[list[int]] = []
+    done = asyncio.Event()
+
+    def settle(items: list[int]) -> None:
+        settled.append(items)
+        done.set()
+
+    threading.Thread(target=settle_on_loops, args=([1, 2, 3], lambda item: loop, settle)).start()
+    await asyncio.wait_for(done.wait(), 5)
+    assert settled == [[1, 2, 3]]
+
+
+@pytest.mark.parametrize("jobs", [0, 1])
+async def test_submit_after_the_end_is_refused(jobs: int) -> None:
+    owner = Owner()
+    owner.thread.start()
+    for job in range(jobs):
+        owner.thread.submit(job)
+    await owner.thread.stop()
+    assert not owner.thread.submit("late")
