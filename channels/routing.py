@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import operator
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ Publish = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
 
 CHANNELS_TOPIC = "/v2/me/channels"
 ROUTED_CHANNELS = ("chat", "sms")
+_IDLE_SINCE = operator.itemgetter(0)
 
 
 @dataclass(eq=False)
@@ -263,17 +265,27 @@ class Routing:
         return made
 
     def choose(self, request: OfferRequest) -> str | None:
+        """The preferred agent if eligible, else the eligible agent idle the longest (the first of them in
+        readiness order on a tie). Loads are counted last and in idle order, stopping at the first agent with
+        room: counting one walks that agent's interactions, and the agents just offered something, the likely
+        full ones, are the least idle."""
         offerer = self._require_offerer()
-        members = offerer.members(request.interaction_id)
-        eligible = [user for user, channels in self._agents.items()
-                    if (st := channels.get(request.channel)) is not None and st.ready
-                    and user not in members and user not in request.declined
-                    and offerer.load(user, request.channel) < self.capacity(user, request.channel)]
-        if not eligible:
-            return None
-        if request.preferred in eligible:
-            return request.preferred
-        return min(eligible, key=lambda user: self._agents[user][request.channel].idle_since)
+        channel = request.channel
+        members, declined = offerer.members(request.interaction_id), request.declined
+
+        def has_room(user: str) -> bool:
+            return offerer.load(user, channel) < self.capacity(user, channel)
+
+        preferred = request.preferred
+        state = self._agents.get(preferred, {}).get(channel) if preferred is not None else None
+        if (state is not None and state.ready and preferred not in members and preferred not in declined
+                and has_room(preferred)):
+            return preferred
+        candidates = [(st.idle_since, user) for user, channels in self._agents.items()
+                      if (st := channels.get(channel)) is not None and st.ready
+                      and user not in members and user not in declined]
+        candidates.sort(key=_IDLE_SINCE)  # stable: a tie keeps readiness order
+        return next((user for _, user in candidates if has_room(user)), None)
 
     def mark_offered(self, user_id: str, channel: str) -> None:
         state = self._agents.get(user_id, {}).get(channel)

@@ -119,6 +119,33 @@ async def test_preferred_agent_wins_when_eligible() -> None:
     assert offerer.offers == [("A", "bob")]
 
 
+async def test_choosing_counts_loads_in_idle_order_until_one_has_room() -> None:
+    """Routing runs after every operation: with 500 Ready agents, a choice must not count every agent's
+    load (the engine walks that agent's interactions for each), only the longest idle ones until one has
+    room; the agents just offered something are the least idle, so filling them costs a count each."""
+    routing, offerer, _ = make()
+    names = [f"agent{i}" for i in range(500)]
+    for name in names:
+        await routing.set_ready(name, "chat")
+    offerer.loads[("agent0", "chat")] = 1  # idle the longest, but at capacity
+    counted: list[str] = []
+    count_load = offerer.load
+
+    def load(user_id: str, channel: str) -> int:
+        counted.append(user_id)
+        return count_load(user_id, channel)
+
+    offerer.load = load  # type: ignore[method-assign]
+    assert routing.choose(request("A")) == "agent1"  # the longest idle with room
+    assert counted == ["agent0", "agent1"]
+    for i in range(1, 11):
+        routing.enqueue(request(f"B{i}"))
+        routing.dispatch()
+    assert [user for _, user in offerer.offers] == names[1:11]
+    # per offer: agent0 (still the longest idle, still full), the one offered, and FakeOfferer.offer's own count
+    assert len(counted) == 2 + 3 * 10
+
+
 async def test_fifo_across_queues_and_withdraw() -> None:
     routing, _, _ = make(queues=("default", "sales"))
     for name, queue in (("A", "sales"), ("B", "default"), ("C", "sales")):
