@@ -674,6 +674,23 @@ def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def summarize_agents(r: dict[str, Any], p2p_rows: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The agents run with what one core sustains (REST operations per server CPU-second) and, when p2p-lp
+    ran in the same run, its CPU per 100k notifications over the broker's own per 100k point-to-point
+    long-polling deliveries at p2p-lp's reference step (one message per poll, as a notification mostly is)."""
+    if "error" in r:
+        return r
+    out = {**r}
+    if r.get("server_cpu_s"):
+        out["rest_ops_per_cpu_s"] = round(r["rest_ops"] / r["server_cpu_s"], 1)
+    ours = next((row for row in p2p_rows or () if row.get("server") == OURS and row.get("ref_cpu_s_per_100k")), None)
+    if ours is not None and r.get("server_cpu_per_100k"):
+        out["p2p_ref_msg_s"] = ours["ref_msg_s"]
+        out["p2p_ref_cpu_s_per_100k"] = ours["ref_cpu_s_per_100k"]
+        out["ratio_cpu_vs_p2p"] = round(r["server_cpu_per_100k"] / ours["ref_cpu_s_per_100k"], 2)
+    return out
+
+
 def agents_table(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"error: {r['error']}"
@@ -687,9 +704,14 @@ def agents_table(r: dict[str, Any]) -> str:
              "/".join(str(r["agent_msg_ms"][k]) for k in ("p50", "p99", "max"))),
             ("messages lost", f"{r['lost']} of {r['messages_expected']}"),
             ("REST failures", r["rest_failures"]),
-            ("server CPU s per 100k notifications", r["server_cpu_per_100k"]),
-            ("server CPU %", r["server_cpu_pct"]), ("loadgen CPU %", r["loadgen_cpu_pct"]),
-            ("peak RSS MB", round(r["mem"]["hwm_kb"] / 1024, 1))]
+            ("server CPU s per 100k notifications", r["server_cpu_per_100k"])]
+    if "ratio_cpu_vs_p2p" in r:
+        rows.append((f"  vs the broker's point-to-point CPU s per 100k deliveries ({r['p2p_ref_cpu_s_per_100k']}, "
+                     f"p2p-lp at {r['p2p_ref_msg_s']} msg/s, this run)", f"{r['ratio_cpu_vs_p2p']}x"))
+    if "rest_ops_per_cpu_s" in r:
+        rows.append(("REST operations per server CPU-second (what one core sustains)", r["rest_ops_per_cpu_s"]))
+    rows += [("server CPU %", r["server_cpu_pct"]), ("loadgen CPU %", r["loadgen_cpu_pct"]),
+             ("peak RSS MB", round(r["mem"]["hwm_kb"] / 1024, 1))]
     return "| measure | cometd-broker |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
@@ -797,6 +819,7 @@ def main() -> int:
             r = agents(size, profile_dir)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             r = {"error": str(exc)[:500]}
+        r = summarize_agents(r, report["scenarios"].get("p2p-lp", {}).get("summary"))
         report["scenarios"]["agents"] = r
         text = agents_table(r)
         md += [f"## agent traffic: {size['agents']['agents']} agents, SMS offered, accepted, "

@@ -29,6 +29,7 @@ from .auth import GwsAuthenticator, HttpSessions, SessionStore, UserDirectory, a
 from .conversation import Conversations, ReferenceIds
 from .demo import install_demo
 from .envelope import Handler, envelope_middleware, label_operation
+from .memory_store import MemoryStateStore
 from .routing import ROUTED_CHANNELS, Routing
 from .store import DocumentStore, StateStore
 
@@ -115,7 +116,13 @@ def install_contact_center(app: web.Application, broker: Broker, config: Contact
                                                 broker.authenticator)
     add_mount(app, NOTIFICATIONS)
     allow_cross_origin_api(app)
-    return install_engine(app, broker, config, users, sessions, StateStore(config.state_db))
+    return install_engine(app, broker, config, users, sessions, open_state_store(config.state_db))
+
+
+def open_state_store(path: str) -> DocumentStore:
+    """The store of `--state-db PATH`: SQLite through its writer thread, or for ":memory:" a dict, which
+    keeps as much (nothing across restarts) without a thread hand-off per operation."""
+    return MemoryStateStore() if path == ":memory:" else StateStore(path)
 
 
 def install_engine(app: web.Application, broker: Broker, config: ContactCenterConfig, users: UserDirectory,

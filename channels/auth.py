@@ -506,8 +506,13 @@ CSRF_MESSAGE = "Missing or invalid Csrf token"
 _STATE_CHANGING = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 
 
-def _under(path: str, prefixes: tuple[str, ...]) -> bool:
-    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
+def _under(path: str, prefixes: tuple[str, ...], folders: tuple[str, ...]) -> bool:
+    """`path` is one of `prefixes` or below one; `folders` are the prefixes with their trailing slash."""
+    return path in prefixes or path.startswith(folders)
+
+
+def _folders(prefixes: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(p.rstrip("/") + "/" for p in prefixes)
 
 
 def _unauthorized(request: web.Request, message: str) -> web.Response:
@@ -579,10 +584,12 @@ def auth_middleware(users: UserDirectory, sessions: SessionStore, *, csrf: bool 
     cluster process relayed here over its plain private port (one that came over TLS always is).
     """
     throttle = throttle if throttle is not None else LoginThrottle()
+    prefix_folders, exempt_folders = _folders(prefixes), _folders(exempt)  # once, not per request
 
     @web.middleware
     async def gws_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not _under(request.path, prefixes) or _under(request.path, exempt):
+        path = request.path
+        if not _under(path, prefixes, prefix_folders) or _under(path, exempt, exempt_folders):
             return await handler(request)
         token = bearer_token(request.headers.get("Authorization")) if jwt is not None else None
         if token is not None and jwt is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import operator
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ Publish = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
 
 CHANNELS_TOPIC = "/v2/me/channels"
 ROUTED_CHANNELS = ("chat", "sms")
+_IDLE_SINCE = operator.itemgetter(0)
 
 
 @dataclass(eq=False)
@@ -120,6 +122,10 @@ class Routing:
         self.offer_timeout = offer_timeout
         self._queues: dict[str, list[OfferRequest]] = {name: [] for name in queues}
         self._agents: dict[str, dict[str, ChannelState]] = {}
+        # Per channel, the Ready agents from the longest idle to the least: choosing walks it from the front
+        # and stops at the first agent with room, instead of sorting every agent for every offer. Every tick
+        # is newer than all before it, so an agent whose idle_since is set from one moves to the end.
+        self._idle_order: dict[str, dict[str, None]] = {}
         self._tick = itertools.count(1)
         self._last_seq = 0  # a plain int: requests restored after a restart move it past their seq
         self._offerer: Offerer | None = None
@@ -170,7 +176,9 @@ class Routing:
     def restore_state(self, user_id: str, channel: str, state: dict[str, Any]) -> None:
         """A state kept by a previous leader (ChannelState.to_document), set without notifying anyone;
         agents restored Ready count as idle since now, in the order they are restored."""
-        self._agents.setdefault(user_id, {})[channel] = ChannelState.from_document(state, next(self._tick))
+        restored = ChannelState.from_document(state, next(self._tick))
+        self._agents.setdefault(user_id, {})[channel] = restored
+        self._reorder(user_id, channel, restored)
 
     def channels_view(self, user_id: str) -> list[dict[str, Any]]:
         """`[{"channel": "chat", "userState": {...}, "capacity": 1}]` for every channel the agent has a state
@@ -193,6 +201,8 @@ class Routing:
         state.ready, state.reason, state.state_id = ready, reason, str(uuid.uuid4()).upper()
         if became_ready:
             state.idle_since = next(self._tick)
+        if became_ready or not ready:  # staying Ready keeps its place
+            self._reorder(user_id, channel, state)
         # What this change tells, fixed now: another change of the same agent may run while the write is awaited.
         notification = {"channels": [{"channel": channel, "userState": state.user_state(),
                                       "capacity": self.capacity(user_id, channel)}]}
@@ -203,6 +213,7 @@ class Routing:
             except BaseException:
                 if (state.ready, state.reason, state.state_id, state.idle_since) == after:  # not changed since
                     state.ready, state.reason, state.state_id, state.idle_since = before
+                    self._sort_idle_order(channel)  # an older idle_since is back: not at the end
                 raise
         if became_ready:
             self._forget_declines(user_id)
@@ -263,22 +274,41 @@ class Routing:
         return made
 
     def choose(self, request: OfferRequest) -> str | None:
+        """The preferred agent if eligible, else the eligible agent idle the longest. Loads are counted last,
+        from the longest idle on, stopping at the first agent with room: counting one walks that agent's
+        interactions, and the agents just offered something, the likely full ones, are the least idle."""
         offerer = self._require_offerer()
-        members = offerer.members(request.interaction_id)
-        eligible = [user for user, channels in self._agents.items()
-                    if (st := channels.get(request.channel)) is not None and st.ready
-                    and user not in members and user not in request.declined
-                    and offerer.load(user, request.channel) < self.capacity(user, request.channel)]
-        if not eligible:
-            return None
-        if request.preferred in eligible:
-            return request.preferred
-        return min(eligible, key=lambda user: self._agents[user][request.channel].idle_since)
+        channel = request.channel
+        members, declined = offerer.members(request.interaction_id), request.declined
+
+        def has_room(user: str) -> bool:
+            return offerer.load(user, channel) < self.capacity(user, channel)
+
+        preferred = request.preferred
+        state = self._agents.get(preferred, {}).get(channel) if preferred is not None else None
+        if (state is not None and state.ready and preferred not in members and preferred not in declined
+                and has_room(preferred)):
+            return preferred
+        return next((user for user in self._idle_order.get(channel, ())
+                     if user not in members and user not in declined and has_room(user)), None)
 
     def mark_offered(self, user_id: str, channel: str) -> None:
         state = self._agents.get(user_id, {}).get(channel)
         if state is not None:
             state.idle_since = next(self._tick)
+            self._reorder(user_id, channel, state)
+
+    def _reorder(self, user_id: str, channel: str, state: ChannelState) -> None:
+        """`state` changed its readiness or took a new tick: out of the order, or at its end."""
+        order = self._idle_order.setdefault(channel, {})
+        order.pop(user_id, None)
+        if state.ready:
+            order[user_id] = None
+
+    def _sort_idle_order(self, channel: str) -> None:
+        ready = [(st.idle_since, user) for user, channels in self._agents.items()
+                 if (st := channels.get(channel)) is not None and st.ready]
+        self._idle_order[channel] = dict.fromkeys(user for _, user in sorted(ready, key=_IDLE_SINCE))
 
     def _require_offerer(self) -> Offerer:
         if self._offerer is None:

@@ -13,6 +13,7 @@ keeps no runtime dependency it does not need.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import math
 import re
@@ -263,7 +264,13 @@ def route_label(request: web.Request) -> str:
     """A request's route for a metric label: the route's template, never the raw path (ids in paths
     would make a series per interaction or agent); "unmatched" when no route matched."""
     resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
+    return _canonical(resource) if resource is not None else "unmatched"
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical(resource: web.AbstractResource) -> str:
+    """A resource's template, fixed once its router is frozen: aiohttp builds the string anew each time."""
+    return resource.canonical
 
 
 def component_stats(component: object) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 from convo_helpers import Recorder
@@ -117,6 +118,84 @@ async def test_preferred_agent_wins_when_eligible() -> None:
     routing.enqueue(preferred)
     routing.dispatch()
     assert offerer.offers == [("A", "bob")]
+
+
+async def test_choosing_counts_loads_in_idle_order_until_one_has_room() -> None:
+    """Routing runs after every operation: with 500 Ready agents, a choice must not count every agent's
+    load (the engine walks that agent's interactions for each), only the longest idle ones until one has
+    room; the agents just offered something are the least idle, so filling them costs a count each."""
+    routing, offerer, _ = make()
+    names = [f"agent{i}" for i in range(500)]
+    for name in names:
+        await routing.set_ready(name, "chat")
+    offerer.loads[("agent0", "chat")] = 1  # idle the longest, but at capacity
+    counted: list[str] = []
+    count_load = offerer.load
+
+    def load(user_id: str, channel: str) -> int:
+        counted.append(user_id)
+        return count_load(user_id, channel)
+
+    offerer.load = load  # type: ignore[method-assign]
+    assert routing.choose(request("A")) == "agent1"  # the longest idle with room
+    assert counted == ["agent0", "agent1"]
+    for i in range(1, 11):
+        routing.enqueue(request(f"B{i}"))
+        routing.dispatch()
+    assert [user for _, user in offerer.offers] == names[1:11]
+    # per offer: agent0 (still the longest idle, still full), the one offered, and FakeOfferer.offer's own count
+    assert len(counted) == 2 + 3 * 10
+
+
+def longest_idle_by_brute_force(routing: Routing, offerer: FakeOfferer, req: OfferRequest) -> str | None:
+    """The policy as the module docstring states it, over every agent: what choose() must agree with."""
+    members = offerer.members(req.interaction_id)
+    eligible = [user for user, channels in routing._agents.items()
+                if (st := channels.get(req.channel)) is not None and st.ready and user not in members
+                and user not in req.declined and offerer.load(user, req.channel) < routing.capacity(user, req.channel)]
+    if req.preferred in eligible:
+        return req.preferred
+    return min(eligible, key=lambda user: routing.state(user, req.channel).idle_since, default=None)
+
+
+async def test_choosing_agrees_with_the_policy_over_random_readiness_offers_and_loads() -> None:
+    rng = random.Random(7)
+    routing, offerer, _ = make(capacity=2)
+    names = [f"agent{i}" for i in range(12)]
+    for step in range(600):
+        user, channel = rng.choice(names), rng.choice(("chat", "sms"))
+        action = rng.random()
+        if action < 0.3:
+            await routing.set_ready(user, channel)
+        elif action < 0.45:
+            await routing.set_not_ready(user, channel)
+        elif action < 0.6:
+            routing.mark_offered(user, channel)
+        elif action < 0.8:
+            offerer.loads[(user, channel)] = rng.randint(0, 2)
+        else:
+            routing.restore_state(user, channel, {"ready": rng.random() < 0.7, "reason": None, "stateId": "S"})
+        req = request(f"I{step}", channel=channel)
+        req.declined = set(rng.sample(names, 2))
+        offerer.in_interaction[req.interaction_id] = set(rng.sample(names, 1))
+        req.preferred = rng.choice((None, rng.choice(names)))
+        assert routing.choose(req) == longest_idle_by_brute_force(routing, offerer, req), step
+
+
+async def test_a_refused_readiness_change_puts_the_agent_back_in_its_place_in_the_idle_order() -> None:
+    routing, _, _ = make()
+    for name in ("alice", "bob"):
+        await routing.set_ready(name, "chat")
+    await routing.set_ready("alice", "chat")  # already Ready: still idle the longest
+    assert routing.choose(request("A")) == "alice"
+
+    async def refuse(user_id: str) -> None:
+        raise RuntimeError("store unavailable")
+
+    routing.on_state_change = refuse
+    with pytest.raises(RuntimeError):
+        await routing.set_not_ready("alice", "chat")
+    assert routing.choose(request("B")) == "alice"  # back in front of bob, not behind him
 
 
 async def test_fifo_across_queues_and_withdraw() -> None:

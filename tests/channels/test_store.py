@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from channels.app import open_state_store
+from channels.memory_store import MemoryStateStore
 from channels.store import StateStore, StoreUnavailable
 
 
@@ -129,3 +131,20 @@ async def test_a_cancelled_caller_does_not_cancel_its_write(tmp_path):
     write.cancel()
     await store.close()
     assert store.commits == 1
+
+
+async def test_the_memory_option_keeps_documents_in_a_dict_with_the_same_contract(tmp_path):
+    store = open_state_store(":memory:")
+    assert isinstance(store, MemoryStateStore)  # no writer thread for data that dies with the process
+    await store.apply([("k", "a", {"n": 1}), ("k", "b", {"n": 2}), ("other", "a", {})])
+    await store.apply([("k", "a", None), ("k", "b", {"n": 3})])
+    assert store.load("k") == {"b": {"n": 3}} and store.load("other") == {"a": {}}
+    with pytest.raises(TypeError):  # not JSON: refused whole, as StateStore refuses it
+        await store.apply([("k", "c", {"n": 4}), ("k", "d", {"bad": object()})])
+    assert store.load("k") == {"b": {"n": 3}}
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.apply([("k", "e", {})])
+    on_disk = open_state_store(str(tmp_path / "state.db"))
+    assert isinstance(on_disk, StateStore)
+    on_disk.close_now()
