@@ -895,3 +895,52 @@ TestMemoryEventLogModel = EventLogMachine.TestCase
 TestMemoryEventLogModel.settings = MODEL_SETTINGS
 TestSqliteEventLogModel = SqliteEventLogMachine.TestCase
 TestSqliteEventLogModel.settings = MODEL_SETTINGS
+
+
+# ---- WAL checkpoints (sqlite_checkpointer.py) -----------------------------------------------------
+
+
+def wal_bytes(path: Path) -> int:
+    wal = Path(f"{path}-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+async def test_sqlite_commits_never_checkpoint_the_checkpointer_does(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = SqliteEventLog(path)
+    assert log._writer._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # not inside a commit
+    for batch in range(5):
+        await log.append_many([(f"/s{n}", b"x" * 200) for n in range(batch * 100, batch * 100 + 100)])
+    for _ in range(200):
+        if log.stats()["checkpoints"]:
+            break
+        await asyncio.sleep(0.01)
+    stats = log.stats()
+    assert stats["checkpoints"] >= 1 and stats["checkpoint_failures"] == 0
+    await log.close()
+    reopened = SqliteEventLog(path)
+    assert [len(await reopened.read(f"/s{n}", 0, 10)) for n in (0, 250, 499)] == [1, 1, 1]
+    await reopened.close()
+
+
+async def test_sqlite_a_writer_that_never_pauses_still_gets_its_wal_started_over(tmp_path: Path) -> None:
+    # Under a steady load a PASSIVE checkpoint never finds the WAL wholly copied, so SQLite would never
+    # reuse it from the start; past force_pages the checkpointer holds the writer back to finish it.
+    async def load(path: Path, force_pages: int | None) -> tuple[int, int]:
+        log = SqliteEventLog(path)
+        if force_pages is not None:
+            log._checkpointer._force_pages = force_pages
+            log._checkpointer._period = 0.005
+        else:
+            await log._checkpointer.stop()  # nobody checkpoints: the WAL holds every page written
+        for batch in range(60):  # back to back, no pause for a checkpoint to catch up in
+            await log.append_many([(f"/s{(batch * 37 + n) % 500}", b"x" * 300) for n in range(100)])
+        forced = log._checkpointer.forced
+        size = wal_bytes(path)
+        await log.close()
+        return forced, size
+
+    forced, bounded = await load(tmp_path / "bounded.db", 200)
+    _, unbounded = await load(tmp_path / "unbounded.db", None)
+    assert forced >= 1
+    assert bounded < unbounded / 2, (bounded, unbounded)

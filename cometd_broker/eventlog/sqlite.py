@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .base import KEEP_ALL, UNKNOWN_BOUNDS, Bounds, Event, EventLogClosed, Retention, check_limit, new_epoch
+from .sqlite_checkpointer import WalCheckpointer
 from .sqlite_writer import EVENT_STREAMS, SqliteWriter
 
 T = TypeVar("T")
@@ -118,6 +119,10 @@ class SqliteEventLog:
         self._synchronous = synchronous
         # The epoch is fixed for the file's life: read once, here.
         writer_conn, self._epoch = _open_writer_connection(self.path, synchronous)
+        # Checkpoints run on a thread of their own, not inside the writer's commits (see sqlite_checkpointer.py).
+        writer_conn.execute("PRAGMA wal_autocheckpoint = 0")
+        commit_lock = threading.Lock()
+        self._checkpointer = WalCheckpointer(self.path, commit_lock)
         self._writer = SqliteWriter(
             writer_conn,
             retention,
@@ -125,6 +130,8 @@ class SqliteEventLog:
             batch_delay=batch_delay,
             max_batch=max_batch,
             max_pending=max_pending,
+            commit_lock=commit_lock,
+            after_commit=self._checkpointer.nudge,
         )
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -134,6 +141,7 @@ class SqliteEventLog:
         )
         self._inflight: set[asyncio.Future[Any]] = set()
         self._closed = False
+        self._checkpointer.start()
         self._writer.start()
 
     @property
@@ -151,8 +159,11 @@ class SqliteEventLog:
             problem = f"event log writer failed: {writer.failure!r}"
         elif not writer.alive:
             problem = "event log writer thread is not running"
+        checkpointer = self._checkpointer
         return {"store": "sqlite", "up": problem is None, "problem": problem, "commits": writer.commits,
-                "pending": writer.pending_events, "oldest_pending_seconds": writer.oldest_pending_age}
+                "pending": writer.pending_events, "oldest_pending_seconds": writer.oldest_pending_age,
+                "checkpoints": checkpointer.checkpoints, "checkpoints_forced": checkpointer.forced,
+                "wal_pages": checkpointer.wal_pages, "checkpoint_failures": checkpointer.failures}
 
     # ---- writes (through the writer thread) -------------------------------------------------
 
@@ -254,6 +265,7 @@ class SqliteEventLog:
             return
         self._closed = True
         await self._writer.stop()
+        await self._checkpointer.stop()
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
         # Idle workers exit at once; a read whose caller was cancelled may still finish first.

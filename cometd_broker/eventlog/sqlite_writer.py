@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -114,11 +115,17 @@ class SqliteWriter:
         batch_delay: float,
         max_batch: int,
         max_pending: int,
+        commit_lock: threading.Lock | None = None,
+        after_commit: Callable[[], None] | None = None,
         name: str = "eventlog-sqlite-writer",
     ) -> None:
+        """`commit_lock` is held while a transaction runs (the WAL checkpointer may hold the writer back
+        with it); `after_commit` is called on the thread after each commit."""
         if batch_delay < 0 or max_batch < 1 or max_pending < 1:
             raise ValueError("batch_delay must be >= 0, max_batch and max_pending >= 1")
         self._conn = conn
+        self._commit_lock = commit_lock or threading.Lock()
+        self._after_commit = after_commit or (lambda: None)
         self._retention = retention
         self._clock = clock
         self._batch_delay = batch_delay
@@ -301,31 +308,43 @@ class SqliteWriter:
         # Enforced in the same transaction so the file never holds more than max_count per stream.
         drops = [] if max_count is None else [
             (stream, last[stream][0] - max_count) for stream in before if last[stream][0] > max_count]
-        conn = self._conn
-        try:
-            if len(rows) <= _MAX_ROWS * 4 and not drops:
-                # One statement is its own transaction (autocommit): no BEGIN and COMMIT, each of
-                # which would release the GIL and wait to take it back from a busy loop.
-                self._insert(_INSERT_EVENTS + "{}", "(?,?,?,?)", rows, 4)
-            else:
-                conn.execute("BEGIN IMMEDIATE")
-                self._insert(_INSERT_EVENTS + "{}", "(?,?,?,?)", rows, 4)
-                conn.executemany(_DROP_BY_COUNT, drops)
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
+        failure = self._run_transaction(lambda: self._write_events(rows, drops))
+        if failure is not None:
             for stream, previous in before.items():  # the ids were not committed: hand them out again
                 if previous is None:
                     del last[stream]
                 else:
                     last[stream] = previous
-            exc.add_note(f"the event log's commit of {len(rows) // 4} events from {len(batch)} appends failed: "
-                         "none of them was recorded")
-            self._settle_appends(batch, None, exc)
+            failure.add_note(f"the event log's commit of {len(rows) // 4} events from {len(batch)} appends "
+                             "failed: none of them was recorded")
+            self._settle_appends(batch, None, failure)
             return
-        self.commits += 1
         self._unsaved.update(before)
         self._settle_appends(batch, results, None)
+
+    def _write_events(self, rows: list[Any], drops: list[tuple[str, int]]) -> None:
+        if len(rows) <= _MAX_ROWS * 4 and not drops:
+            # One statement is its own transaction (autocommit): no BEGIN and COMMIT, each of
+            # which would release the GIL and wait to take it back from a busy loop.
+            self._insert(_INSERT_EVENTS + "{}", "(?,?,?,?)", rows, 4)
+        else:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._insert(_INSERT_EVENTS + "{}", "(?,?,?,?)", rows, 4)
+            self._conn.executemany(_DROP_BY_COUNT, drops)
+            self._conn.execute("COMMIT")
+
+    def _run_transaction(self, write: Callable[[], None]) -> sqlite3.Error | None:
+        """Run `write` under the commit lock (the checkpointer may hold the writer back with it);
+        its SQLite error, rolled back, or None once committed."""
+        with self._commit_lock:
+            try:
+                write()
+            except sqlite3.Error as exc:
+                self._rollback()
+                return exc
+        self.commits += 1
+        self._after_commit()
+        return None
 
     def _insert(self, template: str, row: str, params: list[Any], width: int) -> None:
         """Run `template` with one `row` group per row of `params`, in as few statements as it takes."""
@@ -337,11 +356,13 @@ class SqliteWriter:
 
     def _trim(self, job: _TrimJob) -> None:
         max_age, max_count = self._retention.max_age, self._retention.max_count
-        dropped = 0
         unsaved: list[Any] = []
         for stream in self._unsaved:
             unsaved += (stream, *self._last[stream])
-        try:
+        dropped = 0
+
+        def write() -> None:
+            nonlocal dropped
             self._conn.execute("BEGIN IMMEDIATE")
             # The counters first: a stream trimmed to nothing still knows its last id after a restart.
             self._insert(_SAVE_STREAMS, "(?,?,?)", unsaved, 3)
@@ -353,11 +374,11 @@ class SqliteWriter:
                     if last_id > max_count:
                         dropped += self._conn.execute(_DROP_BY_COUNT, (stream, last_id - max_count)).rowcount
             self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            self._post_trim(job, None, exc)
+
+        failure = self._run_transaction(write)
+        if failure is not None:
+            self._post_trim(job, None, failure)
             return
-        self.commits += 1
         self._unsaved.clear()
         self._post_trim(job, dropped, None)
 
