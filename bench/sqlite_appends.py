@@ -1,0 +1,73 @@
+"""The SQLite event log's own cost, in process: appends of point-to-point publish batches.
+
+    python bench/sqlite_appends.py                       # checkpoints on their own thread (the default)
+    python bench/sqlite_appends.py --checkpoints inline  # as SQLite does by itself: inside commits
+
+Appends `--appends` batches of `--batch` events to random streams of `--streams`, one batch every
+`--gap` seconds, as a long-polling publisher's batches arrive, and reports the process's CPU per
+event (every thread: the loop, the writer, the checkpointer), the wall time, the append latency and
+the WAL's size. `inline` turns the checkpointer off and gives the writer's connection SQLite's own
+wal_autocheckpoint (1,000 pages), to compare with how the log worked before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cometd_broker.eventlog.sqlite import SqliteEventLog
+
+PAYLOAD = b'{"channel":"/p2p/123","data":{"s":1,"t":1234.5,"k":1},"id":"12"}'
+
+
+async def run(args: argparse.Namespace, folder: str) -> str:
+    path = os.path.join(folder, "events.db")
+    log = SqliteEventLog(path)
+    if args.checkpoints == "inline":
+        await log._checkpointer.stop()
+        log._writer._conn.execute("PRAGMA wal_autocheckpoint = 1000")
+    latencies = []
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(args.appends):
+        started = time.perf_counter()
+        await log.append_many([(f"/p2p/{random.randrange(args.streams)}", PAYLOAD) for _ in range(args.batch)])
+        latencies.append((time.perf_counter() - started) * 1000)
+        await asyncio.sleep(args.gap)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    wal = os.path.getsize(path + "-wal")
+    stats = log.stats()
+    await log.close()
+    latencies.sort()
+    events = args.appends * args.batch
+    return (f"{args.checkpoints}: {cpu / events * 1e6:.1f} us CPU per event (all threads), {wall:.1f} s wall, "
+            f"append p50 {latencies[len(latencies) // 2]:.1f} ms, p99 {latencies[len(latencies) * 99 // 100]:.1f} ms, "
+            f"max {latencies[-1]:.1f} ms; WAL {wal / 1e6:.0f} MB, {stats['commits']} commits, "
+            f"{stats['checkpoints']} checkpoints ({stats['checkpoints_forced']} holding the writer back)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoints", choices=("thread", "inline"), default="thread")
+    p.add_argument("--appends", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--streams", type=int, default=1000)
+    p.add_argument("--gap", type=float, default=0.001, help="seconds between appends")
+    args = p.parse_args()
+    folder = tempfile.mkdtemp(prefix="bench-sqlite-appends-")
+    try:
+        print(asyncio.run(run(args, folder)))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
