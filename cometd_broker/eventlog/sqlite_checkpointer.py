@@ -12,8 +12,9 @@ connection: PASSIVE checkpoints, which never block the writer, shortly after com
 nudges it) and at least every `period` seconds. A PASSIVE checkpoint copies what was committed when
 it started; what is committed meanwhile waits for the next one. SQLite reuses the WAL from its start
 only when a writer finds it wholly copied, which a writer that never pauses would never allow: once
-the WAL holds more than `force_pages`, the checkpointer holds the writer's commit lock for one more
-PASSIVE checkpoint, which then copies the little left and lets the next commit start the WAL over.
+the WAL holds more than `force_pages`, the checkpointer runs passes until one finds little new to
+copy, then holds the writer's commit lock for one more, which copies the rest and lets the next
+commit start the WAL over: the writer waits for a small copy, not for the WAL's worth.
 
 Durability is as before: a commit is in the WAL (the OS's page cache) when it returns, so it survives
 kill -9; an OS crash or power loss can lose what was committed after the last checkpoint, which is
@@ -32,6 +33,8 @@ log = logging.getLogger("cometd_broker.eventlog")
 
 PERIOD = 0.1  # seconds between checkpoints at most while commits come in
 FORCE_PAGES = 16_384  # WAL pages (64 MiB at 4 KiB) above which a checkpoint holds the writer back to finish
+CATCH_UP_PAGES = 1_024  # what may be left to copy while the writer waits (a few ms of fsync and copying)
+CATCH_UP_PASSES = 8  # passes at most to get there (a writer outpacing the copies gets held back anyway)
 
 
 class WalCheckpointer:
@@ -98,13 +101,26 @@ class WalCheckpointer:
                     loop.call_soon_threadsafe(lambda e=ended: e.done() or e.set_result(None))
 
     def _checkpoint(self) -> None:
-        # pages: the WAL's length (it grows until a commit finds it wholly copied and starts it over).
-        _, pages, _ = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        pages = self._passive()
         self.wal_pages = pages
         if pages <= 0:
             return
         self.checkpoints += 1
-        if pages > self._force_pages:
-            with self._commit_lock:  # the writer waits for the copy of what came during the first pass
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            self.forced += 1
+        if pages <= self._force_pages:
+            return
+        # Catch up without holding the writer back: each pass copies what came during the one before,
+        # which is less each time, until the rest is small enough to copy with the writer waiting.
+        for _ in range(CATCH_UP_PASSES):
+            longer = self._passive()
+            came, pages = longer - pages, longer
+            if came <= CATCH_UP_PAGES:
+                break
+        with self._commit_lock:
+            self._passive()
+        self.forced += 1
+
+    def _passive(self) -> int:
+        """One PASSIVE checkpoint; the WAL's length in pages (it grows until a commit finds it wholly
+        copied and starts it over)."""
+        _, pages, _ = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return pages
