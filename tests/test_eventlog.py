@@ -294,6 +294,16 @@ async def test_append_many_assigns_ids_per_stream_in_order(make_log: MakeLog) ->
     assert (await log.bounds("/a")).latest == 3  # a refused call appended nothing
 
 
+def reject_bad_payloads(path: Path) -> None:
+    """Another connection installs a trigger that makes any insert of the payload b"bad" fail."""
+    with sqlite3.connect(path) as other:
+        other.execute(
+            "CREATE TRIGGER reject BEFORE INSERT ON events WHEN NEW.payload = x'626164' "
+            "BEGIN SELECT RAISE(ABORT, 'rejected'); END"
+        )
+    other.close()
+
+
 class HeldWriter:
     """Another connection holding the file's write lock: the log's writer thread, once it has taken a
     job, waits for the lock, and every append made meanwhile queues for its next commit."""
@@ -418,12 +428,7 @@ async def test_sqlite_a_failed_commit_fails_every_append_it_carried(tmp_path: Pa
     path = tmp_path / "events.db"
     log = SqliteEventLog(path)
     await log.append("/a", [b"1"])
-    with sqlite3.connect(path) as other:
-        other.execute(
-            "CREATE TRIGGER reject BEFORE INSERT ON events WHEN NEW.payload = x'626164' "
-            "BEGIN SELECT RAISE(ABORT, 'rejected'); END"
-        )
-    other.close()
+    reject_bad_payloads(path)
     held, blocker = await busy_writer(log, path)
     calls = [log.append("/a", [b"%d" % n]) for n in range(2, 12)]
     calls.append(log.append_many([("/b", b"fine"), ("/a", b"bad")]))
@@ -601,13 +606,7 @@ async def test_sqlite_failed_commit_hands_its_ids_out_again(tmp_path: Path) -> N
     path = tmp_path / "events.db"
     log = SqliteEventLog(path)
     await log.append("/a", [b"1"])
-    # Another connection installs a trigger that rejects one payload: the commit fails.
-    with sqlite3.connect(path) as other:
-        other.execute(
-            "CREATE TRIGGER reject BEFORE INSERT ON events WHEN NEW.payload = x'626164' "
-            "BEGIN SELECT RAISE(ABORT, 'rejected'); END"
-        )
-    other.close()
+    reject_bad_payloads(path)  # the commit carrying b"bad" fails
     with pytest.raises(sqlite3.IntegrityError):
         await log.append("/a", [b"bad"])
     assert await log.append("/a", [b"2"]) == [2]  # id 2 was never committed, so it is not lost
