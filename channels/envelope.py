@@ -100,6 +100,16 @@ def ok(**fields: Any) -> web.Response:
     return json_response({"statusCode": Status.OK.value, **fields})
 
 
+def listing(request: web.Request, views: list[dict[str, Any]], key: str) -> web.Response:
+    """A collection GET: plain gives `uris`; `fields=*` gives the resources themselves under `key`."""
+    fields = request.query.get("fields")
+    if fields is None:
+        return ok(uris=[view["uri"] for view in views])
+    if fields != "*":
+        raise GwsError(Status.VALIDATION_ERROR, "fields must be *")
+    return ok(**{key: views})
+
+
 def failure(status: Status, message: str, http_status: int = 400) -> web.Response:
     return json_response({"statusCode": status.value, "statusMessage": message}, status=http_status)
 

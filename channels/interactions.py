@@ -19,7 +19,7 @@ from aiohttp import web
 
 from .auth import User, current_user
 from .conversation import Conversations
-from .envelope import GwsError, Status, ok, operation_name, param, read_json_object
+from .envelope import GwsError, Status, listing, ok, operation_name, param, read_json_object
 from .model import Interaction, Leg, LegState
 from .workbins import Workbins, interaction_uri
 
@@ -154,19 +154,19 @@ class InteractionsApi:
         user = current_user(request)
         views = [self.agent_view(ix, leg) for ix in self.conversations.all_interactions()
                  if (leg := ix.legs.get(user.user_id)) is not None and leg.state.active]
-        return _listing(request, views)
+        return listing(request, views, "interactions")
 
     async def list_all(self, request: web.Request) -> web.Response:
         """Admins and supervisors: every open interaction, whole (workbins' too). Agents: every active one,
         their own as they see them and the others as summaries."""
         user = current_user(request)
         if user.roles & PRIVILEGED_ROLES:
-            return _listing(request, [self.center_view(ix) for ix in self.conversations.all_interactions()
-                                      if self._is_open(ix)])
+            return listing(request, [self.center_view(ix) for ix in self.conversations.all_interactions()
+                                     if self._is_open(ix)], "interactions")
         if not self.agents_see_all:
             raise GwsError(Status.NO_PERMISSION, "listing all interactions requires the admin or supervisor role")
-        return _listing(request, [view for ix in self.conversations.all_interactions() if self._is_active(ix)
-                                  and (view := self._view_for(user, ix)) is not None])
+        return listing(request, [view for ix in self.conversations.all_interactions() if self._is_active(ix)
+                                 and (view := self._view_for(user, ix)) is not None], "interactions")
 
     async def get(self, request: web.Request) -> web.Response:
         """The uri every interaction view hands out: the caller's view, the whole for an admin or supervisor,
@@ -243,16 +243,6 @@ def _engine_params(operation: str, body: dict[str, Any], user: User) -> dict[str
             raise GwsError(Status.MISSING_PARAMETER, "missing parameter 'keys' (or 'userData')")
         return {"keys": list(param(body, "userData", dict))}
     return body  # the engine reads its own parameters (nickname, saveLAR, userData, ...)
-
-
-def _listing(request: web.Request, views: list[dict[str, Any]]) -> web.Response:
-    """Plain GET gives `uris`; `fields=*` the interactions in the shape of the notifications."""
-    fields = request.query.get("fields")
-    if fields is None:
-        return ok(uris=[view["uri"] for view in views])
-    if fields != "*":
-        raise GwsError(Status.VALIDATION_ERROR, "fields must be *")
-    return ok(interactions=views)
 
 
 def add_routes(app: web.Application, conversations: Conversations, workbins: Workbins, *,

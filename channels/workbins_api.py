@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .auth import current_user
-from .envelope import GwsError, Status, ok, operation_name, param, read_json_object
+from .envelope import listing, ok, operation_name, param, read_json_object
 from .workbins import OPERATIONS, Workbins
 
 
@@ -26,12 +26,7 @@ class WorkbinRoutes:
 
     async def list(self, request: web.Request) -> web.Response:
         views = [b.view(self.workbins.base_url) for b in self.workbins.of(current_user(request).user_id)]
-        fields = request.query.get("fields")
-        if fields is None:
-            return ok(uris=[view["uri"] for view in views])
-        if fields != "*":
-            raise GwsError(Status.VALIDATION_ERROR, "fields must be *")
-        return ok(workbins=views)
+        return listing(request, views, "workbins")
 
     async def get(self, request: web.Request) -> web.Response:
         workbin = self.workbins.find(current_user(request).user_id, request.match_info["id"])
