@@ -204,8 +204,11 @@ async def run(cycles: int, clients: int, batch: int, repeat: int, profile: int, 
     rounds = max(1, cycles // clients)
     done = rounds * clients
     best = float("inf")
-    writer = getattr(getattr(app[BROKER].event_log, "_writer", None), "_thread", None)
-    threads = {"loop": threading.get_native_id(), **({"writer": writer.native_id} if writer else {})}
+    event_log_object = app[BROKER].event_log
+    writer = getattr(getattr(event_log_object, "_writer", None), "_thread", None)
+    checkpointer = getattr(event_log_object, "_checkpointer", None)
+    threads = {"loop": threading.get_native_id(), **({"writer": writer.native_id} if writer else {}),
+               **({"checkpointer": checkpointer.native_id} if checkpointer else {})}
     split: dict[str, float] = {}
     for _ in range(repeat):  # the least CPU of a few runs: the figure least disturbed by the machine
         start, before = time.process_time(), {name: thread_cpu(tid) for name, tid in threads.items()}

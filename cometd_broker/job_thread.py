@@ -55,6 +55,11 @@ class JobThread(Generic[J]):
         return self._thread.is_alive()
 
     @property
+    def native_id(self) -> int | None:
+        """The OS's id of the thread once started (for per-thread CPU accounting, as bench/cycle.py does)."""
+        return self._thread.native_id
+
+    @property
     def queued(self) -> int:
         """Jobs submitted and not taken by the thread yet."""
         return len(self._jobs)

@@ -60,6 +60,11 @@ class WalCheckpointer:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def native_id(self) -> int | None:
+        """The OS's id of the thread once started (for per-thread CPU accounting, as bench/cycle.py does)."""
+        return self._thread.native_id
+
     def nudge(self) -> None:
         """From the writer, after a commit: there is something to copy."""
         self._wake.set()
