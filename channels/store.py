@@ -169,11 +169,11 @@ class StateStore:
             self._commit(writes[start:start + self._max_batch])
 
     def _on_exit(self, left: list[_Write]) -> None:
-        """On the thread, at its end: close the connection; fail any write it did not run."""
-        self._close_db()
+        """On the thread, at its end: fail any write it did not run, then close the connection."""
         if left:
             settle_on_loops(left, lambda write: write.loop,
                             lambda mine: _resolve(mine, StoreUnavailable("contact-center state store stopped")))
+        self._close_db()
 
     def _commit(self, batch: list[_Write]) -> None:
         failure: BaseException | None = None

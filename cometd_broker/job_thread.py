@@ -139,7 +139,10 @@ class JobThread(Generic[J]):
                 left = list(self._jobs)
                 self._jobs.clear()
                 waiters, self._exit_waiters = self._exit_waiters, []
-            self._on_exit(left)
+            try:
+                self._on_exit(left)
+            except Exception:  # the waiters below must still hear of the end, or stop() never returns
+                log.exception("%s thread failed while ending", self._thread.name)
             for loop, waiter in waiters:
                 try:
                     loop.call_soon_threadsafe(lambda w=waiter: w.done() or w.set_result(None))

@@ -922,6 +922,26 @@ async def test_sqlite_commits_never_checkpoint_the_checkpointer_does(tmp_path: P
     await reopened.close()
 
 
+class CrossedEvent(threading.Event):
+    """An Event whose timed wait says False though it is set: what Condition.wait returns when its
+    timeout and a set() cross (seen as a checkpointer that never ended on stop)."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if timeout is None:
+            return super().wait()
+        super().wait(timeout)
+        return False
+
+
+async def test_sqlite_checkpointer_stops_even_when_its_timed_wait_misses_the_stop(tmp_path: Path) -> None:
+    log = SqliteEventLog(tmp_path / "events.db")
+    checkpointer = log._checkpointer
+    checkpointer._stopping = CrossedEvent()
+    await log.append_many([(f"/s{n}", b"x") for n in range(10)])  # nudges it: it waits out its period
+    await asyncio.wait_for(log.close(), 5)
+    assert not checkpointer._thread.is_alive()
+
+
 async def test_sqlite_a_writer_that_never_pauses_still_gets_its_wal_started_over(tmp_path: Path) -> None:
     # Under a steady load a PASSIVE checkpoint never finds the WAL wholly copied, so SQLite would never
     # reuse it from the start; past force_pages the checkpointer holds the writer back to finish it.
@@ -932,7 +952,7 @@ async def test_sqlite_a_writer_that_never_pauses_still_gets_its_wal_started_over
             log._checkpointer._period = 0.005
         else:
             await log._checkpointer.stop()  # nobody checkpoints: the WAL holds every page written
-        for batch in range(60):  # back to back, no pause for a checkpoint to catch up in
+        for batch in range(200):  # back to back, no pause for a checkpoint to catch up in
             await log.append_many([(f"/s{(batch * 37 + n) % 500}", b"x" * 300) for n in range(100)])
         forced = log._checkpointer.forced
         size = wal_bytes(path)

@@ -88,6 +88,21 @@ async def test_a_failing_run_ends_the_thread_and_hands_back_what_was_left(caplog
     assert "test-writer thread failed" in caplog.text
 
 
+async def test_stop_returns_even_when_the_owners_exit_fails(caplog) -> None:
+    owner = Owner()
+
+    def on_exit(left: list[object]) -> None:
+        raise OSError("close failed")
+
+    owner.thread = JobThread("test-writer", owner.run, on_exit)
+    owner.thread.start()
+    owner.thread.submit("a")
+    with caplog.at_level("ERROR", logger="cometd_broker"):
+        await asyncio.wait_for(owner.thread.stop(), 5)
+    assert not owner.thread.alive
+    assert "test-writer thread failed while ending" in caplog.text
+
+
 async def test_a_thread_never_started_stops_cleanly() -> None:
     owner = Owner()
     await owner.thread.stop()

@@ -50,6 +50,7 @@ class WalCheckpointer:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._exit_lock = threading.Lock()
+        self._exited = False  # guarded by _exit_lock: the thread has settled its exit waiters
         self._exit_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.checkpoints = 0  # checkpoints that copied pages
@@ -74,10 +75,10 @@ class WalCheckpointer:
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[None] = loop.create_future()
         with self._exit_lock:
-            if self._thread.is_alive():
-                self._exit_waiters.append((loop, ended))
-            else:
+            if self._thread.ident is None or self._exited:  # never started, or past its last waiter
                 ended.set_result(None)
+            else:
+                self._exit_waiters.append((loop, ended))
         self._stopping.set()
         self._wake.set()
         await ended
@@ -87,7 +88,9 @@ class WalCheckpointer:
 
     def _run(self) -> None:
         try:
-            while True:
+            # stop() sets _stopping before _wake, so a wake-up this loop clears after a stop (Event.wait
+            # may say False when its timeout crosses the set) is still seen at the top, never waited for.
+            while not self._stopping.is_set():
                 self._wake.wait()
                 if self._stopping.wait(self._period):  # meanwhile commits gather: one checkpoint copies them all
                     return
@@ -100,6 +103,7 @@ class WalCheckpointer:
                     log.warning("event log checkpoint failed (the WAL grows until one succeeds): %s", exc)
         finally:
             with self._exit_lock:
+                self._exited = True
                 waiters, self._exit_waiters = self._exit_waiters, []
             for loop, ended in waiters:
                 with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits

@@ -271,10 +271,7 @@ class SqliteWriter:
         return jobs
 
     def _on_exit(self, left: list[_Job]) -> None:
-        """On the thread, at its end: close the connection and fail what was never run."""
-        self._conn.close()
-        if not left:
-            return
+        """On the thread, at its end: fail what was never run, then close the connection."""
         closed = EventLogClosed("event log writer stopped before this job ran")
         appends = [job for job in left if isinstance(job, _AppendJob)]
         if appends:
@@ -282,6 +279,7 @@ class SqliteWriter:
         for job in left:
             if isinstance(job, _TrimJob):
                 self._post_trim(job, None, closed)
+        self._conn.close()
 
     def _commit(self, batch: list[_AppendJob]) -> None:
         last = self._last
