@@ -145,7 +145,9 @@ class Broker:
         # A Redis log's keys start with the deployment's namespace (redis_names.py), the prefix its part.
         store_options = {"prefix": cfg.redis_prefix} if is_redis_url(cfg.event_log_url) else {}
         self.event_log: EventLog = open_event_log(
-            cfg.event_log_url, Retention(max_age=cfg.retention_age, max_count=cfg.retention_count), **store_options)
+            cfg.event_log_url, Retention(max_age=cfg.retention_age, max_count=cfg.retention_count),
+            sqlite_options={"checkpoint_period": cfg.wal_checkpoint_period,
+                            "wal_limit": cfg.wal_limit_mb * 1024 * 1024}, **store_options)
         self._retention = RetentionTask(self.event_log, period=cfg.retention_period)
         # The newest id of each stream whose delivery has started (see ReplayMark and _catch_up).
         self._latest_ids: dict[str, int] = {}

@@ -95,6 +95,12 @@ class BrokerConfig:
         "seconds an event stays in the event log (replay window)"))
     retention_count: int = field(default=100000, metadata=_doc("events kept per stream in the event log"))
     retention_period: float = field(default=60.0, metadata=_doc("seconds between retention sweeps"))
+    wal_checkpoint_period: float = field(default=0.1, metadata=_doc(
+        "with a SQLite event log: seconds at most between WAL checkpoints while events come in; kill -9 "
+        "loses nothing, an OS crash or power loss can lose what was committed since the last one"))
+    wal_limit_mb: int = field(default=64, metadata=_doc(
+        "with a SQLite event log: MiB of WAL past which a checkpoint holds the writer back for a last short "
+        "copy, so that the WAL starts over even under a load that never pauses"))
     replay_page: int = field(default=500, metadata=_doc(
         "events read from the log per catch-up step; a session's queue is drained before the next"))
     admin_token: str = field(default="", metadata=_secret(
@@ -196,10 +202,10 @@ class BrokerConfig:
             raise ValueError("sweep_period must be > 0")
         if self.request_timeout <= 0:
             raise ValueError("request_timeout must be > 0")
-        for name in ("retention_age", "retention_period"):
+        for name in ("retention_age", "retention_period", "wal_checkpoint_period"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
-        for name in ("retention_count", "replay_page"):
+        for name in ("retention_count", "replay_page", "wal_limit_mb"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         for name in ("admin_token", "metrics_token"):

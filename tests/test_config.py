@@ -127,6 +127,7 @@ class TestValidation:
         ("transports", "websocket,smoke-signals"), ("transports", ""), ("transports", " , "),
         ("personal_prefix", "/v2/me/*"), ("personal_prefix", "/v2/me"), ("personal_prefix", "v2/me/**"),
         ("personal_prefix", "/v2//me/**"), ("mount", "cometd"), ("sweep_period", 0),
+        ("wal_checkpoint_period", 0), ("wal_limit_mb", 0),
     ])
     def test_errors_name_the_option(self, option, value):
         with pytest.raises(ValueError, match=option):

@@ -946,11 +946,9 @@ async def test_sqlite_a_writer_that_never_pauses_still_gets_its_wal_started_over
     # Under a steady load a PASSIVE checkpoint never finds the WAL wholly copied, so SQLite would never
     # reuse it from the start; past force_pages the checkpointer holds the writer back to finish it.
     async def load(path: Path, force_pages: int | None) -> tuple[int, int]:
-        log = SqliteEventLog(path)
-        if force_pages is not None:
-            log._checkpointer._force_pages = force_pages
-            log._checkpointer._period = 0.005
-        else:
+        page_size = 4096  # SQLite's default
+        log = SqliteEventLog(path, checkpoint_period=0.005, wal_limit=(force_pages or 1) * page_size)
+        if force_pages is None:
             await log._checkpointer.stop()  # nobody checkpoints: the WAL holds every page written
         for batch in range(200):  # back to back, no pause for a checkpoint to catch up in
             await log.append_many([(f"/s{(batch * 37 + n) % 500}", b"x" * 300) for n in range(100)])
@@ -963,3 +961,15 @@ async def test_sqlite_a_writer_that_never_pauses_still_gets_its_wal_started_over
     _, unbounded = await load(tmp_path / "unbounded.db", None)
     assert forced >= 1
     assert bounded < unbounded / 2, (bounded, unbounded)
+
+
+async def test_the_brokers_wal_options_reach_a_sqlite_log_and_mean_nothing_to_memory(tmp_path: Path) -> None:
+    from cometd_broker.broker import Broker
+    from cometd_broker.config import BrokerConfig
+
+    broker = Broker(BrokerConfig(event_log=str(tmp_path / "events.db"), wal_checkpoint_period=0.25, wal_limit_mb=8))
+    checkpointer = broker.event_log._checkpointer
+    assert (checkpointer._period, checkpointer._force_pages) == (0.25, 8 * 1024 * 1024 // 4096)
+    await broker.event_log.close()
+    in_memory = Broker(BrokerConfig(event_log="memory:", wal_checkpoint_period=0.25))
+    assert isinstance(in_memory.event_log, MemoryEventLog)

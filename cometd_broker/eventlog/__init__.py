@@ -7,6 +7,7 @@ picks the store from a URL so the choice is configuration, not code.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from .base import (
@@ -41,14 +42,16 @@ __all__ = [
 ]
 
 
-def open_event_log(url_or_path: str | os.PathLike[str], retention: Retention = KEEP_ALL, **options: Any) -> EventLog:
+def open_event_log(url_or_path: str | os.PathLike[str], retention: Retention = KEEP_ALL, *,
+                   sqlite_options: Mapping[str, Any] | None = None, **options: Any) -> EventLog:
     """Open the store named by `url_or_path`.
 
     - "memory:" (or "memory://"): MemoryEventLog, lost on restart.
     - "sqlite:///abs/path.db", "sqlite:relative.db" or a plain file path: SqliteEventLog.
     - "redis://host:port/db" (or rediss://, unix://): RedisEventLog in Redis Streams, shared by a
       cluster; needs the `redis` extra (pip install 'cometd-broker[redis]').
-    `options` go to the store's constructor (e.g. batch_delay for SQLite).
+    `options` go to the store's constructor, and `sqlite_options` too when the store is SQLite (the
+    broker's WAL settings, which the other stores do not have).
     """
     target = os.fspath(url_or_path)
     if target in ("memory:", "memory://"):
@@ -59,7 +62,7 @@ def open_event_log(url_or_path: str | os.PathLike[str], retention: Retention = K
         path = rest[2:] if rest.startswith("//") else rest
         if not path:
             raise ValueError(f"no file path in event log URL {target!r}")
-        return SqliteEventLog(path, retention, **options)
+        return SqliteEventLog(path, retention, **options, **(sqlite_options or {}))
     if is_redis_url(target):
         try:
             from .redis import RedisEventLog  # optional dependency: imported only when asked for
@@ -72,4 +75,4 @@ def open_event_log(url_or_path: str | os.PathLike[str], retention: Retention = K
         # (a Windows drive letter is one character), so "C:\\x.db" still opens SQLite.
         raise ValueError(f"unsupported event log store {scheme!r} in {target!r}; "
                          "use 'memory:', a SQLite path or redis://")
-    return SqliteEventLog(target, retention, **options)
+    return SqliteEventLog(target, retention, **options, **(sqlite_options or {}))

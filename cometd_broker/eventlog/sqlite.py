@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .base import KEEP_ALL, UNKNOWN_BOUNDS, Bounds, Event, EventLogClosed, Retention, check_limit, new_epoch
-from .sqlite_checkpointer import WalCheckpointer
+from .sqlite_checkpointer import CHECKPOINT_PERIOD, WAL_LIMIT, WalCheckpointer
 from .sqlite_writer import EVENT_STREAMS, SqliteWriter
 
 T = TypeVar("T")
@@ -106,6 +106,8 @@ class SqliteEventLog:
         readers: int = 2,  # reader threads (and connections)
         synchronous: str = "NORMAL",
         clock: Callable[[], float] = time.time,
+        checkpoint_period: float = CHECKPOINT_PERIOD,  # seconds at most between WAL checkpoints under load
+        wal_limit: int = WAL_LIMIT,  # WAL bytes past which a checkpoint holds the writer back to start it over
     ) -> None:
         self.path = os.fspath(path)
         if self.path == ":memory:" or self.path.startswith("file::memory:"):
@@ -115,6 +117,8 @@ class SqliteEventLog:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, not {synchronous!r}")
         if readers < 1:
             raise ValueError("readers must be >= 1")
+        if checkpoint_period <= 0 or wal_limit <= 0:
+            raise ValueError("checkpoint_period and wal_limit must be > 0")
         self.retention = retention
         self._synchronous = synchronous
         # The epoch is fixed for the file's life: read once, here.
@@ -122,7 +126,9 @@ class SqliteEventLog:
         # Checkpoints run on a thread of their own, not inside the writer's commits (see sqlite_checkpointer.py).
         writer_conn.execute("PRAGMA wal_autocheckpoint = 0")
         commit_lock = threading.Lock()
-        self._checkpointer = WalCheckpointer(self.path, commit_lock)
+        page_size = writer_conn.execute("PRAGMA page_size").fetchone()[0]
+        self._checkpointer = WalCheckpointer(self.path, commit_lock, period=checkpoint_period,
+                                             force_pages=max(1, wal_limit // page_size))
         self._writer = SqliteWriter(
             writer_conn,
             retention,

@@ -31,8 +31,9 @@ import threading
 
 log = logging.getLogger("cometd_broker.eventlog")
 
-PERIOD = 0.1  # seconds between checkpoints at most while commits come in
-FORCE_PAGES = 16_384  # WAL pages (64 MiB at 4 KiB) above which a checkpoint holds the writer back to finish
+# The defaults of the broker's --wal-checkpoint-period and --wal-limit-mb.
+CHECKPOINT_PERIOD = 0.1  # seconds between checkpoints at most while commits come in
+WAL_LIMIT = 64 * 1024 * 1024  # WAL bytes above which a checkpoint holds the writer back to finish
 CATCH_UP_PAGES = 1_024  # what may be left to copy while the writer waits (a few ms of fsync and copying)
 CATCH_UP_PASSES = 8  # passes at most to get there (a writer outpacing the copies gets held back anyway)
 
@@ -40,8 +41,8 @@ CATCH_UP_PASSES = 8  # passes at most to get there (a writer outpacing the copie
 class WalCheckpointer:
     """Checkpoints `path`'s WAL from its own thread; the writer holds `commit_lock` while it commits."""
 
-    def __init__(self, path: str, commit_lock: threading.Lock, *, period: float = PERIOD,
-                 force_pages: int = FORCE_PAGES, name: str = "eventlog-sqlite-checkpointer") -> None:
+    def __init__(self, path: str, commit_lock: threading.Lock, *, period: float, force_pages: int,
+                 name: str = "eventlog-sqlite-checkpointer") -> None:
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA busy_timeout = 5000")
         self._commit_lock = commit_lock
