@@ -64,7 +64,12 @@ def relay_request(method: str, target: str, headers: Iterable[tuple[str, str]], 
     """The bytes of `method target` with the client's headers and body, for the Bayeux endpoint of the
     peer (`forwarded_by`: this process's id) or for one of its services (`service`)."""
     lines = [f"{method} {target} HTTP/1.1"]
-    lines += [f"{name}: {value}" for name, value in headers if name.lower() not in _NOT_RELAYED]
+    relayed = [(name, value) for name, value in headers if name.lower() not in _NOT_RELAYED]
+    if not any(name.lower() == "host" for name, _ in relayed):
+        # An HTTP/1.0 client may send none, but the relay speaks HTTP/1.1, which requires one; the
+        # receiving process checked Origin against the missing Host already, so any name does here.
+        relayed.append(("Host", "localhost"))
+    lines += [f"{name}: {value}" for name, value in relayed]
     lines.append(f"Content-Length: {len(body)}")
     if forwarded_by is not None:
         lines.append(f"{FORWARDED_BY}: {forwarded_by}")

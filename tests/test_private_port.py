@@ -96,6 +96,21 @@ async def test_a_service_gets_the_clients_request_and_its_reply_is_relayed(port:
         await runner.cleanup()
 
 
+async def test_a_request_without_host_is_relayed_with_one(port: PrivatePort, forwarder: Forwarder) -> None:
+    # An HTTP/1.0 client may leave Host out; the relay speaks HTTP/1.1, where aiohttp answers 400 without it.
+    runner = await engine_runner()
+    assert runner.server is not None
+    port.offer("engine", runner.server)
+    try:
+        request = relay_request("POST", "/api/echo", [("Cookie", "JSESSIONID=1")], b"{}", service="engine")
+        reply = await forwarder.send(port.address, request)
+        assert reply.status == 200
+        assert orjson.loads(reply.body)["headers"]["Host"] == "localhost"
+    finally:
+        await port.withdraw("engine")
+        await runner.cleanup()
+
+
 async def test_a_service_not_offered_is_421_and_relay_to_any_retries_until_it_is(port: PrivatePort,
                                                                                forwarder: Forwarder) -> None:
     request = relay_request("GET", "/api/echo", HOST, b"", service="engine")
