@@ -1030,7 +1030,9 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
     seqs: dict[str, int] = {}
     rates = [float(r) for r in args.rates.split(",")]
     best: dict[str, Any] | None = None
-    for k, rate in enumerate(rates):
+
+    async def measure(k: int, rate: float) -> Step:
+        """One step at `rate`: publish for --step-seconds, drain, and judge it."""
         gen.rec.start(k, seqs)
         procs0, extra0 = cpu_by_process([args.server_pid] if args.server_pid else []), cpu_by_process(args.extra_pids)
         cpu0, own0, busy0, t_start = proc_cpu(args.server_pid), own_cpu(), machine_busy(), now()
@@ -1090,11 +1092,25 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         d["publish_failures"] = pub.failures
         d["client_errors"] = sum(c.errors for c in live)
         d["rehandshakes"] = sum(c.rehandshakes for c in live)
-        result["steps"].append(d)
         print(f"  step {k}: rate {rate}/s delivered {st.delivered_per_s}/s p50 {st.p50_ms} p99 {st.p99_ms} "
               f"max {st.max_ms} lost {st.lost} srv {st.server_cpu_pct}% gen {st.loadgen_cpu_pct}% "
               f"other {d['foreign_cpu_pct']}% "
               f"{'ok' if st.ok else 'STOP: ' + st.why}", file=sys.stderr, flush=True)
+        return st
+
+    for k, rate in enumerate(rates):
+        st = await measure(k, rate)
+        for _ in range(args.confirm_p99):
+            # A p99 over the limit with nothing lost can be one stall (a page fault, another process's
+            # burst) rather than saturation: the step counts as failed only if it fails again.
+            if st.ok or not st.why.startswith("p99"):
+                break
+            print(f"  step {k}: measured again to confirm ({st.why})", file=sys.stderr, flush=True)
+            first = st
+            await asyncio.sleep(0.3)
+            st = await measure(k, rate)
+            st.__dict__["first_attempt"] = {"p99_ms": first.p99_ms, "why": first.why}
+        result["steps"].append(st.__dict__)
         if st.ok:
             if best is None or st.delivered_per_s > best["delivered_per_s"]:
                 best = st.__dict__
@@ -1341,6 +1357,9 @@ def main() -> int:
     p.add_argument("--extra-pids", type=pid_list, default=[],
                    help="comma-separated pids measured beside the server (fanout/p2p: CPU per step, with their "
                         "children), e.g. redis-server: extra_cpu_s and extra_procs_cpu_s; not in server_cpu_s")
+    p.add_argument("--confirm-p99", type=int, default=1, metavar="N",
+                   help="measure a step whose only failure is its p99 again, up to N times; it fails only "
+                        "if every attempt does (default 1; 0: the first stall stops the run)")
     p.add_argument("--keep-going", action="store_true",
                    help="fanout/p2p: run every step of --rates even after one failed (fixed-rate runs)")
     p.add_argument("--sticky-connections", action="store_true",
