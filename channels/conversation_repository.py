@@ -131,7 +131,8 @@ class InteractionRepository:
         Invited legs answer (an offer in flight is in no queue, yet must not be lost)."""
         offers = {user_id: leg.offer.to_document() for user_id, leg in ix.legs.items() if leg.offer is not None}
         waiting = [request.to_document() for request in self.routing.waiting_for(ix.id)]
-        return {**ix.to_document(), "offers": offers, "waiting": waiting}
+        # The log as encoded once per message: this document is written again on every change.
+        return {**ix.to_document(encoded_log=True), "offers": offers, "waiting": waiting}
 
     async def persist(self) -> None:
         """One write with everything this run changed, awaited. A failed write raises (the caller gets an

@@ -84,6 +84,18 @@ def test_interaction_round_trip() -> None:
     assert again.append(MessageType.TEXT, ix.customer, Visibility.ALL, 1, text="more").index == 6
 
 
+def test_the_stored_log_is_each_message_encoded_once_and_reads_back_the_same() -> None:
+    # The repository stores an interaction again on every change; its log goes as each message's JSON,
+    # made once, and must be byte for byte what encoding the documents would give.
+    ix = sample_interaction()
+    assert orjson.dumps(ix.to_document(encoded_log=True)) == orjson.dumps(ix.to_document())
+    first = ix.log[0].encoded
+    ix.append(MessageType.TEXT, ix.customer, Visibility.ALL, 7, text="later")
+    assert ix.log[0].encoded is first  # not encoded again
+    stored = orjson.loads(orjson.dumps(ix.to_document(encoded_log=True)))
+    assert Interaction.from_document(stored) == ix
+
+
 def test_a_fresh_chat_round_trips() -> None:
     ix = Interaction("0000000000000001", CHAT, Participant("P", "Customer", "C"), "default", "P", 5)
     assert Interaction.from_document(json_round_trip(ix.to_document())) == ix
