@@ -30,6 +30,7 @@ from .conversation import Conversations, ReferenceIds
 from .demo import install_demo
 from .envelope import Handler, envelope_middleware, label_operation
 from .memory_store import MemoryStateStore
+from .model import MessageLimits
 from .routing import ROUTED_CHANNELS, Routing
 from .store import DocumentStore, StateStore
 
@@ -65,6 +66,7 @@ class ContactCenterConfig:
     # Seconds an interaction that is over (customer gone, every agent done, in no workbin or queue) stays
     # readable before it is forgotten; 0 keeps every interaction forever (memory and state grow with them).
     ended_retention: float = 86400.0
+    message_limits: MessageLimits = field(default_factory=MessageLimits)
     # GET /api/v2/interactions (every active interaction) for admins and supervisors only; by default agents
     # may list too, as GWS's Interactions API page says, and see the ones they take no part in as summaries.
     interactions_list_supervisors_only: bool = False
@@ -145,7 +147,7 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
     reference_ids = ReferenceIds()  # shared: a referenceId is unique across every API (and persisted)
     # The engine loads first: workbins refer to its interactions.
     conversations = Conversations(publish, routing, users, base_url=config.base_url, reference_ids=reference_ids,
-                                  store=store)
+                                  store=store, limits=config.message_limits)
     conversations.operations.on_operation = label_operation  # the metrics name the operation the engine ran
     bins = workbins.Workbins(conversations, publish, reference_ids=reference_ids)
 
@@ -306,6 +308,17 @@ class ContactCenterPlugin:
                                 "workbin or queue) stays readable (GET, transcript) before it is forgotten, in "
                                 "memory and in the state store; 0 keeps them all forever "
                                 "(env COMETD_BROKER_ENDED_RETENTION); default: 86400 (a day)")
+        group.add_argument("--message-max-chars", type=int, default=int(_env("MESSAGE_MAX_CHARS", "8192")),
+                           metavar="N",
+                           help="characters of one message's text an agent or a customer may send; a longer "
+                                "one is refused with statusCode 10 (env COMETD_BROKER_MESSAGE_MAX_CHARS); "
+                                "default: 8192")
+        group.add_argument("--interaction-max-messages", type=int,
+                           default=int(_env("INTERACTION_MAX_MESSAGES", "5000")), metavar="N",
+                           help="messages one interaction's transcript holds at most, typing notifications "
+                                "included; past it sending is refused until the interaction is completed "
+                                "(leaving and completing always work) (env COMETD_BROKER_INTERACTION_MAX_MESSAGES); "
+                                "default: 5000")
         group.add_argument("--interactions-list-supervisors-only", action="store_true",
                            default=_env("INTERACTIONS_LIST_SUPERVISORS_ONLY", "false").lower()
                            in ("1", "true", "yes", "on"),
@@ -366,6 +379,8 @@ class ContactCenterPlugin:
             # `--media-token "$TOKEN"` with the variable unset: an API silently off looks like a routing bug.
             raise ValueError("media-token is empty (flag, COMETD_BROKER_MEDIA_TOKEN or config file); to turn the "
                              "media API off, leave media-token unset")
+        if args.message_max_chars < 1 or args.interaction_max_messages < 1:
+            raise ValueError("message-max-chars and interaction-max-messages must be >= 1")
         capacity, channel_capacity = parse_capacity(args.capacity)
         if not (args.users_file or args.demo or args.media_token):
             # Nobody could log in: serve the broker alone, without the API's middlewares on every request.
@@ -384,7 +399,8 @@ class ContactCenterPlugin:
             secure_cookies=broker.config.tls,
             offer_timeout=args.offer_timeout, queues=queues, state_db=args.state_db,
             ended_retention=args.ended_retention, capacity=capacity, channel_capacity=channel_capacity,
-            interactions_list_supervisors_only=args.interactions_list_supervisors_only)
+            interactions_list_supervisors_only=args.interactions_list_supervisors_only,
+            message_limits=MessageLimits(args.message_max_chars, args.interaction_max_messages))
         if args.desktop_dir:
             desktop.add_routes(app, args.desktop_dir, broker.config.mount)  # DesktopDirError names the option
         else:

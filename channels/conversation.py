@@ -24,7 +24,7 @@ from .conversation_operations import MAX_URL_LENGTH, OPERATIONS, AgentOperations
 from .conversation_pruning import Pruner
 from .conversation_repository import InteractionRepository, ReferenceIds
 from .customer_side import CustomerSide
-from .model import MediaKind
+from .model import MediaKind, MessageLimits
 from .outbox import Outbox, Publish, StateListener
 from .routing import Routing
 from .store import DocumentStore
@@ -41,7 +41,8 @@ class Conversations:
 
     def __init__(self, publish: Publish, routing: Routing, users: UserLookup, *,
                  base_url: str = "http://localhost:8080", reference_ids: Iterator[int] | None = None,
-                 clock_ms: Callable[[], int] | None = None, store: DocumentStore | None = None) -> None:
+                 clock_ms: Callable[[], int] | None = None, store: DocumentStore | None = None,
+                 limits: MessageLimits | None = None) -> None:
         """`reference_ids` may be shared with other modules so referenceIds are unique per server; only a
         `ReferenceIds` is persisted. `store` None keeps nothing; otherwise the state in it is loaded now."""
         self.routing = routing
@@ -51,7 +52,7 @@ class Conversations:
         self._refs = reference_ids or ReferenceIds()
         self.repository = InteractionRepository(routing, self._refs, store)
         self.outbox = Outbox(base_url, self.repository.touch)
-        self.core = ConversationCore(publish, routing, self.repository, self.outbox, clock_ms=clock_ms)
+        self.core = ConversationCore(publish, routing, self.repository, self.outbox, clock_ms=clock_ms, limits=limits)
         self._now = self.core.now  # the engine clock (epoch ms): tests compare offer deadlines with it
         self.operations = AgentOperations(self.core, users, self._refs)
         self.customers = CustomerSide(self.core)

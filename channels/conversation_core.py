@@ -21,8 +21,18 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from .conversation_repository import InteractionRepository
-from .errors import NotFound
-from .model import Interaction, Leg, LegState, Message, MessageType, Participant, Role, Visibility
+from .errors import InvalidParameter, InvalidState, NotFound
+from .model import (
+    Interaction,
+    Leg,
+    LegState,
+    Message,
+    MessageLimits,
+    MessageType,
+    Participant,
+    Role,
+    Visibility,
+)
 from .outbox import Outbox, Publish
 from .routing import OfferRequest, Routing
 
@@ -44,8 +54,9 @@ def visibility_of(leg: Leg) -> Visibility:
 
 class ConversationCore:
     def __init__(self, publish: Publish, routing: Routing, repository: InteractionRepository, outbox: Outbox, *,
-                 clock_ms: Callable[[], int] | None = None) -> None:
+                 clock_ms: Callable[[], int] | None = None, limits: MessageLimits | None = None) -> None:
         self._publish = publish
+        self.limits = limits or MessageLimits()
         self.routing = routing
         self.repository = repository
         self.outbox = outbox
@@ -82,6 +93,20 @@ class ConversationCore:
         assert sender is not None, "only participants of the chat session write to its log"
         self.repository.touch(ix)
         return ix.append(kind, sender, visibility, self.now(), text=text, url=url)
+
+    def checked_text(self, text: str | None) -> str | None:
+        """A text a client sends, refused (nothing changed) when longer than the limit."""
+        if text is not None and len(text) > self.limits.max_text:
+            raise InvalidParameter(f"parameter 'text' is {len(text)} characters long; at most "
+                                   f"{self.limits.max_text} are accepted")
+        return text
+
+    def check_room(self, ix: Interaction) -> None:
+        """Before a client adds a message (not a join or a farewell, which are bounded by the legs): refused,
+        nothing changed, once the log holds the most an interaction may."""
+        if len(ix.log) >= self.limits.max_messages:
+            raise InvalidState(f"{ix.media.resource_key} {ix.id} holds {len(ix.log)} messages, the most one may "
+                               "hold: complete it and start another")
 
     def known_queue(self, name: str) -> str:
         if not self.routing.has_queue(name):

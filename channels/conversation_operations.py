@@ -185,7 +185,7 @@ class AgentOperations:
             kind, target = "queue", self.core.known_queue(queue_name)
         else:
             kind, target = self._target(params, leg)
-        text = param(params, "text", str, required=False)
+        text = self.core.checked_text(param(params, "text", str, required=False))
         other = member(ix, target) if kind == "user" else None
         to_consultant = other is not None and other.role is Role.CONSULT and other.state is LegState.CHATTING
         if other is not None and not to_consultant:
@@ -229,7 +229,7 @@ class AgentOperations:
     # --- leaving -------------------------------------------------------------------------------------------
 
     def _op_Leave(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
-        text = param(params, "text", str, required=False)
+        text = self.core.checked_text(param(params, "text", str, required=False))
 
         def apply(ref: int) -> None:
             self._farewell(ix, leg, text)
@@ -249,7 +249,7 @@ class AgentOperations:
             if ix.ended:
                 raise InvalidState(f"{ix.media.resource_key} {ix.id} has ended: it cannot be placed in a queue")
         save_lar = param(params, "saveLAR", bool, required=False, default=False)
-        text = param(params, "text", str, required=False)
+        text = self.core.checked_text(param(params, "text", str, required=False))
         core = self.core
 
         def apply(ref: int) -> None:
@@ -300,6 +300,9 @@ class AgentOperations:
 
     def _say(self, ix: Interaction, leg: Leg, kind: MessageType, visibility: Visibility,
              text: str | None = None, *, url: str | None = None) -> Apply:
+        self.core.checked_text(text)
+        self.core.check_room(ix)
+
         def apply(ref: int) -> None:
             message = self.core.log(ix, kind, leg.participant, visibility, text=text, url=url)
             self.core.outbox.new_message(ix, message, caller=leg.user_id, ref=ref)

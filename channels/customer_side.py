@@ -22,6 +22,7 @@ class CustomerSide:
         """A customer starts a chat/SMS: it joins the log and waits in `queue` for a Ready agent."""
         core = self.core
         core.known_queue(queue)
+        core.checked_text(text)
 
         def create() -> Interaction:
             now = core.now()
@@ -68,8 +69,11 @@ class CustomerSide:
     async def _says(self, media: MediaKind, interaction_id: str, kind: MessageType, text: str | None = None) -> None:
         core = self.core
 
+        core.checked_text(text)
+
         def say() -> None:
             ix = self._interaction(media, interaction_id)
+            core.check_room(ix)
             core.repository.touch(ix)
             core.outbox.new_message(ix, core.log(ix, kind, ix.customer, Visibility.ALL, text=text))
 

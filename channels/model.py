@@ -162,6 +162,19 @@ class Participant:
 
 
 @dataclass(frozen=True)
+class MessageLimits:
+    """What one interaction's transcript may hold, so that no client can grow it (and what every later
+    change stores and every participant is sent) without bound."""
+
+    max_text: int = 8192  # characters of one message's text (a farewell's included)
+    max_messages: int = 5000  # messages of one interaction's log, typing notifications included
+
+    def __post_init__(self) -> None:
+        if self.max_text < 1 or self.max_messages < 1:
+            raise ValueError("message limits must be >= 1")
+
+
+@dataclass(frozen=True)
 class Message:
     index: int
     type: MessageType

@@ -18,6 +18,7 @@ from channels import chats, media, smssessions
 from channels.auth import GwsAuthenticator, HttpSessions, User, UserDirectory, auth_middleware, hash_password
 from channels.conversation import Conversations
 from channels.envelope import envelope_middleware
+from channels.model import MessageLimits
 from channels.routing import Routing
 from cometd_broker import Broker, BrokerConfig
 from cometd_broker.app import add_bayeux_endpoint
@@ -118,7 +119,8 @@ class Desk:
         assert self.pending == [], f"{self.user} received {self.pending}"
 
 
-async def make_stack(aiohttp_client: Any, *, offer_timeout: float = 30.0, capacity: int = 1) -> Stack:
+async def make_stack(aiohttp_client: Any, *, offer_timeout: float = 30.0, capacity: int = 1,
+                     limits: MessageLimits | None = None) -> Stack:
     users = UserDirectory(User(name, hash_password(password, iterations=1), first_name=name.capitalize())
                           for name, password in PASSWORDS.items())
     sessions = HttpSessions()
@@ -130,7 +132,7 @@ async def make_stack(aiohttp_client: Any, *, offer_timeout: float = 30.0, capaci
     add_bayeux_endpoint(app, broker, MOUNT)
     routing = Routing(broker.publish_to_user, queues=("default", "sales"), offer_timeout=offer_timeout,
                       capacity=capacity)
-    conversations = Conversations(broker.publish_to_user, routing, users, base_url=BASE_URL)
+    conversations = Conversations(broker.publish_to_user, routing, users, base_url=BASE_URL, limits=limits)
     chats.add_routes(app, conversations)
     smssessions.add_routes(app, conversations)
     media.add_routes(app, conversations, MEDIA_TOKEN)
