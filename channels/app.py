@@ -30,7 +30,7 @@ from .conversation import Conversations, ReferenceIds
 from .demo import install_demo
 from .envelope import Handler, envelope_middleware, label_operation
 from .memory_store import MemoryStateStore
-from .model import MessageLimits
+from .model import InteractionLimits
 from .routing import ROUTED_CHANNELS, Routing
 from .store import DocumentStore, StateStore
 
@@ -66,7 +66,7 @@ class ContactCenterConfig:
     # Seconds an interaction that is over (customer gone, every agent done, in no workbin or queue) stays
     # readable before it is forgotten; 0 keeps every interaction forever (memory and state grow with them).
     ended_retention: float = 86400.0
-    message_limits: MessageLimits = field(default_factory=MessageLimits)
+    interaction_limits: InteractionLimits = field(default_factory=InteractionLimits)
     # GET /api/v2/interactions (every active interaction) for admins and supervisors only; by default agents
     # may list too, as GWS's Interactions API page says, and see the ones they take no part in as summaries.
     interactions_list_supervisors_only: bool = False
@@ -147,7 +147,7 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
     reference_ids = ReferenceIds()  # shared: a referenceId is unique across every API (and persisted)
     # The engine loads first: workbins refer to its interactions.
     conversations = Conversations(publish, routing, users, base_url=config.base_url, reference_ids=reference_ids,
-                                  store=store, limits=config.message_limits)
+                                  store=store, limits=config.interaction_limits)
     conversations.operations.on_operation = label_operation  # the metrics name the operation the engine ran
     bins = workbins.Workbins(conversations, publish, reference_ids=reference_ids)
 
@@ -319,6 +319,11 @@ class ContactCenterPlugin:
                                 "included; past it sending is refused until the interaction is completed "
                                 "(leaving and completing always work) (env COMETD_BROKER_INTERACTION_MAX_MESSAGES); "
                                 "default: 5000")
+        group.add_argument("--user-data-max-bytes", type=int, default=int(_env("USER_DATA_MAX_BYTES", "65536")),
+                           metavar="N",
+                           help="bytes of one interaction's userData as JSON; a change that would make it larger "
+                                "(AttachUserData, UpdateUserData, SetDisposition) is refused with statusCode 10 "
+                                "(env COMETD_BROKER_USER_DATA_MAX_BYTES); default: 65536")
         group.add_argument("--interactions-list-supervisors-only", action="store_true",
                            default=_env("INTERACTIONS_LIST_SUPERVISORS_ONLY", "false").lower()
                            in ("1", "true", "yes", "on"),
@@ -379,8 +384,8 @@ class ContactCenterPlugin:
             # `--media-token "$TOKEN"` with the variable unset: an API silently off looks like a routing bug.
             raise ValueError("media-token is empty (flag, COMETD_BROKER_MEDIA_TOKEN or config file); to turn the "
                              "media API off, leave media-token unset")
-        if args.message_max_chars < 1 or args.interaction_max_messages < 1:
-            raise ValueError("message-max-chars and interaction-max-messages must be >= 1")
+        if min(args.message_max_chars, args.interaction_max_messages, args.user_data_max_bytes) < 1:
+            raise ValueError("message-max-chars, interaction-max-messages and user-data-max-bytes must be >= 1")
         capacity, channel_capacity = parse_capacity(args.capacity)
         if not (args.users_file or args.demo or args.media_token):
             # Nobody could log in: serve the broker alone, without the API's middlewares on every request.
@@ -400,7 +405,8 @@ class ContactCenterPlugin:
             offer_timeout=args.offer_timeout, queues=queues, state_db=args.state_db,
             ended_retention=args.ended_retention, capacity=capacity, channel_capacity=channel_capacity,
             interactions_list_supervisors_only=args.interactions_list_supervisors_only,
-            message_limits=MessageLimits(args.message_max_chars, args.interaction_max_messages))
+            interaction_limits=InteractionLimits(args.message_max_chars, args.interaction_max_messages,
+                                                 args.user_data_max_bytes))
         if args.desktop_dir:
             desktop.add_routes(app, args.desktop_dir, broker.config.mount)  # DesktopDirError names the option
         else:

@@ -24,7 +24,7 @@ from .conversation_operations import MAX_URL_LENGTH, OPERATIONS, AgentOperations
 from .conversation_pruning import Pruner
 from .conversation_repository import InteractionRepository, ReferenceIds
 from .customer_side import CustomerSide
-from .model import MediaKind, MessageLimits
+from .model import InteractionLimits, MediaKind
 from .outbox import Outbox, Publish, StateListener
 from .routing import Routing
 from .store import DocumentStore
@@ -42,7 +42,7 @@ class Conversations:
     def __init__(self, publish: Publish, routing: Routing, users: UserLookup, *,
                  base_url: str = "http://localhost:8080", reference_ids: Iterator[int] | None = None,
                  clock_ms: Callable[[], int] | None = None, store: DocumentStore | None = None,
-                 limits: MessageLimits | None = None) -> None:
+                 limits: InteractionLimits | None = None) -> None:
         """`reference_ids` may be shared with other modules so referenceIds are unique per server; only a
         `ReferenceIds` is persisted. `store` None keeps nothing; otherwise the state in it is loaded now."""
         self.routing = routing

@@ -18,16 +18,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import orjson
 
 from .conversation_repository import InteractionRepository
 from .errors import InvalidParameter, InvalidState, NotFound
 from .model import (
     Interaction,
+    InteractionLimits,
     Leg,
     LegState,
     Message,
-    MessageLimits,
     MessageType,
     Participant,
     Role,
@@ -54,9 +56,9 @@ def visibility_of(leg: Leg) -> Visibility:
 
 class ConversationCore:
     def __init__(self, publish: Publish, routing: Routing, repository: InteractionRepository, outbox: Outbox, *,
-                 clock_ms: Callable[[], int] | None = None, limits: MessageLimits | None = None) -> None:
+                 clock_ms: Callable[[], int] | None = None, limits: InteractionLimits | None = None) -> None:
         self._publish = publish
-        self.limits = limits or MessageLimits()
+        self.limits = limits or InteractionLimits()
         self.routing = routing
         self.repository = repository
         self.outbox = outbox
@@ -107,6 +109,17 @@ class ConversationCore:
         if len(ix.log) >= self.limits.max_messages:
             raise InvalidState(f"{ix.media.resource_key} {ix.id} holds {len(ix.log)} messages, the most one may "
                                "hold: complete it and start another")
+
+    def check_user_data(self, data: dict[str, Any]) -> None:
+        """What an interaction's userData would become: refused (nothing changed) past the limit, or if it
+        is not JSON."""
+        try:
+            size = len(orjson.dumps(data))
+        except TypeError as exc:
+            raise InvalidParameter(f"userData must be JSON: {exc}") from None
+        if size > self.limits.max_user_data:
+            raise InvalidParameter(f"userData would take {size} bytes as JSON; an interaction keeps at most "
+                                   f"{self.limits.max_user_data}")
 
     def known_queue(self, name: str) -> str:
         if not self.routing.has_queue(name):

@@ -346,6 +346,10 @@ class AgentOperations:
         return self._change_data(ix, leg, delete)
 
     def _change_data(self, ix: Interaction, leg: Leg, change: Callable[[dict[str, Any]], None]) -> Apply:
+        changed = dict(ix.user_data)
+        change(changed)
+        self.core.check_user_data(changed)
+
         def apply(ref: int) -> None:
             change(ix.user_data)
             for other in ix.legs.values():

@@ -162,16 +162,17 @@ class Participant:
 
 
 @dataclass(frozen=True)
-class MessageLimits:
-    """What one interaction's transcript may hold, so that no client can grow it (and what every later
-    change stores and every participant is sent) without bound."""
+class InteractionLimits:
+    """What one interaction may hold, so that no client can grow it (and what every later change stores
+    and every participant is sent) without bound."""
 
     max_text: int = 8192  # characters of one message's text (a farewell's included)
     max_messages: int = 5000  # messages of one interaction's log, typing notifications included
+    max_user_data: int = 65536  # bytes of its userData as JSON
 
     def __post_init__(self) -> None:
-        if self.max_text < 1 or self.max_messages < 1:
-            raise ValueError("message limits must be >= 1")
+        if min(self.max_text, self.max_messages, self.max_user_data) < 1:
+            raise ValueError("interaction limits must be >= 1")
 
 
 @dataclass(frozen=True)

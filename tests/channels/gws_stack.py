@@ -18,7 +18,7 @@ from channels import chats, media, smssessions
 from channels.auth import GwsAuthenticator, HttpSessions, User, UserDirectory, auth_middleware, hash_password
 from channels.conversation import Conversations
 from channels.envelope import envelope_middleware
-from channels.model import MessageLimits
+from channels.model import InteractionLimits
 from channels.routing import Routing
 from cometd_broker import Broker, BrokerConfig
 from cometd_broker.app import add_bayeux_endpoint
@@ -120,7 +120,7 @@ class Desk:
 
 
 async def make_stack(aiohttp_client: Any, *, offer_timeout: float = 30.0, capacity: int = 1,
-                     limits: MessageLimits | None = None) -> Stack:
+                     limits: InteractionLimits | None = None) -> Stack:
     users = UserDirectory(User(name, hash_password(password, iterations=1), first_name=name.capitalize())
                           for name, password in PASSWORDS.items())
     sessions = HttpSessions()

@@ -1,5 +1,6 @@
-"""Message limits: no agent or customer can grow an interaction's transcript without bound, and hitting a
-limit is a clear refusal that changes nothing, never a stuck interaction (leaving and completing still work)."""
+"""Interaction limits: no agent or customer can grow an interaction (its transcript, a message, its userData)
+without bound, and hitting a limit is a clear refusal that changes nothing, never a stuck interaction (leaving
+and completing still work)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import pytest
 from gws_stack import make_stack
 from test_sms_chat_api import SMS_TOPIC, _accepted
 
-from channels.model import MessageLimits
+from channels.model import InteractionLimits
 
-LIMITS = MessageLimits(max_text=20, max_messages=8)
+LIMITS = InteractionLimits(max_text=20, max_messages=8, max_user_data=100)
 
 
 async def transcript(stack, sms_id: str) -> list[tuple[int, str]]:
@@ -24,9 +25,11 @@ async def transcript(stack, sms_id: str) -> list[tuple[int, str]]:
 
 def test_limits_are_at_least_one() -> None:
     with pytest.raises(ValueError, match=">= 1"):
-        MessageLimits(max_text=0)
+        InteractionLimits(max_text=0)
     with pytest.raises(ValueError, match=">= 1"):
-        MessageLimits(max_messages=0)
+        InteractionLimits(max_messages=0)
+    with pytest.raises(ValueError, match=">= 1"):
+        InteractionLimits(max_user_data=0)
 
 
 async def test_a_text_over_the_limit_is_refused_from_either_side_and_changes_nothing(aiohttp_client) -> None:
@@ -99,9 +102,29 @@ async def test_the_options_set_the_limits_of_a_served_api(broker_process) -> Non
         assert (await post(f"{base}/{sms_id}/messages", {"text": "fourth"}))["statusCode"] == 2
 
 
-@pytest.mark.parametrize("flag", ["--message-max-chars", "--interaction-max-messages"])
+@pytest.mark.parametrize("flag", ["--message-max-chars", "--interaction-max-messages", "--user-data-max-bytes"])
 def test_a_limit_below_one_is_refused_at_startup(flag: str) -> None:
     done = subprocess.run([sys.executable, "-m", "cometd_broker", "serve", "--port", "0", "--media-token", "t",
                            flag, "0"], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
-    assert "message-max-chars and interaction-max-messages must be >= 1" in done.stderr + done.stdout
+    assert "interaction-max-messages and user-data-max-bytes must be >= 1" in done.stderr + done.stdout
+
+
+async def test_user_data_over_the_limit_is_refused_and_changes_nothing(aiohttp_client) -> None:
+    stack = await make_stack(aiohttp_client, limits=LIMITS)
+    alice = await stack.desk("alice")
+    sms_id = await _accepted(stack, alice)
+    ok = await stack.operate("alice", "smssessions", sms_id, "AttachUserData", userData={"a": "x" * 40})
+    assert ok["statusCode"] == 0, ok
+    await alice.drain()
+    for operation, params in (("AttachUserData", {"userData": {"b": "y" * 60}}),
+                              ("UpdateUserData", {"userData": {"a": "z" * 95}}),
+                              ("SetDisposition", {"disposition": "d" * 80})):
+        reply = await stack.operate("alice", "smssessions", sms_id, operation, **params)
+        assert reply["statusCode"] == 10 and "at most 100" in reply["statusMessage"], (operation, reply)
+    await alice.quiet()
+    assert stack.conversations.interaction(sms_id).user_data == {"a": "x" * 40}
+    # Deleting always fits, and makes room.
+    assert (await stack.operate("alice", "smssessions", sms_id, "DeleteUserData", keys=["a"]))["statusCode"] == 0
+    reply = await stack.operate("alice", "smssessions", sms_id, "AttachUserData", userData={"b": "y" * 60})
+    assert reply["statusCode"] == 0, reply
