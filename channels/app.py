@@ -206,7 +206,7 @@ def install_clustered_contact_center(app: web.Application, broker: Broker, confi
                                      users: UserDirectory, options: ClusterOptions) -> ClusterNode:
     """Every process of a cluster: shared HTTP sessions, the notifications mount, forwarding of the REST
     API to the leader, and a campaign for the lease; the process that wins runs the engine (cluster.py)."""
-    from cometd_broker.private_port import private_port
+    from cometd_broker.cluster.private_port import private_port
 
     from .cluster import ClusterAuthenticator, ClusterNode, forwarded_client, store_errors
     from .redis_sessions import RedisHttpSessions

@@ -101,8 +101,7 @@ def test_transports_never_touch_session_internals():
 
 def test_the_broker_core_imports_no_http_or_cluster_code():
     core = [PACKAGE / name for name in ("broker.py", "session.py", "bayeux.py", "channel.py", "exchange.py")]
-    forbidden = ("cometd_broker.http", "cometd_broker.routing", "cometd_broker.forwarding",
-                 "cometd_broker.app", "cometd_broker.serving", "cometd_broker.private_port")
+    forbidden = ("cometd_broker.http", "cometd_broker.cluster", "cometd_broker.app", "cometd_broker.serving")
     offences = [f"{path.name} imports {target}" for path in core for target in _imports(path)
                 if target.startswith(forbidden)]
     assert not offences, offences
