@@ -22,13 +22,14 @@ from cometd_broker.app import add_mount, allow_cross_origin
 from cometd_broker.security import ChainedAuthenticator
 from cometd_broker.tasks import cancel_and_wait
 
-from . import agent, chats, desktop, interactions, media, openapi, smssessions, users_cli, workbins, workbins_api
-from .agentgateway import MIRROR_CHANNEL, AgentGateway
-from .agentgateway import PREFIX as GATEWAY_PREFIX
+from . import desktop, users_cli, workbins
 from .auth import GwsAuthenticator, HttpSessions, SessionStore, UserDirectory, auth_middleware, peer_address
 from .conversation import Conversations, ReferenceIds
 from .demo import install_demo
-from .envelope import Handler, envelope_middleware, label_operation
+from .gws import agent, chats, interactions, media, openapi, smssessions, workbins_api
+from .gws.envelope import Handler, envelope_middleware, label_operation
+from .huawei.agentgateway import MIRROR_CHANNEL, AgentGateway
+from .huawei.agentgateway import PREFIX as GATEWAY_PREFIX
 from .memory_store import MemoryStateStore
 from .routing import ROUTED_CHANNELS, Routing
 from .store import DocumentStore, StateStore
@@ -133,7 +134,7 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
 
     `inner_middlewares` run inside the envelope, before authentication (a cluster maps its store's errors).
     `keep_readiness`: agents' contact-center sessions and Ready states are kept in `store` too (a cluster,
-    whose HTTP sessions outlive the leader: see agent.py).
+    whose HTTP sessions outlive the leader: see gws/agent.py).
     `client_address`: the address a failed login is counted against (a cluster's leader: the client's,
     from the header its own forwarding adds)."""
 

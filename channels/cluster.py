@@ -53,10 +53,10 @@ from cometd_broker.redis_names import redis_key
 from cometd_broker.security import AuthenticationError, HandshakeRequest, Principal
 from cometd_broker.tasks import cancel_and_wait
 
-from .agentgateway import OPERATION_FAILED
-from .agentgateway import reply as gateway_reply
 from .auth import GwsAuthenticator
-from .envelope import GwsError, Handler, Status, failure
+from .gws.envelope import GwsError, Handler, Status, failure
+from .huawei.agentgateway import OPERATION_FAILED
+from .huawei.agentgateway import reply as gateway_reply
 from .redis_store import NotLeader, StoreUnavailable
 
 log = logging.getLogger("channels.cluster")
