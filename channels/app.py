@@ -22,13 +22,14 @@ from cometd_broker.app import add_mount, allow_cross_origin
 from cometd_broker.security import ChainedAuthenticator
 from cometd_broker.tasks import cancel_and_wait
 
-from . import agent, chats, desktop, interactions, media, openapi, smssessions, users_cli, workbins, workbins_api
-from .agentgateway import MIRROR_CHANNEL, AgentGateway
-from .agentgateway import PREFIX as GATEWAY_PREFIX
+from . import desktop, users_cli, workbins
 from .auth import GwsAuthenticator, HttpSessions, SessionStore, UserDirectory, auth_middleware, peer_address
 from .conversation import Conversations, ReferenceIds
 from .demo import install_demo
-from .envelope import Handler, envelope_middleware, label_operation
+from .gws import agent, chats, interactions, media, openapi, smssessions, workbins_api
+from .gws.envelope import Handler, envelope_middleware, label_operation
+from .huawei.agentgateway import MIRROR_CHANNEL, AgentGateway
+from .huawei.agentgateway import PREFIX as GATEWAY_PREFIX
 from .memory_store import MemoryStateStore
 from .model import InteractionLimits
 from .routing import ROUTED_CHANNELS, Routing
@@ -135,7 +136,7 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
 
     `inner_middlewares` run inside the envelope, before authentication (a cluster maps its store's errors).
     `keep_readiness`: agents' contact-center sessions and Ready states are kept in `store` too (a cluster,
-    whose HTTP sessions outlive the leader: see agent.py).
+    whose HTTP sessions outlive the leader: see gws/agent.py).
     `client_address`: the address a failed login is counted against (a cluster's leader: the client's,
     from the header its own forwarding adds)."""
 
@@ -208,7 +209,7 @@ def install_clustered_contact_center(app: web.Application, broker: Broker, confi
                                      users: UserDirectory, options: ClusterOptions) -> ClusterNode:
     """Every process of a cluster: shared HTTP sessions, the notifications mount, forwarding of the REST
     API to the leader, and a campaign for the lease; the process that wins runs the engine (cluster.py)."""
-    from cometd_broker.private_port import private_port
+    from cometd_broker.cluster.private_port import private_port
 
     from .cluster import ClusterAuthenticator, ClusterNode, forwarded_client, store_errors
     from .redis_sessions import RedisHttpSessions

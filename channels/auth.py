@@ -37,7 +37,7 @@ from cometd_broker.login_throttle import LoginThrottle, retry_seconds
 from cometd_broker.logs import bind_user
 from cometd_broker.security import AuthenticationError, HandshakeRequest, Principal
 
-from .envelope import GwsError, Status, failure
+from .gws.envelope import GwsError, Status, failure
 
 ROLES = frozenset({"agent", "supervisor", "admin"})
 

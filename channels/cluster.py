@@ -6,20 +6,20 @@ processes, a cluster elects one *leader* through a Redis lease and only the lead
 with its state in Redis (`RedisStateStore`), so a successor resumes where it stopped.
 
 - Lease: `SET {namespace}:cc:leader VALUE NX PX ttl`, an entry of the broker's cluster registry
-  (cometd_broker/registry.py: its namespace, its TTL refreshed every ttl/3, compare-and-delete), like
+  (cometd_broker/cluster/registry.py: its namespace, its TTL refreshed every ttl/3, compare-and-delete), like
   every key of the contact center in that namespace. The value is JSON naming the term (a random token)
   and the URL where the holder serves the engine. The holder extends it every ttl/3 with a compare-and-
   extend script; if it cannot (the value changed, or Redis did not answer before the lease ran out) it
   stops serving at once. Its Redis writes are fenced by the same value (see redis_store.py), so a
   deposed leader that has not noticed yet cannot overwrite its successor's state.
-- Engine address: the process's private port on `host` (cometd_broker/private_port.py, an ephemeral
+- Engine address: the process's private port on `host` (cometd_broker/cluster/private_port.py, an ephemeral
   port, the same one as the broker's session router when it binds the same host), where the engine is
   offered as the service `contact-center` only while this process leads; any other time the port
   answers that service 421 (not served here). A loopback host suits the workers of one machine;
   processes on several machines set `host` to an address they reach each other on. The private port
   needs no trust of its own: forwarded requests carry the client's own credentials (cookie, Basic,
   CSRF token, Guid, media token), which the engine checks as usual.
-- Forwarding, with the broker's relay client (cometd_broker/forwarding.py): every process (the leader
+- Forwarding, with the broker's relay client (cometd_broker/cluster/forwarding.py): every process (the leader
   too, through its own private port, so there is one path) relays the REST request unchanged and the
   reply unchanged (status, headers incl. Set-Cookie, body). A leader that cannot be connected to, or
   no longer leads there, is looked up again and retried, for at most `find_wait` seconds (a failover
@@ -46,17 +46,17 @@ import redis
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from cometd_broker.forwarding import Forwarder, ForwardError, relay_request, relayed_response
-from cometd_broker.private_port import PrivatePort
+from cometd_broker.cluster.forwarding import Forwarder, ForwardError, relay_request, relayed_response
+from cometd_broker.cluster.private_port import PrivatePort
+from cometd_broker.cluster.registry import RegistryEntry
 from cometd_broker.redis_names import redis_key
-from cometd_broker.registry import RegistryEntry
 from cometd_broker.security import AuthenticationError, HandshakeRequest, Principal
 from cometd_broker.tasks import cancel_and_wait
 
-from .agentgateway import OPERATION_FAILED
-from .agentgateway import reply as gateway_reply
 from .auth import GwsAuthenticator
-from .envelope import GwsError, Handler, Status, failure
+from .gws.envelope import GwsError, Handler, Status, failure
+from .huawei.agentgateway import OPERATION_FAILED
+from .huawei.agentgateway import reply as gateway_reply
 from .redis_store import NotLeader, StoreUnavailable
 
 log = logging.getLogger("channels.cluster")

@@ -29,7 +29,7 @@ from .outbox import Outbox, Publish, StateListener
 from .routing import Routing
 from .store import DocumentStore
 
-# What other modules (openapi.py, app.py, tests) import from here.
+# What other modules (gws/openapi.py, app.py, tests) import from here.
 __all__ = ["MAX_URL_LENGTH", "OPERATIONS", "Conversations", "ReferenceIds", "StateListener", "UserLookup"]
 
 log = logging.getLogger("channels.conversation")
@@ -59,7 +59,7 @@ class Conversations:
         self.pruning = Pruner(self.core)
         self.last_agent = self.repository.last_agent  # contact id -> user id (saveLAR)
 
-        # Agents (chats.py, interactions.py, workbins.py) and the media gateway (media.py).
+        # Agents (gws/chats.py, gws/interactions.py, workbins.py) and the media gateway (gws/media.py).
         self.operate = self.operations.operate
         self.offer_to = self.operations.offer_to
         self.leg_of = self.operations.leg_of
@@ -68,7 +68,7 @@ class Conversations:
         self.customer_typing = self.customers.customer_typing
         self.customer_left = self.customers.customer_left
         self.transcript = self.customers.transcript
-        # Other APIs over the same interactions (interactions.py, workbins.py).
+        # Other APIs over the same interactions (gws/interactions.py, workbins.py).
         self.interaction = self.repository.get
         self.all_interactions = self.repository.all
         self.add_listener = self.outbox.add_listener

@@ -1,5 +1,5 @@
-"""The customer's side of a chat or SMS interaction, as the media gateway (media.py) brings it in: a customer
-starts an interaction (it waits in a queue for a Ready agent), writes, types, and leaves; and reads the
+"""The customer's side of a chat or SMS interaction, as the media gateway (gws/media.py) brings it in: a
+customer starts an interaction (it waits in a queue for a Ready agent), writes, types, and leaves; and reads the
 transcript (only what the customer may see). Each change is one run of the engine (conversation_core.py).
 """
 

@@ -2,7 +2,7 @@
 
 `install_demo` adds a few agents and a supervisor with generated passwords (the CLI prints them) and a
 `CustomerSimulator` that plays the media gateway's part through the same `Conversations` methods
-`media.py` calls: customers arrive by SMS or chat with a first message, type and answer a few seconds after
+`gws/media.py` calls: customers arrive by SMS or chat with a first message, type and answer a few seconds after
 the agent writes, and leave after a few exchanges. It only reads the customer-visible transcript, so
 agents-only messages (consults, SendToAgents) never get an answer, as with a real customer.
 

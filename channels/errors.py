@@ -1,6 +1,6 @@
 """The contact-center domain's failures: what went wrong, in the domain's words, with nothing changed.
 
-The domain (conversations, routing, workbins) raises these; the HTTP edge (envelope.py) answers each kind
+The domain (conversations, routing, workbins) raises these; the HTTP edge (gws/envelope.py) answers each kind
 with the GWS statusCode and HTTP status of the same failure, so the domain knows nothing of envelopes.
 """
 

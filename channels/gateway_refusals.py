@@ -1,7 +1,7 @@
 """What the agent gateway's domain refuses: one exception per rule, carrying the words for the agent.
 
 The conference model (gateway_conferences.py) and the sign-in sessions (gateway_sessions.py) raise these;
-the HTTP edge (agentgateway.py) gives each kind its Huawei retcode and puts the message in its envelope.
+the HTTP edge (huawei/agentgateway.py) gives each kind its Huawei retcode and puts the message in its envelope.
 A refused operation has changed nothing.
 """
 

@@ -1,7 +1,7 @@
 """Reading an operation's parameters out of a JSON object, failing with domain errors.
 
 The engine's operations take their parameters as the JSON object a client sent (GWS operations are
-`{"operationName": ..., ...}`), so the same reader serves the domain and the HTTP edge (envelope.py
+`{"operationName": ..., ...}`), so the same reader serves the domain and the HTTP edge (gws/envelope.py
 re-exports it); its messages are the ones clients see.
 """
 

@@ -24,7 +24,7 @@ Persistence: workbins (items, subscription) live in the engine's store and are w
 change: on disk an interaction is never both out of the agent's hands and out of the workbin. Which workbin
 holds an interaction is stored only here (the items), never a second time on the interaction.
 
-The HTTP routes over these workbins are in workbins_api.py.
+The HTTP routes over these workbins are in gws/workbins_api.py.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ from aiohttp import hdrs, web
 
 from .admin import add_admin
 from .broker import Broker
+from .cluster.forwarding import Relay
 from .config import BrokerConfig
 from .exchange import Exchange
-from .forwarding import Relay
 from .http.browser import BrowserPolicy
 from .http.http import HttpTransport
 from .http.origins import OriginPolicy, cross_origin_middleware
@@ -34,7 +34,7 @@ class BayeuxEndpoint:
         self.websocket = WebSocketTransport(self.exchange, self.browser)
         self.allowed = broker.transports
         self.mounts: list[str] = []  # see add_mount
-        self.router: Relay | None = None  # in a cluster: see routing.install_router
+        self.router: Relay | None = None  # in a cluster: see cluster.routing.install_router
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.method == hdrs.METH_GET:
@@ -112,7 +112,7 @@ def create_app(config: BrokerConfig | None = None, *, authenticator: Authenticat
     add_bayeux_endpoint(app, broker, broker.config.mount)
     cfg = broker.config
     if cfg.redis and cfg.forward_host and "long-polling" in broker.transports:
-        from .routing import install_router  # needs the optional redis package, like the engine
+        from .cluster.routing import install_router  # needs the optional redis package, like the engine
 
         install_router(app, broker, app[ENDPOINT])
     return app

@@ -127,7 +127,7 @@ class Broker:
         self.transports = cfg.transport_list
         self.sessions: dict[str, ServerSession] = {}
         self._refusal_lines = LineBudget()  # lines about requests refused for want of the session's cookie
-        # Starts every clientId this process issues; in a cluster the process tag (routing.py) that
+        # Starts every clientId this process issues; in a cluster the process tag (cluster/routing.py) that
         # lets the other processes forward a session's requests here.
         self.client_id_prefix = ""
         self._users: dict[str, set[ServerSession]] = {}

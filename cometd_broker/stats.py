@@ -85,7 +85,7 @@ class BrokerStats:
         self.replay_hits = 0  # replayed subscriptions whose requested id the log still covered
         self.replay_misses = 0  # ... that asked for trimmed events (reply recovered: false)
         self.replayed = 0  # events queued from the log by catch-ups
-        self.forwarded = 0  # long-polls relayed to the process owning their session (routing.py)
+        self.forwarded = 0  # long-polls relayed to the process owning their session (cluster/routing.py)
         self.forward_failures = 0  # ... whose owner was gone or failed: answered here (402) instead
         self.started = time.time()
 

@@ -8,7 +8,7 @@ every worker is ready; forwards SIGTERM/SIGINT to the workers and waits for them
 restarts a worker that dies, unless workers keep dying (then it stops them all and fails). It also
 makes the directory in which the workers share their /metrics pages (worker_metrics.py) and removes it.
 
-Sessions live in one process; a long-poll reaching another worker is relayed to the owner (routing.py),
+Sessions live in one process; a long-poll reaching another worker is relayed to the owner (cluster/routing.py),
 and a client whose owner died gets 402 and re-handshakes where it is, resuming by replay from the
 shared Redis log: that is why N > 1 needs --redis.
 """

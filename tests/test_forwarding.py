@@ -1,4 +1,4 @@
-"""cometd_broker.forwarding: relaying a request to the owner process when its connection is already closed."""
+"""cometd_broker.cluster.forwarding: relaying a request to the owner process when its connection is already closed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import uvloop
 
-from cometd_broker.forwarding import Forwarder, ForwardError
+from cometd_broker.cluster.forwarding import Forwarder, ForwardError
 
 REQUEST = b"POST /cometd HTTP/1.1\r\nHost: owner\r\nContent-Length: 2\r\n\r\n[]"
 REPLY = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]"

@@ -1,4 +1,4 @@
-"""cometd_broker.private_port and the relay client together: one private port per host serving the Bayeux
+"""cometd_broker.cluster.private_port and the relay client together: one private port per host serving the Bayeux
 relay and named services, 421 for a service not offered, and the retry-before-send rule of relay_to_any."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from cometd_broker.forwarding import Forwarder, ForwardError, relay_request
-from cometd_broker.private_port import FORWARDED_BY, RELAY_SERVICE, PrivatePort, private_port
+from cometd_broker.cluster.forwarding import Forwarder, ForwardError, relay_request
+from cometd_broker.cluster.private_port import FORWARDED_BY, RELAY_SERVICE, PrivatePort, private_port
 
 HOST = [("Host", "gws.example")]  # every HTTP/1.1 request has one: the client's is relayed
 

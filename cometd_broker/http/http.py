@@ -15,8 +15,8 @@ from aiohttp import web
 from .. import bayeux
 from ..bayeux import BodyError, Message
 from ..broker import RequestContext
+from ..cluster.forwarding import Relay, relayed_response
 from ..exchange import Exchange, encode
-from ..forwarding import Relay, relayed_response
 from .browser import BrowserPolicy, browser_id_of
 
 JSON = "application/json"
@@ -66,10 +66,10 @@ class HttpTransport:
         self.max_size = exchange.broker.config.max_message_size
         self.max_batch = exchange.broker.config.max_batch
         self.cookie_name = browser.cookie_name
-        self.router: Relay | None = None  # set in a cluster (routing.install_router)
+        self.router: Relay | None = None  # set in a cluster (cluster.routing.install_router)
 
     async def long_polling(self, request: web.BaseRequest, *, relay: bool = True) -> web.StreamResponse:
-        """`relay`: False on the private port, which never forwards again (routing.py)."""
+        """`relay`: False on the private port, which never forwards again (cluster/routing.py)."""
         try:
             body = await self._read_body(request)
             messages = parse_long_poll_body(body, request.content_type == "application/x-www-form-urlencoded",

@@ -30,9 +30,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from .. import bayeux
 from ..bayeux import BodyError, Message
 from ..broker import RequestContext
+from ..cluster.forwarding import Relay
+from ..cluster.private_port import FORWARDED_BY
 from ..exchange import PER_TURN, Answer, Exchange, encode
-from ..forwarding import Relay
-from ..private_port import FORWARDED_BY
 from .bad_requests import BAD_REQUESTS
 from .browser import BrowserPolicy, browser_id_of
 from .http import parse_long_poll_body
@@ -76,7 +76,7 @@ class LeanHttp:
         self.browser = browser
         self.request_timeout = broker.config.request_timeout
         self.router = router  # relays long-polls of sessions owned by another cluster process
-        # The private port of routing.py: only long-polls another process forwarded (no websocket).
+        # The private port of cluster/routing.py: only long-polls another process forwarded (no websocket).
         self.forwarded_only = forwarded_only
         self.fallback = fallback  # aiohttp's protocol factory (web.Server)
         self.prefixes = tuple(m.rstrip("/") for m in mounts)

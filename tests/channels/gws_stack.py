@@ -14,10 +14,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from bayeux_helpers import connect, events_in, open_session
 
-from channels import chats, media, smssessions
 from channels.auth import GwsAuthenticator, HttpSessions, User, UserDirectory, auth_middleware, hash_password
 from channels.conversation import Conversations
-from channels.envelope import envelope_middleware
+from channels.gws import chats, media, smssessions
+from channels.gws.envelope import envelope_middleware
 from channels.model import InteractionLimits
 from channels.routing import Routing
 from cometd_broker import Broker, BrokerConfig

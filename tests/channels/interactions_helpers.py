@@ -12,10 +12,11 @@ from aiohttp import web
 from bayeux_helpers import open_session
 from gws_stack import BASE_URL, MEDIA_TOKEN, MOUNT, Desk, Stack
 
-from channels import chats, interactions, media, smssessions, workbins, workbins_api
+from channels import workbins
 from channels.auth import GwsAuthenticator, HttpSessions, User, UserDirectory, auth_middleware, hash_password
 from channels.conversation import Conversations
-from channels.envelope import envelope_middleware
+from channels.gws import chats, interactions, media, smssessions, workbins_api
+from channels.gws.envelope import envelope_middleware
 from channels.routing import Routing
 from cometd_broker import Broker, BrokerConfig
 from cometd_broker.app import add_bayeux_endpoint

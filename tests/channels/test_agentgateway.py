@@ -19,7 +19,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from channels.agentgateway import (
+from channels.auth import User, UserDirectory, hash_password
+from channels.huawei.agentgateway import (
     CHANGE_LEAVE,
     AgentGateway,
     BatchAdd,
@@ -27,7 +28,6 @@ from channels.agentgateway import (
     Participant,
     parse_batch_add,
 )
-from channels.auth import User, UserDirectory, hash_password
 from channels.store import StateStore, StoreUnavailable
 
 PASSWORDS = {"101": "pw101", "102": "pw102", "103": "pw103", "104": "pw104"}

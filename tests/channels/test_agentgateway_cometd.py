@@ -9,9 +9,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from channels.agentgateway import MIRROR_CHANNEL
 from channels.app import ContactCenterConfig, install_contact_center
 from channels.auth import User, UserDirectory, hash_password
+from channels.huawei.agentgateway import MIRROR_CHANNEL
 from cometd_broker import BrokerConfig, create_app
 from cometd_broker.app import BROKER
 

@@ -24,7 +24,7 @@ from channels.auth import (
     hash_password,
     verify_password,
 )
-from channels.envelope import envelope_middleware, ok
+from channels.gws.envelope import envelope_middleware, ok
 from cometd_broker.security import AuthenticationError, HandshakeRequest, Principal
 
 FAST = 1000  # PBKDF2 iterations in tests: the production default takes ~0.1 s per hash

@@ -8,8 +8,8 @@ import pytest
 from convo_helpers import kinds, make_engine
 from test_model import SEED_000_ALONE, SEED_000_CONFERENCE
 
-from channels.envelope import GwsError, Status
 from channels.errors import ContactCenterError
+from channels.gws.envelope import GwsError, Status
 from channels.model import CHAT, SMS
 
 TOPIC = SMS.topic

@@ -7,8 +7,8 @@ import pytest
 from aiohttp import web
 from convo_helpers import make_engine
 
-from channels.envelope import DOMAIN_STATUS, GwsError, Status, envelope_middleware
 from channels.errors import ContactCenterError, InUse, InvalidParameter, InvalidState, Kind, MissingParameter, NotFound
+from channels.gws.envelope import DOMAIN_STATUS, GwsError, Status, envelope_middleware
 from channels.model import SMS
 
 ANSWERS = [(MissingParameter, Status.MISSING_PARAMETER, 400), (InvalidParameter, Status.VALIDATION_ERROR, 400),

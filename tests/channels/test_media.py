@@ -1,4 +1,4 @@
-"""channels.media: the media gateway's API that brings customers and their messages in."""
+"""channels.gws.media: the media gateway's API that brings customers and their messages in."""
 
 from __future__ import annotations
 

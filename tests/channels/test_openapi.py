@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from openapi_spec_validator import validate
 
-from channels import agent, conversation, interactions, openapi, workbins
+from channels import conversation, workbins
 from channels.app import NOTIFICATIONS, ContactCenterConfig, install_contact_center
 from channels.auth import User, UserDirectory, hash_password
+from channels.gws import agent, interactions, openapi
 from cometd_broker import BrokerConfig, create_app
 from cometd_broker.app import BROKER
 

@@ -21,7 +21,7 @@ import requests
 import schemathesis
 
 from channels.auth import User, UserDirectory, hash_password
-from channels.openapi import OPENAPI_PATH
+from channels.gws.openapi import OPENAPI_PATH
 
 PASSWORD = "alice-pw"
 AGENT_ID = "101"

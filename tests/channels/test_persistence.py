@@ -19,12 +19,12 @@ from aiohttp import web
 from bayeux_helpers import connect, events_in, open_session
 from conftest import RunningBroker, start_broker
 
-from channels.agentgateway import AgentGateway, Conference
-from channels.agentgateway import Participant as ConfParticipant
 from channels.auth import User, UserDirectory, hash_password
 from channels.conversation import Conversations, ReferenceIds
-from channels.envelope import GwsError, Status
 from channels.errors import ContactCenterError
+from channels.gws.envelope import GwsError, Status
+from channels.huawei.agentgateway import AgentGateway, Conference
+from channels.huawei.agentgateway import Participant as ConfParticipant
 from channels.model import (
     CHAT,
     SMS,

@@ -23,11 +23,11 @@ import pytest
 from desktop_helpers import BrowserSession
 from test_model import SEED_000_CONFERENCE, SEED_001_ACCEPTED
 
-from channels import agentgateway
 from channels import app as app_module
 from channels.app import ContactCenterConfig, install_contact_center, plugin
 from channels.auth import User, UserDirectory, hash_password
 from channels.conversation import ReferenceIds
+from channels.huawei import agentgateway
 from cometd_broker import BrokerConfig, create_app
 from cometd_broker.app import BROKER
 

@@ -41,8 +41,8 @@ from redis_helpers import running_redis
 
 from cometd_broker import BrokerConfig, create_app
 from cometd_broker.app import ENDPOINT
+from cometd_broker.cluster.routing import FORWARDED_BY
 from cometd_broker.engine import Outgoing, Published
-from cometd_broker.routing import FORWARDED_BY
 
 BUDGET = 30.0  # seconds for a whole subprocess scenario
 

@@ -15,10 +15,10 @@ from typing import Any
 
 from aiohttp import web
 
-from .auth import SessionStore, User, UserDirectory, current_session, current_user
+from ..auth import SessionStore, User, UserDirectory, current_session, current_user
+from ..routing import ROUTED_CHANNELS, Routing
+from ..store import Document, DocumentStore
 from .envelope import GwsError, Status, ok, operation_name, param, read_json_object
-from .routing import ROUTED_CHANNELS, Routing
-from .store import Document, DocumentStore
 
 AGENT_KIND = "agent"  # store documents: user -> {"channels": [...], "states": {channel: state}}
 

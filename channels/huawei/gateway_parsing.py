@@ -13,9 +13,9 @@ from typing import Any
 
 import orjson
 
-from .gateway_conferences import AGENT_ADDRESS, MAX_PARTICIPANTS, Address, Participant
+from ..gateway_conferences import AGENT_ADDRESS, MAX_PARTICIPANTS, Address, Participant
+from ..gateway_sessions import SignInOptions
 from .gateway_envelope import invalid
-from .gateway_sessions import SignInOptions
 
 Json = dict[str, Any]
 

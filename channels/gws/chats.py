@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .auth import current_user
-from .conversation import Conversations
+from ..auth import current_user
+from ..conversation import Conversations
+from ..model import CHAT, MediaKind
 from .envelope import GwsError, Status, ok, param, read_json_object
-from .model import CHAT, MediaKind
 
 
 class MediaRoutes:

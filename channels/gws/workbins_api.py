@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .auth import current_user
+from ..auth import current_user
+from ..workbins import OPERATIONS, Workbins
 from .envelope import listing, ok, operation_name, param, read_json_object
-from .workbins import OPERATIONS, Workbins
 
 
 class WorkbinRoutes:

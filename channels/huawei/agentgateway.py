@@ -27,8 +27,12 @@ from cometd_broker.logs import bind_user
 from cometd_broker.poll_hold import SUPERSEDED, HoldTimers, hold
 from cometd_broker.tasks import cancel_and_wait
 
-from .auth import User, UserDirectory, peer_address
-from .gateway_conferences import AGENT_ADDRESS, CHANGE_JOIN, CHANGE_LEAVE, Conference, ConferenceBook, Participant
+from ..auth import User, UserDirectory, peer_address
+from ..gateway_conferences import AGENT_ADDRESS, CHANGE_JOIN, CHANGE_LEAVE, Conference, ConferenceBook, Participant
+from ..gateway_refusals import NotSignedIn
+from ..gateway_sessions import WAKE_SHUTDOWN, AgentSession, AgentSessions
+from ..gateway_writes import GatewayWrites, Mirror
+from ..store import DocumentStore
 from .gateway_envelope import (
     ALREADY_SIGNED_IN,
     GUID_ERROR,
@@ -70,10 +74,6 @@ from .gateway_parsing import (
     parse_json_object,
     parse_sign_in,
 )
-from .gateway_refusals import NotSignedIn
-from .gateway_sessions import WAKE_SHUTDOWN, AgentSession, AgentSessions
-from .gateway_writes import GatewayWrites, Mirror
-from .store import DocumentStore
 
 log = logging.getLogger("channels.agentgateway")
 

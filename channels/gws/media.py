@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .conversation import Conversations
+from ..conversation import Conversations
+from ..model import MEDIA, MediaKind
 from .envelope import GwsError, Status, ok, param, read_json_object
-from .model import MEDIA, MediaKind
 
 BASE = "/api/v2/media/{media}/interactions"
 TYPING_STATES = {"started": True, "stopped": False}

@@ -43,21 +43,21 @@ import redis
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from . import bayeux
-from .bayeux import Message
-from .broker import Broker
+from .. import bayeux
+from ..bayeux import Message
+from ..broker import Broker
+from ..http.http import HttpTransport
+from ..http.lean_http import LeanHttp
+from ..http.origins import ORIGIN, OriginPolicy, Verdict, decorate
+from ..redis_names import DEFAULT_PREFIX, redis_key, redis_namespace
+from ..tasks import cancel_and_wait
 from .forwarding import ForwardedReply, Forwarder, ForwardError, relay_request
-from .http.http import HttpTransport
-from .http.lean_http import LeanHttp
-from .http.origins import ORIGIN, OriginPolicy, Verdict, decorate
 from .private_port import FORWARDED_BY, PrivatePort, private_port
-from .redis_names import DEFAULT_PREFIX, redis_key, redis_namespace
 from .registry import RegistryEntry
-from .tasks import cancel_and_wait
 
 __all__ = ["FORWARDED_BY", "SessionRouter", "install_router"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cometd_broker.routing")  # the name its log lines had before cluster/, kept for their readers
 
 TAG_LENGTH = 8  # hex digits of the process tag that starts a clientId
 CLIENT_ID_LENGTH = TAG_LENGTH + 40  # the tag, then bayeux.new_client_id()

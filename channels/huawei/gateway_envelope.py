@@ -21,8 +21,8 @@ from aiohttp import web
 
 from cometd_broker.metrics import METRICS, route_label
 
-from .gateway_refusals import AlreadySignedIn, GatewayRefusal, NotChairperson, NotSignedIn, ParticipantConflict
-from .store import StoreUnavailable
+from ..gateway_refusals import AlreadySignedIn, GatewayRefusal, NotChairperson, NotSignedIn, ParticipantConflict
+from ..store import StoreUnavailable
 
 log = logging.getLogger("channels.agentgateway")
 

@@ -17,11 +17,11 @@ from typing import Any
 
 from aiohttp import web
 
-from .auth import User, current_user
-from .conversation import Conversations
+from ..auth import User, current_user
+from ..conversation import Conversations
+from ..model import Interaction, Leg, LegState
+from ..workbins import Workbins, interaction_uri
 from .envelope import GwsError, Status, listing, ok, operation_name, param, read_json_object
-from .model import Interaction, Leg, LegState
-from .workbins import Workbins, interaction_uri
 
 TOPIC = "/v2/me/interactions"
 MESSAGE_TYPE = "InteractionStateChangeMessage"

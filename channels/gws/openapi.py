@@ -20,10 +20,12 @@ from aiohttp import web
 
 from cometd_broker import __version__
 
-from . import agent, agentgateway, conversation, interactions, media, model, workbins
-from .auth import CSRF_HEADER, ROLES, HttpSessions
+from .. import conversation, model, workbins
+from ..auth import CSRF_HEADER, ROLES, HttpSessions
+from ..huawei import agentgateway
+from ..routing import ROUTED_CHANNELS
+from . import agent, interactions, media
 from .envelope import _HTTP_STATUS, Status
-from .routing import ROUTED_CHANNELS
 
 OPENAPI_PATH = "/api/v2/openapi.json"
 OPENAPI_VERSION = "3.0.3"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..conversation import Conversations
+from ..model import SMS
 from .chats import MediaRoutes
-from .conversation import Conversations
-from .model import SMS
 
 
 def add_routes(app: web.Application, conversations: Conversations) -> None:

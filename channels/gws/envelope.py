@@ -23,8 +23,8 @@ from cometd_broker.engine import EngineUnavailable
 from cometd_broker.eventlog import EventLogUnavailable
 from cometd_broker.metrics import METRICS, Metrics, route_label
 
-from .errors import ContactCenterError, Kind
-from .params import param, unknown_operation  # `param` too for handlers: they read parameters as the domain does
+from ..errors import ContactCenterError, Kind
+from ..params import param, unknown_operation  # `param` too for handlers: they read parameters as the domain does
 
 log = logging.getLogger("channels")
 
