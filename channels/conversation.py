@@ -20,12 +20,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .conversation_core import ConversationCore
-from .conversation_operations import MAX_URL_LENGTH, OPERATIONS, AgentOperations, UserLookup
+from .conversation_operations import OPERATIONS, AgentOperations, UserLookup
 from .conversation_pruning import Pruner
 from .conversation_repository import InteractionRepository, ReferenceIds
 from .customer_side import CustomerSide
 from .model import InteractionLimits, MediaKind
 from .outbox import Outbox, Publish, StateListener
+from .params import MAX_URL_LENGTH
 from .routing import Routing
 from .store import DocumentStore
 

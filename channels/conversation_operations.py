@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from .conversation_core import ConversationCore, member, visibility_of
 from .errors import InUse, InvalidParameter, InvalidState, MissingParameter, NotFound
@@ -29,7 +28,7 @@ from .model import (
     new_participant_id,
     permits,
 )
-from .params import param, unknown_operation
+from .params import param, pushable_url, unknown_operation
 from .routing import OfferRequest
 
 Apply = Callable[[int], None]
@@ -49,7 +48,6 @@ OPERATIONS = ("Accept", "Reject", "Invite", "Consult", "Transfer", "Leave", "Com
 # agents (SendToAgents: in a conference or a consultation, as the GWS page says).
 _CAPABILITY_OF = {"RemoveParticipantFromConference": "Invite", "SendUrl": "SendMessage",
                   "SendCustomNotice": "SendMessage", "SendCustomNoticeToAgents": "SendToAgents"}
-MAX_URL_LENGTH = 2048
 # Where an operation's target may be given. `userUri` is an alias of `targetUri`: the SMS Invite page's own
 # sample request names the invitee with it, while its parameter table says targetUri.
 TARGET_PARAMS = ("targetUri", "userUri", "targetPath")
@@ -281,7 +279,7 @@ class AgentOperations:
         return self._say(ix, leg, MessageType.TYPING_STOPPED, Visibility.ALL)
 
     def _op_SendUrl(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
-        return self._say(ix, leg, MessageType.PUSH_URL, Visibility.ALL, url=_pushable_url(param(params, "url", str)))
+        return self._say(ix, leg, MessageType.PUSH_URL, Visibility.ALL, url=pushable_url(param(params, "url", str)))
 
     def _op_SendCustomNotice(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
         return self._say(ix, leg, MessageType.CUSTOM_NOTICE, Visibility.ALL, param(params, "noticeText", str))
@@ -391,16 +389,3 @@ class AgentOperations:
         first, last = getattr(user, "first_name", ""), getattr(user, "last_name", "")
         return f"{first} {last[:1]}".strip() if first else user_id
 
-
-def _pushable_url(url: str) -> str:
-    """SendUrl's `url`: the customer's client opens it, so only an absolute http(s) URL (never javascript:,
-    data: or a relative path), of a bounded length."""
-    try:
-        parts = urlsplit(url)
-        valid = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
-    except ValueError:  # e.g. an unbalanced IPv6 bracket
-        valid = False
-    if not valid or len(url) > MAX_URL_LENGTH or any(c.isspace() for c in url):
-        raise InvalidParameter(f"parameter 'url' must be an absolute http or https URL of at most "
-                               f"{MAX_URL_LENGTH} characters without spaces, got {url[:80]!r}")
-    return url

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import InvalidParameter, MissingParameter
+
+MAX_URL_LENGTH = 2048  # characters of a URL an agent pushes to the customer (SendUrl)
 
 
 def param(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = True,
@@ -34,6 +37,20 @@ def unknown_operation(operation: str, valid: Sequence[str], *, on: str | None = 
     names = ", ".join(valid)
     return InvalidParameter(f"unknown operationName {operation!r}; valid: {names}" if on is None
                             else f"unknown operationName {operation!r} on {on}: use one of {names}")
+
+
+def pushable_url(url: str) -> str:
+    """SendUrl's `url`: the customer's client opens it, so only an absolute http(s) URL (never javascript:,
+    data: or a relative path), of a bounded length."""
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. an unbalanced IPv6 bracket
+        valid = False
+    if not valid or len(url) > MAX_URL_LENGTH or any(c.isspace() for c in url):
+        raise InvalidParameter(f"parameter 'url' must be an absolute http or https URL of at most "
+                               f"{MAX_URL_LENGTH} characters without spaces, got {url[:80]!r}")
+    return url
 
 
 def _names(kinds: tuple[type, ...]) -> str:
