@@ -309,22 +309,20 @@ class ContactCenterPlugin:
                                 "workbin or queue) stays readable (GET, transcript) before it is forgotten, in "
                                 "memory and in the state store; 0 keeps them all forever "
                                 "(env COMETD_BROKER_ENDED_RETENTION); default: 86400 (a day)")
-        group.add_argument("--message-max-chars", type=int, default=int(_env("MESSAGE_MAX_CHARS", "8192")),
-                           metavar="N",
-                           help="characters of one message's text an agent or a customer may send; a longer "
-                                "one is refused with statusCode 10 (env COMETD_BROKER_MESSAGE_MAX_CHARS); "
-                                "default: 8192")
-        group.add_argument("--interaction-max-messages", type=int,
-                           default=int(_env("INTERACTION_MAX_MESSAGES", "5000")), metavar="N",
-                           help="messages one interaction's transcript holds at most, typing notifications "
-                                "included; past it sending is refused until the interaction is completed "
-                                "(leaving and completing always work) (env COMETD_BROKER_INTERACTION_MAX_MESSAGES); "
-                                "default: 5000")
-        group.add_argument("--user-data-max-bytes", type=int, default=int(_env("USER_DATA_MAX_BYTES", "65536")),
-                           metavar="N",
-                           help="bytes of one interaction's userData as JSON; a change that would make it larger "
-                                "(AttachUserData, UpdateUserData, SetDisposition) is refused with statusCode 10 "
-                                "(env COMETD_BROKER_USER_DATA_MAX_BYTES); default: 65536")
+        defaults = InteractionLimits()
+        for flag, env, default, what in (
+            ("--message-max-chars", "MESSAGE_MAX_CHARS", defaults.max_text,
+             "characters of one message's text an agent or a customer may send; a longer one is refused with "
+             "statusCode 10"),
+            ("--interaction-max-messages", "INTERACTION_MAX_MESSAGES", defaults.max_messages,
+             "messages one interaction's transcript holds at most, typing notifications included; past it "
+             "sending is refused with statusCode 2 (leaving and completing always work)"),
+            ("--user-data-max-bytes", "USER_DATA_MAX_BYTES", defaults.max_user_data,
+             "bytes of one interaction's userData as JSON; a change that would make it larger (AttachUserData, "
+             "UpdateUserData, SetDisposition) is refused with statusCode 10"),
+        ):
+            group.add_argument(flag, type=int, default=int(_env(env, str(default))), metavar="N",
+                               help=f"{what} (env COMETD_BROKER_{env}); default: {default}")
         group.add_argument("--interactions-list-supervisors-only", action="store_true",
                            default=_env("INTERACTIONS_LIST_SUPERVISORS_ONLY", "false").lower()
                            in ("1", "true", "yes", "on"),
