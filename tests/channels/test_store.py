@@ -39,6 +39,22 @@ async def test_a_failed_batch_changes_nothing(tmp_path):
     await store.close()
 
 
+async def test_a_batch_sqlite_refuses_changes_nothing(tmp_path):
+    # A row SQLite refuses fails the whole batch, writes and deletes alike, and the store stays usable.
+    store = StateStore(tmp_path / "state.db")
+    store._db.execute("CREATE TRIGGER refuse BEFORE INSERT ON documents WHEN NEW.key = 'bad' "
+                      "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    await store.apply([("interaction", "keep", {"n": 1}), ("interaction", "gone", {"n": 1})])
+    for batch in ([("interaction", "keep", {"n": 2}), ("interaction", "bad", {"n": 2})],
+                  [("interaction", "gone", None), ("interaction", "keep", {"n": 3}), ("interaction", "bad", {})]):
+        with pytest.raises(sqlite3.IntegrityError, match="refused"):
+            await store.apply(batch)
+        assert store.load("interaction") == {"keep": {"n": 1}, "gone": {"n": 1}}
+    await store.apply([("interaction", "gone", None), ("interaction", "keep", {"n": 4})])  # still usable
+    assert store.load("interaction") == {"keep": {"n": 4}}
+    await store.close()
+
+
 def test_writes_are_durable_when_the_process_is_killed(tmp_path):
     """A write awaited before SIGKILL is there after restart (WAL, synchronous=NORMAL)."""
     path = tmp_path / "state.db"
