@@ -383,8 +383,11 @@ class ContactCenterPlugin:
             # `--media-token "$TOKEN"` with the variable unset: an API silently off looks like a routing bug.
             raise ValueError("media-token is empty (flag, COMETD_BROKER_MEDIA_TOKEN or config file); to turn the "
                              "media API off, leave media-token unset")
-        if min(args.message_max_chars, args.interaction_max_messages, args.user_data_max_bytes) < 1:
-            raise ValueError("message-max-chars, interaction-max-messages and user-data-max-bytes must be >= 1")
+        try:
+            limits = InteractionLimits(args.message_max_chars, args.interaction_max_messages, args.user_data_max_bytes)
+        except ValueError:
+            raise ValueError("message-max-chars, interaction-max-messages and user-data-max-bytes must be "
+                             ">= 1") from None
         capacity, channel_capacity = parse_capacity(args.capacity)
         if not (args.users_file or args.demo or args.media_token):
             # Nobody could log in: serve the broker alone, without the API's middlewares on every request.
@@ -404,8 +407,7 @@ class ContactCenterPlugin:
             offer_timeout=args.offer_timeout, queues=queues, state_db=args.state_db,
             ended_retention=args.ended_retention, capacity=capacity, channel_capacity=channel_capacity,
             interactions_list_supervisors_only=args.interactions_list_supervisors_only,
-            interaction_limits=InteractionLimits(args.message_max_chars, args.interaction_max_messages,
-                                                 args.user_data_max_bytes))
+            interaction_limits=limits)
         if args.desktop_dir:
             desktop.add_routes(app, args.desktop_dir, broker.config.mount)  # DesktopDirError names the option
         else:

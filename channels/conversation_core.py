@@ -112,11 +112,11 @@ class ConversationCore:
 
     def check_user_data(self, data: dict[str, Any]) -> None:
         """What an interaction's userData would become: refused (nothing changed) past the limit, or if it
-        is not JSON."""
+        cannot be encoded (nested deeper than orjson writes, though a body that deep still parses)."""
         try:
             size = len(orjson.dumps(data))
         except TypeError as exc:
-            raise InvalidParameter(f"userData must be JSON: {exc}") from None
+            raise InvalidParameter(f"userData cannot be stored as JSON ({exc})") from None
         if size > self.limits.max_user_data:
             raise InvalidParameter(f"userData would take {size} bytes as JSON; an interaction keeps at most "
                                    f"{self.limits.max_user_data}")

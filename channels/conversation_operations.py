@@ -344,12 +344,12 @@ class AgentOperations:
         return self._change_data(ix, leg, delete)
 
     def _change_data(self, ix: Interaction, leg: Leg, change: Callable[[dict[str, Any]], None]) -> Apply:
-        changed = dict(ix.user_data)
+        changed = dict(ix.user_data)  # checked before it replaces the interaction's (the views copy it anyway)
         change(changed)
         self.core.check_user_data(changed)
 
         def apply(ref: int) -> None:
-            change(ix.user_data)
+            ix.user_data = changed
             for other in ix.legs.values():
                 if other.state in (LegState.CHATTING, LegState.LEFT_CHAT):
                     self.core.outbox.notify(ix, other, "PropertiesUpdated", ref=ref if other is leg else None,

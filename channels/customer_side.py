@@ -68,7 +68,6 @@ class CustomerSide:
 
     async def _says(self, media: MediaKind, interaction_id: str, kind: MessageType, text: str | None = None) -> None:
         core = self.core
-
         core.checked_text(text)
 
         def say() -> None:

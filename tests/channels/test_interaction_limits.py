@@ -124,6 +124,13 @@ async def test_user_data_over_the_limit_is_refused_and_changes_nothing(aiohttp_c
         assert reply["statusCode"] == 10 and "at most 100" in reply["statusMessage"], (operation, reply)
     await alice.quiet()
     assert stack.conversations.interaction(sms_id).user_data == {"a": "x" * 40}
+    # Small, but nested deeper than it can be stored or sent: refused the same way, not a failed write.
+    deep: dict = {}
+    for _ in range(300):
+        deep = {"k": deep}
+    reply = await stack.operate("alice", "smssessions", sms_id, "AttachUserData", userData={"z": deep})
+    assert reply["statusCode"] == 10 and "cannot be stored as JSON" in reply["statusMessage"], reply
+    assert stack.conversations.interaction(sms_id).user_data == {"a": "x" * 40}
     # Deleting always fits, and makes room.
     assert (await stack.operate("alice", "smssessions", sms_id, "DeleteUserData", keys=["a"]))["statusCode"] == 0
     reply = await stack.operate("alice", "smssessions", sms_id, "AttachUserData", userData={"b": "y" * 60})
