@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from aiohttp.typedefs import Middleware
 
 from cometd_broker import Broker
 from cometd_broker.app import add_mount, allow_cross_origin
+from cometd_broker.engine import EngineUnavailable
 from cometd_broker.security import ChainedAuthenticator
 from cometd_broker.tasks import cancel_and_wait
 
@@ -32,6 +33,7 @@ from .huawei.agentgateway import MIRROR_CHANNEL, AgentGateway
 from .huawei.agentgateway import PREFIX as GATEWAY_PREFIX
 from .memory_store import MemoryStateStore
 from .model import InteractionLimits
+from .outbox import Notice
 from .routing import ROUTED_CHANNELS, Routing
 from .store import DocumentStore, StateStore
 
@@ -143,12 +145,16 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
     async def publish(user_id: str, channel: str, data: dict[str, Any]) -> None:
         await broker.publish_to_user(user_id, channel, data)
 
+    async def publish_many(notices: Sequence[Notice]) -> list[BaseException | None]:
+        return [result if isinstance(result, EngineUnavailable) else None
+                for result in await broker.publish_to_users(notices)]
+
     routing = Routing(publish, queues=config.queues, offer_timeout=config.offer_timeout,
                       capacity=config.capacity, channel_capacity=config.channel_capacity)
     reference_ids = ReferenceIds()  # shared: a referenceId is unique across every API (and persisted)
     # The engine loads first: workbins refer to its interactions.
     conversations = Conversations(publish, routing, users, base_url=config.base_url, reference_ids=reference_ids,
-                                  store=store, limits=config.interaction_limits)
+                                  store=store, limits=config.interaction_limits, publish_many=publish_many)
     conversations.operations.on_operation = label_operation  # the metrics name the operation the engine ran
     bins = workbins.Workbins(conversations, publish, reference_ids=reference_ids)
 

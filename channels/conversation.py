@@ -3,7 +3,7 @@ the engine's parts, each in its own module:
 
 - conversation_repository.py: the interactions in memory and in the DocumentStore (loaded at start-up),
   and the referenceId counter;
-- outbox.py: the notifications a change causes, published only once the change is stored;
+- outbox.py: the notifications a change causes; publication.py publishes them once the change is stored;
 - conversation_core.py: the run every change goes through, one at a time (apply, route, store, publish),
   and the changes the other parts share (offers and their outcomes, legs leaving, the end);
 - conversation_operations.py: the agent's operations (the GWS operationNames);
@@ -27,6 +27,7 @@ from .customer_side import CustomerSide
 from .model import InteractionLimits, MediaKind
 from .outbox import Outbox, Publish, StateListener
 from .params import MAX_URL_LENGTH
+from .publication import PublishMany
 from .routing import Routing
 from .store import DocumentStore
 
@@ -43,9 +44,10 @@ class Conversations:
     def __init__(self, publish: Publish, routing: Routing, users: UserLookup, *,
                  base_url: str = "http://localhost:8080", reference_ids: Iterator[int] | None = None,
                  clock_ms: Callable[[], int] | None = None, store: DocumentStore | None = None,
-                 limits: InteractionLimits | None = None) -> None:
+                 limits: InteractionLimits | None = None, publish_many: PublishMany | None = None) -> None:
         """`reference_ids` may be shared with other modules so referenceIds are unique per server; only a
-        `ReferenceIds` is persisted. `store` None keeps nothing; otherwise the state in it is loaded now."""
+        `ReferenceIds` is persisted. `store` None keeps nothing; otherwise the state in it is loaded now.
+        `publish_many`: the broker's batch publish, for the notifications of runs stored together."""
         self.routing = routing
         self.users = users
         self.base_url = base_url
@@ -53,7 +55,8 @@ class Conversations:
         self._refs = reference_ids or ReferenceIds()
         self.repository = InteractionRepository(routing, self._refs, store)
         self.outbox = Outbox(base_url, self.repository.touch)
-        self.core = ConversationCore(publish, routing, self.repository, self.outbox, clock_ms=clock_ms, limits=limits)
+        self.core = ConversationCore(publish, routing, self.repository, self.outbox, clock_ms=clock_ms, limits=limits,
+                                     publish_many=publish_many)
         self._now = self.core.now  # the engine clock (epoch ms): tests compare offer deadlines with it
         self.operations = AgentOperations(self.core, users, self._refs)
         self.customers = CustomerSide(self.core)

@@ -1,11 +1,13 @@
 """The core of the conversation engine: the run every change goes through, and the changes that agent
 operations (conversation_operations.py), the customer side (customer_side.py) and routing share.
 
-A run takes one lock, so that a failed request never half-applies and two requests never interleave their
-notifications: it applies the change (state, and notifications to the outbox), lets routing offer whatever
-became offerable, writes everything the run touched in one awaited store write (the store's writer thread or
-task does the I/O; the loop serves on), and only then publishes the outbox in order. So whatever a client was
-told is stored, and a crash loses at most an operation nobody heard of.
+A run takes one lock, so that a failed request never half-applies: it applies the change (state, and
+notifications to the outbox), lets routing offer whatever became offerable and queues everything the run
+touched as one store write (the store's writer thread or task does the I/O). Then it lets go of the lock and
+waits for publication.py to publish its notifications once that write is stored, in the order of the runs.
+So whatever a client was told is stored, a crash loses at most an operation nobody heard of, and the runs
+that queue while a write commits share the next commit (and one publish to the broker) instead of each
+waiting for its own.
 
 The shared changes: offers (this is routing's `Offerer`) and what becomes of them (accepted elsewhere,
 rejected, timed out, or pending when the server stopped), agents leaving the chat session, and the end of
@@ -36,6 +38,7 @@ from .model import (
     Visibility,
 )
 from .outbox import Outbox, Publish
+from .publication import Publications, PublishMany, one_by_one
 from .routing import OfferRequest, Routing
 
 log = logging.getLogger("channels.conversation")
@@ -56,8 +59,11 @@ def visibility_of(leg: Leg) -> Visibility:
 
 class ConversationCore:
     def __init__(self, publish: Publish, routing: Routing, repository: InteractionRepository, outbox: Outbox, *,
-                 clock_ms: Callable[[], int] | None = None, limits: InteractionLimits | None = None) -> None:
-        self._publish = publish
+                 clock_ms: Callable[[], int] | None = None, limits: InteractionLimits | None = None,
+                 publish_many: PublishMany | None = None) -> None:
+        """`publish_many` (the broker's batch publish) publishes the notifications of runs stored together
+        in one call; without it each is `publish`ed in turn."""
+        self.publications = Publications(publish_many or one_by_one(publish))
         self.limits = limits or InteractionLimits()
         self.routing = routing
         self.repository = repository
@@ -75,9 +81,11 @@ class ConversationCore:
             self.outbox.clear()
             result = change()
             self.routing.dispatch()
-            await self.repository.persist()  # before anyone is told: what a client hears of is stored
-            await self.outbox.flush(self._publish)
-            return result
+            stored = await self.repository.persist()
+            notices = self.outbox.take()
+        # Published once stored: what a client hears of is stored. The next run applies meanwhile.
+        await self.publications.publish_after(stored, notices)
+        return result
 
     # --- holders ------------------------------------------------------------------------------------------
 

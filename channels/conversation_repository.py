@@ -1,21 +1,21 @@
 """Where the conversation engine keeps its interactions: in memory, indexed by agent, and in a DocumentStore.
 
 A run of the engine (conversation_core.py) marks what it changes (`touch`, `save_lar`, `stage`) and then
-`persist`s it in ONE `store.apply`: every interaction the run touched (with the routing requests that wait
-for it or that its Invited legs answer), changed saveLAR contacts, the referenceId counter and whatever other
-modules staged (workbins). A failed write keeps it all pending, so the next run writes it. `restore` loads
-what a previous server wrote; `forget` drops an interaction that is over, from memory and (with the next
-write) from the store.
-"""
+`persist`s it as ONE store write, queued while the run holds the engine's lock and awaited after: every
+interaction the run touched (with the routing requests that wait for it or that its Invited legs answer),
+changed saveLAR contacts, the referenceId counter and whatever other modules staged (workbins). A failed
+write keeps it all pending, so the next run writes it. `restore` loads what a previous server wrote;
+`forget` drops an interaction that is over, from memory and (with the next write) from the store. """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterator
 
 from .model import Interaction, Leg, LegState, new_interaction_id
 from .routing import OfferRequest, Routing
-from .store import Change, Document, DocumentStore
+from .store import Change, Document, DocumentStore, stored_now
 
 log = logging.getLogger("channels.conversation")
 
@@ -134,27 +134,39 @@ class InteractionRepository:
         # The log as encoded once per message: this document is written again on every change.
         return {**ix.to_document(encoded_log=True), "offers": offers, "waiting": waiting}
 
-    async def persist(self) -> None:
-        """One write with everything this run changed, awaited. A failed write raises (the caller gets an
-        error, nobody is notified) and keeps the changes pending, so the next run writes them."""
+    async def persist(self) -> asyncio.Future[None]:
+        """Queue one write with everything this run changed; the future resolves once it is stored. A write
+        that cannot be queued raises, one that fails fails the future; either way the changes stay pending
+        (merged under what later runs changed, which is newer), so a later run writes them."""
         last_ref = self.refs.last if isinstance(self.refs, ReferenceIds) else None
         dirty, contacts, staged = self._dirty, self._dirty_contacts, self._staged
         self._dirty, self._dirty_contacts, self._staged = {}, set(), {}
-        if self.store is not None:
+
+        def still_due() -> None:
+            # Not those forgotten since: their deletion is staged (or stored) already.
+            self._dirty = {**{key: ix for key, ix in dirty.items() if self.interactions.get(key) is ix},
+                           **self._dirty}
+            self._dirty_contacts |= contacts
+            self._staged = {**staged, **self._staged}
+            if self._saved_ref == last_ref:
+                self._saved_ref = None  # not known to be stored: the next write carries the counter
+
+        if self.store is None:
+            stored = stored_now()
+        else:
             try:
                 changes: list[Change] = [("interaction", ix.id, self._document(ix)) for ix in dirty.values()]
                 changes += [("contact", contact, {"lastAgent": self.last_agent[contact]}) for contact in contacts]
                 changes += [(kind, key, render()) for (kind, key), render in staged.items()]
                 if last_ref is not None and last_ref != self._saved_ref:
                     changes.append(("counter", "referenceId", {"last": last_ref}))
-                await self.store.apply(changes)
+                stored = await self.store.submit(changes)
             except BaseException:
-                # Still due (with whatever was staged while the write was in flight, which is newer).
-                self._dirty = {**dirty, **self._dirty}
-                self._dirty_contacts |= contacts
-                self._staged = {**staged, **self._staged}
+                still_due()
                 raise
+            stored.add_done_callback(lambda done: still_due() if done.cancelled() or done.exception() else None)
         self._saved_ref = last_ref
+        return stored
 
     def restore(self, store: DocumentStore) -> tuple[int, list[tuple[Interaction, Leg]]]:
         """Load the state a previous server wrote: the referenceId counter, saveLAR contacts, interactions in

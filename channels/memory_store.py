@@ -9,11 +9,12 @@ to wait for. Writes still happen in the order they are applied and all or nothin
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 import orjson
 
-from .store import Change, Document, StoreUnavailable, encode
+from .store import Change, Document, StoreUnavailable, encode, stored_now
 
 
 class MemoryStateStore:
@@ -31,9 +32,13 @@ class MemoryStateStore:
         return {key: orjson.loads(body) for (k, key), body in self._rows.items() if k == kind}
 
     async def apply(self, changes: Iterable[Change]) -> None:
+        await self.submit(changes)
+
+    async def submit(self, changes: Iterable[Change]) -> asyncio.Future[None]:
+        """Stored at once: the future is resolved already."""
         rows = encode(changes)  # raises before anything is kept, as StateStore's does
         if not rows:
-            return
+            return stored_now()
         self._check_open()
         for kind, key, body in rows:
             if body is None:
@@ -42,6 +47,7 @@ class MemoryStateStore:
                 self._rows[(kind, key)] = body
         self.commits += 1
         self.writes += 1
+        return stored_now()
 
     async def close(self) -> None:
         self._closed = True

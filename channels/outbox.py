@@ -14,6 +14,7 @@ from typing import Any
 from .model import MESSAGE_LOG_TYPE, Interaction, Leg, Message
 
 Publish = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
+Notice = tuple[str, str, dict[str, Any]]  # (user_id, topic, data): one notification to publish
 # (interaction, the agent's leg, the state notification queued for that agent) -> (topic, data) to publish
 # to the same agent right after it, or None.
 StateListener = Callable[[Interaction, Leg, dict[str, Any]], tuple[str, dict[str, Any]] | None]
@@ -25,7 +26,7 @@ class Outbox:
     def __init__(self, base_url: str, changed: Callable[[Interaction], None]) -> None:
         self.base_url = base_url
         self._changed = changed
-        self._pending: list[tuple[str, str, dict[str, Any]]] = []
+        self._pending: list[Notice] = []
         self._listeners: list[StateListener] = []
 
     def add_listener(self, listener: StateListener) -> None:
@@ -37,10 +38,10 @@ class Outbox:
     def clear(self) -> None:
         self._pending = []
 
-    async def flush(self, publish: Publish) -> None:
+    def take(self) -> list[Notice]:
+        """The run's notifications, in order; the outbox is empty after."""
         pending, self._pending = self._pending, []
-        for user_id, topic, data in pending:
-            await publish(user_id, topic, data)
+        return pending
 
     # --- state notifications -----------------------------------------------------------------------------
 

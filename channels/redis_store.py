@@ -9,7 +9,7 @@ overwrite what its successor wrote. A write that fails raises `StoreUnavailable`
 the change pending and the caller gets a 503 envelope.
 
 The client is redis.asyncio with short timeouts and no retries, so the loop never waits on the socket
-(DESIGN.md rule 4). Writes go through one writer task in the order `apply` was called, and every write
+(DESIGN.md rule 4). Writes go through one writer task in the order `submit` was called, and every write
 queued while a script was in flight shares the next script (group commit): an awaited write implies
 every earlier one is stored, which is what lets the engine publish right after its own write. A Redis
 that stops answering fails the writes after `timeout` seconds; the leader steps down when it cannot
@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .store import MAX_BATCH, MAX_PENDING, Change, Document, Row, StoreUnavailable, encode
+from .store import MAX_BATCH, MAX_PENDING, Change, Document, Row, StoreUnavailable, encode, stored_now
 
 # KEYS[1] the lease; ARGV[1] the lease value this leader holds. Then for i >= 2: KEYS[i] a kind's hash,
 # ARGV[2i-2] the document key, ARGV[2i-1] its JSON ("" deletes it: a document is never empty JSON).
@@ -111,9 +111,15 @@ class RedisStateStore:
     # ---- writes -----------------------------------------------------------------------------------
 
     async def apply(self, changes: Iterable[Change]) -> None:
+        future = await self.submit(changes)
+        # A caller cancelled here does not cancel the write: the writer task owns it.
+        await asyncio.shield(future)
+
+    async def submit(self, changes: Iterable[Change]) -> asyncio.Future[None]:
+        """Queue the write for the writer task; the future resolves once its script ran (see DocumentStore)."""
         rows = encode(changes)
         if not rows:
-            return
+            return stored_now()
         self._check_open()
         await self._slots.acquire()
         if self._closing:
@@ -126,8 +132,7 @@ class RedisStateStore:
             self._writer = asyncio.get_running_loop().create_task(self._write_forever(),
                                                                   name="contact-center-state-writer")
         self._wake.set()
-        # A caller cancelled here does not cancel the write: the writer task owns it.
-        await asyncio.shield(future)
+        return future
 
     async def _write_forever(self) -> None:
         while True:

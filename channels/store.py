@@ -1,14 +1,14 @@
 """Persistence of contact-center state in SQLite: one JSON document per (kind, key).
 
-The engine keeps its state in memory and writes every changed document here, one `apply` per operation,
+The engine keeps its state in memory and writes every changed document here, one write per operation,
 and publishes the operation's notifications only once that write has committed, so a restart resumes
 from the last operation anybody heard of.
 
-Nothing here runs on the event loop but encoding (DESIGN.md rule 4): `apply` queues its documents for
-the store's writer thread (a `JobThread`, as the event log's writer) and awaits a future the thread
-resolves after COMMIT. The thread takes every write queued while it was busy into one transaction (group
-commit, up to MAX_BATCH writes), and commits writes in the order they were queued, so an awaited write
-implies every write queued before it is committed too: a caller that publishes after its own write
+Nothing here runs on the event loop but encoding (DESIGN.md rule 4): `submit` queues its documents for the
+store's writer thread (a `JobThread`, as the event log's writer) and hands back a future the thread resolves
+after COMMIT; `apply` awaits it. The thread takes every write queued while it was busy into one transaction
+(group commit, up to MAX_BATCH writes), and commits writes in the order they were queued, so an awaited
+write implies every write queued before it is committed too: a caller that publishes after its own write
 never tells anyone of a change that is not stored yet.
 
 `load` reads on the caller's thread: it is for start-up only, before the loop serves (the engine is
@@ -59,18 +59,30 @@ class DocumentStore(Protocol):
     """What the engine needs of its persistence: `StateStore` (SQLite, one process) or
     `channels.redis_store.RedisStateStore` (a cluster's Redis).
 
-    Writes are awaited and ordered: `apply` returns once its changes are stored, after every write
-    queued before it. The engine awaits it between applying a change and publishing its notifications;
-    the loop goes on serving meanwhile."""
+    Writes are ordered: `submit` queues a write and returns a future that resolves once its changes are
+    stored, after every write queued before it; `apply` is `submit` awaited. The engine queues a run's
+    write while it holds its lock and awaits it after, so runs share commits (conversation_core.py); it
+    publishes a run's notifications only once that future resolved. The loop serves on meanwhile."""
 
     def load(self, kind: str) -> dict[str, Document]:
         """Every document of a kind, by key, as stored when the engine starts (start-up only)."""
+
+    async def submit(self, changes: Iterable[Change]) -> asyncio.Future[None]:
+        """Queue a write (waiting, not blocking, while the store has too many queued): the future resolves
+        once it is stored, after every write queued before it, or fails with the reason it was not."""
 
     async def apply(self, changes: Iterable[Change]) -> None:
         """Write and delete documents atomically (all of them or none), after every earlier write."""
 
     async def close(self) -> None:
         """Finish the writes queued so far, then release the connection; nothing is written after."""
+
+
+def stored_now() -> asyncio.Future[None]:
+    """The future of a write with nothing to store (or stored already): resolved."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
 
 
 def encode(changes: Iterable[Change]) -> list[Row]:
@@ -120,9 +132,13 @@ class StateStore:
     async def apply(self, changes: Iterable[Change]) -> None:
         """Write and delete documents in one transaction: all of them or none. Returns once committed;
         a caller cancelled meanwhile does not cancel the write."""
+        await (await self.submit(changes))
+
+    async def submit(self, changes: Iterable[Change]) -> asyncio.Future[None]:
+        """Queue the write for the writer thread; the future resolves after its COMMIT (see DocumentStore)."""
         rows = encode(changes)
         if not rows:
-            return
+            return stored_now()
         self._check_open()
         await self._slots.acquire()
         if self._closing:  # closed while we waited for a slot
@@ -135,7 +151,7 @@ class StateStore:
         if not self._thread.submit(write):  # closed meanwhile, or the thread failed
             self._slots.release()
             raise StoreUnavailable("contact-center state store is closed")
-        await write.future
+        return write.future
 
     async def close(self) -> None:
         """Commit every write queued so far, then end the thread and close the connection."""

@@ -13,7 +13,7 @@ import inspect
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ from . import bayeux
 from .bayeux import Message
 from .channel import Pattern, SubscriptionIndex, channel_error, is_meta, is_service, is_wildcard
 from .config import BrokerConfig
-from .engine import Engine, EngineUnavailable, Outgoing, open_engine
+from .engine import Engine, EngineUnavailable, Outgoing, Published, open_engine
 from .eventlog import EventLog, EventLogUnavailable, Retention, RetentionTask, is_redis_url, open_event_log
 from .extensions import ack, replay
 from .extensions.ack import AckState
@@ -240,6 +240,25 @@ class Broker:
             raise ValueError(f"{channel} is not under the per-user prefix {self.config.personal_prefix}")
         return await self._publish_event(channel, user_id, user_stream(user_id, channel),
                                          bayeux.delivered(channel, data, ext=ext))
+
+    async def publish_to_users(self, events: Sequence[tuple[str, str, Any]]) -> list[Published | EngineUnavailable]:
+        """`publish_to_user` for several (user_id, channel, data) in order, as one unit of work for the
+        engine (one round trip, for SQLite one commit): per event, Published or why it was not recorded.
+        Every channel is checked before anything is published."""
+        for channel in {channel for _, channel, _ in events}:
+            self._check_server_channel(channel)
+            if not self.is_personal(channel):
+                raise ValueError(f"{channel} is not under the per-user prefix {self.config.personal_prefix}")
+        started = time.monotonic()
+        outgoing = [Outgoing(user_stream(user_id, channel), channel, user_id,
+                             orjson.dumps(bayeux.delivered(channel, data)), False)
+                    for user_id, channel, data in events]
+        results = await self.engine.publish_many(outgoing)
+        took = time.monotonic() - started
+        for result in results:
+            if not isinstance(result, EngineUnavailable):
+                self.stats.published_one(took)
+        return results
 
     @staticmethod
     def _check_server_channel(channel: str) -> None:

@@ -281,15 +281,18 @@ class RefusingStore(StateStore):
 
     down = False
 
-    async def apply(self, changes: Any) -> None:
-        if self.down:
-            raise OSError("the disk is full")
-        await super().apply(changes)
+    async def submit(self, changes: Any) -> asyncio.Future[None]:
+        if not self.down:
+            return await super().submit(changes)
+        # As the writer thread reports a failed COMMIT: the write was queued, its future fails.
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        failed.set_exception(OSError("the disk is full"))
+        return failed
 
 
 async def test_a_write_that_fails_tells_nobody_and_the_next_run_writes_it(tmp_path, clock) -> None:
-    """The engine awaits its write before publishing: a refused write is an error nobody hears of, and the
-    change stays due, written by the next run (with that run's own change)."""
+    """The engine publishes a run's notifications once its write is stored: a refused write is an error
+    nobody hears of, and the change stays due, written by the next run (with that run's own change)."""
     engine = make_engine(tmp_path / "state.db", clock, RefusingStore)
     store, conv = engine.store, engine.conversations
     assert isinstance(store, RefusingStore)
