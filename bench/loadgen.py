@@ -29,6 +29,9 @@ import base64
 import os
 import re
 import resource
+import shutil
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -1173,6 +1176,25 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- agents (contact center)
 
+def start_profile(out: str | None, pid: int) -> subprocess.Popen[bytes] | None:
+    """py-spy on the server for the measured phase only (logins excluded), as raw collapsed stacks."""
+    if not out:
+        return None
+    spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "-o", out,
+                             "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profile(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is None:
+        return
+    spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+
+
 async def run_agents(args: argparse.Namespace) -> dict[str, Any]:
     """Agents log in over REST, go Ready on sms, listen on /v2/me/** over CometD; customers arrive
     through the media gateway API, agents Accept, then both sides exchange messages."""
@@ -1260,6 +1282,7 @@ async def run_agents(args: argparse.Namespace) -> dict[str, Any]:
     result["cometd_setup_failures"] = sum(1 for o in outcomes if o is not True)
     await asyncio.sleep(0.5)
 
+    spy = start_profile(args.profile_measured, args.server_pid)
     cpu0, own0, t_start = proc_cpu(args.server_pid), own_cpu(), now()
     notif0, ops0 = counters["notifications"], counters["rest_ops"]
 
@@ -1311,6 +1334,7 @@ async def run_agents(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(0.05)
     t_end = now()
     cpu1, own1 = proc_cpu(args.server_pid), own_cpu()
+    stop_profile(spy)
     seconds = t_end - t_start
     notifs = counters["notifications"] - notif0
     result.update({
@@ -1346,6 +1370,8 @@ def main() -> int:
     p.add_argument("--rates", default="10,20,50", help="publish rates (msg/s) stepped through, comma-separated")
     p.add_argument("--step-seconds", type=float, default=5.0)
     p.add_argument("--drain-seconds", type=float, default=3.0)
+    p.add_argument("--profile-measured", metavar="PATH",
+                   help="agents scenario: py-spy record the server during the measured phase into PATH")
     p.add_argument("--p99-limit-ms", type=float, default=250.0)
     p.add_argument("--concurrency", type=int, default=100, help="sessions set up at once")
     p.add_argument("--ws-sessions", type=int, default=1000)
