@@ -69,7 +69,8 @@ class Publications:
         self._due.append(due)
         if self._drain_task is None:
             self._drain_task = loop.create_task(self._drain(), name="contact-center-publications")
-        await asyncio.shield(due.published)
+        # A caller cancelled here cancels only its wait: the drain publishes whatever `published` says.
+        await due.published
 
     async def _drain(self) -> None:
         try:
