@@ -32,7 +32,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .store import MAX_BATCH, MAX_PENDING, Change, Document, Row, StoreUnavailable, encode, stored_now
+from .store import MAX_BATCH, Change, Document, Row, StoreUnavailable, encode, stored_now
+from .write_budget import MAX_PENDING, MAX_PENDING_BYTES, WriteBudget, size_of
 
 # KEYS[1] the lease; ARGV[1] the lease value this leader holds. Then for i >= 2: KEYS[i] a kind's hash,
 # ARGV[2i-2] the document key, ARGV[2i-1] its JSON ("" deletes it: a document is never empty JSON).
@@ -63,9 +64,10 @@ class RedisStateStore:
     Constructing it does no I/O; `open()` reads the state, the first `apply` starts the writer task."""
 
     def __init__(self, url: str, *, prefix: str, lease_key: str, lease_value: str, timeout: float = 1.0,
-                 max_pending: int = MAX_PENDING, max_batch: int = MAX_BATCH) -> None:
-        if max_pending < 1 or max_batch < 1:
-            raise ValueError("max_pending and max_batch must be >= 1")
+                 max_pending: int = MAX_PENDING, max_pending_bytes: int = MAX_PENDING_BYTES,
+                 max_batch: int = MAX_BATCH) -> None:
+        if max_pending < 1 or max_batch < 1 or max_pending_bytes < 1:
+            raise ValueError("max_pending, max_pending_bytes and max_batch must be >= 1")
         self.prefix = prefix
         self._lease_key = lease_key
         self._lease_value = lease_value
@@ -73,7 +75,7 @@ class RedisStateStore:
         self._apply = self._redis.register_script(_APPLY)
         self._loaded: dict[str, dict[str, Document]] | None = None
         self._max_batch = max_batch
-        self._slots = asyncio.Semaphore(max_pending)
+        self._budget = WriteBudget(max_pending, max_pending_bytes)
         self._pending: deque[tuple[list[Row], asyncio.Future[None]]] = deque()
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -121,12 +123,13 @@ class RedisStateStore:
         if not rows:
             return stored_now()
         self._check_open()
-        await self._slots.acquire()
+        size = size_of(rows)
+        await self._budget.acquire(size)
         if self._closing:
-            self._slots.release()
+            self._budget.release(size)
             self._check_open()
         future = asyncio.get_running_loop().create_future()
-        future.add_done_callback(lambda _: self._slots.release())
+        future.add_done_callback(lambda _: self._budget.release(size))
         self._pending.append((rows, future))
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_forever(),

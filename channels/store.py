@@ -30,13 +30,14 @@ import orjson
 
 from cometd_broker.job_thread import JobThread, settle_on_loops
 
+from .write_budget import MAX_PENDING, MAX_PENDING_BYTES, WriteBudget, size_of
+
 log = logging.getLogger("channels.store")
 
 Document = dict[str, Any]
 Change = tuple[str, str, Document | None]  # (kind, key, document or None to delete)
 Row = tuple[str, str, bytes | None]  # a change encoded: (kind, key, JSON or None to delete)
 
-MAX_PENDING = 1024  # writes queued and not committed yet; more wait (on the loop, not blocking it) for a slot
 MAX_BATCH = 256  # writes committed in one transaction at most
 
 
@@ -68,8 +69,9 @@ class DocumentStore(Protocol):
         """Every document of a kind, by key, as stored when the engine starts (start-up only)."""
 
     async def submit(self, changes: Iterable[Change]) -> asyncio.Future[None]:
-        """Queue a write (waiting, not blocking, while the store has too many queued): the future resolves
-        once it is stored, after every write queued before it, or fails with the reason it was not."""
+        """Queue a write (waiting, not blocking, while the store holds too many writes or bytes not stored
+        yet: write_budget.py). The future resolves once it is stored, after every write queued before it,
+        or fails with the reason it was not."""
 
     async def apply(self, changes: Iterable[Change]) -> None:
         """Write and delete documents atomically (all of them or none), after every earlier write."""
@@ -95,7 +97,8 @@ class _Write:
     rows: list[Row]
     future: asyncio.Future[None]
     loop: asyncio.AbstractEventLoop
-    slots: asyncio.Semaphore  # released when the write is settled
+    budget: WriteBudget  # released when the write is settled
+    size: int
 
 
 class StateStore:
@@ -105,9 +108,10 @@ class StateStore:
     a lock, at start-up). `commits` and `writes` count transactions and `apply` calls: writes / commits
     is the group-commit factor."""
 
-    def __init__(self, path: str | Path, *, max_pending: int = MAX_PENDING, max_batch: int = MAX_BATCH) -> None:
-        if max_pending < 1 or max_batch < 1:
-            raise ValueError("max_pending and max_batch must be >= 1")
+    def __init__(self, path: str | Path, *, max_pending: int = MAX_PENDING,
+                 max_pending_bytes: int = MAX_PENDING_BYTES, max_batch: int = MAX_BATCH) -> None:
+        if max_pending < 1 or max_batch < 1 or max_pending_bytes < 1:
+            raise ValueError("max_pending, max_pending_bytes and max_batch must be >= 1")
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +121,7 @@ class StateStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
         self._max_batch = max_batch
-        self._slots = asyncio.Semaphore(max_pending)
+        self._budget = WriteBudget(max_pending, max_pending_bytes)
         self._thread: JobThread[_Write] = JobThread("channels-state-writer", self._run, self._on_exit)
         self._closing = False
         self.commits = 0
@@ -140,16 +144,17 @@ class StateStore:
         if not rows:
             return stored_now()
         self._check_open()
-        await self._slots.acquire()
-        if self._closing:  # closed while we waited for a slot
-            self._slots.release()
+        size = size_of(rows)
+        await self._budget.acquire(size)
+        if self._closing:  # closed while we waited for room
+            self._budget.release(size)
             self._check_open()
         loop = asyncio.get_running_loop()
-        write = _Write(rows, loop.create_future(), loop, self._slots)
+        write = _Write(rows, loop.create_future(), loop, self._budget, size)
         if not self._thread.started:
             self._thread.start()
         if not self._thread.submit(write):  # closed meanwhile, or the thread failed
-            self._slots.release()
+            self._budget.release(size)
             raise StoreUnavailable("contact-center state store is closed")
         return write.future
 
@@ -220,7 +225,7 @@ class StateStore:
 def _resolve(writes: list[_Write], failure: BaseException | None) -> None:
     """On the loop: settle the writes of one commit."""
     for write in writes:
-        write.slots.release()
+        write.budget.release(write.size)
         if write.future.done():  # the caller was cancelled: the write happened (or failed) all the same
             continue
         if failure is None:

@@ -28,7 +28,7 @@ DOMAIN = {"channels.model", "channels.routing", "channels.workbins", "channels.e
           "channels.store", "channels.conversation", "channels.conversation_core", "channels.conversation_operations",
           "channels.conversation_repository", "channels.conversation_pruning", "channels.customer_side",
           "channels.outbox", "channels.publication", "channels.gateway_conferences", "channels.gateway_sessions",
-          "channels.gateway_refusals", "channels.gateway_writes"}
+          "channels.gateway_refusals", "channels.gateway_writes", "channels.write_budget"}
 # The HTTP edges, which translate between requests and the domain.
 EDGES = ("channels.gws", "channels.huawei")
 # Modules allowed over MAX_LINES (their paths under channels/), and why.
