@@ -183,7 +183,7 @@ class AgentOperations:
             kind, target = "queue", self.core.known_queue(queue_name)
         else:
             kind, target = self._target(params, leg)
-        text = self.core.checked_text(param(params, "text", str, required=False))
+        text = self._farewell_text(params)
         other = member(ix, target) if kind == "user" else None
         to_consultant = other is not None and other.role is Role.CONSULT and other.state is LegState.CHATTING
         if other is not None and not to_consultant:
@@ -227,7 +227,7 @@ class AgentOperations:
     # --- leaving -------------------------------------------------------------------------------------------
 
     def _op_Leave(self, ix: Interaction, leg: Leg, params: dict[str, Any]) -> Apply:
-        text = self.core.checked_text(param(params, "text", str, required=False))
+        text = self._farewell_text(params)
 
         def apply(ref: int) -> None:
             self._farewell(ix, leg, text)
@@ -247,7 +247,7 @@ class AgentOperations:
             if ix.ended:
                 raise InvalidState(f"{ix.media.resource_key} {ix.id} has ended: it cannot be placed in a queue")
         save_lar = param(params, "saveLAR", bool, required=False, default=False)
-        text = self.core.checked_text(param(params, "text", str, required=False))
+        text = self._farewell_text(params)
         core = self.core
 
         def apply(ref: int) -> None:
@@ -261,6 +261,10 @@ class AgentOperations:
             core.end_if_unheld(ix)
 
         return apply
+
+    def _farewell_text(self, params: dict[str, Any]) -> str | None:
+        """The optional goodbye of Transfer, Leave and Complete, checked before anything changes."""
+        return self.core.checked_text(param(params, "text", str, required=False))
 
     def _farewell(self, ix: Interaction, leg: Leg, text: str | None) -> None:
         if text and leg.state is LegState.CHATTING and leg.participant is not None:
