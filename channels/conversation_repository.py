@@ -164,8 +164,16 @@ class InteractionRepository:
             except BaseException:
                 still_due()
                 raise
-            stored.add_done_callback(lambda done: still_due() if done.cancelled() or done.exception() else None)
         self._saved_ref = last_ref
+
+        def settled(done: asyncio.Future[None]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                still_due()
+
+        if stored.done():  # a store that stores at once (memory) says so now: no callback a turn later
+            settled(stored)
+        else:
+            stored.add_done_callback(settled)
         return stored
 
     def restore(self, store: DocumentStore) -> tuple[int, list[tuple[Interaction, Leg]]]:
