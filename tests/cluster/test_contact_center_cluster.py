@@ -483,6 +483,31 @@ async def test_the_store_groups_concurrent_writes_in_order(redis_server, store_f
     assert len(await store.read("interaction")) == 100
 
 
+async def test_the_store_holds_back_writers_while_redis_is_paused(redis_server, redis_url):
+    """Redis pauses writes (CLIENT PAUSE) for half a second: 100 KB documents queue until the store holds
+    its byte bound, then callers wait; once Redis answers again every write lands, in order."""
+    from channels.redis_store import RedisStateStore
+
+    assert raw_redis(redis_server.port, "SET", LEASE, "term-1").startswith(b"+OK")
+    store = RedisStateStore(redis_url, prefix=PREFIX, lease_key=LEASE, lease_value="term-1",
+                            timeout=5.0, max_pending_bytes=1_000_000)
+    await store.apply([("counter", "warm", {})])  # the writer task is up
+    assert raw_redis(redis_server.port, "CLIENT", "PAUSE", "500", "WRITE").startswith(b"+OK")
+    queued: list[asyncio.Future[None]] = []
+
+    async def write(n: int) -> None:
+        queued.append(await store.submit([("interaction", f"doc{n}", {"text": "x" * 100_000, "n": n})]))
+
+    writers = [asyncio.create_task(write(n)) for n in range(30)]
+    await asyncio.sleep(0.2)
+    assert 8 <= len(queued) <= 10, len(queued)  # about 1 MB of the 3 MB offered is held; the rest waits
+    await asyncio.wait_for(asyncio.gather(*writers), 10)
+    await asyncio.wait_for(asyncio.gather(*queued), 10)
+    stored = await store.read("interaction")
+    assert sorted(doc["n"] for doc in stored.values()) == list(range(30))
+    await store.close()
+
+
 async def test_the_store_fails_clearly_without_redis():
     from channels.redis_store import RedisStateStore, StoreUnavailable
 
