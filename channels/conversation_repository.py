@@ -5,7 +5,8 @@ A run of the engine (conversation_core.py) marks what it changes (`touch`, `save
 interaction the run touched (with the routing requests that wait for it or that its Invited legs answer),
 changed saveLAR contacts, the referenceId counter and whatever other modules staged (workbins). A failed
 write keeps it all pending, so the next run writes it. `restore` loads what a previous server wrote;
-`forget` drops an interaction that is over, from memory and (with the next write) from the store. """
+`forget` drops an interaction that is over, from memory and (with the next write) from the store.
+"""
 
 from __future__ import annotations
 

@@ -103,6 +103,10 @@ class Publications:
             for due in stored:
                 _settle(due, exc)
             return
+        except BaseException:  # the drain itself was cancelled (the loop is ending): nobody may wait forever
+            for due in stored:
+                _settle(due, RuntimeError("contact-center notifications were not published: the server stopped"))
+            raise
         at = 0
         for due in stored:
             failures = [outcome for outcome in outcomes[at:at + len(due.notices)] if outcome is not None]

@@ -169,3 +169,27 @@ async def test_publish_to_users_checks_every_channel_before_publishing_any() -> 
                                              ("alice", "/v2/me/chats", {"n": 3})])
     assert [result.event_id for result in results] == [1, 1, 2]  # ids per user's stream, in order
     await broker.close()
+
+
+async def test_a_drain_cancelled_mid_publish_leaves_nobody_waiting() -> None:
+    """The loop ends while the broker call is in flight: every caller gets an error, none waits forever."""
+    loop = asyncio.get_running_loop()
+    entered = asyncio.Event()
+
+    async def never(notices: Sequence[Notice]) -> list[BaseException | None]:
+        entered.set()
+        await asyncio.Event().wait()
+        return []
+
+    publications = Publications(never)
+    stored = loop.create_future()
+    stored.set_result(None)
+    runs = [asyncio.create_task(publications.publish_after(stored, notices(n))) for n in range(3)]
+    await entered.wait()
+    later = asyncio.create_task(publications.publish_after(stored, notices(9)))  # queued behind the stuck call
+    await asyncio.sleep(0)
+    drain = publications._drain_task
+    assert drain is not None
+    drain.cancel()
+    outcomes = await asyncio.wait_for(asyncio.gather(*runs, later, return_exceptions=True), 5)
+    assert all(isinstance(outcome, RuntimeError) for outcome in outcomes), outcomes
