@@ -20,6 +20,7 @@ from aiohttp.typedefs import Middleware
 from cometd_broker import Broker
 from cometd_broker.app import add_mount, allow_cross_origin
 from cometd_broker.engine import EngineUnavailable
+from cometd_broker.metrics import METRICS
 from cometd_broker.security import ChainedAuthenticator
 from cometd_broker.tasks import cancel_and_wait
 
@@ -35,6 +36,7 @@ from .memory_store import MemoryStateStore
 from .model import InteractionLimits
 from .outbox import Notice
 from .routing import ROUTED_CHANNELS, Routing
+from .state_metrics import state_store_collector
 from .store import DocumentStore, StateStore
 
 if TYPE_CHECKING:  # the cluster modules need the optional redis package: imported only when clustered
@@ -207,6 +209,8 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
 
     app.cleanup_ctx.append(housekeeping)
     app.on_cleanup.append(close)
+    if METRICS in app:  # a process's own app (a cluster's engine app has no page of its own)
+        app[METRICS].add_collector(state_store_collector(store))
     app[CENTER] = center
     return center
 

@@ -55,6 +55,11 @@ class MemoryStateStore:
     def close_now(self) -> None:
         self._closed = True
 
+    def stats(self) -> dict[str, int]:
+        """As StateStore's: nothing ever waits here."""
+        return {"writes": self.writes, "commits": self.commits, "pending_writes": 0, "pending_bytes": 0,
+                "waiting": 0}
+
     def _check_open(self) -> None:
         if self._closed:
             raise StoreUnavailable("contact-center state store is closed")

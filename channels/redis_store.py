@@ -174,6 +174,12 @@ class RedisStateStore:
         except (redis.RedisError, OSError) as exc:
             raise StoreUnavailable(f"contact-center state store (Redis) unavailable: {exc}") from None
 
+    def stats(self) -> dict[str, int]:
+        """For /metrics: writes and commits so far (writes / commits is the group-commit factor), and what
+        waits for the store now."""
+        return {"writes": self.writes, "commits": self.commits, "pending_writes": self._budget.writes,
+                "pending_bytes": self._budget.bytes, "waiting": self._budget.waiting}
+
     def _check_open(self) -> None:
         if self._closing:
             raise StoreUnavailable("contact-center state store is closed")

@@ -79,6 +79,9 @@ class DocumentStore(Protocol):
     async def close(self) -> None:
         """Finish the writes queued so far, then release the connection; nothing is written after."""
 
+    def stats(self) -> dict[str, int]:
+        """writes, commits, pending_writes, pending_bytes and waiting (callers held back), for /metrics."""
+
 
 def stored_now() -> asyncio.Future[None]:
     """The future of a write with nothing to store (or stored already): resolved."""
@@ -177,6 +180,12 @@ class StateStore:
     def _close_db(self) -> None:
         with self._lock:
             self._db.close()
+
+    def stats(self) -> dict[str, int]:
+        """For /metrics: writes and commits so far (writes / commits is the group-commit factor), and what
+        waits for the store now."""
+        return {"writes": self.writes, "commits": self.commits, "pending_writes": self._budget.writes,
+                "pending_bytes": self._budget.bytes, "waiting": self._budget.waiting}
 
     def _check_open(self) -> None:
         if self._closing:

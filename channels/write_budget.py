@@ -27,6 +27,11 @@ class WriteBudget:
         self.bytes = 0
         self._waiters: deque[tuple[asyncio.Future[None], int]] = deque()
 
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for room."""
+        return sum(1 for granted, _ in self._waiters if not granted.done())
+
     def _fits(self, size: int) -> bool:
         return self.writes == 0 or (self.writes < self.max_writes and self.bytes + size <= self.max_bytes)
 

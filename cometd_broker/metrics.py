@@ -18,7 +18,7 @@ import hmac
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -188,6 +188,7 @@ class Metrics:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.families: dict[str, CounterFamily | HistogramFamily] = {}
+        self.collectors: list[Callable[[Exposition], None]] = []  # other components' scrape-time families
         self.stopping = False  # set when the app starts shutting down: /ready says so
         self.shared: SharedMetrics | None = None  # with `serve --workers N`: the workers' pages
 
@@ -210,11 +211,18 @@ class Metrics:
             raise ValueError(f"metric {name!r} is already registered with another type or labels")
         return family
 
+    def add_collector(self, collect: Callable[[Exposition], None]) -> None:
+        """`collect(out)` writes its families on every scrape, from values read at that moment (gauges
+        and totals a component keeps itself, like the event log's)."""
+        self.collectors.append(collect)
+
     def render(self, ready: bool, labels: Labels = ()) -> bytes:
         out = Exposition(labels)
         write_broker_metrics(out, self.broker, ready)
         for name in sorted(self.families):
             self.families[name].write(out)
+        for collect in self.collectors:
+            collect(out)
         write_runtime_metrics(out)  # process_* and python_*, as every Prometheus exporter has them
         return out.text()
 

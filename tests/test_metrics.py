@@ -566,6 +566,26 @@ async def test_rest_operations_are_counted_by_route_operation_and_status(aiohttp
                    for name, labels in page.samples if name == "gws_requests_total")
 
 
+async def test_the_state_store_shows_its_writes_commits_and_what_waits(aiohttp_client, tmp_path):
+    app = create_app(BrokerConfig())
+    config = ContactCenterConfig(csrf=False, state_db=str(tmp_path / "state.db"), media_token="media-token")
+    install_contact_center(app, app[BROKER], config, users=UserDirectory())
+    client = await aiohttp_client(app)
+    page = await scrape(client)
+    assert page.types["gws_state_writes"] == "counter" and page.types["gws_state_commits"] == "counter"
+    written = page.value("gws_state_writes_total")  # the start-up run may have written already
+    for n in range(3):  # three customers: three operations, each with a write
+        async with client.post("/api/v2/media/sms/interactions", json={"nickname": f"P{n}", "text": "hi"},
+                               headers={"Authorization": "Bearer media-token"}) as response:
+            assert (await response.json())["statusCode"] == 0
+    page = await scrape(client)
+    assert page.value("gws_state_writes_total") >= written + 3
+    assert 1 <= page.value("gws_state_commits_total") <= page.value("gws_state_writes_total")
+    assert page.types["gws_state_pending_bytes"] == "gauge"
+    assert page.value("gws_state_pending_writes") == 0 and page.value("gws_state_pending_bytes") == 0
+    assert page.value("gws_state_waiting_writes") == 0
+
+
 async def test_huawei_gateway_requests_are_counted_by_route_and_retcode(aiohttp_client):
     users = UserDirectory(User(name, hash_password(pw, iterations=1), agent_id="101")
                           for name, pw in PASSWORDS.items())
@@ -588,7 +608,7 @@ async def test_huawei_gateway_requests_are_counted_by_route_and_retcode(aiohttp_
     assert page.value("agentgateway_requests_total", method="PUT", route=route, retcode="100-002") == 1
     assert page.value("agentgateway_requests_total", method="PUT", route=route, retcode="000-002") == 1
     assert page.value("agentgateway_request_duration_seconds_count", method="PUT", route=route) == 3
-    assert not any(name.startswith("gws_") for name, _ in page.samples)  # not a GWS REST operation
+    assert not any(name.startswith("gws_request") for name, _ in page.samples)  # not a GWS REST operation
 
 
 # ---------------------------------------------------------------------------- Redis restarts
