@@ -10,6 +10,7 @@ has them: `cometd_broker.metrics`), as `gws_requests_total` and `gws_request_dur
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
@@ -25,6 +26,7 @@ from cometd_broker.metrics import METRICS, Metrics, route_label
 
 from ..errors import ContactCenterError, Kind
 from ..params import param, unknown_operation  # `param` too for handlers: they read parameters as the domain does
+from ..store import StoreUnavailable
 
 log = logging.getLogger("channels")
 
@@ -163,6 +165,12 @@ async def _enveloped(request: web.Request, handler: Handler) -> web.StreamRespon
             exc.status, Status.VALIDATION_ERROR)
         message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
         return failure(status, message, exc.status)
+    except (StoreUnavailable, sqlite3.Error) as exc:
+        # The state file refused the write (a full disk, a lock held past the busy timeout): an operational
+        # condition, one WARNING line, no traceback. The change stays in memory, due with the next write.
+        log.warning("%s %s: contact-center state not stored: %s", request.method, request.path, exc)
+        return failure(Status.INTERNAL_ERROR, "the change was made but could not be stored yet, so nobody was "
+                       f"notified of it; it is stored with the next change ({exc})", 503)
     except (EngineUnavailable, EventLogUnavailable) as exc:
         # Clustered and Redis is unreachable: the change is saved but its notifications could not
         # be sent; desktops re-read state (GET) once the broker says it reconnected.

@@ -606,3 +606,47 @@ async def test_restart_keeps_state(tmp_path, brokers) -> None:
         await alice.start_session("sms", "chat")
         await alice.ready("chat")
         await alice.next_event("/v2/me/chats", state_of("chat", queued, "Invited"))
+
+
+async def test_a_state_file_that_refuses_a_write_answers_503_with_what_happened(aiohttp_client, tmp_path,
+                                                                                 caplog) -> None:
+    """SQLite refuses the write (here a trigger; in production a full disk or a lock held too long): the
+    customer gets a 503 envelope saying the change is made but not stored, the log one WARNING line without
+    a traceback, and the next change stores it too."""
+    import sqlite3
+
+    from channels.app import ContactCenterConfig, install_contact_center
+    from cometd_broker import BrokerConfig, create_app
+    from cometd_broker.app import BROKER
+
+    path = tmp_path / "state.db"
+    app = create_app(BrokerConfig())
+    config = ContactCenterConfig(csrf=False, state_db=str(path), media_token="media-token")
+    install_contact_center(app, app[BROKER], config, users=UserDirectory())
+    client = await aiohttp_client(app)
+    media = {"Authorization": "Bearer media-token"}
+
+    async def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        async with client.post(url, json=body, headers=media) as response:
+            return response.status, await response.json()
+
+    status, created = await post("/api/v2/media/sms/interactions", {"nickname": "P", "text": "first"})
+    assert status == 200
+    messages = f"/api/v2/media/sms/interactions/{created['id']}/messages"
+    other = sqlite3.connect(path)
+    other.execute("CREATE TRIGGER refuse BEFORE INSERT ON documents BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    other.commit()
+    caplog.clear()
+    status, reply = await post(messages, {"text": "second"})
+    assert status == 503 and reply["statusCode"] == 4
+    assert "could not be stored yet" in reply["statusMessage"] and "refused" in reply["statusMessage"]
+    warnings = [r for r in caplog.records if "not stored" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING" and warnings[0].exc_info is None
+    other.execute("DROP TRIGGER refuse")
+    other.commit()
+    status, _ = await post(messages, {"text": "third"})
+    assert status == 200
+    (body,) = other.execute("SELECT body FROM documents WHERE kind = 'interaction' AND key = ?",
+                            (created["id"],)).fetchone()
+    assert [m.get("text") for m in orjson.loads(body)["log"] if m.get("text")] == ["first", "second", "third"]
+    other.close()
