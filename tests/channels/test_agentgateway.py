@@ -81,6 +81,13 @@ def make_gateway(aiohttp_client, users, clock) -> Callable[..., Awaitable[Gatewa
         gateway = AgentGateway(users, **options)
         app = web.Application()
         gateway.add_routes(app)
+        store = options.get("store")
+        if store is not None:  # the gateway does not own its store: the test's app closes it, and its thread
+
+            async def close_store(_: web.Application) -> None:
+                await store.close()
+
+            app.on_cleanup.append(close_store)
         return Gateway(await aiohttp_client(app), gateway)
 
     return make
