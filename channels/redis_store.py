@@ -124,10 +124,7 @@ class RedisStateStore:
             return stored_now()
         self._check_open()
         size = size_of(rows)
-        await self._budget.acquire(size)
-        if self._closing:
-            self._budget.release(size)
-            self._check_open()
+        await self._budget.admit(size, self._check_open)
         future = asyncio.get_running_loop().create_future()
         future.add_done_callback(lambda _: self._budget.release(size))
         self._pending.append((rows, future))
@@ -177,8 +174,7 @@ class RedisStateStore:
     def stats(self) -> dict[str, int]:
         """For /metrics: writes and commits so far (writes / commits is the group-commit factor), and what
         waits for the store now."""
-        return {"writes": self.writes, "commits": self.commits, "pending_writes": self._budget.writes,
-                "pending_bytes": self._budget.bytes, "waiting": self._budget.waiting}
+        return {"writes": self.writes, "commits": self.commits, **self._budget.pending()}
 
     def _check_open(self) -> None:
         if self._closing:

@@ -108,8 +108,8 @@ class StateStore:
     """A small document store; `path` ":memory:" keeps nothing across restarts (tests, demos).
 
     One connection, owned by the writer thread once the first write starts it (`load` shares it under
-    a lock, at start-up). `commits` and `writes` count transactions and `apply` calls: writes / commits
-    is the group-commit factor."""
+    a lock, at start-up). `commits` and `writes` count transactions and submitted writes: writes /
+    commits is the group-commit factor."""
 
     def __init__(self, path: str | Path, *, max_pending: int = MAX_PENDING,
                  max_pending_bytes: int = MAX_PENDING_BYTES, max_batch: int = MAX_BATCH) -> None:
@@ -148,10 +148,7 @@ class StateStore:
             return stored_now()
         self._check_open()
         size = size_of(rows)
-        await self._budget.acquire(size)
-        if self._closing:  # closed while we waited for room
-            self._budget.release(size)
-            self._check_open()
+        await self._budget.admit(size, self._check_open)
         loop = asyncio.get_running_loop()
         write = _Write(rows, loop.create_future(), loop, self._budget, size)
         if not self._thread.started:
@@ -184,8 +181,7 @@ class StateStore:
     def stats(self) -> dict[str, int]:
         """For /metrics: writes and commits so far (writes / commits is the group-commit factor), and what
         waits for the store now."""
-        return {"writes": self.writes, "commits": self.commits, "pending_writes": self._budget.writes,
-                "pending_bytes": self._budget.bytes, "waiting": self._budget.waiting}
+        return {"writes": self.writes, "commits": self.commits, **self._budget.pending()}
 
     def _check_open(self) -> None:
         if self._closing:

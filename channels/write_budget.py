@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 MAX_PENDING = 1024  # writes queued and not stored yet
 MAX_PENDING_BYTES = 64 * 1024 * 1024  # their encoded documents
@@ -31,6 +32,20 @@ class WriteBudget:
     def waiting(self) -> int:
         """Callers waiting for room."""
         return sum(1 for granted, _ in self._waiters if not granted.done())
+
+    def pending(self) -> dict[str, int]:
+        """What a store's `stats()` reports of what waits for it now."""
+        return {"pending_writes": self.writes, "pending_bytes": self.bytes, "waiting": self.waiting}
+
+    async def admit(self, size: int, check_open: Callable[[], None]) -> None:
+        """`acquire`, then `check_open()` again (the store may have closed while the caller waited for
+        room): if it raises, the room is given back."""
+        await self.acquire(size)
+        try:
+            check_open()
+        except BaseException:
+            self.release(size)
+            raise
 
     def _fits(self, size: int) -> bool:
         return self.writes == 0 or (self.writes < self.max_writes and self.bytes + size <= self.max_bytes)

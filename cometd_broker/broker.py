@@ -235,9 +235,7 @@ class Broker:
                               ext: dict[str, Any] | None = None) -> int:
         """Publish on a per-user channel: only `user_id`'s sessions (all of them) can receive it.
         Recorded even when none is connected, so the user's desktop can replay it later."""
-        self._check_server_channel(channel)
-        if not self.is_personal(channel):
-            raise ValueError(f"{channel} is not under the per-user prefix {self.config.personal_prefix}")
+        self._check_personal_channel(channel)
         return await self._publish_event(channel, user_id, user_stream(user_id, channel),
                                          bayeux.delivered(channel, data, ext=ext))
 
@@ -246,9 +244,7 @@ class Broker:
         engine (one round trip, for SQLite one commit): per event, Published or why it was not recorded.
         Every channel is checked before anything is published."""
         for channel in {channel for _, channel, _ in events}:
-            self._check_server_channel(channel)
-            if not self.is_personal(channel):
-                raise ValueError(f"{channel} is not under the per-user prefix {self.config.personal_prefix}")
+            self._check_personal_channel(channel)
         started = time.monotonic()
         outgoing = [Outgoing(user_stream(user_id, channel), channel, user_id,
                              orjson.dumps(bayeux.delivered(channel, data)), False)
@@ -259,6 +255,11 @@ class Broker:
             if not isinstance(result, EngineUnavailable):
                 self.stats.published_one(took)
         return results
+
+    def _check_personal_channel(self, channel: str) -> None:
+        self._check_server_channel(channel)
+        if not self.is_personal(channel):
+            raise ValueError(f"{channel} is not under the per-user prefix {self.config.personal_prefix}")
 
     @staticmethod
     def _check_server_channel(channel: str) -> None:
