@@ -8,6 +8,7 @@ import sqlite3
 
 import pytest
 
+from channels.auth import UserDirectory
 from channels.store import StateStore
 from channels.write_budget import WriteBudget
 
@@ -86,3 +87,50 @@ async def test_a_stuck_disk_holds_back_callers_once_the_bytes_are_queued(tmp_pat
     stored = store.load("k")
     assert [stored[f"doc{n}"]["n"] for n in range(30)] == list(range(30))
     await store.close()
+
+
+async def test_a_flood_while_the_state_file_is_locked_leaves_health_fast_and_shows_in_metrics(aiohttp_client,
+                                                                                              tmp_path) -> None:
+    """Another connection holds the state file's write lock for 1.5 s while 40 customers write in at once,
+    each with a message at the length limit: /health keeps answering at once, /metrics shows the writes
+    waiting for the disk, and once the lock is gone every customer gets its answer and is stored."""
+    import time
+
+    from channels.app import ContactCenterConfig, install_contact_center
+    from cometd_broker import BrokerConfig, create_app
+    from cometd_broker.app import BROKER
+
+    path = tmp_path / "state.db"
+    app = create_app(BrokerConfig())
+    config = ContactCenterConfig(csrf=False, state_db=str(path), media_token="media-token")
+    install_contact_center(app, app[BROKER], config, users=UserDirectory())
+    client = await aiohttp_client(app)
+    media = {"Authorization": "Bearer media-token"}
+
+    async def customer(n: int) -> int:
+        body = {"nickname": f"P{n}", "text": "x" * config.interaction_limits.max_text}
+        async with client.post("/api/v2/media/sms/interactions", json=body, headers=media) as response:
+            return response.status
+
+    assert await customer(-1) == 200  # the writer thread is up
+    blocker = sqlite3.connect(path, isolation_level=None, timeout=0)
+    blocker.execute("BEGIN IMMEDIATE")
+    asyncio.get_running_loop().call_later(1.5, blocker.execute, "COMMIT")
+    flood = [asyncio.create_task(customer(n)) for n in range(40)]
+    slowest, pending = 0.0, 0.0
+    for _ in range(10):
+        started = time.monotonic()
+        async with client.get("/health") as response:
+            assert response.status == 200
+        slowest = max(slowest, time.monotonic() - started)
+        async with client.get("/metrics") as response:
+            for line in (await response.text()).splitlines():
+                if line.startswith("gws_state_pending_writes "):
+                    pending = max(pending, float(line.split()[1]))
+        await asyncio.sleep(0.1)
+    assert slowest < 0.5, slowest  # the loop never waited for the disk
+    assert pending >= 1  # the stall is visible to an operator
+    assert await asyncio.wait_for(asyncio.gather(*flood), 15) == [200] * 40
+    blocker.close()
+    stored = sqlite3.connect(path).execute("SELECT COUNT(*) FROM documents WHERE kind = 'interaction'").fetchone()
+    assert stored[0] == 41
