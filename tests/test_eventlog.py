@@ -795,6 +795,7 @@ class EventLogMachine(RuleBasedStateMachine):
     """Drives a store and a plain model with the same appends, clock moves, trims and restarts."""
 
     kind = "memory"
+    one_clock = False  # the store's timestamps never go back across all its streams (Redis's clock key)
 
     def __init__(self) -> None:
         super().__init__()
@@ -827,7 +828,9 @@ class EventLogMachine(RuleBasedStateMachine):
             return
         first = self.latest.get(stream, 0) + 1
         assert ids == list(range(first, first + len(payloads)))
-        ts = max(self.clock.now, self.last_ts.get(stream, 0.0))
+        # Timestamps never go back within a stream; in a log with one clock, not across streams either.
+        floor = max(self.last_ts.values(), default=0.0) if self.one_clock else self.last_ts.get(stream, 0.0)
+        ts = max(self.clock.now, floor)
         self.latest[stream], self.last_ts[stream] = ids[-1], ts
         kept = self.kept.setdefault(stream, [])
         kept.extend(Event(stream, id_, ts, payload) for id_, payload in zip(ids, payloads, strict=True))

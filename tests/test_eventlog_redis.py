@@ -234,6 +234,7 @@ async def test_retention_task_trims_redis(make_log) -> None:
 
 class RedisEventLogMachine(contract.EventLogMachine):
     kind = "redis"
+    one_clock = True
     url = ""  # set by the autouse fixture below
 
     def open(self) -> EventLog:
