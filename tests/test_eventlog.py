@@ -14,7 +14,9 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -361,6 +363,30 @@ async def test_sqlite_an_append_reaches_an_idle_writer_at_once(tmp_path: Path) -
         time.sleep(0.01)  # blocks the loop (and releases the GIL): only the writer thread can move
     assert log.commits == before + 1
     assert await append == [1]
+    await log.close()
+
+
+async def test_sqlite_reap_runs_then_as_soon_as_the_commit_is_known(tmp_path: Path) -> None:
+    # A commit's scheduled callback waits for the loop's turn to end; reap, called from within the turn,
+    # settles it there, once, and the callback finds nothing left to do.
+    log = SqliteEventLog(tmp_path / "events.db")
+    await log.append("/warm", [b"up"])
+    before = log.commits
+    seen: list[list[int]] = []
+    append = asyncio.ensure_future(log.append_many_then([("/a", b"1"), ("/a", b"2")],
+                                                        lambda ids: seen.append(ids) or "delivered"))
+    await asyncio.sleep(0)  # submitted
+    deadline = time.monotonic() + 5
+    while log.commits == before and time.monotonic() < deadline:
+        time.sleep(0.01)  # the loop is held in this turn, as a busy loop would be
+    assert log.commits == before + 1
+    assert seen == []  # committed, not yet known on the loop
+    log.reap()
+    assert seen == [[1, 2]]
+    assert await append == "delivered"
+    await asyncio.sleep(0.01)  # the scheduled callback has run meanwhile: it settled nothing twice
+    assert seen == [[1, 2]]
+    log.reap()  # nothing owed
     await log.close()
 
 
@@ -976,3 +1002,57 @@ async def test_the_brokers_wal_options_reach_a_sqlite_log_and_mean_nothing_to_me
     await broker.event_log.close()
     in_memory = Broker(BrokerConfig(event_log="memory:", wal_checkpoint_period=0.25))
     assert isinstance(in_memory.event_log, MemoryEventLog)
+
+
+class _Recorded:
+    """A responder that keeps its answers (an HTTP request's side of the exchange, without sockets)."""
+
+    def __init__(self) -> None:
+        self.answers: list[Any] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def respond(self, answer: Any) -> None:
+        self.answers.append(answer)
+
+
+async def test_a_commit_reaches_its_subscriber_when_the_next_request_comes_in(tmp_path: Path) -> None:
+    # On a saturated loop a turn is a thousand long-poll reconnects: a publish committed early in it
+    # must not wait for the turn's end (and the next turn's answers) to be delivered.
+    from cometd_broker.broker import Broker, RequestContext
+    from cometd_broker.config import BrokerConfig
+    from cometd_broker.exchange import Exchange
+
+    broker = Broker(BrokerConfig(event_log=str(tmp_path / "events.db"), allow_anonymous=True))
+    exchange = Exchange(broker)
+    ctx = RequestContext("long-polling")
+    hello = {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}
+    [shook] = (await broker.handle([hello], ctx)).replies
+    client_id = shook["clientId"]
+    await broker.handle([{"channel": "/meta/subscribe", "clientId": client_id, "subscription": "/news"}], ctx)
+    connect = {"channel": "/meta/connect", "clientId": client_id, "connectionType": "long-polling"}
+    first = _Recorded()
+    exchange.submit([dict(connect, advice={"timeout": 0})], ctx, first)
+    await asyncio.sleep(0.01)
+    held = _Recorded()
+    exchange.submit([connect], ctx, held)  # parked: the session waits for an event
+    session = broker.session(client_id)
+    log = broker.event_log
+    before = log.commits
+    publish = asyncio.ensure_future(broker.publish("/news", {"n": 1}))
+    await asyncio.sleep(0)  # its append is submitted
+    deadline = time.monotonic() + 5
+    while log.commits == before and time.monotonic() < deadline:
+        time.sleep(0.01)  # the loop is held in this turn
+    assert log.commits == before + 1
+    assert len(session.queue) == 0  # committed, not yet known on the loop
+    exchange.submit([hello], ctx, _Recorded())  # another client's request, in the same turn
+    assert len(session.queue) == 1  # delivered before that request was handled
+    await publish
+    for _ in range(100):
+        if held.answers:
+            break
+        await asyncio.sleep(0.01)
+    assert [m.get("data") for m in orjson.loads(held.answers[0].body()) if m["channel"] == "/news"] == [{"n": 1}]
+    await broker.close()

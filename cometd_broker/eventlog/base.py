@@ -145,6 +145,12 @@ class EventLog(Protocol):
         """
         ...
 
+    def reap(self) -> None:
+        """On the loop: run now what `append_many_then` owes for appends already recorded, instead of
+        when the loop gets to it. The broker calls it as each batch of requests comes in; a store
+        that records on the loop itself has nothing to do."""
+        ...
+
     async def read(self, stream: str, after: int, limit: int) -> list[Event]:
         """Events of `stream` with id > `after`, ascending, at most `limit`.
 

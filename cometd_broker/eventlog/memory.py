@@ -83,6 +83,9 @@ class MemoryEventLog:
     async def append_many_then(self, events: Sequence[tuple[str, bytes]], then: Callable[[list[int]], T]) -> T:
         return then(await self.append_many(events))  # no suspension in between: in the same loop turn
 
+    def reap(self) -> None:
+        """Nothing is ever owed: appends are recorded and run `then` at once."""
+
     async def read(self, stream: str, after: int, limit: int) -> list[Event]:
         self._check_open()
         check_limit(limit)

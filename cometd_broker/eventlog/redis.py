@@ -244,6 +244,9 @@ class RedisEventLog:
     async def append_many_then(self, events: Sequence[tuple[str, bytes]], then: Callable[[list[int]], T]) -> T:
         return then(await self.append_many(events))  # the Redis engine publishes through its own script
 
+    def reap(self) -> None:
+        """Nothing is owed: `then` runs in the appending task (the engine delivers from Redis's fan-out)."""
+
     # The Redis engine calls the append script itself, on its own connection (see RedisLink):
     @property
     def append_script(self) -> str:

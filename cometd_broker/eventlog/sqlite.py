@@ -189,6 +189,9 @@ class SqliteEventLog:
         self._check_open()
         return await self._writer.trim(now)
 
+    def reap(self) -> None:
+        self._writer.reap()
+
     # ---- reads (on the reader threads) ------------------------------------------------------
 
     async def read(self, stream: str, after: int, limit: int) -> list[Event]:

@@ -9,12 +9,16 @@ Appends wait on an asyncio future. The thread is a JobThread (job_thread.py,
 shared with the contact-center state store): it is woken only when idle and
 takes everything queued at once, so an append reaching an idle writer starts at
 once, not a loop turn later. It commits up to `max_batch` events per
-transaction (an append is never split) and resolves every future of the commit
-with one `call_soon_threadsafe`: under load, many appends share one commit and
-one wake-up of the loop.
+transaction (an append is never split) and hands the commit to the loop with
+one `call_soon_threadsafe`: under load, many appends share one commit and one
+wake-up of the loop.
 An append may carry `then`, run on the loop with its ids as soon as the commit
-is known there, before any task resumes: the broker dispatches from it, so a
-publish reaches its subscribers in the loop turn that learns of the commit.
+is known there, before any task resumes: the broker dispatches from it. "Known
+there" is `reap`, which the scheduled callback runs and which the broker also
+runs as each batch of requests comes in: on a saturated loop the callback runs
+only after the turn's other callbacks (a thousand long-poll reconnects), and a
+publish then reached its subscribers a whole turn late; fan-out long-polling
+stopped at a quarter of the memory log's rate for that alone.
 Nothing resolves before COMMIT returned, so no id is handed out (and no event
 delivered) before it is stored.
 
@@ -39,7 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..job_thread import JobThread, settle_on_loops
+from ..job_thread import JobThread
 from .base import EventLogClosed, Retention, as_payloads
 
 log = logging.getLogger("cometd_broker.eventlog")
@@ -101,6 +105,7 @@ class _TrimJob:
 
 
 _Job = _AppendJob | _TrimJob
+_Settled = tuple[list[tuple[_AppendJob, list[int] | None]], BaseException | None]  # a commit's, for a loop
 
 
 class SqliteWriter:
@@ -141,6 +146,9 @@ class SqliteWriter:
         # job was submitted (jobs are settled in submission order, so the oldest is first).
         self.pending_events = 0
         self._submitted: deque[float] = deque()
+        # Commits known to the thread and not yet settled on their loop, per loop, in commit order;
+        # the thread appends, only that loop's `reap` pops (deque appends and pops are atomic).
+        self._settled: dict[asyncio.AbstractEventLoop, deque[_Settled]] = {}
 
     def start(self) -> None:
         self._thread.start()
@@ -389,9 +397,29 @@ class SqliteWriter:
 
     def _settle_appends(self, batch: list[_AppendJob], results: list[list[int]] | None,
                         exc: BaseException | None) -> None:
-        """Resolve a commit's appends: one call_soon_threadsafe per loop (one, in practice)."""
-        done = list(zip(batch, results or [None] * len(batch), strict=True))
-        settle_on_loops(done, lambda pair: pair[0].loop, lambda mine: self._resolve_appends(mine, exc))
+        """From the thread: hand a commit's appends to their loop (one, in practice), to be resolved by
+        its next `reap`: the one this schedules, or one the loop runs sooner."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_AppendJob, list[int] | None]]] = {}
+        for pair in zip(batch, results or [None] * len(batch), strict=True):
+            by_loop.setdefault(pair[0].loop, []).append(pair)
+        for loop, done in by_loop.items():
+            self._settled.setdefault(loop, deque()).append((done, exc))
+            try:
+                loop.call_soon_threadsafe(self.reap)
+            except RuntimeError:
+                pass  # the caller's loop is closed: nobody is waiting any more
+
+    def reap(self) -> None:
+        """On a loop: resolve the appends committed for it so far, in commit order.
+
+        Scheduled after every commit; the broker also calls it as each batch of requests comes in.
+        On a saturated loop a scheduled callback runs only once the current turn's callbacks (a
+        thousand long-poll reconnects, say) are done, so a commit learnt of early in a turn would
+        be delivered a whole turn late; reaped as requests come, it goes out in the same turn."""
+        settled = self._settled.get(asyncio.get_running_loop())
+        while settled:
+            done, exc = settled.popleft()
+            self._resolve_appends(done, exc)
 
     def _resolve_appends(self, done: list[tuple[_AppendJob, list[int] | None]], exc: BaseException | None) -> None:
         """On the loop: release the slots, run each committed append's `then`, settle its future."""
