@@ -36,6 +36,7 @@ from multidict import CIMultiDictProxy
 
 from cometd_broker.app import BROKER
 from cometd_broker.broker import Broker
+from cometd_broker.exchange import Answer
 
 Message = dict[str, Any]
 Sender = Callable[[list[Message]], Awaitable[list[Message]]]
@@ -263,3 +264,17 @@ def both_http_servers(request: pytest.FixtureRequest) -> str:
     """Import into a test module to run each of its tests on both HTTP paths `serve` can use:
     the lean long-polling path and plain aiohttp (see conftest.make_client)."""
     return request.param
+
+
+class RecordingResponder:
+    """An exchange responder that keeps its answers: a request's side of the exchange without sockets,
+    whose connection never reports itself gone."""
+
+    def __init__(self) -> None:
+        self.answers: list[Answer] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def respond(self, answer: Answer) -> None:
+        self.answers.append(answer)

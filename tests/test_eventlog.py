@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -1004,22 +1003,11 @@ async def test_the_brokers_wal_options_reach_a_sqlite_log_and_mean_nothing_to_me
     assert isinstance(in_memory.event_log, MemoryEventLog)
 
 
-class _Recorded:
-    """A responder that keeps its answers (an HTTP request's side of the exchange, without sockets)."""
-
-    def __init__(self) -> None:
-        self.answers: list[Any] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def respond(self, answer: Any) -> None:
-        self.answers.append(answer)
-
-
 async def test_a_commit_reaches_its_subscriber_when_the_next_request_comes_in(tmp_path: Path) -> None:
     # On a saturated loop a turn is a thousand long-poll reconnects: a publish committed early in it
     # must not wait for the turn's end (and the next turn's answers) to be delivered.
+    from bayeux_helpers import RecordingResponder
+
     from cometd_broker.broker import Broker, RequestContext
     from cometd_broker.config import BrokerConfig
     from cometd_broker.exchange import Exchange
@@ -1032,10 +1020,10 @@ async def test_a_commit_reaches_its_subscriber_when_the_next_request_comes_in(tm
     client_id = shook["clientId"]
     await broker.handle([{"channel": "/meta/subscribe", "clientId": client_id, "subscription": "/news"}], ctx)
     connect = {"channel": "/meta/connect", "clientId": client_id, "connectionType": "long-polling"}
-    first = _Recorded()
+    first = RecordingResponder()
     exchange.submit([dict(connect, advice={"timeout": 0})], ctx, first)
     await asyncio.sleep(0.01)
-    held = _Recorded()
+    held = RecordingResponder()
     exchange.submit([connect], ctx, held)  # parked: the session waits for an event
     session = broker.session(client_id)
     log = broker.event_log
@@ -1047,7 +1035,7 @@ async def test_a_commit_reaches_its_subscriber_when_the_next_request_comes_in(tm
         time.sleep(0.01)  # the loop is held in this turn
     assert log.commits == before + 1
     assert len(session.queue) == 0  # committed, not yet known on the loop
-    exchange.submit([hello], ctx, _Recorded())  # another client's request, in the same turn
+    exchange.submit([hello], ctx, RecordingResponder())  # another client's request, in the same turn
     assert len(session.queue) == 1  # delivered before that request was handled
     await publish
     for _ in range(100):

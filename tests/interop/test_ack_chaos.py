@@ -35,11 +35,12 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from bayeux_helpers import RecordingResponder
 from chaos_proxy import ChaosProxy
 
 from cometd_broker import BrokerConfig, create_app
 from cometd_broker.broker import Broker, RequestContext
-from cometd_broker.exchange import Answer, Exchange
+from cometd_broker.exchange import Exchange
 from cometd_broker.session import TIMEOUT
 
 pytest_plugins = ["node_harness"]  # the Node-client and publisher fixtures (tests/interop/node_harness.py)
@@ -253,19 +254,6 @@ async def test_raw_long_polling_ack_through_faults(broker_process, http_publishe
 # --------------------------------------------------------------------- a race: a stale connect takes events
 
 
-class _Recorder:
-    """A responder whose connection never reports itself gone (it died silently behind a NAT)."""
-
-    def __init__(self) -> None:
-        self.answers: list[Answer] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def respond(self, answer: Answer) -> None:
-        self.answers.append(answer)
-
-
 async def test_a_stale_connect_completed_after_a_newer_connect_must_not_take_its_events():
     """Deterministic, in-process, through the exchange as every transport uses it.
 
@@ -293,7 +281,8 @@ async def test_a_stale_connect_completed_after_a_newer_connect_must_not_take_its
         return [{"channel": "/meta/connect", "clientId": client_id, "connectionType": "long-polling",
                  "id": f"c{batch}", "ext": {"ack": batch}, **extra}]
 
-    first = _Recorder()
+    # Responders whose connections never report themselves gone (they died silently behind a NAT).
+    first = RecordingResponder()
     exchange.submit(connect(0), ctx(), first)
     [answer] = first.answers
     assert answer.events == [] and answer.replies[0]["ext"] == {"ack": 1}
@@ -301,13 +290,13 @@ async def test_a_stale_connect_completed_after_a_newer_connect_must_not_take_its
                         ctx())
 
     # C1, acknowledging batch 1, is held; its connection then dies without the server noticing.
-    c1 = _Recorder()
+    c1 = RecordingResponder()
     exchange.submit(connect(1), ctx(), c1)
     assert session.parked is not None and not c1.answers
     session.unpark(TIMEOUT)  # what C1's hold timer does; C1 is answered on the next loop turn
 
     # The client's retry, C2, acknowledging batch 1 too, is held; then event 0 is published.
-    c2 = _Recorder()
+    c2 = RecordingResponder()
     exchange.submit(connect(1), ctx(), c2)
     assert session.parked is not None
     await broker.publish(CHANNEL, {"seq": 0})
@@ -319,7 +308,7 @@ async def test_a_stale_connect_completed_after_a_newer_connect_must_not_take_its
     received = [orjson.loads(event)["data"]["seq"] for event in outcome.events]
 
     # The client acknowledges the batch it received; whatever was not acknowledged comes now.
-    last = _Recorder()
+    last = RecordingResponder()
     exchange.submit(connect(outcome.replies[0]["ext"]["ack"], advice={"timeout": 0}), ctx(), last)
     [final] = last.answers
     received += [orjson.loads(event)["data"]["seq"] for event in final.events]
