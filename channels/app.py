@@ -206,6 +206,9 @@ def install_engine(app: web.Application, broker: Broker, config: ContactCenterCo
         await conversations.close()
         await routing.close()
         await store.close()  # last: every write queued above is committed first
+        broker.remove_reaper(store.reap)
+
+    broker.add_reaper(store.reap)  # a stored write's notifications go out within the loop's turn
 
     app.cleanup_ctx.append(housekeeping)
     app.on_cleanup.append(close)

@@ -60,6 +60,9 @@ class MemoryStateStore:
         return {"writes": self.writes, "commits": self.commits, "pending_writes": 0, "pending_bytes": 0,
                 "waiting": 0}
 
+    def reap(self) -> None:
+        """Nothing is ever owed: writes are settled when submitted."""
+
     def _check_open(self) -> None:
         if self._closed:
             raise StoreUnavailable("contact-center state store is closed")

@@ -176,6 +176,9 @@ class RedisStateStore:
         waits for the store now."""
         return {"writes": self.writes, "commits": self.commits, **self._budget.pending()}
 
+    def reap(self) -> None:
+        """Nothing is owed: writes are settled by the tasks that await Redis, on the loop."""
+
     def _check_open(self) -> None:
         if self._closing:
             raise StoreUnavailable("contact-center state store is closed")

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from cometd_broker.job_thread import JobThread, settle_on_loops
+from cometd_broker.job_thread import JobThread, LoopHandoff
 
 from .write_budget import MAX_PENDING, MAX_PENDING_BYTES, WriteBudget, size_of
 
@@ -82,6 +82,10 @@ class DocumentStore(Protocol):
     def stats(self) -> dict[str, int]:
         """writes, commits, pending_writes, pending_bytes and waiting (callers held back), for /metrics."""
 
+    def reap(self) -> None:
+        """On the loop: settle now the writes already stored, if a thread stores them (see
+        cometd_broker.job_thread.LoopHandoff); the app has the broker call it as requests come in."""
+
 
 def stored_now() -> asyncio.Future[None]:
     """The future of a write with nothing to store (or stored already): resolved."""
@@ -126,6 +130,8 @@ class StateStore:
         self._max_batch = max_batch
         self._budget = WriteBudget(max_pending, max_pending_bytes)
         self._thread: JobThread[_Write] = JobThread("channels-state-writer", self._run, self._on_exit)
+        self._settled: LoopHandoff[tuple[list[_Write], BaseException | None]] = LoopHandoff(
+            lambda settled: _resolve(*settled))
         self._closing = False
         self.commits = 0
         self.writes = 0
@@ -178,6 +184,10 @@ class StateStore:
         with self._lock:
             self._db.close()
 
+    def reap(self) -> None:
+        """On the loop: settle the writes committed so far (see DocumentStore.reap)."""
+        self._settled.reap()
+
     def stats(self) -> dict[str, int]:
         """For /metrics: writes and commits so far (writes / commits is the group-commit factor), and what
         waits for the store now."""
@@ -197,8 +207,8 @@ class StateStore:
     def _on_exit(self, left: list[_Write]) -> None:
         """On the thread, at its end: fail any write it did not run, then close the connection."""
         if left:
-            settle_on_loops(left, lambda write: write.loop,
-                            lambda mine: _resolve(mine, StoreUnavailable("contact-center state store stopped")))
+            stopped = StoreUnavailable("contact-center state store stopped")
+            self._settled.post_by_loop(left, lambda write: write.loop, lambda mine: (mine, stopped))
         self._close_db()
 
     def _commit(self, batch: list[_Write]) -> None:
@@ -224,7 +234,7 @@ class StateStore:
             else:
                 self.commits += 1
                 self.writes += len(batch)
-        settle_on_loops(batch, lambda write: write.loop, lambda mine: _resolve(mine, failure))
+        self._settled.post_by_loop(batch, lambda write: write.loop, lambda mine: (mine, failure))
 
 
 def _resolve(writes: list[_Write], failure: BaseException | None) -> None:

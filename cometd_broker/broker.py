@@ -149,6 +149,8 @@ class Broker:
             sqlite_options={"checkpoint_period": cfg.wal_checkpoint_period,
                             "wal_limit": cfg.wal_limit_mb * 1024 * 1024}, **store_options)
         self._retention = RetentionTask(self.event_log, period=cfg.retention_period)
+        # What `reap` calls as each batch of requests comes in: the event log's, and what owners add.
+        self._reapers: list[Callable[[], None]] = [self.event_log.reap]
         # The newest id of each stream whose delivery has started (see ReplayMark and _catch_up).
         self._latest_ids: dict[str, int] = {}
         # False while the engine may be missing fan-out messages (its Redis connection is down):
@@ -223,6 +225,21 @@ class Broker:
 
     def is_personal(self, channel: str) -> bool:
         return Pattern.parse(channel).within(self.personal)
+
+    def reap(self) -> None:
+        """Settle what the stores' threads finished so far (cometd_broker.job_thread.LoopHandoff). The
+        exchange calls it as each batch of requests comes in: on a busy loop, a commit is then delivered
+        within the turn that learns of it, not after the turn's other callbacks."""
+        for reap in self._reapers:
+            reap()
+
+    def add_reaper(self, reap: Callable[[], None]) -> None:
+        """Have `reap` called with the event log's (the contact center's state store adds its own)."""
+        self._reapers.append(reap)
+
+    def remove_reaper(self, reap: Callable[[], None]) -> None:
+        if reap in self._reapers:
+            self._reapers.remove(reap)
 
     async def publish(self, channel: str, data: Any, *, ext: dict[str, Any] | None = None) -> int:
         """Publish to every session subscribed to a shared channel; returns how many received it."""

@@ -141,7 +141,7 @@ class Exchange:
         """Run a batch. The answer goes to `responder.respond`, at once, after the batch's awaits, or
         when its held connect is released. Returns the task while the batch is still running (a
         websocket handles its next batch after it), None when it is settled (answered or held)."""
-        self.broker.event_log.reap()  # deliver what was committed meanwhile before taking new work
+        self.broker.reap()  # settle (and deliver) what was committed meanwhile before taking new work
         result = self.broker.handle_now(messages, ctx)
         if result is not None:
             self._settle(result, ctx, responder, True)

@@ -3,7 +3,8 @@
 What the SQLite event log's writer and the contact-center state store share (DESIGN.md rule 4: nothing
 on the loop waits on a disk). The loop submits a job and awaits a future of its own; the thread takes
 every job queued since it last looked and hands them to its owner's `run`, which commits them together
-and settles their futures with `settle_on_loops`: one `call_soon_threadsafe` per loop and batch.
+and hands the outcome to the loop through a `LoopHandoff`: one `call_soon_threadsafe` per loop and batch,
+and settled sooner when the loop's owner reaps as requests come in.
 
 The thread is woken only when it is idle, so a job that reaches an idle thread starts at once (not a
 loop turn later), and jobs submitted while it works share its next batch without a wake-up each.
@@ -19,12 +20,13 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
 log = logging.getLogger("cometd_broker")
 
 J = TypeVar("J")
+T = TypeVar("T")
 
 
 class JobThread(Generic[J]):
@@ -150,14 +152,42 @@ class JobThread(Generic[J]):
                     pass  # the loop is closed: nobody waits
 
 
-def settle_on_loops(items: Sequence[J], loop_of: Callable[[J], asyncio.AbstractEventLoop],
-                    settle: Callable[[list[J]], None]) -> None:
-    """From a thread: run `settle(the items of one loop)` on each loop, one call_soon_threadsafe per loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[J]] = {}
-    for item in items:
-        by_loop.setdefault(loop_of(item), []).append(item)
-    for loop, mine in by_loop.items():
+class LoopHandoff(Generic[T]):
+    """What a thread hands to the loops waiting for it, settled on each loop in the order handed over.
+
+    `post` (on the thread) queues an item for its loop and schedules `reap` there. `reap` (on a loop) runs
+    `settle` on every item queued for that loop so far. Why not only the scheduled call: on a saturated
+    loop it runs once the turn's other callbacks are done (a thousand long-poll reconnects, say), so an
+    outcome the thread had early in the turn would be settled a whole turn late; the broker reaps as each
+    batch of requests comes in (`Broker.reap`), which settles it within the turn. Deque appends and pops
+    are atomic, and only a loop's own `reap` pops its queue."""
+
+    def __init__(self, settle: Callable[[T], None]) -> None:
+        self._settle = settle
+        self._queues: dict[asyncio.AbstractEventLoop, deque[T]] = {}
+
+    def post(self, loop: asyncio.AbstractEventLoop, item: T) -> None:
+        """From the thread: queue `item` for `loop` and schedule a `reap` there."""
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues.setdefault(loop, deque())
+        queue.append(item)
         try:
-            loop.call_soon_threadsafe(settle, mine)
+            loop.call_soon_threadsafe(self.reap)
         except RuntimeError:
-            pass  # the caller's loop is closed: nobody is waiting any more
+            pass  # the loop is closed: nobody is waiting any more
+
+    def post_by_loop(self, items: Iterable[J], loop_of: Callable[[J], asyncio.AbstractEventLoop],
+                     item: Callable[[list[J]], T]) -> None:
+        """From the thread: `post(loop, item(the items of that loop))` for each loop of `items`."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[J]] = {}
+        for one in items:
+            by_loop.setdefault(loop_of(one), []).append(one)
+        for loop, mine in by_loop.items():
+            self.post(loop, item(mine))
+
+    def reap(self) -> None:
+        """On a loop: settle what was handed to it so far, in order (nothing, usually)."""
+        queue = self._queues.get(asyncio.get_running_loop())
+        while queue:
+            self._settle(queue.popleft())

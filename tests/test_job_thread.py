@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from cometd_broker.job_thread import JobThread, settle_on_loops
+from cometd_broker.job_thread import JobThread, LoopHandoff
 
 
 class Owner:
@@ -128,18 +128,39 @@ async def test_take_waits_for_more_jobs_up_to_its_timeout() -> None:
     await thread.stop()
 
 
-async def test_settle_on_loops_calls_each_loop_once_with_its_items() -> None:
+async def test_a_handoff_settles_each_loops_items_on_that_loop_in_order() -> None:
     loop = asyncio.get_running_loop()
-    settled: list[list[int]] = []
+    other = asyncio.new_event_loop()  # never runs: its items must not be settled here
+    settled: list[tuple[str, list[int]]] = []
+    handoff: LoopHandoff[tuple[str, list[int]]] = LoopHandoff(settled.append)
     done = asyncio.Event()
 
-    def settle(items: list[int]) -> None:
-        settled.append(items)
-        done.set()
+    def thread() -> None:
+        handoff.post_by_loop([1, 2, 3], lambda item: other if item == 2 else loop, lambda mine: ("a", mine))
+        handoff.post(loop, ("b", [4]))
+        loop.call_soon_threadsafe(done.set)
 
-    threading.Thread(target=settle_on_loops, args=([1, 2, 3], lambda item: loop, settle)).start()
+    threading.Thread(target=thread).start()
     await asyncio.wait_for(done.wait(), 5)
-    assert settled == [[1, 2, 3]]
+    await asyncio.sleep(0)  # the scheduled reaps have run
+    assert settled == [("a", [1, 3]), ("b", [4])]
+    other.close()
+
+
+async def test_a_handoff_settles_at_the_first_reap_not_at_the_scheduled_one() -> None:
+    # The loop is held in this turn (as a busy loop is) while the thread posts: the scheduled reap cannot
+    # run yet, and a reap from within the turn settles the item there, once.
+    loop = asyncio.get_running_loop()
+    settled: list[int] = []
+    handoff: LoopHandoff[int] = LoopHandoff(settled.append)
+    poster = threading.Thread(target=handoff.post, args=(loop, 7))
+    poster.start()
+    poster.join()
+    assert settled == []
+    handoff.reap()
+    assert settled == [7]
+    await asyncio.sleep(0.01)  # the scheduled reap finds nothing left
+    assert settled == [7]
 
 
 @pytest.mark.parametrize("jobs", [0, 1])

@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..job_thread import JobThread
+from ..job_thread import JobThread, LoopHandoff
 from .base import EventLogClosed, Retention, as_payloads
 
 log = logging.getLogger("cometd_broker.eventlog")
@@ -146,9 +146,8 @@ class SqliteWriter:
         # job was submitted (jobs are settled in submission order, so the oldest is first).
         self.pending_events = 0
         self._submitted: deque[float] = deque()
-        # Commits known to the thread and not yet settled on their loop, per loop, in commit order;
-        # the thread appends, only that loop's `reap` pops (deque appends and pops are atomic).
-        self._settled: dict[asyncio.AbstractEventLoop, deque[_Settled]] = {}
+        # Commits known to the thread, settled on their loop in commit order by `reap`.
+        self._settled: LoopHandoff[_Settled] = LoopHandoff(lambda settled: self._resolve_appends(*settled))
 
     def start(self) -> None:
         self._thread.start()
@@ -398,28 +397,14 @@ class SqliteWriter:
     def _settle_appends(self, batch: list[_AppendJob], results: list[list[int]] | None,
                         exc: BaseException | None) -> None:
         """From the thread: hand a commit's appends to their loop (one, in practice), to be resolved by
-        its next `reap`: the one this schedules, or one the loop runs sooner."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_AppendJob, list[int] | None]]] = {}
-        for pair in zip(batch, results or [None] * len(batch), strict=True):
-            by_loop.setdefault(pair[0].loop, []).append(pair)
-        for loop, done in by_loop.items():
-            self._settled.setdefault(loop, deque()).append((done, exc))
-            try:
-                loop.call_soon_threadsafe(self.reap)
-            except RuntimeError:
-                pass  # the caller's loop is closed: nobody is waiting any more
+        its next `reap`."""
+        done = list(zip(batch, results or [None] * len(batch), strict=True))
+        self._settled.post_by_loop(done, lambda pair: pair[0].loop, lambda mine: (mine, exc))
 
     def reap(self) -> None:
-        """On a loop: resolve the appends committed for it so far, in commit order.
-
-        Scheduled after every commit; the broker also calls it as each batch of requests comes in.
-        On a saturated loop a scheduled callback runs only once the current turn's callbacks (a
-        thousand long-poll reconnects, say) are done, so a commit learnt of early in a turn would
-        be delivered a whole turn late; reaped as requests come, it goes out in the same turn."""
-        settled = self._settled.get(asyncio.get_running_loop())
-        while settled:
-            done, exc = settled.popleft()
-            self._resolve_appends(done, exc)
+        """On a loop: resolve the appends committed for it so far, in commit order (see LoopHandoff); the
+        broker calls it as each batch of requests comes in."""
+        self._settled.reap()
 
     def _resolve_appends(self, done: list[tuple[_AppendJob, list[int] | None]], exc: BaseException | None) -> None:
         """On the loop: release the slots, run each committed append's `then`, settle its future."""

@@ -185,6 +185,9 @@ class CheckingStore:
         write.add_done_callback(completed)
         return write
 
+    def reap(self) -> None:
+        self.store.reap()
+
     def problem(self, user_id: str, channel: str, data: dict[str, Any]) -> str | None:
         """What `data`, about to be published, tells that the store does not hold yet (None: nothing).
         Writes queued after the one that stored it may be in flight: runs share commits."""

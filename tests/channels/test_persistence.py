@@ -650,3 +650,30 @@ async def test_a_state_file_that_refuses_a_write_answers_503_with_what_happened(
                             (created["id"],)).fetchone()
     assert [m.get("text") for m in orjson.loads(body)["log"] if m.get("text")] == ["first", "second", "third"]
     other.close()
+
+
+async def test_the_broker_settles_the_state_files_writes_as_requests_come_in(aiohttp_client, tmp_path) -> None:
+    """The contact center has the broker reap its state store with the event log, so on a busy loop a stored
+    change's notifications go out within the turn."""
+    import time
+
+    from channels.app import CENTER, ContactCenterConfig, install_contact_center
+    from cometd_broker import BrokerConfig, create_app
+    from cometd_broker.app import BROKER
+
+    app = create_app(BrokerConfig())
+    broker = app[BROKER]
+    config = ContactCenterConfig(csrf=False, state_db=str(tmp_path / "state.db"))
+    install_contact_center(app, broker, config, users=UserDirectory())
+    client = await aiohttp_client(app)
+    store = app[CENTER].store
+    await store.apply([("workbin", "warm", {"items": []})])
+    before = store.commits
+    written = await store.submit([("workbin", "alice-drafts", {"items": []})])
+    deadline = time.monotonic() + 5
+    while store.commits == before and time.monotonic() < deadline:
+        time.sleep(0.01)  # the loop is held in this turn
+    assert store.commits == before + 1 and not written.done()
+    broker.reap()  # what the exchange does before each batch of Bayeux requests
+    assert written.done()
+    await client.close()

@@ -164,3 +164,20 @@ async def test_the_memory_option_keeps_documents_in_a_dict_with_the_same_contrac
     on_disk = open_state_store(str(tmp_path / "state.db"))
     assert isinstance(on_disk, StateStore)
     on_disk.close_now()
+
+
+async def test_a_stored_write_is_settled_by_the_first_reap_within_the_loops_turn(tmp_path):
+    # On a busy loop the thread's scheduled callback waits for the turn's other callbacks; the broker
+    # reaps as requests come in, so the write's notifications need not wait for the turn to end.
+    store = StateStore(tmp_path / "state.db")
+    await store.apply([("interaction", "warm", {"n": 0})])
+    before = store.commits
+    written = await store.submit([("interaction", "0000A", {"n": 1})])
+    deadline = time.monotonic() + 5
+    while store.commits == before and time.monotonic() < deadline:
+        time.sleep(0.01)  # the loop is held in this turn
+    assert store.commits == before + 1 and not written.done()
+    store.reap()
+    assert written.done() and written.exception() is None
+    MemoryStateStore().reap()  # nothing to settle: writes are settled when submitted
+    await store.close()
