@@ -238,6 +238,7 @@ class Broker:
         self._reapers.append(reap)
 
     def remove_reaper(self, reap: Callable[[], None]) -> None:
+        """Stop calling `reap` (its store is closed)."""
         if reap in self._reapers:
             self._reapers.remove(reap)
 
