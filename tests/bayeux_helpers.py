@@ -278,3 +278,12 @@ class RecordingResponder:
 
     def respond(self, answer: Answer) -> None:
         self.answers.append(answer)
+
+
+def hold_loop_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Block the calling thread (in a test, the loop: held in this turn, as a busy loop is) until
+    `condition()`, polling; fails after `timeout`. Sleeping releases the GIL, so other threads move."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)

@@ -11,12 +11,12 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import orjson
 import pytest
+from bayeux_helpers import RecordingResponder, hold_loop_until
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -357,9 +357,7 @@ async def test_sqlite_an_append_reaches_an_idle_writer_at_once(tmp_path: Path) -
     before = log.commits
     append = asyncio.ensure_future(log.append("/a", [b"1"]))
     await asyncio.sleep(0)  # the append's first step runs: it is submitted and now awaits its commit
-    deadline = time.monotonic() + 5
-    while log.commits == before and time.monotonic() < deadline:
-        time.sleep(0.01)  # blocks the loop (and releases the GIL): only the writer thread can move
+    hold_loop_until(lambda: log.commits > before)  # only the writer thread can move
     assert log.commits == before + 1
     assert await append == [1]
     await log.close()
@@ -375,9 +373,7 @@ async def test_sqlite_reap_runs_then_as_soon_as_the_commit_is_known(tmp_path: Pa
     append = asyncio.ensure_future(log.append_many_then([("/a", b"1"), ("/a", b"2")],
                                                         lambda ids: seen.append(ids) or "delivered"))
     await asyncio.sleep(0)  # submitted
-    deadline = time.monotonic() + 5
-    while log.commits == before and time.monotonic() < deadline:
-        time.sleep(0.01)  # the loop is held in this turn, as a busy loop would be
+    hold_loop_until(lambda: log.commits > before)  # the loop is held in this turn, as a busy loop would be
     assert log.commits == before + 1
     assert seen == []  # committed, not yet known on the loop
     log.reap()
@@ -1006,8 +1002,6 @@ async def test_the_brokers_wal_options_reach_a_sqlite_log_and_mean_nothing_to_me
 async def test_a_commit_reaches_its_subscriber_when_the_next_request_comes_in(tmp_path: Path) -> None:
     # On a saturated loop a turn is a thousand long-poll reconnects: a publish committed early in it
     # must not wait for the turn's end (and the next turn's answers) to be delivered.
-    from bayeux_helpers import RecordingResponder
-
     from cometd_broker.broker import Broker, RequestContext
     from cometd_broker.config import BrokerConfig
     from cometd_broker.exchange import Exchange
@@ -1030,9 +1024,7 @@ async def test_a_commit_reaches_its_subscriber_when_the_next_request_comes_in(tm
     before = log.commits
     publish = asyncio.ensure_future(broker.publish("/news", {"n": 1}))
     await asyncio.sleep(0)  # its append is submitted
-    deadline = time.monotonic() + 5
-    while log.commits == before and time.monotonic() < deadline:
-        time.sleep(0.01)  # the loop is held in this turn
+    hold_loop_until(lambda: log.commits > before)  # the loop is held in this turn
     assert log.commits == before + 1
     assert len(session.queue) == 0  # committed, not yet known on the loop
     exchange.submit([hello], ctx, RecordingResponder())  # another client's request, in the same turn

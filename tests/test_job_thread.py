@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from bayeux_helpers import hold_loop_until
 
 from cometd_broker.job_thread import JobThread, LoopHandoff
 
@@ -32,24 +33,17 @@ class Owner:
         self.left = left
 
 
-def wait_until(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
-
-
 async def test_jobs_run_in_order_and_those_queued_while_it_works_share_a_batch() -> None:
     owner = Owner()
     owner.thread.start()
     owner.gate.clear()
     assert owner.thread.submit(1)
-    wait_until(lambda: owner.batches == [[1]])  # an idle thread takes a job at once
+    hold_loop_until(lambda: owner.batches == [[1]])  # an idle thread takes a job at once
     for job in range(2, 6):
         assert owner.thread.submit(job)
     assert owner.thread.queued == 4
     owner.gate.set()
-    wait_until(lambda: len(owner.batches) == 2)
+    hold_loop_until(lambda: len(owner.batches) == 2)
     assert owner.batches == [[1], [2, 3, 4, 5]]
     await owner.thread.stop()
     assert owner.left == [] and not owner.thread.alive
@@ -60,7 +54,7 @@ async def test_stop_runs_what_was_submitted_before_it_and_refuses_the_rest() -> 
     owner.thread.start()
     owner.gate.clear()
     owner.thread.submit("a")
-    wait_until(lambda: owner.batches)
+    hold_loop_until(lambda: owner.batches)
     owner.thread.submit("b")
     stopping = asyncio.ensure_future(owner.thread.stop())
     await asyncio.sleep(0.05)
@@ -77,11 +71,11 @@ async def test_a_failing_run_ends_the_thread_and_hands_back_what_was_left(caplog
     owner.thread.start()
     owner.gate.clear()
     owner.thread.submit("bad")
-    wait_until(lambda: owner.batches)
+    hold_loop_until(lambda: owner.batches)
     owner.thread.submit("next")
     with caplog.at_level("ERROR", logger="cometd_broker"):
         owner.gate.set()
-        wait_until(lambda: not owner.thread.alive)
+        hold_loop_until(lambda: not owner.thread.alive)
     assert isinstance(owner.thread.failure, RuntimeError)
     assert owner.left == ["next"]  # never run: its owner fails it, nothing is stranded
     assert not owner.thread.submit("after")
@@ -123,7 +117,7 @@ async def test_take_waits_for_more_jobs_up_to_its_timeout() -> None:
     thread.submit(1)
     time.sleep(0.1)
     thread.submit(2)
-    wait_until(lambda: seen)
+    hold_loop_until(lambda: seen)
     assert seen == [[1, 2]]
     await thread.stop()
 

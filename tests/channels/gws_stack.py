@@ -7,6 +7,7 @@ import asyncio
 import base64
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp
@@ -14,14 +15,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from bayeux_helpers import connect, events_in, open_session
 
+from channels.app import ContactCenterConfig, install_contact_center
 from channels.auth import GwsAuthenticator, HttpSessions, User, UserDirectory, auth_middleware, hash_password
 from channels.conversation import Conversations
 from channels.gws import chats, media, smssessions
 from channels.gws.envelope import envelope_middleware
 from channels.model import InteractionLimits
 from channels.routing import Routing
-from cometd_broker import Broker, BrokerConfig
-from cometd_broker.app import add_bayeux_endpoint
+from cometd_broker import Broker, BrokerConfig, create_app
+from cometd_broker.app import BROKER, add_bayeux_endpoint
 
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
 MEDIA_TOKEN = "gateway-secret"
@@ -143,6 +145,25 @@ async def make_stack(aiohttp_client: Any, *, offer_timeout: float = 30.0, capaci
     app.on_cleanup.append(close)
     client = await aiohttp_client(app, cookie_jar=aiohttp.DummyCookieJar())
     return Stack(client, broker, routing, conversations)
+
+
+@dataclass
+class ServedCenter:
+    """A process's own app (`create_app`, as `cometd-broker serve` builds it) with the contact center on a
+    SQLite state file, and a test client; `media` authorizes the media gateway API."""
+
+    app: web.Application
+    client: TestClient
+    broker: Broker
+    config: ContactCenterConfig
+    media: ClassVar[dict[str, str]] = {"Authorization": f"Bearer {MEDIA_TOKEN}"}
+
+
+async def served_center(aiohttp_client: Any, state_db: Path) -> ServedCenter:
+    app = create_app(BrokerConfig())
+    config = ContactCenterConfig(csrf=False, state_db=str(state_db), media_token=MEDIA_TOKEN)
+    install_contact_center(app, app[BROKER], config, users=UserDirectory())
+    return ServedCenter(app, await aiohttp_client(app), app[BROKER], config)
 
 
 async def settle() -> None:

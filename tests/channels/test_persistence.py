@@ -16,8 +16,9 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from bayeux_helpers import connect, events_in, open_session
+from bayeux_helpers import connect, events_in, hold_loop_until, open_session
 from conftest import RunningBroker, start_broker
+from gws_stack import served_center
 
 from channels.auth import User, UserDirectory, hash_password
 from channels.conversation import Conversations, ReferenceIds
@@ -615,16 +616,9 @@ async def test_a_state_file_that_refuses_a_write_answers_503_with_what_happened(
     a traceback, and the next change stores it too."""
     import sqlite3
 
-    from channels.app import ContactCenterConfig, install_contact_center
-    from cometd_broker import BrokerConfig, create_app
-    from cometd_broker.app import BROKER
-
     path = tmp_path / "state.db"
-    app = create_app(BrokerConfig())
-    config = ContactCenterConfig(csrf=False, state_db=str(path), media_token="media-token")
-    install_contact_center(app, app[BROKER], config, users=UserDirectory())
-    client = await aiohttp_client(app)
-    media = {"Authorization": "Bearer media-token"}
+    center = await served_center(aiohttp_client, path)
+    client, media = center.client, center.media
 
     async def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         async with client.post(url, json=body, headers=media) as response:
@@ -655,24 +649,16 @@ async def test_a_state_file_that_refuses_a_write_answers_503_with_what_happened(
 async def test_the_broker_settles_the_state_files_writes_as_requests_come_in(aiohttp_client, tmp_path) -> None:
     """The contact center has the broker reap its state store with the event log, so on a busy loop a stored
     change's notifications go out within the turn."""
-    import time
 
-    from channels.app import CENTER, ContactCenterConfig, install_contact_center
-    from cometd_broker import BrokerConfig, create_app
-    from cometd_broker.app import BROKER
+    from channels.app import CENTER
 
-    app = create_app(BrokerConfig())
-    broker = app[BROKER]
-    config = ContactCenterConfig(csrf=False, state_db=str(tmp_path / "state.db"))
-    install_contact_center(app, broker, config, users=UserDirectory())
-    client = await aiohttp_client(app)
-    store = app[CENTER].store
+    center = await served_center(aiohttp_client, tmp_path / "state.db")
+    client, broker = center.client, center.broker
+    store = center.app[CENTER].store
     await store.apply([("workbin", "warm", {"items": []})])
     before = store.commits
     written = await store.submit([("workbin", "alice-drafts", {"items": []})])
-    deadline = time.monotonic() + 5
-    while store.commits == before and time.monotonic() < deadline:
-        time.sleep(0.01)  # the loop is held in this turn
+    hold_loop_until(lambda: store.commits > before)  # the loop is held in this turn
     assert store.commits == before + 1 and not written.done()
     broker.reap()  # what the exchange does before each batch of Bayeux requests
     assert written.done()

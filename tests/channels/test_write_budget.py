@@ -7,8 +7,8 @@ import asyncio
 import sqlite3
 
 import pytest
+from gws_stack import served_center
 
-from channels.auth import UserDirectory
 from channels.store import StateStore
 from channels.write_budget import WriteBudget
 
@@ -96,16 +96,9 @@ async def test_a_flood_while_the_state_file_is_locked_leaves_health_fast_and_sho
     waiting for the disk, and once the lock is gone every customer gets its answer and is stored."""
     import time
 
-    from channels.app import ContactCenterConfig, install_contact_center
-    from cometd_broker import BrokerConfig, create_app
-    from cometd_broker.app import BROKER
-
     path = tmp_path / "state.db"
-    app = create_app(BrokerConfig())
-    config = ContactCenterConfig(csrf=False, state_db=str(path), media_token="media-token")
-    install_contact_center(app, app[BROKER], config, users=UserDirectory())
-    client = await aiohttp_client(app)
-    media = {"Authorization": "Bearer media-token"}
+    center = await served_center(aiohttp_client, path)
+    client, config, media = center.client, center.config, center.media
 
     async def customer(n: int) -> int:
         body = {"nickname": f"P{n}", "text": "x" * config.interaction_limits.max_text}
