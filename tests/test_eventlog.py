@@ -34,6 +34,7 @@ from cometd_broker.eventlog import (
     SqliteEventLog,
     open_event_log,
 )
+from cometd_broker.eventlog.sqlite_layout import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 STORES = ["memory", "sqlite"]
@@ -558,8 +559,8 @@ async def test_sqlite_last_ids_come_from_the_saved_counters_or_the_newest_events
     assert await log.append_many([("/old", b"3"), ("/kept", b"4"), ("/new", b"2")]) == [3, 4, 2]
     await log.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
-        conn.execute("PRAGMA user_version = 3")  # a file of a later version: refused, not misread
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")  # a later version's file: refused, not misread
     conn.close()
     with pytest.raises(sqlite3.OperationalError, match="newer"):
         SqliteEventLog(path)
@@ -581,18 +582,115 @@ async def test_sqlite_a_trim_after_a_restart_keeps_the_last_ids(tmp_path: Path) 
     await log.close()
 
 
+# Layout 2's tables as that version made them (layout 1 had the same ones).
+LAYOUT_2 = """
+CREATE TABLE events (stream TEXT NOT NULL, id INTEGER NOT NULL, ts REAL NOT NULL, payload BLOB NOT NULL,
+                     PRIMARY KEY (stream, id));
+CREATE INDEX events_by_time ON events (ts, stream, id);
+CREATE TABLE streams (stream TEXT PRIMARY KEY, last_id INTEGER NOT NULL, last_ts REAL NOT NULL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('epoch', 'epoch-of-version-2');
+"""
+
+
+def old_layout_file(path: Path, version: int, events: list[tuple[str, int, float, bytes]],
+                    counters: list[tuple[str, int, float]]) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.executescript(LAYOUT_2)
+        conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", events)
+        conn.executemany("INSERT INTO streams VALUES (?, ?, ?)", counters)
+        conn.execute(f"PRAGMA user_version = {version}")
+    conn.close()
+
+
 async def test_sqlite_a_version_1_file_keeps_its_ids(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
-    log = SqliteEventLog(path)
-    await log.append("/a", [b"1", b"2"])
-    await log.close()
-    with sqlite3.connect(path) as conn:  # version 1 saved every stream's counters with every commit
-        conn.execute("INSERT INTO streams VALUES ('/a', 2, 1.0), ('/gone', 7, 1.0)")
-        conn.execute("PRAGMA user_version = 1")
-    conn.close()
+    # Version 1 saved every stream's counters with every commit.
+    old_layout_file(path, 1, [("/a", 1, 1.0, b"1"), ("/a", 2, 1.0, b"2")], [("/a", 2, 1.0), ("/gone", 7, 1.0)])
     log = SqliteEventLog(path)
     assert await log.append_many([("/a", b"3"), ("/gone", b"8")]) == [3, 8]
     assert await log.streams() == ["/a", "/gone"]
+    assert ids_of(await log.read("/a", 0, 10)) == [1, 2, 3]
+    await log.close()
+
+
+async def test_sqlite_a_version_2_file_is_upgraded_with_every_event_and_id(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    events = [("/b", 1, 5.0, b"b1"), ("/a", 1, 5.0, b"a1"), ("/a", 2, 6.0, b"a2"), ("/b", 2, 7.0, b"b2"),
+              ("/c", 9, 8.0, b"c9")]  # /c's ids 1-8 were trimmed away
+    old_layout_file(path, 2, events, [("/c", 8, 4.0), ("/gone", 3, 2.0)])
+    log = SqliteEventLog(path, clock=FakeClock(10.0))
+    assert await log.epoch() == "epoch-of-version-2"  # the same log: clients' replay ids stay valid
+    assert await log.read_range(limit=10) == [Event(*event) for event in sorted(events, key=lambda e: (e[2], e[0]))]
+    assert await log.read("/a", 1, 10) == [Event("/a", 2, 6.0, b"a2")]
+    assert await log.bounds("/c") == (9, 9) and await log.bounds("/gone") == (4, 3)
+    assert await log.streams() == ["/a", "/b", "/c", "/gone"]
+    assert await log.append_many([("/a", b"a3"), ("/c", b"c10"), ("/gone", b"g4")]) == [3, 10, 4]
+    await log.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert tables == {"events", "events_by_stream", "streams", "meta"}  # nothing of the old layout left
+    conn.close()
+    log = SqliteEventLog(path)  # opened again: not upgraded twice
+    assert ids_of(await log.read("/a", 0, 10)) == [1, 2, 3]
+    await log.close()
+
+
+async def test_sqlite_an_upgrade_that_fails_leaves_the_old_file_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    old_layout_file(path, 2, [("/a", 1, 5.0, b"a1")], [])
+    with sqlite3.connect(path) as conn:  # the old table is in the way of the upgrade's rename
+        conn.execute("CREATE TABLE events_before_3 (x)")
+    conn.close()
+    with pytest.raises(sqlite3.OperationalError, match="events_before_3"):
+        SqliteEventLog(path)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("SELECT stream, id, payload FROM events").fetchall() == [("/a", 1, b"a1")]
+    conn.close()
+
+
+async def test_sqlite_reads_see_indexed_events_and_the_tail_alike(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    clock = FakeClock(1000.0)
+    log = SqliteEventLog(path, clock=clock, index_batch=4)
+    await log.append_many([("/a", b"a1"), ("/b", b"b1"), ("/a", b"a2")])  # the tail: 3 events
+    clock.now += 1
+    await log.append_many([("/a", b"a3"), ("/c", b"c1")])  # 5: indexed, tail empty
+    clock.now += 1
+    await log.append_many([("/a", b"a4"), ("/d", b"d1")])  # the tail again
+    with sqlite3.connect(path) as conn:  # where each event is
+        assert conn.execute("SELECT COUNT(*) FROM events_by_stream").fetchone() == (5,)
+        assert conn.execute("SELECT COUNT(*) FROM events").fetchone() == (7,)
+    conn.close()
+    assert ids_of(await log.read("/a", 0, 10)) == [1, 2, 3, 4]  # across both, in order
+    assert ids_of(await log.read("/a", 1, 2)) == [2, 3]  # the limit within the indexed part
+    assert ids_of(await log.read("/a", 2, 2)) == [3, 4]  # and across
+    assert ids_of(await log.read("/a", 3, 2)) == [4]  # within the tail
+    assert await log.bounds("/a") == (1, 4)
+    assert await log.bounds("/d") == (1, 1)  # only in the tail
+    assert await log.bounds("/c") == (1, 1)  # only indexed
+    assert await log.streams() == ["/a", "/b", "/c", "/d"]
+    found = await log.read_range(streams=["/a", "/d"], limit=10)
+    assert [(e.stream, e.id) for e in found] == [("/a", 1), ("/a", 2), ("/a", 3), ("/a", 4), ("/d", 1)]
+    await log.close()
+
+
+async def test_sqlite_new_events_after_everything_was_trimmed_are_still_found(tmp_path: Path) -> None:
+    # The table is empty, but its next events must not be taken for indexed ones (see sqlite_layout.py).
+    path = tmp_path / "events.db"
+    clock = FakeClock(0.0)
+    log = SqliteEventLog(path, Retention(max_age=10), clock=clock, index_batch=2)
+    await log.append("/a", [b"1", b"2", b"3"])
+    assert await log.trim(now=100.0) == 3
+    await log.close()
+    clock.now = 100.0
+    log = SqliteEventLog(path, Retention(max_age=10), clock=clock, index_batch=2)
+    assert await log.append("/b", [b"1"]) == [1]
+    assert ids_of(await log.read("/b", 0, 10)) == [1]
+    assert await log.append("/b", [b"2"]) == [2]  # and once indexed
+    assert ids_of(await log.read("/b", 0, 10)) == [1, 2]
     await log.close()
 
 
@@ -914,10 +1012,22 @@ class SqliteEventLogMachine(EventLogMachine):
     kind = "sqlite"
 
 
+class SqliteSmallIndexBatchMachine(EventLogMachine):
+    """Indexed every few events: reads, bounds and both kinds of trims meet the tail and the index."""
+
+    kind = "sqlite"
+
+    def open(self) -> EventLog:
+        return SqliteEventLog(Path(self.tmp.name) / "e.db", MODEL_RETENTION, clock=self.clock, batch_delay=0,
+                              index_batch=3)
+
+
 TestMemoryEventLogModel = EventLogMachine.TestCase
 TestMemoryEventLogModel.settings = MODEL_SETTINGS
 TestSqliteEventLogModel = SqliteEventLogMachine.TestCase
 TestSqliteEventLogModel.settings = MODEL_SETTINGS
+TestSqliteSmallIndexBatchModel = SqliteSmallIndexBatchMachine.TestCase
+TestSqliteSmallIndexBatchModel.settings = MODEL_SETTINGS
 
 
 # ---- WAL checkpoints (sqlite_checkpointer.py) -----------------------------------------------------

@@ -3,6 +3,8 @@
 Writes go through one `SqliteWriter` thread with group commit; reads run on a
 small owned pool of reader threads, each with its own connection, so neither
 ever blocks the event loop. WAL lets readers proceed while the writer commits.
+The file's layout (events in commit order, indexed per stream in batches) is
+sqlite_layout.py's.
 
 Durability: with WAL and synchronous=NORMAL a committed transaction survives a
 crash of the process (kill -9), which is what "restart safety" needs; only a
@@ -23,38 +25,11 @@ from typing import Any, TypeVar
 
 from .base import KEEP_ALL, UNKNOWN_BOUNDS, Bounds, Event, EventLogClosed, Retention, check_limit, new_epoch
 from .sqlite_checkpointer import CHECKPOINT_PERIOD, WAL_LIMIT, WalCheckpointer
-from .sqlite_writer import EVENT_STREAMS, SqliteWriter
+from .sqlite_layout import INDEXED_STREAMS, TAIL, prepare
+from .sqlite_writer import INDEX_BATCH, SqliteWriter
 
 T = TypeVar("T")
 
-# 2: `streams` is written when a trim deletes, not on every append (see the table's comment); a
-# version that reads it as complete (1) must not open such a file, and the version check refuses it.
-SCHEMA_VERSION = 2
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    stream  TEXT    NOT NULL,
-    id      INTEGER NOT NULL,
-    ts      REAL    NOT NULL,
-    payload BLOB    NOT NULL,
-    PRIMARY KEY (stream, id)
-);
--- read_range's order and trimming by age; (stream, id) ride along so ordering needs no lookups.
-CREATE INDEX IF NOT EXISTS events_by_time ON events (ts, stream, id);
--- The last id ever assigned per stream, kept even when every event of the stream was trimmed,
--- so ids are never reused after a restart. Saved by the trims, before they delete: a stream's
--- last id is the larger of this and its newest event's, so appends need not write it (a row
--- per stream and commit cost as much as the events themselves).
-CREATE TABLE IF NOT EXISTS streams (
-    stream  TEXT    PRIMARY KEY,
-    last_id INTEGER NOT NULL,
-    last_ts REAL    NOT NULL
-);
--- Facts about the log itself: its epoch (made once, when the file is created; see base.py).
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-"""
 SYNCHRONOUS_MODES = ("NORMAL", "FULL", "EXTRA")  # OFF is refused: it would break the kill -9 promise
 
 
@@ -76,11 +51,7 @@ def _open_writer_connection(path: str, synchronous: str) -> tuple[sqlite3.Connec
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
             raise sqlite3.OperationalError(f"{path}: cannot use WAL journal mode (got {mode!r})")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise sqlite3.OperationalError(f"{path}: event log schema {version} is newer than {SCHEMA_VERSION}")
-        conn.executescript(_SCHEMA)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        prepare(conn, path)
         # A file made by an older version gets its epoch on its first open by this one.
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)", (new_epoch(),))
         epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
@@ -108,6 +79,7 @@ class SqliteEventLog:
         clock: Callable[[], float] = time.time,
         checkpoint_period: float = CHECKPOINT_PERIOD,  # seconds at most between WAL checkpoints under load
         wal_limit: int = WAL_LIMIT,  # WAL bytes past which a checkpoint holds the writer back to start it over
+        index_batch: int = INDEX_BATCH,  # events indexed per stream together (see sqlite_layout.py)
     ) -> None:
         self.path = os.fspath(path)
         if self.path == ":memory:" or self.path.startswith("file::memory:"):
@@ -138,6 +110,7 @@ class SqliteEventLog:
             max_pending=max_pending,
             commit_lock=commit_lock,
             after_commit=self._checkpointer.nudge,
+            index_batch=index_batch,
         )
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -196,8 +169,12 @@ class SqliteEventLog:
 
     async def read(self, stream: str, after: int, limit: int) -> list[Event]:
         check_limit(limit)
+        # The indexed events first, then the tail's (see sqlite_layout.py), each part limited.
         rows = await self._query(
-            "SELECT id, ts, payload FROM events WHERE stream = ? AND id > ? ORDER BY id LIMIT ?",
+            "SELECT id, ts, payload FROM (SELECT e.id, e.ts, e.payload FROM events_by_stream b "
+            "JOIN events e ON e.seq = b.seq WHERE b.stream = ?1 AND b.id > ?2 ORDER BY b.id LIMIT ?3) "
+            f"UNION ALL SELECT id, ts, payload FROM (SELECT id, ts, payload FROM events WHERE {TAIL} "
+            "AND stream = ?1 AND id > ?2 ORDER BY id LIMIT ?3) ORDER BY id LIMIT ?3",
             (stream, after, limit),
         )
         return [Event(stream, id_, ts, payload) for id_, ts, payload in rows]
@@ -206,8 +183,10 @@ class SqliteEventLog:
         # One statement, one snapshot: latest and oldest agree even while the writer commits.
         rows = await self._query(
             "SELECT MAX(COALESCE((SELECT last_id FROM streams WHERE stream = ?1), 0), "
-            "COALESCE((SELECT MAX(id) FROM events WHERE stream = ?1), 0)), "
-            "(SELECT MIN(id) FROM events WHERE stream = ?1)",
+            "COALESCE((SELECT MAX(id) FROM events_by_stream WHERE stream = ?1), 0), "
+            f"COALESCE((SELECT MAX(id) FROM events WHERE {TAIL} AND stream = ?1), 0)), "
+            "COALESCE((SELECT MIN(id) FROM events_by_stream WHERE stream = ?1), "
+            f"(SELECT MIN(id) FROM events WHERE {TAIL} AND stream = ?1))",
             (stream,),
         )
         latest, oldest = rows[0]
@@ -224,7 +203,8 @@ class SqliteEventLog:
 
     async def streams(self) -> list[str]:
         # SQLite's BINARY collation orders UTF-8 bytes, which is Python's code point order.
-        rows = await self._query(f"{EVENT_STREAMS} SELECT stream FROM names WHERE stream IS NOT NULL "
+        rows = await self._query(f"{INDEXED_STREAMS} SELECT stream FROM names WHERE stream IS NOT NULL "
+                                 f"UNION SELECT stream FROM events WHERE {TAIL} "
                                  "UNION SELECT stream FROM streams ORDER BY stream", ())
         return [stream for (stream,) in rows]
 
@@ -245,8 +225,11 @@ class SqliteEventLog:
             names = sorted(set(streams))
             if not names:
                 return []
-            clauses.append(f"stream IN ({', '.join('?' * len(names))})")
-            params.extend(names)
+            listed = ", ".join("?" * len(names))
+            # Found through the per-stream index, and in the tail (see sqlite_layout.py).
+            clauses.append(f"seq IN (SELECT seq FROM events_by_stream WHERE stream IN ({listed}) "
+                           f"UNION ALL SELECT seq FROM events WHERE {TAIL} AND stream IN ({listed}))")
+            params.extend(names * 2)
         if since is not None:
             clauses.append("ts >= ?")
             params.append(since)

@@ -28,7 +28,9 @@ releases it), and with the loop holding it that costs up to the switch
 interval (5 ms) each. So a commit is one multi-row INSERT, its own transaction
 (BEGIN, several INSERTs, the retention's deletes and COMMIT only past 1,000
 events or when a stream is over max_count), not statements per event and per
-stream; the streams' counters are saved by trims, not appends.
+stream; the streams' counters are saved by trims, not appends; and the
+per-stream index is brought up to date every `index_batch` events in a
+transaction of its own, sorted, not an index leaf per event (sqlite_layout.py).
 """
 
 from __future__ import annotations
@@ -45,31 +47,39 @@ from typing import Any
 
 from ..job_thread import JobThread, LoopHandoff
 from .base import EventLogClosed, Retention, as_payloads
+from .sqlite_layout import INDEXED_STREAMS, INDEXED_THROUGH, index_tail
 
 log = logging.getLogger("cometd_broker.eventlog")
 
-_INSERT_EVENTS = "INSERT INTO events (stream, id, ts, payload) VALUES "
+_INSERT_EVENTS = "INSERT INTO events (seq, stream, id, ts, payload) VALUES "
 _SAVE_STREAMS = (
     "INSERT INTO streams (stream, last_id, last_ts) VALUES {} "
     "ON CONFLICT (stream) DO UPDATE SET last_id = excluded.last_id, last_ts = excluded.last_ts"
 )
-_DROP_BY_COUNT = "DELETE FROM events WHERE stream = ? AND id <= ?"
-_DROP_BY_AGE = "DELETE FROM events WHERE ts < ?"
-# Rows per multi-row statement at most (4 parameters a row stays far below SQLite's 32766). A commit
+# Trims run with the tail indexed (see sqlite_layout.py): the per-stream index finds every event.
+_DROP_BY_COUNT = (
+    "DELETE FROM events WHERE seq IN (SELECT seq FROM events_by_stream WHERE stream = ?1 AND id <= ?2)",
+    "DELETE FROM events_by_stream WHERE stream = ?1 AND id <= ?2",
+)
+_DROP_BY_AGE = (
+    "DELETE FROM events_by_stream WHERE (stream, id) IN (SELECT stream, id FROM events WHERE ts < ?)",
+    "DELETE FROM events WHERE ts < ?",
+)
+# Rows per multi-row statement at most (5 parameters a row stays far below SQLite's 32766). A commit
 # of up to this many events is one INSERT and one upsert; each size's text is prepared once and then
 # found in the connection's statement cache (the sizes a steady load makes are few).
 _MAX_ROWS = 1000
+# Events left out of the per-stream index at most before it is brought up to date. Each batch
+# writes about one index page per stream it touches, so larger batches cost less per event; a
+# read scans at most this many events of the tail.
+INDEX_BATCH = 8192  # the default
 
-
-# The distinct streams of `events`, one index seek each (a skip scan of the primary key), as `names`.
-EVENT_STREAMS = (
-    "WITH RECURSIVE names(stream) AS (SELECT MIN(stream) FROM events UNION ALL "
-    "SELECT (SELECT MIN(stream) FROM events WHERE stream > names.stream) FROM names WHERE stream IS NOT NULL)"
-)
+# Every stream's newest event, when the tail is indexed (at startup).
 _NEWEST_EVENTS = (
-    "{} SELECT stream, (SELECT id FROM events e WHERE e.stream = names.stream ORDER BY id DESC LIMIT 1), "
-    "(SELECT ts FROM events e WHERE e.stream = names.stream ORDER BY id DESC LIMIT 1) "
-    "FROM names WHERE stream IS NOT NULL"
+    f"{INDEXED_STREAMS} SELECT names.stream, newest.id, e.ts FROM names "
+    "JOIN events_by_stream newest ON newest.stream = names.stream AND newest.id = "
+    "(SELECT MAX(id) FROM events_by_stream b WHERE b.stream = names.stream) "
+    "JOIN events e ON e.seq = newest.seq"
 )
 
 
@@ -81,12 +91,28 @@ def _load_last(conn: sqlite3.Connection) -> tuple[dict[str, tuple[int, float]], 
         for stream, last_id, last_ts in conn.execute("SELECT stream, last_id, last_ts FROM streams")
     }
     unsaved = set()
-    for stream, newest_id, newest_ts in conn.execute(_NEWEST_EVENTS.format(EVENT_STREAMS)):
+    for stream, newest_id, newest_ts in conn.execute(_NEWEST_EVENTS):
         saved = last.get(stream)
         if saved is None or newest_id > saved[0]:
             last[stream] = (newest_id, max(newest_ts, saved[1]) if saved else newest_ts)
             unsaved.add(stream)
     return last, unsaved
+
+
+def _index_at_start(conn: sqlite3.Connection) -> int:
+    """Index the tail a previous run left (it may have been killed), and return the last seq given:
+    new events must come after it even when every event was trimmed, or they would count as indexed."""
+    through = conn.execute(f"SELECT {INDEXED_THROUGH}").fetchone()[0]
+    last_seq = max(through, conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+    if last_seq > through:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            index_tail(conn, last_seq, recovering=True)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return last_seq
 
 
 @dataclass(slots=True, eq=False)
@@ -122,12 +148,14 @@ class SqliteWriter:
         max_pending: int,
         commit_lock: threading.Lock | None = None,
         after_commit: Callable[[], None] | None = None,
+        index_batch: int = INDEX_BATCH,
         name: str = "eventlog-sqlite-writer",
     ) -> None:
         """`commit_lock` is held while a transaction runs (the WAL checkpointer may hold the writer back
         with it); `after_commit` is called on the thread after each commit."""
-        if batch_delay < 0 or max_batch < 1 or max_pending < 1:
-            raise ValueError("batch_delay must be >= 0, max_batch and max_pending >= 1")
+        if batch_delay < 0 or max_batch < 1 or max_pending < 1 or index_batch < 1:
+            raise ValueError("batch_delay must be >= 0, max_batch, max_pending and index_batch >= 1")
+        self._index_batch = index_batch
         self._conn = conn
         self._commit_lock = commit_lock or threading.Lock()
         self._after_commit = after_commit or (lambda: None)
@@ -137,7 +165,12 @@ class SqliteWriter:
         self._max_batch = max_batch
         # stream -> (last id ever assigned, last timestamp); loaded once, then owned by the thread.
         # Streams whose counters `streams` does not hold yet: a trim saves them before it deletes.
+        self._seq = _index_at_start(conn)  # the last seq given (see sqlite_layout.py)
         self._last, self._unsaved = _load_last(conn)
+        # The tail: events committed since the per-stream index was last brought up to date, and
+        # each of its streams' first id in it (a drop by count that reaches it indexes it first).
+        self._unindexed = 0
+        self._tail_first: dict[str, int] = {}
         self._slots = asyncio.Semaphore(max_pending)  # bounds the queued jobs
         self._thread: JobThread[_Job] = JobThread(name, self._run, self._on_exit)
         self._stopping = False
@@ -291,9 +324,10 @@ class SqliteWriter:
     def _commit(self, batch: list[_AppendJob]) -> None:
         last = self._last
         before: dict[str, tuple[int, float] | None] = {}
-        rows: list[Any] = []  # stream, id, ts, payload, stream, id ... : the multi-row INSERTs' parameters
+        rows: list[Any] = []  # seq, stream, id, ts, payload, seq ... : the multi-row INSERTs' parameters
         results: list[list[int]] = []  # per job: its ids
         now = self._clock()
+        first_seq = seq = self._seq
         for job in batch:
             ids = []
             for stream, payload in job.events:
@@ -306,37 +340,77 @@ class SqliteWriter:
                     # ts never goes backwards within a stream: age trimming drops a prefix.
                     id_, ts = previous[0] + 1, (now if now > previous[1] else previous[1])
                 last[stream] = (id_, ts)
-                rows += (stream, id_, ts, payload)
+                seq += 1
+                rows += (seq, stream, id_, ts, payload)
                 ids.append(id_)
             results.append(ids)
+        self._seq = seq
+        tail_first = self._tail_first
+        for stream, previous in before.items():
+            if stream not in tail_first:
+                tail_first[stream] = 1 if previous is None else previous[0] + 1
         max_count = self._retention.max_count
         # Enforced in the same transaction so the file never holds more than max_count per stream.
         drops = [] if max_count is None else [
             (stream, last[stream][0] - max_count) for stream in before if last[stream][0] > max_count]
-        failure = self._run_transaction(lambda: self._write_events(rows, drops))
+        # Drops find events through the per-stream index: one that reaches the tail indexes it first.
+        index = any(upto >= tail_first[stream] for stream, upto in drops)
+        failure = self._run_transaction(lambda: self._write_events(rows, drops, index))
         if failure is not None:
+            self._seq = first_seq
             for stream, previous in before.items():  # the ids were not committed: hand them out again
                 if previous is None:
                     del last[stream]
                 else:
                     last[stream] = previous
-            failure.add_note(f"the event log's commit of {len(rows) // 4} events from {len(batch)} appends "
+                if tail_first.get(stream) == (1 if previous is None else previous[0] + 1):
+                    del tail_first[stream]
+            failure.add_note(f"the event log's commit of {len(rows) // 5} events from {len(batch)} appends "
                              "failed: none of them was recorded")
             self._settle_appends(batch, None, failure)
             return
         self._unsaved.update(before)
+        if index:
+            self._indexed()
+        else:
+            self._unindexed += len(rows) // 5
         self._settle_appends(batch, results, None)
+        if self._unindexed >= self._index_batch:
+            self._index_tail()
 
-    def _write_events(self, rows: list[Any], drops: list[tuple[str, int]]) -> None:
-        if len(rows) <= _MAX_ROWS * 4 and not drops:
+    def _write_events(self, rows: list[Any], drops: list[tuple[str, int]], index: bool) -> None:
+        if len(rows) <= _MAX_ROWS * 5 and not drops:
             # One statement is its own transaction (autocommit): no BEGIN and COMMIT, each of
             # which would release the GIL and wait to take it back from a busy loop.
-            self._insert(_INSERT_EVENTS + "{}", "(?,?,?,?)", rows, 4)
+            self._insert(_INSERT_EVENTS + "{}", "(?,?,?,?,?)", rows, 5)
         else:
             self._conn.execute("BEGIN IMMEDIATE")
-            self._insert(_INSERT_EVENTS + "{}", "(?,?,?,?)", rows, 4)
-            self._conn.executemany(_DROP_BY_COUNT, drops)
+            self._insert(_INSERT_EVENTS + "{}", "(?,?,?,?,?)", rows, 5)
+            if index:
+                index_tail(self._conn, self._seq)
+            for statement in _DROP_BY_COUNT:
+                self._conn.executemany(statement, drops)
             self._conn.execute("COMMIT")
+
+    def _index_tail(self) -> None:
+        """Bring the per-stream index up to date, in a transaction of its own. A failure is logged and
+        left for the next batch: until then the readers scan a longer tail, nothing is lost."""
+
+        def write() -> None:
+            self._conn.execute("BEGIN IMMEDIATE")
+            index_tail(self._conn, self._seq)
+            self._conn.execute("COMMIT")
+
+        failure = self._run_transaction(write)
+        if failure is not None:
+            log.warning("the event log could not index its last %d events (it will try again): %r",
+                        self._unindexed, failure)
+            return
+        self._indexed()
+
+    def _indexed(self) -> None:
+        self._unindexed = 0
+        self._tail_first.clear()
 
     def _run_transaction(self, write: Callable[[], None]) -> sqlite3.Error | None:
         """Run `write` under the commit lock (the checkpointer may hold the writer back with it);
@@ -371,13 +445,17 @@ class SqliteWriter:
             self._conn.execute("BEGIN IMMEDIATE")
             # The counters first: a stream trimmed to nothing still knows its last id after a restart.
             self._insert(_SAVE_STREAMS, "(?,?,?)", unsaved, 3)
+            index_tail(self._conn, self._seq)  # the trims find events through the per-stream index
             if max_age is not None:
-                dropped += self._conn.execute(_DROP_BY_AGE, (job.now - max_age,)).rowcount
+                cutoff = (job.now - max_age,)
+                self._conn.execute(_DROP_BY_AGE[0], cutoff)
+                dropped += self._conn.execute(_DROP_BY_AGE[1], cutoff).rowcount
             if max_count is not None:
                 # Appends already enforce this; re-applying it covers a log reopened with a smaller limit.
                 for stream, (last_id, _) in self._last.items():
                     if last_id > max_count:
-                        dropped += self._conn.execute(_DROP_BY_COUNT, (stream, last_id - max_count)).rowcount
+                        dropped += self._conn.execute(_DROP_BY_COUNT[0], (stream, last_id - max_count)).rowcount
+                        self._conn.execute(_DROP_BY_COUNT[1], (stream, last_id - max_count))
             self._conn.execute("COMMIT")
 
         failure = self._run_transaction(write)
@@ -385,6 +463,7 @@ class SqliteWriter:
             self._post_trim(job, None, failure)
             return
         self._unsaved.clear()
+        self._indexed()
         self._post_trim(job, dropped, None)
 
     def _rollback(self) -> None:
