@@ -677,6 +677,25 @@ async def test_sqlite_reads_see_indexed_events_and_the_tail_alike(tmp_path: Path
     await log.close()
 
 
+async def test_sqlite_a_second_opener_indexing_the_tail_leaves_the_writer_working(tmp_path: Path, caplog) -> None:
+    # `cometd-broker events dump` opens the live file too, and indexes the broker's tail as it does.
+    path = tmp_path / "events.db"
+    log = SqliteEventLog(path, index_batch=4)
+    await log.append_many([("/a", b"a1"), ("/b", b"b1"), ("/a", b"a2")])
+    tool = SqliteEventLog(path)
+    assert ids_of(await tool.read("/a", 0, 10)) == [1, 2]
+    await tool.close()
+    with caplog.at_level(logging.WARNING, logger="cometd_broker.eventlog"):
+        await log.append_many([("/a", b"a3"), ("/b", b"b2")])  # the writer's batch is due: indexed again
+        await log.append_many([("/a", b"a4")])
+    assert "could not index" not in caplog.text
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM events_by_stream").fetchone() == (5,)
+    conn.close()
+    assert ids_of(await log.read("/a", 0, 10)) == [1, 2, 3, 4]
+    await log.close()
+
+
 async def test_sqlite_new_events_after_everything_was_trimmed_are_still_found(tmp_path: Path) -> None:
     # The table is empty, but its next events must not be taken for indexed ones (see sqlite_layout.py).
     path = tmp_path / "events.db"

@@ -64,16 +64,17 @@ TAIL = f"seq > {INDEXED_THROUGH}"
 # In a stream, every indexed event comes before every event of the tail (ids and seqs grow
 # together), which the readers' queries rely on.
 
-# Sorted, so the index's pages are written in order, each once per batch.
-_INDEX_TAIL = f"INSERT {{}} INTO events_by_stream (stream, id, seq) SELECT stream, id, seq FROM events WHERE {TAIL} " \
-              "ORDER BY stream, id"
+# Sorted, so the index's pages are written in order, each once per batch. Bounded by the `through`
+# saved with it: another process's events-reading tool may index the tail too (when it opens the log).
+_INDEX_TAIL = ("INSERT {} INTO events_by_stream (stream, id, seq) SELECT stream, id, seq FROM events "
+               f"WHERE {TAIL} AND seq <= ? ORDER BY stream, id")
 _SAVE_INDEXED_THROUGH = "UPDATE meta SET value = ? WHERE key = 'indexed_through'"
 
 
 def index_tail(conn: sqlite3.Connection, through: int, *, recovering: bool = False) -> None:
-    """Within the caller's transaction: index every event of the tail, whose last seq is `through`.
+    """Within the caller's transaction: index the tail's events up to seq `through`, the last committed.
     `recovering`: indexed_through may be behind (a file whose meta was lost), skip what is indexed."""
-    conn.execute(_INDEX_TAIL.format("OR IGNORE" if recovering else ""))
+    conn.execute(_INDEX_TAIL.format("OR IGNORE" if recovering else ""), (through,))
     conn.execute(_SAVE_INDEXED_THROUGH, (str(through),))
 
 

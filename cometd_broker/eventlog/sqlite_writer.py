@@ -101,17 +101,18 @@ def _load_last(conn: sqlite3.Connection) -> tuple[dict[str, tuple[int, float]], 
 
 def _index_at_start(conn: sqlite3.Connection) -> int:
     """Index the tail a previous run left (it may have been killed), and return the last seq given:
-    new events must come after it even when every event was trimmed, or they would count as indexed."""
-    through = conn.execute(f"SELECT {INDEXED_THROUGH}").fetchone()[0]
-    last_seq = max(through, conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
-    if last_seq > through:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+    new events must come after it even when every event was trimmed, or they would count as indexed.
+    One transaction: a broker may be appending meanwhile when this is an events-reading tool."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        through = conn.execute(f"SELECT {INDEXED_THROUGH}").fetchone()[0]
+        last_seq = max(through, conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+        if last_seq > through:
             index_tail(conn, last_seq, recovering=True)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
     return last_seq
 
 
