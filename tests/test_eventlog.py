@@ -35,6 +35,7 @@ from cometd_broker.eventlog import (
     open_event_log,
 )
 from cometd_broker.eventlog.sqlite_layout import SCHEMA_VERSION
+from cometd_broker.eventlog.sqlite_writer import INDEX_BATCH
 
 ROOT = Path(__file__).resolve().parents[1]
 STORES = ["memory", "sqlite"]
@@ -780,8 +781,8 @@ _KILLED_WRITER = r"""
 import asyncio, os, signal, sys
 from cometd_broker.eventlog import SqliteEventLog
 
-async def main(path, target):
-    log = SqliteEventLog(path)
+async def main(path, target, index_batch):
+    log = SqliteEventLog(path, index_batch=index_batch)
     printed = 0
 
     async def writer(k):
@@ -797,15 +798,16 @@ async def main(path, target):
 
     await asyncio.gather(*(writer(k) for k in range(12)))
 
-asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
 """
 
 
-async def test_sqlite_every_returned_id_survives_kill_9(tmp_path: Path) -> None:
+@pytest.mark.parametrize("index_batch", [INDEX_BATCH, 50], ids=["unindexed-tail", "killed-among-index-batches"])
+async def test_sqlite_every_returned_id_survives_kill_9(tmp_path: Path, index_batch: int) -> None:
     path = tmp_path / "events.db"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _KILLED_WRITER, str(path), "3000",
+        sys.executable, "-c", _KILLED_WRITER, str(path), "3000", str(index_batch),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env,
     )  # fmt: skip
     stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=120)
@@ -824,6 +826,10 @@ async def test_sqlite_every_returned_id_survives_kill_9(tmp_path: Path) -> None:
         latest = (await log.bounds(stream)).latest
         assert await log.append(stream, [b"after restart"]) == [latest + 1]
     await log.close()
+    with sqlite3.connect(path) as conn:  # the killed run's tail was indexed at the open, every event once
+        indexed = conn.execute("SELECT COUNT(*) FROM events_by_stream").fetchone()[0]
+        assert indexed == conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] - len(printed)
+    conn.close()
 
 
 # ---- factory and retention task ---------------------------------------------------------------

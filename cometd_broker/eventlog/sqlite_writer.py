@@ -164,9 +164,9 @@ class SqliteWriter:
         self._clock = clock
         self._batch_delay = batch_delay
         self._max_batch = max_batch
+        self._seq = _index_at_start(conn)  # the last seq given (see sqlite_layout.py)
         # stream -> (last id ever assigned, last timestamp); loaded once, then owned by the thread.
         # Streams whose counters `streams` does not hold yet: a trim saves them before it deletes.
-        self._seq = _index_at_start(conn)  # the last seq given (see sqlite_layout.py)
         self._last, self._unsaved = _load_last(conn)
         # The tail: events committed since the per-stream index was last brought up to date, and
         # each of its streams' first id in it (a drop by count that reaches it indexes it first).
