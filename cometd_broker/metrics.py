@@ -411,6 +411,10 @@ def _write_event_log(out: Exposition, log_stats: dict[str, Any]) -> None:
     if "commits" in log_stats:
         out.one("cometd_eventlog_commits_total", "counter",
                 "Event-log write transactions (SQLite group commit: appends share them)", log_stats["commits"])
+    if "unindexed" in log_stats:
+        out.one("cometd_eventlog_unindexed_events", "gauge",
+                "SQLite event-log events not yet in the per-stream index (at most one batch unless indexing fails)",
+                log_stats["unindexed"])
 
 
 def _write_redis(out: Exposition, engine_stats: dict[str, Any], log_stats: dict[str, Any]) -> None:

@@ -697,6 +697,36 @@ async def test_sqlite_a_second_opener_indexing_the_tail_leaves_the_writer_workin
     await log.close()
 
 
+async def test_sqlite_an_index_batch_that_fails_loses_nothing_and_is_tried_again(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "events.db"
+    log = SqliteEventLog(path, index_batch=4)
+    with sqlite3.connect(path) as other:  # the per-stream index refuses every row for now
+        other.execute("CREATE TRIGGER refuse BEFORE INSERT ON events_by_stream "
+                      "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    other.close()
+    with caplog.at_level(logging.WARNING, logger="cometd_broker.eventlog"):
+        assert await log.append_many([("/a", b"1"), ("/b", b"1"), ("/a", b"2")]) == [1, 1, 2]
+        assert log.stats()["unindexed"] == 3
+        assert await log.append_many([("/a", b"3"), ("/b", b"2")]) == [3, 2]  # a batch is due, and fails
+        assert await log.append("/a", [b"4"]) == [4]  # and again, at the next commit
+        # A batch runs on the writer's thread after its commit was handed back: wait for the second.
+        await wait_for(lambda: caplog.text.count("could not index its last") == 2)
+    assert "refused" in caplog.text
+    stats = log.stats()
+    assert stats["unindexed"] == 6 and stats["up"] is True  # appends go on: the tail is read by scanning
+    assert ids_of(await log.read("/a", 0, 10)) == [1, 2, 3, 4] and await log.bounds("/b") == (1, 2)
+    with sqlite3.connect(path) as other:
+        other.execute("DROP TRIGGER refuse")
+    other.close()
+    await log.append("/b", [b"3"])  # the next batch indexes the whole tail
+    await wait_for(lambda: log.stats()["unindexed"] == 0)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM events_by_stream").fetchone() == (7,)
+    conn.close()
+    assert ids_of(await log.read("/a", 0, 10)) == [1, 2, 3, 4] and ids_of(await log.read("/b", 0, 10)) == [1, 2, 3]
+    await log.close()
+
+
 async def test_sqlite_new_events_after_everything_was_trimmed_are_still_found(tmp_path: Path) -> None:
     # The table is empty, but its next events must not be taken for indexed ones (see sqlite_layout.py).
     path = tmp_path / "events.db"

@@ -511,6 +511,7 @@ async def test_sqlite_event_log_lag_and_commits(make_client, tmp_path):
     assert page.value("cometd_info", version="0.1.0", engine="local", event_log="sqlite") == 1
     assert page.value("cometd_eventlog_commits_total") >= 1  # the append (and maybe a retention trim)
     assert page.value("cometd_eventlog_pending_events") == 0
+    assert page.value("cometd_eventlog_unindexed_events") in (0, 1)  # 0 once a retention trim indexed it
 
 
 # ---------------------------------------------------------------------------- REST operations

@@ -141,8 +141,9 @@ class SqliteEventLog:
         checkpointer = self._checkpointer
         return {"store": "sqlite", "up": problem is None, "problem": problem, "commits": writer.commits,
                 "pending": writer.pending_events, "oldest_pending_seconds": writer.oldest_pending_age,
-                "checkpoints": checkpointer.checkpoints, "checkpoints_forced": checkpointer.forced,
-                "wal_pages": checkpointer.wal_pages, "checkpoint_failures": checkpointer.failures}
+                "unindexed": writer.unindexed, "checkpoints": checkpointer.checkpoints,
+                "checkpoints_forced": checkpointer.forced, "wal_pages": checkpointer.wal_pages,
+                "checkpoint_failures": checkpointer.failures}
 
     # ---- writes (through the writer thread) -------------------------------------------------
 

@@ -196,6 +196,11 @@ class SqliteWriter:
         return self._thread.failure
 
     @property
+    def unindexed(self) -> int:
+        """Events committed since the per-stream index was last brought up to date (the tail)."""
+        return self._unindexed
+
+    @property
     def oldest_pending_age(self) -> float:
         """Seconds the oldest job not yet committed has waited (0 when none waits)."""
         return time.monotonic() - self._submitted[0] if self._submitted else 0.0
