@@ -12,8 +12,10 @@ recording an event cost (bench/sqlite_schema.py compares the two).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
+from collections.abc import Iterator
 
 log = logging.getLogger("cometd_broker.eventlog")
 
@@ -108,8 +110,7 @@ def _rebuild(conn: sqlite3.Connection, path: str) -> None:
     order, the order read_range gives them (a crash part way leaves the old file as it was)."""
     count = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
     log.warning("%s: upgrading the event log's %d events to layout %d (once)", path, count, SCHEMA_VERSION)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate_transaction(conn):
         conn.execute("DROP INDEX IF EXISTS events_by_time")
         conn.execute("ALTER TABLE events RENAME TO events_before_3")
         for statement in SCHEMA.split(";"):  # not executescript: it would commit first
@@ -122,7 +123,16 @@ def _rebuild(conn: sqlite3.Connection, path: str) -> None:
         index_tail(conn, through)
         conn.execute("DROP TABLE events_before_3")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def immediate_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE, then COMMIT, or ROLLBACK if the block raised (for work outside the writer's
+    commits, which its `_run_transaction` rolls back)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    conn.execute("COMMIT")

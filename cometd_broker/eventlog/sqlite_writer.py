@@ -47,7 +47,7 @@ from typing import Any
 
 from ..job_thread import JobThread, LoopHandoff
 from .base import EventLogClosed, Retention, as_payloads
-from .sqlite_layout import INDEXED_STREAMS, INDEXED_THROUGH, index_tail
+from .sqlite_layout import INDEXED_STREAMS, INDEXED_THROUGH, immediate_transaction, index_tail
 
 log = logging.getLogger("cometd_broker.eventlog")
 
@@ -103,17 +103,17 @@ def _index_at_start(conn: sqlite3.Connection) -> int:
     """Index the tail a previous run left (it may have been killed), and return the last seq given:
     new events must come after it even when every event was trimmed, or they would count as indexed.
     One transaction: a broker may be appending meanwhile when this is an events-reading tool."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate_transaction(conn):
         through = conn.execute(f"SELECT {INDEXED_THROUGH}").fetchone()[0]
         last_seq = max(through, conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
         if last_seq > through:
             index_tail(conn, last_seq, recovering=True)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return last_seq
+
+
+def _next_id(previous: tuple[int, float] | None) -> int:
+    """The id a stream's next event gets, from its last (id, timestamp), None for a new stream."""
+    return 1 if previous is None else previous[0] + 1
 
 
 @dataclass(slots=True, eq=False)
@@ -351,16 +351,14 @@ class SqliteWriter:
                 ids.append(id_)
             results.append(ids)
         self._seq = seq
-        tail_first = self._tail_first
-        for stream, previous in before.items():
-            if stream not in tail_first:
-                tail_first[stream] = 1 if previous is None else previous[0] + 1
         max_count = self._retention.max_count
         # Enforced in the same transaction so the file never holds more than max_count per stream.
         drops = [] if max_count is None else [
             (stream, last[stream][0] - max_count) for stream in before if last[stream][0] > max_count]
         # Drops find events through the per-stream index: one that reaches the tail indexes it first.
-        index = any(upto >= tail_first[stream] for stream, upto in drops)
+        # A stream not in the tail yet starts it with this commit's first id.
+        tail_first = self._tail_first
+        index = any(upto >= tail_first.get(stream, _next_id(before[stream])) for stream, upto in drops)
         failure = self._run_transaction(lambda: self._write_events(rows, drops, index))
         if failure is not None:
             self._seq = first_seq
@@ -369,8 +367,6 @@ class SqliteWriter:
                     del last[stream]
                 else:
                     last[stream] = previous
-                if tail_first.get(stream) == (1 if previous is None else previous[0] + 1):
-                    del tail_first[stream]
             failure.add_note(f"the event log's commit of {len(rows) // 5} events from {len(batch)} appends "
                              "failed: none of them was recorded")
             self._settle_appends(batch, None, failure)
@@ -380,6 +376,9 @@ class SqliteWriter:
             self._indexed()
         else:
             self._unindexed += len(rows) // 5
+            for stream, previous in before.items():
+                if stream not in tail_first:
+                    tail_first[stream] = _next_id(previous)
         self._settle_appends(batch, results, None)
         if self._unindexed >= self._index_batch:
             self._index_tail()
