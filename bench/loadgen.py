@@ -1101,7 +1101,7 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
               f"{'ok' if st.ok else 'STOP: ' + st.why}", file=sys.stderr, flush=True)
         return st
 
-    for k, rate in enumerate(rates):
+    async def confirmed(k: int, rate: float) -> Step:
         st = await measure(k, rate)
         for _ in range(args.confirm_p99):
             # A p99 over the limit with nothing lost can be one stall (a page fault, another process's
@@ -1114,18 +1114,50 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
             st = await measure(k, rate)
             st.__dict__["first_attempt"] = {"p99_ms": first.p99_ms, "why": first.why}
         result["steps"].append(st.__dict__)
+        await asyncio.sleep(0.3)
+        return st
+
+    passed, failed = 0.0, None
+    for k, rate in enumerate(rates):
+        st = await confirmed(k, rate)
         if st.ok:
+            passed = max(passed, rate)
             if best is None or st.delivered_per_s > best["delivered_per_s"]:
                 best = st.__dict__
-        elif not args.keep_going:
+        else:
+            failed = st if failed is None else failed
+            if not args.keep_going:
+                break
+    # Saturation lies between the last rate passed and the first failed: halve that gap --refine times,
+    # so a ratio between two servers is not an artefact of the grid (every server gets the same search).
+    k = len(rates)
+    while failed is not None and k < len(rates) + args.refine and not args.keep_going:
+        rate = _midpoint(passed, failed.rate)
+        if rate is None:
             break
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(2.0)  # a failed step may have left the server a backlog to work off
+        st = await confirmed(k, rate)
+        k += 1
+        if st.ok:
+            passed = rate
+            if best is None or st.delivered_per_s > best["delivered_per_s"]:
+                best = st.__dict__
+        else:
+            failed = st
+    result["stopped_by"] = failed.why if failed is not None else ""
     result["best"] = best
     result["rehandshakes"] = sum(c.rehandshakes for c in live)
     result["client_errors"] = sum(c.errors for c in live)
     result["mem"] = proc_mem(args.server_pid)
     result["procs"] = proc_names(([args.server_pid] if args.server_pid else []) + args.extra_pids)
     return result
+
+
+def _midpoint(low: float, high: float) -> float | None:
+    """The rate halfway between a passed and a failed one, rounded to 3 significant digits
+    (None when the gap is that narrow already)."""
+    mid = float(f"{(low + high) / 2:.3g}")
+    return mid if low < mid < high else None
 
 
 async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
@@ -1386,6 +1418,9 @@ def main() -> int:
     p.add_argument("--confirm-p99", type=int, default=1, metavar="N",
                    help="measure a step whose only failure is its p99 again, up to N times; it fails only "
                         "if every attempt does (default 1; 0: the first stall stops the run)")
+    p.add_argument("--refine", type=int, default=0, metavar="N",
+                   help="fanout/p2p: after the first failed step, measure the midpoint between the highest rate "
+                        "passed and the lowest failed, N times (bisection of the saturation rate)")
     p.add_argument("--keep-going", action="store_true",
                    help="fanout/p2p: run every step of --rates even after one failed (fixed-rate runs)")
     p.add_argument("--sticky-connections", action="store_true",

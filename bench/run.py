@@ -46,6 +46,9 @@ OURS_SQLITE = "cometd-broker-sqlite"
 FLOOR = "floor"  # bench/floor_server.py: long-polling only, a measuring stick rather than a peer
 CPU_AT = 9000.0  # deliveries/s offered at the step whose CPU per 100k deliveries every server is compared at
 MEDIA_TOKEN = "bench-media-token"
+# Midpoints measured between a server's highest passed and lowest failed rate (loadgen.py --refine):
+# a grid step of 4,000 becomes 500, so "msg/s vs memory" is not read off the grid.
+REFINE = 3
 
 # name: (clients, rates stepped through, step seconds) per size
 SIZES: dict[str, dict[str, Any]] = {
@@ -226,8 +229,8 @@ def throughput(name: str, scenario: str, transport: str, size: dict[str, Any], p
                else None)
     try:
         return run_loadgen(server, ["--scenario", scenario, "--transport", transport, "--clients", str(clients),
-                                    "--rates", rates, "--step-seconds", str(step),
-                                    "--concurrency", "100"], timeout=240, profile=profile)
+                                    "--rates", rates, "--step-seconds", str(step), "--refine", str(REFINE),
+                                    "--concurrency", "100"], timeout=360, profile=profile)
     finally:
         server.stop()
 
@@ -597,7 +600,7 @@ def summarize_throughput(runs: dict[str, dict[str, Any]], fanout: int = 1, cpu_a
             "lost_total": sum(s["lost"] for s in r["steps"]),
             "cpu_s_per_100k": best.get("server_cpu_per_100k"), "server_cpu_pct": best.get("server_cpu_pct"),
             "peak_rss_mb": round(r["mem"]["hwm_kb"] / 1024, 1), "loadgen_cpu_pct": best.get("loadgen_cpu_pct"),
-            "stopped_by": "" if last["ok"] else last["why"],
+            "stopped_by": r.get("stopped_by", "" if last["ok"] else last["why"]),
             "other_cpu_pct": max((st.get("foreign_cpu_pct", 0) for st in r["steps"]), default=0),
         })
         at_ref = next((st for st in r["steps"] if st["rate"] == ref), None)
