@@ -14,10 +14,12 @@ the whole log).
 Variants:
   layout-2       events keyed by (stream, id), as the log kept them before: each point-to-point
                  event dirties its own stream's leaf of that index
-  layout-3       the log's layout (eventlog/sqlite_layout.py): events in commit order, the
-                 per-stream index brought up to date every INDEX_BATCH events, sorted
-  layout-3-2k    the same, indexed every 2,048 events
-  layout-3-32k   the same, indexed every 32,768 events
+  layout-3       events in commit order, a per-stream index with a row per event brought up to date
+                 every INDEX_BATCH events, sorted
+  layout-4       the log's layout (eventlog/sqlite_layout.py): the same, but the index's batch
+                 writes one row per stream, listing the stream's new events
+  layout-4-2k    the same, indexed every 2,048 events
+  layout-4-32k   the same, indexed every 32,768 events
   chunks         not the log's layout, a candidate: one row per commit holding its events packed
                  (stream numbers, ids, lengths, then the payloads), and a per-stream index made every
                  INDEX_BATCH events of one row per stream: its first and last id and the commits that
@@ -39,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cometd_broker.eventlog.sqlite_layout import SCHEMA, index_tail
+from cometd_broker.eventlog.sqlite_layout import SCHEMA, index_tail, read_stream, read_transaction
 from cometd_broker.eventlog.sqlite_writer import INDEX_BATCH
 
 LAYOUT_2 = """
@@ -47,6 +49,18 @@ CREATE TABLE events (stream TEXT NOT NULL, id INTEGER NOT NULL, ts REAL NOT NULL
                      PRIMARY KEY (stream, id));
 CREATE INDEX events_by_time ON events (ts, stream, id);
 """
+# Layout 3 (eventlog/sqlite_layout.py before layout 4), for comparison.
+LAYOUT_3 = """
+CREATE TABLE events (seq INTEGER PRIMARY KEY, stream TEXT NOT NULL, id INTEGER NOT NULL, ts REAL NOT NULL,
+                     payload BLOB NOT NULL);
+CREATE INDEX events_by_time ON events (ts, stream, id);
+CREATE TABLE events_by_stream (stream TEXT NOT NULL, id INTEGER NOT NULL, seq INTEGER NOT NULL,
+                               PRIMARY KEY (stream, id)) WITHOUT ROWID;
+"""
+LAYOUT_3_INDEX = ("INSERT INTO events_by_stream (stream, id, seq) SELECT stream, id, seq FROM events "
+                  "WHERE seq > ? ORDER BY stream, id")
+LAYOUT_3_READ = ("SELECT e.id, e.payload FROM events_by_stream b JOIN events e ON e.seq = b.seq WHERE b.stream = ?1 "
+                 "UNION ALL SELECT id, payload FROM events WHERE seq > ?2 AND stream = ?1")
 CHUNKS = """
 CREATE TABLE chunks (seq INTEGER PRIMARY KEY, ts REAL NOT NULL, events BLOB NOT NULL);
 CREATE TABLE chunk_index (stream INTEGER NOT NULL, last_id INTEGER NOT NULL, first_id INTEGER NOT NULL,
@@ -55,8 +69,9 @@ CREATE TABLE chunk_index (stream INTEGER NOT NULL, last_id INTEGER NOT NULL, fir
 VARIANTS: dict[str, int] = {  # name: events per index batch (0: layout 2, indexed as it is written)
     "layout-2": 0,
     "layout-3": INDEX_BATCH,
-    "layout-3-2k": 2048,
-    "layout-3-32k": 32768,
+    "layout-4": INDEX_BATCH,
+    "layout-4-2k": 2048,
+    "layout-4-32k": 32768,
     "chunks": INDEX_BATCH,
 }
 ROWS = 100  # events per commit
@@ -80,14 +95,15 @@ def run(name: str, args: argparse.Namespace, folder: str) -> Costs:
     if name == "chunks":
         return run_chunks(args, folder)
     batch = VARIANTS[name]
-    conn = open_file(os.path.join(folder, f"{name}.db"), SCHEMA if batch else LAYOUT_2)
+    layout_3 = name == "layout-3"
+    conn = open_file(os.path.join(folder, f"{name}.db"), LAYOUT_3 if layout_3 else SCHEMA if batch else LAYOUT_2)
     columns = "(seq, stream, id, ts, payload)" if batch else "(stream, id, ts, payload)"
     row = "(?,?,?,?,?)" if batch else "(?,?,?,?)"
     insert = f"INSERT INTO events {columns} VALUES " + ",".join([row] * ROWS)
     payload = b"x" * args.payload
     last: dict[str, int] = {}
     rng = random.Random(1)  # every variant gets the same streams in the same order
-    seq = unindexed = 0
+    seq = unindexed = indexed_through = 0
     preparing = inserting = indexing = checkpointing = 0.0
     for commit in range(args.commits):
         streams = [stream_name(rng.randrange(args.streams)) for _ in range(ROWS)]
@@ -106,20 +122,27 @@ def run(name: str, args: argparse.Namespace, folder: str) -> Costs:
         if batch and unindexed >= batch:
             started = time.process_time()
             conn.execute("BEGIN IMMEDIATE")
-            index_tail(conn, seq)
+            if layout_3:
+                conn.execute(LAYOUT_3_INDEX, (indexed_through,))
+            else:
+                index_tail(conn, seq)
             conn.execute("COMMIT")
             indexing += time.process_time() - started
-            unindexed = 0
+            unindexed, indexed_through = 0, seq
         if commit % 30 == 29:
             started = time.process_time()
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             checkpointing += time.process_time() - started
-    read = "SELECT id, payload FROM events WHERE stream = ? ORDER BY id"
-    if batch:  # the index, then the tail, as the log reads
-        read = ("SELECT e.id, e.payload FROM events_by_stream b JOIN events e ON e.seq = b.seq WHERE b.stream = ?1 "
-                "UNION ALL SELECT id, payload FROM events WHERE seq > (SELECT CAST(value AS INTEGER) FROM meta "
-                "WHERE key = 'indexed_through') AND stream = ?1")
-    reading = time_reads(args, lambda number: len(conn.execute(read, (stream_name(number),)).fetchall()))
+    def read(number: int) -> int:
+        if layout_3:  # the index, then the tail
+            return len(conn.execute(LAYOUT_3_READ, (stream_name(number), indexed_through)).fetchall())
+        if batch:  # as the log reads
+            with read_transaction(conn):
+                return len(read_stream(conn, stream_name(number), 0, 1_000_000))
+        return len(conn.execute("SELECT id, payload FROM events WHERE stream = ? ORDER BY id",
+                                (stream_name(number),)).fetchall())
+
+    reading = time_reads(args, read)
     conn.close()
     events = args.commits * ROWS
     return (preparing / events * 1e6, inserting / events * 1e6, indexing / events * 1e6,

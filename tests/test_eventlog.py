@@ -75,6 +75,16 @@ async def make_log(request, tmp_path):
         await log.close()
 
 
+def indexed_events(conn: sqlite3.Connection) -> int:
+    """Events the SQLite log's per-stream index lists and the file holds (a row may still list events a
+    trim by count removed); none may be listed twice."""
+    listed, distinct, held = conn.execute(
+        "SELECT COUNT(*), COUNT(DISTINCT j.value), COUNT(e.seq) FROM stream_index, json_each(stream_index.seqs) j "
+        "LEFT JOIN events e ON e.seq = j.value").fetchone()
+    assert listed == distinct, "an event is in the index twice"
+    return held
+
+
 def ids_of(events: list[Event]) -> list[int]:
     return [event.id for event in events]
 
@@ -631,7 +641,7 @@ async def test_sqlite_a_version_2_file_is_upgraded_with_every_event_and_id(tmp_p
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert tables == {"events", "events_by_stream", "streams", "meta"}  # nothing of the old layout left
+        assert tables == {"events", "stream_index", "streams", "meta"}  # nothing of the old layout left
     conn.close()
     log = SqliteEventLog(path)  # opened again: not upgraded twice
     assert ids_of(await log.read("/a", 0, 10)) == [1, 2, 3]
@@ -652,6 +662,78 @@ async def test_sqlite_an_upgrade_that_fails_leaves_the_old_file_as_it_was(tmp_pa
     conn.close()
 
 
+# Layout 3's tables as that version made them: a row per event in the per-stream index.
+LAYOUT_3 = """
+CREATE TABLE events (seq INTEGER PRIMARY KEY, stream TEXT NOT NULL, id INTEGER NOT NULL, ts REAL NOT NULL,
+                     payload BLOB NOT NULL);
+CREATE INDEX events_by_time ON events (ts, stream, id);
+CREATE TABLE events_by_stream (stream TEXT NOT NULL, id INTEGER NOT NULL, seq INTEGER NOT NULL,
+                               PRIMARY KEY (stream, id)) WITHOUT ROWID;
+CREATE TABLE streams (stream TEXT PRIMARY KEY, last_id INTEGER NOT NULL, last_ts REAL NOT NULL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('epoch', 'epoch-of-version-3'), ('indexed_through', '3');
+PRAGMA user_version = 3;
+"""
+
+
+async def test_sqlite_a_version_3_file_is_indexed_again_with_every_event(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    events = [(1, "/a", 4, 5.0, b"a4"), (2, "/b", 1, 5.0, b"b1"), (3, "/a", 5, 6.0, b"a5"),  # indexed
+              (4, "/a", 6, 7.0, b"a6"), (5, "/c", 1, 7.0, b"c1")]  # the tail; /a's 1-3 were trimmed
+    with sqlite3.connect(path) as conn:
+        conn.executescript(LAYOUT_3)
+        conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", events)
+        conn.executemany("INSERT INTO events_by_stream VALUES (?, ?, ?)", [("/a", 4, 1), ("/b", 1, 2), ("/a", 5, 3)])
+        conn.execute("INSERT INTO streams VALUES ('/gone', 3, 2.0)")
+    conn.close()
+    log = SqliteEventLog(path, Retention(max_count=2), clock=FakeClock(10.0), index_batch=2)
+    assert await log.epoch() == "epoch-of-version-3"
+    assert await log.read("/a", 0, 10) == [Event(*event[1:]) for event in events if event[1] == "/a"]
+    assert await log.bounds("/a") == (4, 6) and await log.bounds("/gone") == (4, 3)
+    assert await log.streams() == ["/a", "/b", "/c", "/gone"]
+    assert await log.read_range(streams=["/c", "/b"], limit=10) == [Event("/b", 1, 5.0, b"b1"),
+                                                                     Event("/c", 1, 7.0, b"c1")]
+    assert await log.append_many([("/a", b"a7"), ("/b", b"b2")]) == [7, 2]  # /a over its count: 4 and 5 go
+    assert ids_of(await log.read("/a", 0, 10)) == [6, 7] and await log.bounds("/a") == (6, 7)
+    await log.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert tables == {"events", "stream_index", "streams", "meta"}
+        assert indexed_events(conn) == conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    conn.close()
+
+
+async def test_sqlite_reads_pass_over_what_a_trim_by_count_took_from_an_index_row(tmp_path: Path) -> None:
+    log = SqliteEventLog(tmp_path / "events.db", Retention(max_count=4), index_batch=1)
+    # One commit: indexed as one row of /a's ids 1-6, then 1 and 2 dropped from it (the row stays).
+    await log.append_many([("/a", b"%d" % n) for n in range(1, 7)])
+    assert ids_of(await log.read("/a", 0, 2)) == [3, 4]  # the first seqs fetched were gone: fetch on
+    assert ids_of(await log.read("/a", 1, 10)) == [3, 4, 5, 6]
+    assert ids_of(await log.read("/a", 4, 1)) == [5]
+    assert await log.bounds("/a") == (3, 6)
+    await log.append("/a", [b"7", b"8"])
+    assert ids_of(await log.read("/a", 0, 3)) == [5, 6, 7]
+    await log.close()
+
+
+async def test_sqlite_an_index_behind_its_events_is_caught_up_without_listing_any_twice(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = SqliteEventLog(path, index_batch=3)
+    await log.append_many([("/a", b"a1"), ("/b", b"b1"), ("/a", b"a2")])  # indexed
+    await log.append_many([("/a", b"a3")])  # the tail
+    await log.close()
+    with sqlite3.connect(path) as conn:  # as if the index's progress had not been saved
+        conn.execute("UPDATE meta SET value = '0' WHERE key = 'indexed_through'")
+    conn.close()
+    log = SqliteEventLog(path)
+    assert ids_of(await log.read("/a", 0, 10)) == [1, 2, 3] and await log.bounds("/a") == (1, 3)
+    await log.close()
+    with sqlite3.connect(path) as conn:
+        assert indexed_events(conn) == 4
+    conn.close()
+
+
 async def test_sqlite_reads_see_indexed_events_and_the_tail_alike(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     clock = FakeClock(1000.0)
@@ -662,7 +744,7 @@ async def test_sqlite_reads_see_indexed_events_and_the_tail_alike(tmp_path: Path
     clock.now += 1
     await log.append_many([("/a", b"a4"), ("/d", b"d1")])  # the tail again
     with sqlite3.connect(path) as conn:  # where each event is
-        assert conn.execute("SELECT COUNT(*) FROM events_by_stream").fetchone() == (5,)
+        assert indexed_events(conn) == 5
         assert conn.execute("SELECT COUNT(*) FROM events").fetchone() == (7,)
     conn.close()
     assert ids_of(await log.read("/a", 0, 10)) == [1, 2, 3, 4]  # across both, in order
@@ -691,7 +773,7 @@ async def test_sqlite_a_second_opener_indexing_the_tail_leaves_the_writer_workin
         await log.append_many([("/a", b"a4")])
     assert "could not index" not in caplog.text
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM events_by_stream").fetchone() == (5,)
+        assert indexed_events(conn) == 5
     conn.close()
     assert ids_of(await log.read("/a", 0, 10)) == [1, 2, 3, 4]
     await log.close()
@@ -701,7 +783,7 @@ async def test_sqlite_an_index_batch_that_fails_loses_nothing_and_is_tried_again
     path = tmp_path / "events.db"
     log = SqliteEventLog(path, index_batch=4)
     with sqlite3.connect(path) as other:  # the per-stream index refuses every row for now
-        other.execute("CREATE TRIGGER refuse BEFORE INSERT ON events_by_stream "
+        other.execute("CREATE TRIGGER refuse BEFORE INSERT ON stream_index "
                       "BEGIN SELECT RAISE(ABORT, 'refused'); END")
     other.close()
     with caplog.at_level(logging.WARNING, logger="cometd_broker.eventlog"):
@@ -721,7 +803,7 @@ async def test_sqlite_an_index_batch_that_fails_loses_nothing_and_is_tried_again
     await log.append("/b", [b"3"])  # the next batch indexes the whole tail
     await wait_for(lambda: log.stats()["unindexed"] == 0)
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM events_by_stream").fetchone() == (7,)
+        assert indexed_events(conn) == 7
     conn.close()
     assert ids_of(await log.read("/a", 0, 10)) == [1, 2, 3, 4] and ids_of(await log.read("/b", 0, 10)) == [1, 2, 3]
     await log.close()
@@ -857,8 +939,7 @@ async def test_sqlite_every_returned_id_survives_kill_9(tmp_path: Path, index_ba
         assert await log.append(stream, [b"after restart"]) == [latest + 1]
     await log.close()
     with sqlite3.connect(path) as conn:  # the killed run's tail was indexed at the open, every event once
-        indexed = conn.execute("SELECT COUNT(*) FROM events_by_stream").fetchone()[0]
-        assert indexed == conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] - len(printed)
+        assert indexed_events(conn) == conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] - len(printed)
     conn.close()
 
 
@@ -1075,6 +1156,15 @@ class SqliteSmallIndexBatchMachine(EventLogMachine):
     def open(self) -> EventLog:
         return SqliteEventLog(Path(self.tmp.name) / "e.db", MODEL_RETENTION, clock=self.clock, batch_delay=0,
                               index_batch=3)
+
+    @invariant()
+    def index_rows_go_with_their_events(self) -> None:
+        # A row whose events were all trimmed would be kept for ever (and read past by every bound).
+        with sqlite3.connect(Path(self.tmp.name) / "e.db") as conn:
+            indexed_events(conn)
+            assert conn.execute("SELECT COUNT(*) FROM stream_index WHERE NOT EXISTS "
+                                "(SELECT 1 FROM events WHERE seq = stream_index.last_seq)").fetchone() == (0,)
+        conn.close()
 
 
 TestMemoryEventLogModel = EventLogMachine.TestCase

@@ -25,7 +25,15 @@ from typing import Any, TypeVar
 
 from .base import KEEP_ALL, UNKNOWN_BOUNDS, Bounds, Event, EventLogClosed, Retention, check_limit, new_epoch
 from .sqlite_checkpointer import CHECKPOINT_PERIOD, WAL_LIMIT, WalCheckpointer
-from .sqlite_layout import INDEXED_STREAMS, TAIL, prepare
+from .sqlite_layout import (
+    INDEXED_SEQS,
+    INDEXED_STREAMS,
+    OLDEST_INDEXED,
+    TAIL,
+    prepare,
+    read_stream,
+    read_transaction,
+)
 from .sqlite_writer import INDEX_BATCH, SqliteWriter
 
 T = TypeVar("T")
@@ -170,24 +178,21 @@ class SqliteEventLog:
 
     async def read(self, stream: str, after: int, limit: int) -> list[Event]:
         check_limit(limit)
-        # The indexed events first, then the tail's (see sqlite_layout.py), each part limited.
-        rows = await self._query(
-            "SELECT id, ts, payload FROM (SELECT e.id, e.ts, e.payload FROM events_by_stream b "
-            "JOIN events e ON e.seq = b.seq WHERE b.stream = ?1 AND b.id > ?2 ORDER BY b.id LIMIT ?3) "
-            f"UNION ALL SELECT id, ts, payload FROM (SELECT id, ts, payload FROM events WHERE {TAIL} "
-            "AND stream = ?1 AND id > ?2 ORDER BY id LIMIT ?3) ORDER BY id LIMIT ?3",
-            (stream, after, limit),
-        )
+        rows = await self._on_reader(self._read_stream, stream, after, limit)
         return [Event(stream, id_, ts, payload) for id_, ts, payload in rows]
+
+    def _read_stream(self, stream: str, after: int, limit: int) -> list[tuple[int, float, bytes]]:
+        conn = self._local.conn
+        with read_transaction(conn):  # the index's rows and the tail, in one snapshot
+            return read_stream(conn, stream, after, limit)
 
     async def bounds(self, stream: str) -> Bounds:
         # One statement, one snapshot: latest and oldest agree even while the writer commits.
         rows = await self._query(
             "SELECT MAX(COALESCE((SELECT last_id FROM streams WHERE stream = ?1), 0), "
-            "COALESCE((SELECT MAX(id) FROM events_by_stream WHERE stream = ?1), 0), "
+            "COALESCE((SELECT MAX(last_id) FROM stream_index WHERE stream = ?1), 0), "
             f"COALESCE((SELECT MAX(id) FROM events WHERE {TAIL} AND stream = ?1), 0)), "
-            "COALESCE((SELECT MIN(id) FROM events_by_stream WHERE stream = ?1), "
-            f"(SELECT MIN(id) FROM events WHERE {TAIL} AND stream = ?1))",
+            f"COALESCE({OLDEST_INDEXED}, (SELECT MIN(id) FROM events WHERE {TAIL} AND stream = ?1))",
             (stream,),
         )
         latest, oldest = rows[0]
@@ -228,7 +233,7 @@ class SqliteEventLog:
                 return []
             listed = ", ".join("?" * len(names))
             # Found through the per-stream index, and in the tail (see sqlite_layout.py).
-            clauses.append(f"seq IN (SELECT seq FROM events_by_stream WHERE stream IN ({listed}) "
+            clauses.append(f"seq IN ({INDEXED_SEQS.format(listed)} "
                            f"UNION ALL SELECT seq FROM events WHERE {TAIL} AND stream IN ({listed}))")
             params.extend(names * 2)
         if since is not None:
@@ -283,8 +288,11 @@ class SqliteEventLog:
         return self._local.conn.execute(sql, params).fetchall()
 
     async def _query(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        return await self._on_reader(self._fetch, sql, params)
+
+    async def _on_reader(self, work: Callable[..., T], *args: Any) -> T:
         self._check_open()
-        future = asyncio.get_running_loop().run_in_executor(self._readers, self._fetch, sql, params)
+        future = asyncio.get_running_loop().run_in_executor(self._readers, work, *args)
         self._inflight.add(future)
         future.add_done_callback(self._inflight.discard)
         return await future

@@ -1,13 +1,15 @@
 """The SQLite event log's file layout: its schema, the upgrade from older versions, and the SQL that
 both the writer and the readers need to see the events the way the layout keeps them.
 
-Why this layout (3): events are appended in the order they are committed (`seq`), so a commit
+Why this layout (4): events are appended in the order they are committed (`seq`), so a commit
 writes the last few pages of the table and of the time index, however many streams it touches.
-The per-stream index, `events_by_stream`, is brought up to date in batches ("indexing the tail"):
-the events after `indexed_through` are found by scanning that short tail. Before it (2), every
-event went into a (stream, id) index at once; on point-to-point load each event dirtied a leaf of
-its own, which was written to the WAL and copied again at checkpoints, and that was most of what
-recording an event cost (bench/sqlite_schema.py compares the two).
+The per-stream index, `stream_index`, is brought up to date in batches ("indexing the tail"):
+the events after `indexed_through` are found by scanning that short tail. A batch adds one row
+per stream it saw, listing that stream's new events (their seqs, as a JSON array), not one row
+per event: at point-to-point load a batch of 8,192 events touches about as many streams as
+events, and one row each wrote index pages and WAL for every event. Before (3), that index had a
+row per event; before that (2), every event went into a (stream, id) index at once, each dirtying
+a leaf of its own (bench/sqlite_schema.py compares them).
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import logging
 import sqlite3
 from collections.abc import Iterator
 
+import orjson
+
 log = logging.getLogger("cometd_broker.eventlog")
 
 # 2: `streams` is written when a trim deletes, not on every append (see the table's comment); a
 #    version that reads it as complete (1) must not open such a file, and the version check refuses it.
 # 3: events in commit order, indexed per stream in batches (see above); files of 1 and 2 are rebuilt.
-SCHEMA_VERSION = 3
+# 4: the per-stream index holds a row per stream and batch; a file of 3 has its index made again.
+SCHEMA_VERSION = 4
 # No ";" in its comments: an upgrade runs it a statement at a time.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -34,12 +39,19 @@ CREATE TABLE IF NOT EXISTS events (
 );
 -- read_range's order and trimming by age. (stream, id) ride along so ordering needs no lookups.
 CREATE INDEX IF NOT EXISTS events_by_time ON events (ts, stream, id);
--- Every event up to meta's indexed_through, by stream: the tail after it is scanned instead.
-CREATE TABLE IF NOT EXISTS events_by_stream (
-    stream  TEXT    NOT NULL,
-    id      INTEGER NOT NULL,
-    seq     INTEGER NOT NULL,
-    PRIMARY KEY (stream, id)
+-- Every event up to meta's indexed_through, by stream: the tail after it is scanned instead. A row
+-- holds a stream's events of one batch, ids first_id..last_id. The rows of a stream do not overlap
+-- (a batch indexes a prefix of every stream's events), so rows in last_id order, each sorted, are
+-- the stream in order. A row goes when its newest event (last_seq) does: trims drop a prefix of
+-- each stream, so its older events are gone too. A trim by count may leave a row's first seqs
+-- naming events that are gone. Readers join the events, and skip them.
+CREATE TABLE IF NOT EXISTS stream_index (
+    stream   TEXT    NOT NULL,
+    last_id  INTEGER NOT NULL,
+    first_id INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    seqs     TEXT    NOT NULL,  -- a JSON array of the events' seqs
+    PRIMARY KEY (stream, last_id)
 ) WITHOUT ROWID;
 -- The last id ever assigned per stream, kept even when every event of the stream was trimmed,
 -- so ids are never reused after a restart. Saved by the trims, before they delete: a stream's
@@ -66,24 +78,70 @@ TAIL = f"seq > {INDEXED_THROUGH}"
 # In a stream, every indexed event comes before every event of the tail (ids and seqs grow
 # together), which the readers' queries rely on.
 
-# Sorted, so the index's pages are written in order, each once per batch. Bounded by the `through`
-# saved with it: another process's events-reading tool may index the tail too (when it opens the log).
-_INDEX_TAIL = ("INSERT {} INTO events_by_stream (stream, id, seq) SELECT stream, id, seq FROM events "
-               f"WHERE {TAIL} AND seq <= ? ORDER BY stream, id")
+# One row per stream, in stream order, so the index's pages are written in order, each once per batch.
+# Bounded by the `through` saved with it: another process's events-reading tool may index the tail
+# too (when it opens the log). The order of a row's seqs does not matter: readers sort by id.
+_INDEX_TAIL = ("INSERT INTO stream_index (stream, last_id, first_id, last_seq, seqs) "
+               "SELECT stream, MAX(id), MIN(id), MAX(seq), json_group_array(seq) FROM events "
+               f"WHERE {TAIL} AND seq <= ? {{}} GROUP BY stream ORDER BY stream")
+# When indexed_through may be behind (a file whose meta was lost): what a stream has indexed is a
+# prefix of its ids, so its events after the prefix are the ones to index.
+_NOT_INDEXED = "AND id > COALESCE((SELECT MAX(last_id) FROM stream_index i WHERE i.stream = events.stream), 0)"
 _SAVE_INDEXED_THROUGH = "UPDATE meta SET value = ? WHERE key = 'indexed_through'"
 
 
 def index_tail(conn: sqlite3.Connection, through: int, *, recovering: bool = False) -> None:
     """Within the caller's transaction: index the tail's events up to seq `through`, the last committed.
     `recovering`: indexed_through may be behind (a file whose meta was lost), skip what is indexed."""
-    conn.execute(_INDEX_TAIL.format("OR IGNORE" if recovering else ""), (through,))
+    conn.execute(_INDEX_TAIL.format(_NOT_INDEXED if recovering else ""), (through,))
     conn.execute(_SAVE_INDEXED_THROUGH, (str(through),))
 
 
+# The seqs of the indexed events of the streams in `{}` (placeholders), for `seq IN (...)`.
+INDEXED_SEQS = "SELECT j.value FROM stream_index b, json_each(b.seqs) j WHERE b.stream IN ({})"
+# The id of stream ?1's oldest indexed event: in its first row (a row goes when all its events have),
+# after the events a trim by count removed from that row, which are its first ones.
+OLDEST_INDEXED = ("(SELECT e.id FROM events e WHERE e.seq IN (SELECT value FROM json_each((SELECT seqs FROM "
+                  "stream_index WHERE stream = ?1 ORDER BY last_id LIMIT 1))) ORDER BY e.seq LIMIT 1)")
+_STREAM_ROWS = "SELECT first_id, seqs FROM stream_index WHERE stream = ? AND last_id > ? ORDER BY last_id"
+_LISTED_EVENTS = "SELECT id, ts, payload FROM events WHERE seq IN (SELECT value FROM json_each(?)) ORDER BY seq"
+_TAIL_EVENTS = f"SELECT id, ts, payload FROM events WHERE {TAIL} AND stream = ? AND id > ? ORDER BY id LIMIT ?"
+
+
+def read_stream(conn: sqlite3.Connection, stream: str, after: int, limit: int) -> list[tuple[int, float, bytes]]:
+    """Within the caller's read transaction (one snapshot): (id, ts, payload) of `stream`'s first `limit`
+    events after id `after`, from the index's rows, then the tail.
+
+    A row's events have the ids first_id, first_id + 1 ... in the order of their seqs (a batch indexes
+    a run of each stream's ids), so the event with id `after` + 1 is at a known place among the sorted
+    seqs and a read fetches only what it returns, however long the row (a busy stream's row holds a
+    whole batch). Seqs of events a trim removed are found missing, and passed over."""
+    found: list[tuple[int, float, bytes]] = []
+    wanted: list[int] = []  # seqs to fetch: the stream's next events, in id order (and seq order)
+
+    def fetch() -> None:
+        found.extend(conn.execute(_LISTED_EVENTS, (orjson.dumps(wanted),)).fetchall())
+        wanted.clear()
+
+    for first_id, listed in conn.execute(_STREAM_ROWS, (stream, after)):  # row by row, as far as needed
+        seqs = sorted(orjson.loads(listed))
+        at = max(0, after + 1 - first_id)
+        while at < len(seqs) and len(found) < limit:
+            take = seqs[at:at + limit - len(found) - len(wanted)]
+            at += len(take)
+            wanted += take
+            if len(found) + len(wanted) >= limit:
+                fetch()  # fewer than taken when some were trimmed: take more
+        if len(found) >= limit:
+            return found
+    if wanted:
+        fetch()
+    return found + conn.execute(_TAIL_EVENTS, (stream, after, limit - len(found))).fetchall()
+
 # The distinct indexed streams, one index seek each (a skip scan of the key), as `names`.
 INDEXED_STREAMS = (
-    "WITH RECURSIVE names(stream) AS (SELECT MIN(stream) FROM events_by_stream UNION ALL "
-    "SELECT (SELECT MIN(stream) FROM events_by_stream WHERE stream > names.stream) FROM names "
+    "WITH RECURSIVE names(stream) AS (SELECT MIN(stream) FROM stream_index UNION ALL "
+    "SELECT (SELECT MIN(stream) FROM stream_index WHERE stream > names.stream) FROM names "
     "WHERE stream IS NOT NULL)"
 )
 
@@ -101,12 +159,14 @@ def prepare(conn: sqlite3.Connection, path: str) -> None:
     old = _columns(conn, "events")
     if old and "seq" not in old:
         _rebuild(conn, path)
+    elif _columns(conn, "events_by_stream"):
+        _reindex(conn, path)
     conn.executescript(SCHEMA)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _rebuild(conn: sqlite3.Connection, path: str) -> None:
-    """A file of layout 1 or 2: its events copied into layout 3 in one transaction, in (ts, stream, id)
+    """A file of layout 1 or 2: its events copied into this layout in one transaction, in (ts, stream, id)
     order, the order read_range gives them (a crash part way leaves the old file as it was)."""
     count = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
     log.warning("%s: upgrading the event log's %d events to layout %d (once)", path, count, SCHEMA_VERSION)
@@ -123,6 +183,32 @@ def _rebuild(conn: sqlite3.Connection, path: str) -> None:
         index_tail(conn, through)
         conn.execute("DROP TABLE events_before_3")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _reindex(conn: sqlite3.Connection, path: str) -> None:
+    """A file of layout 3: its events stay, its per-stream index (a row per event) is made again, in one
+    transaction (a crash part way leaves the old file as it was)."""
+    count = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    log.warning("%s: indexing the event log's %d events again for layout %d (once)", path, count, SCHEMA_VERSION)
+    with immediate_transaction(conn):
+        conn.execute("DROP TABLE events_by_stream")
+        for statement in SCHEMA.split(";"):  # not executescript: it would commit first
+            if statement.strip():
+                conn.execute(statement)
+        through = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        conn.execute("UPDATE meta SET value = '0' WHERE key = 'indexed_through'")
+        index_tail(conn, through)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+@contextlib.contextmanager
+def read_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """A snapshot for several statements of a reader (BEGIN: the first read fixes what they all see)."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
 
 
 @contextlib.contextmanager

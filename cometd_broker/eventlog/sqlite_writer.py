@@ -30,7 +30,8 @@ interval (5 ms) each. So a commit is one multi-row INSERT, its own transaction
 events or when a stream is over max_count), not statements per event and per
 stream; the streams' counters are saved by trims, not appends; and the
 per-stream index is brought up to date every `index_batch` events in a
-transaction of its own, sorted, not an index leaf per event (sqlite_layout.py).
+transaction of its own, a row per stream, not an index entry per event
+(sqlite_layout.py).
 """
 
 from __future__ import annotations
@@ -56,30 +57,32 @@ _SAVE_STREAMS = (
     "INSERT INTO streams (stream, last_id, last_ts) VALUES {} "
     "ON CONFLICT (stream) DO UPDATE SET last_id = excluded.last_id, last_ts = excluded.last_ts"
 )
-# Trims run with the tail indexed (see sqlite_layout.py): the per-stream index finds every event.
+# Trims run with the tail indexed (see sqlite_layout.py): the per-stream index finds every event. An
+# index row goes once its newest event has; a row of which only older events went stays.
 _DROP_BY_COUNT = (
-    "DELETE FROM events WHERE seq IN (SELECT seq FROM events_by_stream WHERE stream = ?1 AND id <= ?2)",
-    "DELETE FROM events_by_stream WHERE stream = ?1 AND id <= ?2",
+    "DELETE FROM events WHERE seq IN (SELECT j.value FROM stream_index b, json_each(b.seqs) j "
+    "WHERE b.stream = ?1 AND b.first_id <= ?2) AND id <= ?2",
+    "DELETE FROM stream_index WHERE stream = ?1 AND last_id <= ?2",
 )
 _DROP_BY_AGE = (
-    "DELETE FROM events_by_stream WHERE (stream, id) IN (SELECT stream, id FROM events WHERE ts < ?)",
     "DELETE FROM events WHERE ts < ?",
+    "DELETE FROM stream_index WHERE NOT EXISTS (SELECT 1 FROM events WHERE seq = stream_index.last_seq)",
 )
 # Rows per multi-row statement at most (5 parameters a row stays far below SQLite's 32766). A commit
 # of up to this many events is one INSERT and one upsert; each size's text is prepared once and then
 # found in the connection's statement cache (the sizes a steady load makes are few).
 _MAX_ROWS = 1000
 # Events left out of the per-stream index at most before it is brought up to date. Each batch
-# writes about one index page per stream it touches, so larger batches cost less per event; a
+# writes a row, and about a page, per stream it touches, so larger batches cost less per event; a
 # read scans at most this many events of the tail.
 INDEX_BATCH = 8192  # the default
 
 # Every stream's newest event, when the tail is indexed (at startup).
 _NEWEST_EVENTS = (
-    f"{INDEXED_STREAMS} SELECT names.stream, newest.id, e.ts FROM names "
-    "JOIN events_by_stream newest ON newest.stream = names.stream AND newest.id = "
-    "(SELECT MAX(id) FROM events_by_stream b WHERE b.stream = names.stream) "
-    "JOIN events e ON e.seq = newest.seq"
+    f"{INDEXED_STREAMS} SELECT names.stream, newest.last_id, e.ts FROM names "
+    "JOIN stream_index newest ON newest.stream = names.stream AND newest.last_id = "
+    "(SELECT MAX(last_id) FROM stream_index b WHERE b.stream = names.stream) "
+    "JOIN events e ON e.seq = newest.last_seq"
 )
 
 
@@ -452,9 +455,8 @@ class SqliteWriter:
             self._insert(_SAVE_STREAMS, "(?,?,?)", unsaved, 3)
             index_tail(self._conn, self._seq)  # the trims find events through the per-stream index
             if max_age is not None:
-                cutoff = (job.now - max_age,)
-                self._conn.execute(_DROP_BY_AGE[0], cutoff)
-                dropped += self._conn.execute(_DROP_BY_AGE[1], cutoff).rowcount
+                dropped += self._conn.execute(_DROP_BY_AGE[0], (job.now - max_age,)).rowcount
+                self._conn.execute(_DROP_BY_AGE[1])
             if max_count is not None:
                 # Appends already enforce this; re-applying it covers a log reopened with a smaller limit.
                 for stream, (last_id, _) in self._last.items():
