@@ -33,6 +33,7 @@ from cometd_broker.eventlog import (
     RetentionTask,
     SqliteEventLog,
     open_event_log,
+    sqlite_layout,
 )
 from cometd_broker.eventlog.sqlite_layout import SCHEMA_VERSION
 from cometd_broker.eventlog.sqlite_writer import INDEX_BATCH
@@ -715,6 +716,24 @@ async def test_sqlite_reads_pass_over_what_a_trim_by_count_took_from_an_index_ro
     await log.append("/a", [b"7", b"8"])
     assert ids_of(await log.read("/a", 0, 3)) == [5, 6, 7]
     await log.close()
+
+
+async def test_sqlite_a_backlog_is_indexed_in_rows_of_a_bounded_size(tmp_path: Path, monkeypatch) -> None:
+    # A read sorts a whole row: an upgraded file must not get one row of a stream's whole history.
+    path = tmp_path / "events.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(LAYOUT_3.replace("'indexed_through', '3'", "'indexed_through', '0'"))
+        conn.executemany("INSERT INTO events VALUES (?, '/a', ?, 1.0, 'x')", [(n, n) for n in range(1, 8)])
+    conn.close()
+    monkeypatch.setattr(sqlite_layout, "BACKLOG_BATCH", 3)
+    log = SqliteEventLog(path)
+    assert ids_of(await log.read("/a", 0, 10)) == list(range(1, 8)) and await log.bounds("/a") == (1, 7)
+    assert ids_of(await log.read("/a", 4, 2)) == [5, 6]
+    await log.close()
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT first_id, last_id FROM stream_index ORDER BY last_id").fetchall()
+        assert rows == [(1, 3), (4, 6), (7, 7)] and indexed_events(conn) == 7
+    conn.close()
 
 
 async def test_sqlite_an_index_behind_its_events_is_caught_up_without_listing_any_twice(tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ TAIL = f"seq > {INDEXED_THROUGH}"
 
 # One row per stream, in stream order, so the index's pages are written in order, each once per batch.
 # Bounded by the `through` saved with it: another process's events-reading tool may index the tail
-# too (when it opens the log). The order of a row's seqs does not matter: readers sort by id.
+# too (when it opens the log). The order of a row's seqs does not matter: readers sort them.
 _INDEX_TAIL = ("INSERT INTO stream_index (stream, last_id, first_id, last_seq, seqs) "
                "SELECT stream, MAX(id), MIN(id), MAX(seq), json_group_array(seq) FROM events "
                f"WHERE {TAIL} AND seq <= ? {{}} GROUP BY stream ORDER BY stream")
@@ -90,11 +90,19 @@ _NOT_INDEXED = "AND id > COALESCE((SELECT MAX(last_id) FROM stream_index i WHERE
 _SAVE_INDEXED_THROUGH = "UPDATE meta SET value = ? WHERE key = 'indexed_through'"
 
 
+# Events per batch at most when a backlog is indexed at once (an upgrade, a tail left by failed
+# batches): a read sorts a whole row's seqs, so no row may list a stream's whole history.
+BACKLOG_BATCH = 8192
+
+
 def index_tail(conn: sqlite3.Connection, through: int, *, recovering: bool = False) -> None:
-    """Within the caller's transaction: index the tail's events up to seq `through`, the last committed.
-    `recovering`: indexed_through may be behind (a file whose meta was lost), skip what is indexed."""
-    conn.execute(_INDEX_TAIL.format(_NOT_INDEXED if recovering else ""), (through,))
-    conn.execute(_SAVE_INDEXED_THROUGH, (str(through),))
+    """Within the caller's transaction: index the tail's events up to seq `through`, the last committed,
+    in batches of at most BACKLOG_BATCH seqs. `recovering`: indexed_through may be behind (a file whose
+    meta was lost), skip what is indexed."""
+    start = conn.execute(f"SELECT {INDEXED_THROUGH}").fetchone()[0]
+    for upto in [*range(start + BACKLOG_BATCH, through, BACKLOG_BATCH), through]:
+        conn.execute(_INDEX_TAIL.format(_NOT_INDEXED if recovering else ""), (upto,))
+        conn.execute(_SAVE_INDEXED_THROUGH, (str(upto),))
 
 
 # The seqs of the indexed events of the streams in `{}` (placeholders), for `seq IN (...)`.
@@ -137,6 +145,7 @@ def read_stream(conn: sqlite3.Connection, stream: str, after: int, limit: int) -
     if wanted:
         fetch()
     return found + conn.execute(_TAIL_EVENTS, (stream, after, limit - len(found))).fetchall()
+
 
 # The distinct indexed streams, one index seek each (a skip scan of the key), as `names`.
 INDEXED_STREAMS = (
