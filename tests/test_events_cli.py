@@ -244,9 +244,12 @@ async def test_tail_with_a_wrong_token_says_so(recorded):
 def test_ctrl_c_stops_tail_cleanly():
     broker = start_broker(*broker_flags())
     try:
+        # As from a terminal: a test run started in the background of a shell without job control has
+        # SIGINT ignored, and the tool would inherit that (Python keeps an ignored SIGINT ignored).
         process = subprocess.Popen([sys.executable, "-m", "cometd_broker", "events", "tail", "--url", base(broker),
                                     "--duration", "30"], env={**os.environ, "COMETD_BROKER_ADMIN_TOKEN": TOKEN},
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         assert "following" in process.stderr.readline()  # connected and waiting on the tail
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=15)
