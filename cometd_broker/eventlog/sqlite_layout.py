@@ -182,16 +182,11 @@ def _rebuild(conn: sqlite3.Connection, path: str) -> None:
     with immediate_transaction(conn):
         conn.execute("DROP INDEX IF EXISTS events_by_time")
         conn.execute("ALTER TABLE events RENAME TO events_before_3")
-        for statement in SCHEMA.split(";"):  # not executescript: it would commit first
-            if statement.strip():
-                conn.execute(statement)
+        _create_tables(conn)
         conn.execute("INSERT INTO events (stream, id, ts, payload) "
                      "SELECT stream, id, ts, payload FROM events_before_3 ORDER BY ts, stream, id")
-        through = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-        conn.execute("UPDATE meta SET value = '0' WHERE key = 'indexed_through'")
-        index_tail(conn, through)
         conn.execute("DROP TABLE events_before_3")
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        _index_everything(conn)
 
 
 def _reindex(conn: sqlite3.Connection, path: str) -> None:
@@ -201,13 +196,23 @@ def _reindex(conn: sqlite3.Connection, path: str) -> None:
     log.warning("%s: indexing the event log's %d events again for layout %d (once)", path, count, SCHEMA_VERSION)
     with immediate_transaction(conn):
         conn.execute("DROP TABLE events_by_stream")
-        for statement in SCHEMA.split(";"):  # not executescript: it would commit first
-            if statement.strip():
-                conn.execute(statement)
-        through = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-        conn.execute("UPDATE meta SET value = '0' WHERE key = 'indexed_through'")
-        index_tail(conn, through)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        _create_tables(conn)
+        _index_everything(conn)
+
+
+def _create_tables(conn: sqlite3.Connection) -> None:
+    """The schema's missing tables, within the caller's transaction (executescript would commit first)."""
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _index_everything(conn: sqlite3.Connection) -> None:
+    """Within an upgrade's transaction: index every event from the first, and mark the file as this layout."""
+    through = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+    conn.execute("UPDATE meta SET value = '0' WHERE key = 'indexed_through'")
+    index_tail(conn, through)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 @contextlib.contextmanager
