@@ -1101,7 +1101,11 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
               f"{'ok' if st.ok else 'STOP: ' + st.why}", file=sys.stderr, flush=True)
         return st
 
+    passed, failed = 0.0, None  # the highest rate passed; the failed step of the lowest rate
+
     async def confirmed(k: int, rate: float) -> Step:
+        """Step `rate`, measured again if only its p99 failed; recorded, and counted as passed or failed."""
+        nonlocal best, passed, failed
         st = await measure(k, rate)
         for _ in range(args.confirm_p99):
             # A p99 over the limit with nothing lost can be one stall (a page fault, another process's
@@ -1114,36 +1118,26 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
             st = await measure(k, rate)
             st.__dict__["first_attempt"] = {"p99_ms": first.p99_ms, "why": first.why}
         result["steps"].append(st.__dict__)
-        await asyncio.sleep(0.3)
-        return st
-
-    passed, failed = 0.0, None
-    for k, rate in enumerate(rates):
-        st = await confirmed(k, rate)
         if st.ok:
             passed = max(passed, rate)
             if best is None or st.delivered_per_s > best["delivered_per_s"]:
                 best = st.__dict__
-        else:
-            failed = st if failed is None else failed
-            if not args.keep_going:
-                break
+        elif failed is None or rate < failed.rate:
+            failed = st
+        await asyncio.sleep(0.3)
+        return st
+
+    for k, rate in enumerate(rates):
+        if not (await confirmed(k, rate)).ok and not args.keep_going:
+            break
     # Saturation lies between the last rate passed and the first failed: halve that gap --refine times,
     # so a ratio between two servers is not an artefact of the grid (every server gets the same search).
-    k = len(rates)
-    while failed is not None and k < len(rates) + args.refine and not args.keep_going:
-        rate = _midpoint(passed, failed.rate)
+    for k in range(len(rates), len(rates) + args.refine):
+        rate = _midpoint(passed, failed.rate) if failed is not None and not args.keep_going else None
         if rate is None:
             break
         await asyncio.sleep(2.0)  # a failed step may have left the server a backlog to work off
-        st = await confirmed(k, rate)
-        k += 1
-        if st.ok:
-            passed = rate
-            if best is None or st.delivered_per_s > best["delivered_per_s"]:
-                best = st.__dict__
-        else:
-            failed = st
+        await confirmed(k, rate)
     result["stopped_by"] = failed.why if failed is not None else ""
     result["best"] = best
     result["rehandshakes"] = sum(c.rehandshakes for c in live)
