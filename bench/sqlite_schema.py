@@ -17,7 +17,8 @@ Variants:
   layout-3       events in commit order, a per-stream index with a row per event brought up to date
                  every INDEX_BATCH events, sorted
   layout-4       the log's layout (eventlog/sqlite_layout.py): the same, but the index's batch
-                 writes one row per stream, listing the stream's new events
+                 writes one row per stream, listing the stream's new events, made (as the log's
+                 writer makes it) from the seqs it kept of each stream's tail
   layout-4-2k    the same, indexed every 2,048 events
   layout-4-32k   the same, indexed every 32,768 events
   chunks         not the log's layout, a candidate: one row per commit holding its events packed
@@ -41,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cometd_broker.eventlog.sqlite_layout import SCHEMA, index_tail, read_stream, read_transaction
+from cometd_broker.eventlog.sqlite_layout import SCHEMA, index_known_tail, read_stream, read_transaction
 from cometd_broker.eventlog.sqlite_writer import INDEX_BATCH
 
 LAYOUT_2 = """
@@ -104,6 +105,7 @@ def run(name: str, args: argparse.Namespace, folder: str) -> Costs:
     last: dict[str, int] = {}
     rng = random.Random(1)  # every variant gets the same streams in the same order
     seq = unindexed = indexed_through = 0
+    tail: dict[str, list[int]] = {}  # what the writer keeps of the tail, to index it from (layout 4)
     preparing = inserting = indexing = checkpointing = 0.0
     for commit in range(args.commits):
         streams = [stream_name(rng.randrange(args.streams)) for _ in range(ROWS)]
@@ -114,6 +116,9 @@ def run(name: str, args: argparse.Namespace, folder: str) -> Costs:
             last[stream] = last.get(stream, 0) + 1
             seq += 1
             rows += (seq, stream, last[stream], now, payload) if batch else (stream, last[stream], now, payload)
+        if batch and not layout_3:
+            for stream, row_seq in zip(rows[1::5], rows[0::5], strict=True):
+                tail.setdefault(stream, []).append(row_seq)
         preparing += time.process_time() - started
         started = time.process_time()
         conn.execute(insert, rows)
@@ -124,8 +129,9 @@ def run(name: str, args: argparse.Namespace, folder: str) -> Costs:
             conn.execute("BEGIN IMMEDIATE")
             if layout_3:
                 conn.execute(LAYOUT_3_INDEX, (indexed_through,))
-            else:
-                index_tail(conn, seq)
+            else:  # as the log's writer does
+                index_known_tail(conn, tail, {stream: last[stream] for stream in tail}, seq, indexed_through)
+                tail.clear()
             conn.execute("COMMIT")
             indexing += time.process_time() - started
             unindexed, indexed_through = 0, seq

@@ -83,6 +83,14 @@ def indexed_events(conn: sqlite3.Connection) -> int:
         "SELECT COUNT(*), COUNT(DISTINCT j.value), COUNT(e.seq) FROM stream_index, json_each(stream_index.seqs) j "
         "LEFT JOIN events e ON e.seq = j.value").fetchone()
     assert listed == distinct, "an event is in the index twice"
+    # A row lists a run of its stream's ids: the k-th of its sorted seqs has id first_id + k.
+    events = {seq: (stream, id_) for seq, stream, id_ in conn.execute("SELECT seq, stream, id FROM events")}
+    for stream, first_id, last_id, last_seq, seqs in conn.execute(
+            "SELECT stream, first_id, last_id, last_seq, seqs FROM stream_index"):
+        seqs = sorted(orjson.loads(seqs))
+        assert (len(seqs), seqs[-1]) == (last_id - first_id + 1, last_seq), f"{stream}: a row's ids and seqs disagree"
+        for place, seq in enumerate(seqs):
+            assert events.get(seq, (stream, first_id + place)) == (stream, first_id + place), f"{stream}: seq {seq}"
     return held
 
 

@@ -48,7 +48,7 @@ from typing import Any
 
 from ..job_thread import JobThread, LoopHandoff
 from .base import EventLogClosed, Retention, as_payloads
-from .sqlite_layout import INDEXED_STREAMS, INDEXED_THROUGH, immediate_transaction, index_tail
+from .sqlite_layout import INDEXED_STREAMS, INDEXED_THROUGH, immediate_transaction, index_known_tail, index_tail
 
 log = logging.getLogger("cometd_broker.eventlog")
 
@@ -171,10 +171,12 @@ class SqliteWriter:
         # stream -> (last id ever assigned, last timestamp); loaded once, then owned by the thread.
         # Streams whose counters `streams` does not hold yet: a trim saves them before it deletes.
         self._last, self._unsaved = _load_last(conn)
-        # The tail: events committed since the per-stream index was last brought up to date, and
-        # each of its streams' first id in it (a drop by count that reaches it indexes it first).
+        # The tail: events committed since the per-stream index was last brought up to date (through
+        # seq `_indexed_through`), each stream's seqs in it, in order: the next batch is made from them
+        # (a drop by count that reaches a stream's tail indexes it first).
         self._unindexed = 0
-        self._tail_first: dict[str, int] = {}
+        self._tail: dict[str, list[int]] = {}
+        self._indexed_through = self._seq
         self._slots = asyncio.Semaphore(max_pending)  # bounds the queued jobs
         self._thread: JobThread[_Job] = JobThread(name, self._run, self._on_exit)
         self._stopping = False
@@ -359,9 +361,9 @@ class SqliteWriter:
         drops = [] if max_count is None else [
             (stream, last[stream][0] - max_count) for stream in before if last[stream][0] > max_count]
         # Drops find events through the per-stream index: one that reaches the tail indexes it first.
-        # A stream not in the tail yet starts it with this commit's first id.
-        tail_first = self._tail_first
-        index = any(upto >= tail_first.get(stream, _next_id(before[stream])) for stream, upto in drops)
+        # A stream's tail starts len(its seqs) ids before its last; one not in it starts with this commit.
+        tail = self._tail
+        index = any(upto >= _next_id(before[stream]) - len(tail.get(stream, ())) for stream, upto in drops)
         failure = self._run_transaction(lambda: self._write_events(rows, drops, index))
         if failure is not None:
             self._seq = first_seq
@@ -379,9 +381,12 @@ class SqliteWriter:
             self._indexed()
         else:
             self._unindexed += len(rows) // 5
-            for stream, previous in before.items():
-                if stream not in tail_first:
-                    tail_first[stream] = _next_id(previous)
+            for stream, seq in zip(rows[1::5], rows[0::5], strict=True):
+                seqs = tail.get(stream)
+                if seqs is None:
+                    tail[stream] = [seq]
+                else:
+                    seqs.append(seq)
         self._settle_appends(batch, results, None)
         if self._unindexed >= self._index_batch:
             self._index_tail()
@@ -406,7 +411,9 @@ class SqliteWriter:
 
         def write() -> None:
             self._conn.execute("BEGIN IMMEDIATE")
-            index_tail(self._conn, self._seq)
+            last_ids = {stream: self._last[stream][0] for stream in self._tail}
+            if not index_known_tail(self._conn, self._tail, last_ids, self._seq, self._indexed_through):
+                index_tail(self._conn, self._seq)  # from the events, as another opener left them
             self._conn.execute("COMMIT")
 
         failure = self._run_transaction(write)
@@ -418,7 +425,8 @@ class SqliteWriter:
 
     def _indexed(self) -> None:
         self._unindexed = 0
-        self._tail_first.clear()
+        self._tail.clear()
+        self._indexed_through = self._seq
 
     def _run_transaction(self, write: Callable[[], None]) -> sqlite3.Error | None:
         """Run `write` under the commit lock (the checkpointer may hold the writer back with it);
