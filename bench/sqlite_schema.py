@@ -105,7 +105,7 @@ def run(name: str, args: argparse.Namespace, folder: str) -> Costs:
     last: dict[str, int] = {}
     rng = random.Random(1)  # every variant gets the same streams in the same order
     seq = unindexed = indexed_through = 0
-    tail: dict[str, list[int]] = {}  # what the writer keeps of the tail, to index it from (layout 4)
+    tail: dict[str, tuple[int, list[int]]] = {}  # what the writer keeps of the tail (layout 4)
     preparing = inserting = indexing = checkpointing = 0.0
     for commit in range(args.commits):
         streams = [stream_name(rng.randrange(args.streams)) for _ in range(ROWS)]
@@ -117,8 +117,8 @@ def run(name: str, args: argparse.Namespace, folder: str) -> Costs:
             seq += 1
             rows += (seq, stream, last[stream], now, payload) if batch else (stream, last[stream], now, payload)
         if batch and not layout_3:
-            for stream, row_seq in zip(rows[1::5], rows[0::5], strict=True):
-                tail.setdefault(stream, []).append(row_seq)
+            for stream, row_seq, row_id in zip(rows[1::5], rows[0::5], rows[2::5], strict=True):
+                tail.setdefault(stream, (row_id, []))[1].append(row_seq)
         preparing += time.process_time() - started
         started = time.process_time()
         conn.execute(insert, rows)
@@ -130,7 +130,7 @@ def run(name: str, args: argparse.Namespace, folder: str) -> Costs:
             if layout_3:
                 conn.execute(LAYOUT_3_INDEX, (indexed_through,))
             else:  # as the log's writer does
-                index_known_tail(conn, tail, {stream: last[stream] for stream in tail}, seq, indexed_through)
+                index_known_tail(conn, tail, seq, indexed_through)
                 tail.clear()
             conn.execute("COMMIT")
             indexing += time.process_time() - started

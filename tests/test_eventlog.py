@@ -486,6 +486,9 @@ async def test_sqlite_a_failed_commit_fails_every_append_it_carried(tmp_path: Pa
     assert await log.bounds("/a") == (1, 1)
     assert await log.bounds("/b") == Bounds(0, 0)
     assert await log.append_many([("/a", b"2"), ("/b", b"3")]) == [2, 1]  # the ids were handed out again
+    # and the seqs: the tail the writer lists for reads holds the new events only
+    assert [e.payload for e in await log.read("/a", 0, 10)] == [b"1", b"2"]
+    assert [e.payload for e in await log.read("/b", 0, 10)] == [b"3"]
     await log.close()
 
 
@@ -803,6 +806,54 @@ async def test_sqlite_a_second_opener_indexing_the_tail_leaves_the_writer_workin
         assert indexed_events(conn) == 5
     conn.close()
     assert ids_of(await log.read("/a", 0, 10)) == [1, 2, 3, 4]
+    await log.close()
+
+
+async def test_sqlite_reads_find_the_tail_from_the_writers_list_without_scanning_it(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    # In the writer's process, reads and bounds take a stream's tail events from the writer's list: a
+    # scan of the tail (what a reader in another process does) would cost a whole batch per read.
+    from cometd_broker.eventlog import sqlite_layout
+    monkeypatch.setattr(sqlite_layout, "_TAIL_EVENTS", "SELECT no_such_column FROM events")
+    monkeypatch.setattr(sqlite_layout, "_BOUNDS", "SELECT no_such_column FROM events")
+    log = SqliteEventLog(tmp_path / "events.db", index_batch=5)
+    await log.append_many([("/a", b"a1"), ("/b", b"b1"), ("/a", b"a2"), ("/a", b"a3")])
+    assert ids_of(await log.read("/a", 1, 10)) == [2, 3] and await log.bounds("/a") == (1, 3)
+    await log.append_many([("/a", b"a4"), ("/b", b"b2")])  # indexed: a4 and b2 are the index's now
+    await wait_for(lambda: log.stats()["unindexed"] == 0)
+    await log.append_many([("/b", b"b3"), ("/c", b"c1")])  # a new tail
+    assert ids_of(await log.read("/a", 0, 10)) == [1, 2, 3, 4] and await log.bounds("/a") == (1, 4)
+    assert ids_of(await log.read("/b", 0, 2)) == [1, 2] and ids_of(await log.read("/b", 2, 10)) == [3]
+    assert await log.bounds("/b") == (1, 3) and await log.bounds("/c") == (1, 1)
+    assert [e.payload for e in await log.read("/c", 0, 10)] == [b"c1"] and await log.read("/d", 0, 10) == []
+    await log.close()
+
+
+async def test_sqlite_a_tail_indexed_by_another_opener_is_read_once(tmp_path: Path) -> None:
+    # The writer's list is of a tail that another opener has indexed since: reads must not take those
+    # events from the index's rows and from the list both.
+    path = tmp_path / "events.db"
+    log = SqliteEventLog(path)
+    await log.append_many([("/a", b"a1"), ("/a", b"a2"), ("/b", b"b1")])
+    tool = SqliteEventLog(path)  # indexes the tail as it opens
+    await tool.close()
+    assert ids_of(await log.read("/a", 0, 10)) == [1, 2] and await log.bounds("/a") == (1, 2)
+    await log.append_many([("/a", b"a3")])
+    assert ids_of(await log.read("/a", 0, 3)) == [1, 2, 3] and ids_of(await log.read("/a", 1, 10)) == [2, 3]
+    assert await log.bounds("/b") == (1, 1)
+    await log.close()
+
+
+async def test_sqlite_a_second_opener_reads_what_the_broker_appends_after_it_opened(tmp_path: Path) -> None:
+    # `cometd-broker events ...` beside a running broker: its own writer appends nothing, so its list of
+    # the tail is empty; the broker's new events must be found by scanning, not missed.
+    path = tmp_path / "events.db"
+    log = SqliteEventLog(path)
+    await log.append_many([("/a", b"a1")])
+    tool = SqliteEventLog(path)
+    await log.append_many([("/a", b"a2"), ("/b", b"b1")])
+    assert ids_of(await tool.read("/a", 0, 10)) == [1, 2] and await tool.bounds("/b") == (1, 1)
+    await tool.close()
     await log.close()
 
 

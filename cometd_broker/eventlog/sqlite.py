@@ -28,11 +28,11 @@ from .sqlite_checkpointer import CHECKPOINT_PERIOD, WAL_LIMIT, WalCheckpointer
 from .sqlite_layout import (
     INDEXED_SEQS,
     INDEXED_STREAMS,
-    OLDEST_INDEXED,
     TAIL,
     prepare,
     read_stream,
     read_transaction,
+    stream_bounds,
 )
 from .sqlite_writer import INDEX_BATCH, SqliteWriter
 
@@ -184,18 +184,15 @@ class SqliteEventLog:
     def _read_stream(self, stream: str, after: int, limit: int) -> list[tuple[int, float, bytes]]:
         conn = self._local.conn
         with read_transaction(conn):  # the index's rows and the tail, in one snapshot
-            return read_stream(conn, stream, after, limit)
+            return read_stream(conn, stream, after, limit, self._writer.known_tail)
+
+    def _stream_bounds(self, stream: str) -> tuple[int, int | None]:
+        conn = self._local.conn
+        with read_transaction(conn):  # latest and oldest agree even while the writer commits
+            return stream_bounds(conn, stream, self._writer.known_tail)
 
     async def bounds(self, stream: str) -> Bounds:
-        # One statement, one snapshot: latest and oldest agree even while the writer commits.
-        rows = await self._query(
-            "SELECT MAX(COALESCE((SELECT last_id FROM streams WHERE stream = ?1), 0), "
-            "COALESCE((SELECT MAX(last_id) FROM stream_index WHERE stream = ?1), 0), "
-            f"COALESCE((SELECT MAX(id) FROM events WHERE {TAIL} AND stream = ?1), 0)), "
-            f"COALESCE({OLDEST_INDEXED}, (SELECT MIN(id) FROM events WHERE {TAIL} AND stream = ?1))",
-            (stream,),
-        )
-        latest, oldest = rows[0]
+        latest, oldest = await self._on_reader(self._stream_bounds, stream)
         if not latest:
             return UNKNOWN_BOUNDS
         return Bounds(latest + 1 if oldest is None else oldest, latest)

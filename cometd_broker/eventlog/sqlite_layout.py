@@ -4,20 +4,22 @@ both the writer and the readers need to see the events the way the layout keeps 
 Why this layout (4): events are appended in the order they are committed (`seq`), so a commit
 writes the last few pages of the table and of the time index, however many streams it touches.
 The per-stream index, `stream_index`, is brought up to date in batches ("indexing the tail"):
-the events after `indexed_through` are found by scanning that short tail. A batch adds one row
-per stream it saw, listing that stream's new events (their seqs, as a JSON array), not one row
-per event: at point-to-point load a batch of 8,192 events touches about as many streams as
-events, and one row each wrote index pages and WAL for every event. Before (3), that index had a
+the events after `indexed_through` are found from the writer's list of them (in its process) or by
+scanning that tail (in another). A batch adds one row per stream it saw, listing that stream's new
+events (their seqs, as a JSON array), not one row per event: at point-to-point load a batch of
+8,192 events touches about as many streams as events, and one row each wrote index pages and WAL
+for every event. Before (3), that index had a
 row per event; before that (2), every event went into a (stream, id) index at once, each dirtying
 a leaf of its own (bench/sqlite_schema.py compares them).
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import orjson
 
@@ -91,24 +93,22 @@ _SAVE_INDEXED_THROUGH = "UPDATE meta SET value = ? WHERE key = 'indexed_through'
 
 
 # The same rows when the writer knows the tail (it committed every event of it since the last batch):
-# a stream's seqs, in order, and its last id. Its ids are consecutive (a stream's next event gets its
-# last id + 1), so the first is known too. No scan of the events, no grouping, no JSON made by SQLite:
-# in a broker that work was as much of the writer's time as its INSERTs. Rows in stream order, as above.
+# a stream's first id there and its seqs, in order. Its ids are consecutive (a stream's next event gets
+# its last id + 1). No scan of the events, no grouping, no JSON made by SQLite: in a broker that work
+# was as much of the writer's time as its INSERTs. Rows in stream order, as above.
 _INSERT_INDEX_ROWS = "INSERT INTO stream_index (stream, last_id, first_id, last_seq, seqs) VALUES "
 
 
-def index_known_tail(conn: sqlite3.Connection, tail: dict[str, list[int]], last_ids: dict[str, int],
-                     through: int, expected: int) -> bool:
+def index_known_tail(conn: sqlite3.Connection, tail: dict[str, tuple[int, list[int]]], through: int,
+                     expected: int) -> bool:
     """Within the caller's transaction: index the tail from what the writer kept of it, `tail` (stream ->
-    its seqs after `expected`, through seq `through`), with `last_ids` (stream -> its last id). False,
-    indexing nothing, when indexed_through is not `expected`: another opener indexed part of it (see
-    index_tail)."""
+    its first id and its seqs after `expected`, through seq `through`). False, indexing nothing, when
+    indexed_through is not `expected`: another opener indexed part of it (see index_tail)."""
     if conn.execute(f"SELECT {INDEXED_THROUGH}").fetchone()[0] != expected:
         return False
     params: list[object] = []
     for stream in sorted(tail):
-        seqs = tail[stream]
-        first_id = last_ids[stream] - len(seqs) + 1
+        first_id, seqs = tail[stream]
         for start in range(0, len(seqs), BACKLOG_BATCH):  # a row lists BACKLOG_BATCH seqs at most
             listed = seqs[start:start + BACKLOG_BATCH]
             params += (stream, first_id + start + len(listed) - 1, first_id + start, listed[-1],
@@ -148,15 +148,42 @@ _STREAM_ROWS = "SELECT first_id, seqs FROM stream_index WHERE stream = ? AND las
 _LISTED_EVENTS = "SELECT id, ts, payload FROM events WHERE seq IN (SELECT value FROM json_each(?)) ORDER BY seq"
 _TAIL_EVENTS = f"SELECT id, ts, payload FROM events WHERE {TAIL} AND stream = ? AND id > ? ORDER BY id LIMIT ?"
 
+# A stream's tail as the writer of this process lists it (SqliteWriter.known_tail): indexed_through,
+# the last seq it listed, the stream's first id in the tail and its seqs there.
+KnownTail = Callable[[str], tuple[int, int, int, list[int]]]
+_SNAPSHOT = f"SELECT {INDEXED_THROUGH}, (SELECT COALESCE(MAX(seq), 0) FROM events)"
 
-def read_stream(conn: sqlite3.Connection, stream: str, after: int, limit: int) -> list[tuple[int, float, bytes]]:
+
+def tail_in_snapshot(conn: sqlite3.Connection, stream: str,
+                     known_tail: KnownTail | None) -> tuple[int, list[int]] | None:
+    """The first statement of the caller's read transaction: `stream`'s events in the tail that its
+    snapshot sees, as (first id, seqs), from the writer's list: no scan of the tail. None when the list
+    cannot tell (no writer here, it indexed the tail since the snapshot began, or the snapshot holds
+    events another process's writer appended): then scan.
+
+    The list is taken after the snapshot began, and the writer lists events before committing them,
+    so it holds every tail event the snapshot sees: those up to the snapshot's last seq, all there (a
+    trim indexes the tail before it deletes, which changes indexed_through)."""
+    through, last_seq = conn.execute(_SNAPSHOT).fetchone()
+    if known_tail is None:
+        return None
+    base, listed_through, first_id, seqs = known_tail(stream)
+    if base != through or last_seq > listed_through:
+        return None
+    return first_id, seqs[:bisect.bisect_right(seqs, last_seq)]
+
+
+def read_stream(conn: sqlite3.Connection, stream: str, after: int, limit: int,
+                known_tail: KnownTail | None = None) -> list[tuple[int, float, bytes]]:
     """Within the caller's read transaction (one snapshot): (id, ts, payload) of `stream`'s first `limit`
-    events after id `after`, from the index's rows, then the tail.
+    events after id `after`, from the index's rows, then the tail (see tail_in_snapshot).
 
     A row's events have the ids first_id, first_id + 1 ... in the order of their seqs (a batch indexes
     a run of each stream's ids), so the event with id `after` + 1 is at a known place among the sorted
     seqs and a read fetches only what it returns, however long the row (a busy stream's row holds a
-    whole batch). Seqs of events a trim removed are found missing, and passed over."""
+    whole batch). Seqs of events a trim removed are found missing, and passed over. The writer's list
+    of the tail is read the same way, as a last row."""
+    tail = tail_in_snapshot(conn, stream, known_tail)
     found: list[tuple[int, float, bytes]] = []
     wanted: list[int] = []  # seqs to fetch: the stream's next events, in id order (and seq order)
 
@@ -164,8 +191,13 @@ def read_stream(conn: sqlite3.Connection, stream: str, after: int, limit: int) -
         found.extend(conn.execute(_LISTED_EVENTS, (orjson.dumps(wanted),)).fetchall())
         wanted.clear()
 
-    for first_id, listed in conn.execute(_STREAM_ROWS, (stream, after)):  # row by row, as far as needed
-        seqs = sorted(orjson.loads(listed))
+    def rows() -> Iterator[tuple[int, list[int]]]:  # row by row, as far as needed
+        for first_id, listed in conn.execute(_STREAM_ROWS, (stream, after)):
+            yield first_id, sorted(orjson.loads(listed))
+        if tail is not None:
+            yield tail
+
+    for first_id, seqs in rows():
         at = max(0, after + 1 - first_id)
         while at < len(seqs) and len(found) < limit:
             take = seqs[at:at + limit - len(found) - len(wanted)]
@@ -177,7 +209,32 @@ def read_stream(conn: sqlite3.Connection, stream: str, after: int, limit: int) -
             return found
     if wanted:
         fetch()
+    if tail is not None:
+        return found
     return found + conn.execute(_TAIL_EVENTS, (stream, after, limit - len(found))).fetchall()
+
+
+# A stream's last id (its saved counter, its newest indexed event, or its newest in the tail, whichever
+# is later) and its oldest id held (None: it holds none), in one statement; and the same without the tail.
+_INDEXED_LATEST = ("COALESCE((SELECT last_id FROM streams WHERE stream = ?1), 0), "
+                   "COALESCE((SELECT MAX(last_id) FROM stream_index WHERE stream = ?1), 0)")
+_BOUNDS = (f"SELECT MAX({_INDEXED_LATEST}, COALESCE((SELECT MAX(id) FROM events WHERE {TAIL} AND stream = ?1), 0)), "
+           f"COALESCE({OLDEST_INDEXED}, (SELECT MIN(id) FROM events WHERE {TAIL} AND stream = ?1))")
+_INDEXED_BOUNDS = f"SELECT MAX({_INDEXED_LATEST}), {OLDEST_INDEXED}"
+
+
+def stream_bounds(conn: sqlite3.Connection, stream: str, known_tail: KnownTail | None = None) -> tuple[int, int | None]:
+    """Within the caller's read transaction: `stream`'s latest id (0: none ever) and its oldest id
+    held (None: none held), the tail found as read_stream finds it."""
+    tail = tail_in_snapshot(conn, stream, known_tail)
+    if tail is None:
+        return conn.execute(_BOUNDS, (stream,)).fetchone()
+    latest, oldest = conn.execute(_INDEXED_BOUNDS, (stream,)).fetchone()
+    first_id, seqs = tail
+    if seqs:
+        latest = max(latest, first_id + len(seqs) - 1)
+        oldest = first_id if oldest is None else oldest
+    return latest, oldest
 
 
 # The distinct indexed streams, one index seek each (a skip scan of the key), as `names`.

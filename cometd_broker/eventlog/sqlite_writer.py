@@ -31,7 +31,9 @@ events or when a stream is over max_count), not statements per event and per
 stream; the streams' counters are saved by trims, not appends; and the
 per-stream index is brought up to date every `index_batch` events in a
 transaction of its own, a row per stream, not an index entry per event
-(sqlite_layout.py).
+(sqlite_layout.py), made from the seqs the writer listed as it committed them;
+the same list lets this process's readers find the tail's events without
+scanning it.
 """
 
 from __future__ import annotations
@@ -73,9 +75,12 @@ _DROP_BY_AGE = (
 # found in the connection's statement cache (the sizes a steady load makes are few).
 _MAX_ROWS = 1000
 # Events left out of the per-stream index at most before it is brought up to date. Each batch
-# writes a row, and about a page, per stream it touches, so larger batches cost less per event; a
-# read scans at most this many events of the tail.
-INDEX_BATCH = 8192  # the default
+# writes a row, and dirties about a page, per stream it touches (a leaf of its own once the index
+# is large), so larger batches cost less per event: at 40,000 msg/s point-to-point, 8,192 made the
+# batches a third of the writer's time. Reads in this process find the tail's events from the
+# writer's list (known_tail); a reader in another process (an events tool) scans the tail, up to
+# this many events (about 10 ms).
+INDEX_BATCH = 65536  # the default
 
 # Every stream's newest event, when the tail is indexed (at startup).
 _NEWEST_EVENTS = (
@@ -172,11 +177,14 @@ class SqliteWriter:
         # Streams whose counters `streams` does not hold yet: a trim saves them before it deletes.
         self._last, self._unsaved = _load_last(conn)
         # The tail: events committed since the per-stream index was last brought up to date (through
-        # seq `_indexed_through`), each stream's seqs in it, in order: the next batch is made from them
-        # (a drop by count that reaches a stream's tail indexes it first).
+        # seq `_indexed_through`): per stream, its first id in the tail and its seqs there, in order.
+        # The next batch is made from them, and this process's readers find the tail's events with
+        # them instead of scanning it (`known_tail`); a drop by count that reaches a stream's tail
+        # indexes it first. Changed under `_tail_lock`, as the readers copy from other threads.
         self._unindexed = 0
-        self._tail: dict[str, list[int]] = {}
-        self._indexed_through = self._seq
+        self._tail: dict[str, tuple[int, list[int]]] = {}
+        self._indexed_through = self._listed_through = self._seq  # the last seq listed
+        self._tail_lock = threading.Lock()
         self._slots = asyncio.Semaphore(max_pending)  # bounds the queued jobs
         self._thread: JobThread[_Job] = JobThread(name, self._run, self._on_exit)
         self._stopping = False
@@ -204,6 +212,17 @@ class SqliteWriter:
     def unindexed(self) -> int:
         """Events committed since the per-stream index was last brought up to date (the tail)."""
         return self._unindexed
+
+    def known_tail(self, stream: str) -> tuple[int, int, int, list[int]]:
+        """From any thread: (indexed_through, the last seq listed, first id, seqs) of `stream`'s events in
+        the tail, as this writer has them now. Every event it committed by then is listed, and perhaps
+        some of a commit under way (a reader's snapshot does not see those, nor a failed commit's): so a
+        reader whose snapshot started first, and whose snapshot's indexed_through is the one given and
+        newest seq no later than the last listed, finds every tail event it can see in the list. A later
+        newest seq is another process's (an events tool that appends): that reader must scan."""
+        with self._tail_lock:
+            first_id, seqs = self._tail.get(stream, (0, []))
+            return self._indexed_through, self._listed_through, first_id, list(seqs)
 
     @property
     def oldest_pending_age(self) -> float:
@@ -361,12 +380,16 @@ class SqliteWriter:
         drops = [] if max_count is None else [
             (stream, last[stream][0] - max_count) for stream in before if last[stream][0] > max_count]
         # Drops find events through the per-stream index: one that reaches the tail indexes it first.
-        # A stream's tail starts len(its seqs) ids before its last; one not in it starts with this commit.
+        # A stream not in the tail yet starts it with this commit's first id.
         tail = self._tail
-        index = any(upto >= _next_id(before[stream]) - len(tail.get(stream, ())) for stream, upto in drops)
+        index = any(upto >= (tail[stream][0] if stream in tail else _next_id(before[stream]))
+                    for stream, upto in drops)
+        # Listed before the commit, which readers may see as soon as it is made (see known_tail).
+        listed = self._list_in_tail(rows, before)
         failure = self._run_transaction(lambda: self._write_events(rows, drops, index))
         if failure is not None:
             self._seq = first_seq
+            self._unlist(listed)
             for stream, previous in before.items():  # the ids were not committed: hand them out again
                 if previous is None:
                     del last[stream]
@@ -381,15 +404,33 @@ class SqliteWriter:
             self._indexed()
         else:
             self._unindexed += len(rows) // 5
-            for stream, seq in zip(rows[1::5], rows[0::5], strict=True):
-                seqs = tail.get(stream)
-                if seqs is None:
-                    tail[stream] = [seq]
-                else:
-                    seqs.append(seq)
         self._settle_appends(batch, results, None)
         if self._unindexed >= self._index_batch:
             self._index_tail()
+
+    def _list_in_tail(self, rows: list[Any], streams: dict[str, Any]) -> dict[str, int]:
+        """Add a commit's events (`rows`, to `streams`) to the tail; how many seqs each stream had."""
+        tail = self._tail
+        with self._tail_lock:
+            self._listed_through = self._seq
+            listed = {stream: len(tail[stream][1]) if stream in tail else 0 for stream in streams}
+            for seq, stream, id_ in zip(rows[0::5], rows[1::5], rows[2::5], strict=True):
+                entry = tail.get(stream)
+                if entry is None:
+                    tail[stream] = (id_, [seq])
+                else:
+                    entry[1].append(seq)
+        return listed
+
+    def _unlist(self, listed: dict[str, int]) -> None:
+        """Take a failed commit's events out of the tail again (after `_seq` went back)."""
+        with self._tail_lock:
+            self._listed_through = self._seq
+            for stream, count in listed.items():
+                if count:
+                    del self._tail[stream][1][count:]
+                else:
+                    del self._tail[stream]
 
     def _write_events(self, rows: list[Any], drops: list[tuple[str, int]], index: bool) -> None:
         if len(rows) <= _MAX_ROWS * 5 and not drops:
@@ -411,8 +452,7 @@ class SqliteWriter:
 
         def write() -> None:
             self._conn.execute("BEGIN IMMEDIATE")
-            last_ids = {stream: self._last[stream][0] for stream in self._tail}
-            if not index_known_tail(self._conn, self._tail, last_ids, self._seq, self._indexed_through):
+            if not index_known_tail(self._conn, self._tail, self._seq, self._indexed_through):
                 index_tail(self._conn, self._seq)  # from the events, as another opener left them
             self._conn.execute("COMMIT")
 
@@ -425,8 +465,9 @@ class SqliteWriter:
 
     def _indexed(self) -> None:
         self._unindexed = 0
-        self._tail.clear()
-        self._indexed_through = self._seq
+        with self._tail_lock:
+            self._tail.clear()
+            self._indexed_through = self._seq
 
     def _run_transaction(self, write: Callable[[], None]) -> sqlite3.Error | None:
         """Run `write` under the commit lock (the checkpointer may hold the writer back with it);
