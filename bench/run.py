@@ -61,8 +61,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "fanout": (1000, "1,2,5,10,20,40,80,120,160,240", 4.0),
         # Steps of a third or less from 8,000 on, where the servers saturate: a 0.8x target cannot be
         # read off a grid that doubles (8,000 then 16,000 made every ratio 0.5 or 1.0).
-        "p2p": (1000, "250,500,1000,2000,4000,8000,12000,16000,20000,24000,28000,32000,40000,48000,64000,80000,96000",
-                4.0),
+        "p2p": (1000, "250,500,1000,2000,4000,8000,12000,16000,20000,24000,28000,32000,40000,48000,64000,80000,96000,"
+                "112000,128000", 4.0),
         "idle": {"ws": 10000, "lp": 5000}, "agents": {"agents": 1000, "rounds": 5},
         # (clients, fixed offered msg/s, each measured on its own, seconds per step): a light, a busier and
         # a heavy point-to-point load (a long-poll batch of publishes, and so a Redis round trip, carries
