@@ -861,11 +861,14 @@ def main() -> int:
     md += [f"Total run time {report['seconds']} s. Ratios: ours / best peer (msg/s: higher is better; CPU, RSS: "
            "lower is better); the floor is no peer: `vs floor` is each server's CPU/100k over the floor's at the "
            "`ref` step. `loadgen CPU %` near 100 means the load generator, not the server, was the limit."]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')} in {report['seconds']} s")
+    # OUT.json and OUT.md, appended (OUT.md or OUT.json given stands for OUT): with_suffix would cut a
+    # name such as "switch-0.001" at its dot.
+    stem = args.out.removesuffix(".md").removesuffix(".json")
+    json_path, md_path = Path(stem + ".json"), Path(stem + ".md")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=1) + "\n")
+    md_path.write_text("\n".join(md) + "\n")
+    log(f"wrote {json_path} and {md_path} in {report['seconds']} s")
     return 0
 
 
