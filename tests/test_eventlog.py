@@ -827,6 +827,14 @@ async def test_sqlite_reads_find_the_tail_from_the_writers_list_without_scanning
     assert await log.bounds("/b") == (1, 3) and await log.bounds("/c") == (1, 1)
     assert [e.payload for e in await log.read("/c", 0, 10)] == [b"c1"] and await log.read("/d", 0, 10) == []
     await log.close()
+    # A page of a busy stream's tail copies that page of the list, not the list.
+    busy = SqliteEventLog(tmp_path / "busy.db")
+    await busy.append_many([("/hot", b"%d" % n) for n in range(1, 4)])
+    await busy.append_many([("/hot", b"%d" % n) for n in range(4, 41)])
+    assert ids_of(await busy.read("/hot", 10, 5)) == [11, 12, 13, 14, 15] and await busy.bounds("/hot") == (1, 40)
+    _, _, first_id, count, part = busy._writer.known_tail("/hot", 10**9, 10, 5)
+    assert (first_id, count, len(part)) == (1, 40, 5)
+    await busy.close()
 
 
 async def test_sqlite_a_tail_indexed_by_another_opener_is_read_once(tmp_path: Path) -> None:

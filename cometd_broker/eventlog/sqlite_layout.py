@@ -15,7 +15,6 @@ a leaf of its own (bench/sqlite_schema.py compares them).
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import logging
 import sqlite3
@@ -148,16 +147,19 @@ _STREAM_ROWS = "SELECT first_id, seqs FROM stream_index WHERE stream = ? AND las
 _LISTED_EVENTS = "SELECT id, ts, payload FROM events WHERE seq IN (SELECT value FROM json_each(?)) ORDER BY seq"
 _TAIL_EVENTS = f"SELECT id, ts, payload FROM events WHERE {TAIL} AND stream = ? AND id > ? ORDER BY id LIMIT ?"
 
-# A stream's tail as the writer of this process lists it (SqliteWriter.known_tail): indexed_through,
-# the last seq it listed, the stream's first id in the tail and its seqs there.
-KnownTail = Callable[[str], tuple[int, int, int, list[int]]]
+# A stream's tail as the writer of this process lists it (SqliteWriter.known_tail), given the stream,
+# the snapshot's last seq, an id and a count: indexed_through, the last seq it listed, the stream's
+# first id in the tail, how many of its listed events the snapshot holds, and the seqs of up to
+# count of those after the id.
+KnownTail = Callable[[str, int, int, int], tuple[int, int, int, int, list[int]]]
 _SNAPSHOT = f"SELECT {INDEXED_THROUGH}, (SELECT COALESCE(MAX(seq), 0) FROM events)"
 
 
-def tail_in_snapshot(conn: sqlite3.Connection, stream: str,
-                     known_tail: KnownTail | None) -> tuple[int, list[int]] | None:
+def tail_in_snapshot(conn: sqlite3.Connection, stream: str, known_tail: KnownTail | None, after: int = 0,
+                     limit: int = 0) -> tuple[int, int, list[int]] | None:
     """The first statement of the caller's read transaction: `stream`'s events in the tail that its
-    snapshot sees, as (first id, seqs), from the writer's list: no scan of the tail. None when the list
+    snapshot sees, from the writer's list, as (their first id, how many, the seqs of the first `limit`
+    after id `after`): no scan of the tail, and no copy of more than a read takes. None when the list
     cannot tell (no writer here, it indexed the tail since the snapshot began, or the snapshot holds
     events another process's writer appended): then scan.
 
@@ -167,10 +169,10 @@ def tail_in_snapshot(conn: sqlite3.Connection, stream: str,
     through, last_seq = conn.execute(_SNAPSHOT).fetchone()
     if known_tail is None:
         return None
-    base, listed_through, first_id, seqs = known_tail(stream)
+    base, listed_through, first_id, count, part = known_tail(stream, last_seq, after, limit)
     if base != through or last_seq > listed_through:
         return None
-    return first_id, seqs[:bisect.bisect_right(seqs, last_seq)]
+    return first_id, count, part
 
 
 def read_stream(conn: sqlite3.Connection, stream: str, after: int, limit: int,
@@ -183,7 +185,7 @@ def read_stream(conn: sqlite3.Connection, stream: str, after: int, limit: int,
     seqs and a read fetches only what it returns, however long the row (a busy stream's row holds a
     whole batch). Seqs of events a trim removed are found missing, and passed over. The writer's list
     of the tail is read the same way, as a last row."""
-    tail = tail_in_snapshot(conn, stream, known_tail)
+    tail = tail_in_snapshot(conn, stream, known_tail, after, limit)
     found: list[tuple[int, float, bytes]] = []
     wanted: list[int] = []  # seqs to fetch: the stream's next events, in id order (and seq order)
 
@@ -194,8 +196,8 @@ def read_stream(conn: sqlite3.Connection, stream: str, after: int, limit: int,
     def rows() -> Iterator[tuple[int, list[int]]]:  # row by row, as far as needed
         for first_id, listed in conn.execute(_STREAM_ROWS, (stream, after)):
             yield first_id, sorted(orjson.loads(listed))
-        if tail is not None:
-            yield tail
+        if tail is not None and tail[2]:
+            yield max(tail[0], after + 1), tail[2]  # its part after `after`
 
     for first_id, seqs in rows():
         at = max(0, after + 1 - first_id)
@@ -230,9 +232,9 @@ def stream_bounds(conn: sqlite3.Connection, stream: str, known_tail: KnownTail |
     if tail is None:
         return conn.execute(_BOUNDS, (stream,)).fetchone()
     latest, oldest = conn.execute(_INDEXED_BOUNDS, (stream,)).fetchone()
-    first_id, seqs = tail
-    if seqs:
-        latest = max(latest, first_id + len(seqs) - 1)
+    first_id, count, _ = tail
+    if count:
+        latest = max(latest, first_id + count - 1)
         oldest = first_id if oldest is None else oldest
     return latest, oldest
 

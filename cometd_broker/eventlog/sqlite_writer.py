@@ -39,6 +39,7 @@ scanning it.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import sqlite3
 import threading
@@ -213,16 +214,21 @@ class SqliteWriter:
         """Events committed since the per-stream index was last brought up to date (the tail)."""
         return self._unindexed
 
-    def known_tail(self, stream: str) -> tuple[int, int, int, list[int]]:
-        """From any thread: (indexed_through, the last seq listed, first id, seqs) of `stream`'s events in
-        the tail, as this writer has them now. Every event it committed by then is listed, and perhaps
-        some of a commit under way (a reader's snapshot does not see those, nor a failed commit's): so a
-        reader whose snapshot started first, and whose snapshot's indexed_through is the one given and
-        newest seq no later than the last listed, finds every tail event it can see in the list. A later
-        newest seq is another process's (an events tool that appends): that reader must scan."""
+    def known_tail(self, stream: str, last_seq: int, after: int, limit: int) -> tuple[int, int, int, int, list[int]]:
+        """From any thread: `stream`'s events in the tail as this writer lists them now, for a reader
+        whose snapshot's last seq is `last_seq`: (indexed_through, the last seq listed, the stream's first
+        id in the tail, how many of its listed events come no later than last_seq, and the seqs of up to
+        `limit` of those after id `after`). Every event it committed by then is listed, and perhaps some of
+        a commit under way (a reader's snapshot does not see those, nor a failed commit's): so a reader
+        whose snapshot started first, and whose snapshot's indexed_through is the one given and last seq
+        no later than the last listed, finds every tail event it can see here. A later last seq is another
+        process's (an events tool that appends): that reader must scan."""
         with self._tail_lock:
             first_id, seqs = self._tail.get(stream, (0, []))
-            return self._indexed_through, self._listed_through, first_id, list(seqs)
+            count = bisect.bisect_right(seqs, last_seq)
+            start = max(0, after + 1 - first_id)
+            return (self._indexed_through, self._listed_through, first_id, count,
+                    seqs[start:min(count, start + limit)])
 
     @property
     def oldest_pending_age(self) -> float:
