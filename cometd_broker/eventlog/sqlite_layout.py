@@ -19,6 +19,7 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import orjson
 
@@ -95,7 +96,22 @@ _SAVE_INDEXED_THROUGH = "UPDATE meta SET value = ? WHERE key = 'indexed_through'
 # a stream's first id there and its seqs, in order. Its ids are consecutive (a stream's next event gets
 # its last id + 1). No scan of the events, no grouping, no JSON made by SQLite: in a broker that work
 # was as much of the writer's time as its INSERTs. Rows in stream order, as above.
-_INSERT_INDEX_ROWS = "INSERT INTO stream_index (stream, last_id, first_id, last_seq, seqs) VALUES "
+_INSERT_INDEX_ROWS = "INSERT INTO stream_index (stream, last_id, first_id, last_seq, seqs) VALUES {}"
+
+# Rows per multi-row statement at most (5 parameters a row stays far below SQLite's 32766). A commit
+# of up to this many events is one INSERT and one upsert; each size's text is prepared once and then
+# found in the connection's statement cache (the sizes a steady load makes are few).
+MAX_ROWS = 1000
+
+
+def insert_rows(conn: sqlite3.Connection, template: str, row: str, params: list[Any], width: int) -> None:
+    """Run `template` with one `row` group per row of `params` (`width` each), in as few statements as
+    it takes."""
+    rows = ("," + row) * MAX_ROWS
+    step = MAX_ROWS * width
+    for start in range(0, len(params), step):
+        chunk = params[start:start + step]
+        conn.execute(template.format(rows[1:len(chunk) // width * (len(row) + 1)]), chunk)
 
 
 def index_known_tail(conn: sqlite3.Connection, tail: dict[str, tuple[int, list[int]]], through: int,
@@ -105,21 +121,16 @@ def index_known_tail(conn: sqlite3.Connection, tail: dict[str, tuple[int, list[i
     indexed_through is not `expected`: another opener indexed part of it (see index_tail)."""
     if conn.execute(f"SELECT {INDEXED_THROUGH}").fetchone()[0] != expected:
         return False
-    params: list[object] = []
+    params: list[Any] = []
     for stream in sorted(tail):
         first_id, seqs = tail[stream]
         for start in range(0, len(seqs), BACKLOG_BATCH):  # a row lists BACKLOG_BATCH seqs at most
             listed = seqs[start:start + BACKLOG_BATCH]
             params += (stream, first_id + start + len(listed) - 1, first_id + start, listed[-1],
                        orjson.dumps(listed).decode())
-    for start in range(0, len(params), _INDEX_ROWS_PER_STATEMENT * 5):
-        chunk = params[start:start + _INDEX_ROWS_PER_STATEMENT * 5]
-        conn.execute(_INSERT_INDEX_ROWS + ",".join(["(?,?,?,?,?)"] * (len(chunk) // 5)), chunk)
+    insert_rows(conn, _INSERT_INDEX_ROWS, "(?,?,?,?,?)", params, 5)
     conn.execute(_SAVE_INDEXED_THROUGH, (str(through),))
     return True
-
-
-_INDEX_ROWS_PER_STATEMENT = 1000  # 5 parameters a row stays far below SQLite's 32766
 
 
 # Events per batch at most when a backlog is indexed at once (an upgrade, a tail left by failed

@@ -51,7 +51,15 @@ from typing import Any
 
 from ..job_thread import JobThread, LoopHandoff
 from .base import EventLogClosed, Retention, as_payloads
-from .sqlite_layout import INDEXED_STREAMS, INDEXED_THROUGH, immediate_transaction, index_known_tail, index_tail
+from .sqlite_layout import (
+    INDEXED_STREAMS,
+    INDEXED_THROUGH,
+    MAX_ROWS,
+    immediate_transaction,
+    index_known_tail,
+    index_tail,
+    insert_rows,
+)
 
 log = logging.getLogger("cometd_broker.eventlog")
 
@@ -71,10 +79,6 @@ _DROP_BY_AGE = (
     "DELETE FROM events WHERE ts < ?",
     "DELETE FROM stream_index WHERE NOT EXISTS (SELECT 1 FROM events WHERE seq = stream_index.last_seq)",
 )
-# Rows per multi-row statement at most (5 parameters a row stays far below SQLite's 32766). A commit
-# of up to this many events is one INSERT and one upsert; each size's text is prepared once and then
-# found in the connection's statement cache (the sizes a steady load makes are few).
-_MAX_ROWS = 1000
 # Events left out of the per-stream index at most before it is brought up to date. Each batch
 # writes a row, and dirties about a page, per stream it touches (a leaf of its own once the index
 # is large), so larger batches cost less per event: at 40,000 msg/s point-to-point, 8,192 made the
@@ -439,13 +443,13 @@ class SqliteWriter:
                     del self._tail[stream]
 
     def _write_events(self, rows: list[Any], drops: list[tuple[str, int]], index: bool) -> None:
-        if len(rows) <= _MAX_ROWS * 5 and not drops:
+        if len(rows) <= MAX_ROWS * 5 and not drops:
             # One statement is its own transaction (autocommit): no BEGIN and COMMIT, each of
             # which would release the GIL and wait to take it back from a busy loop.
-            self._insert(_INSERT_EVENTS + "{}", "(?,?,?,?,?)", rows, 5)
+            insert_rows(self._conn, _INSERT_EVENTS + "{}", "(?,?,?,?,?)", rows, 5)
         else:
             self._conn.execute("BEGIN IMMEDIATE")
-            self._insert(_INSERT_EVENTS + "{}", "(?,?,?,?,?)", rows, 5)
+            insert_rows(self._conn, _INSERT_EVENTS + "{}", "(?,?,?,?,?)", rows, 5)
             if index:
                 index_tail(self._conn, self._seq)
             for statement in _DROP_BY_COUNT:
@@ -488,14 +492,6 @@ class SqliteWriter:
         self._after_commit()
         return None
 
-    def _insert(self, template: str, row: str, params: list[Any], width: int) -> None:
-        """Run `template` with one `row` group per row of `params`, in as few statements as it takes."""
-        rows = ("," + row) * _MAX_ROWS
-        step = _MAX_ROWS * width
-        for start in range(0, len(params), step):
-            chunk = params[start:start + step]
-            self._conn.execute(template.format(rows[1:len(chunk) // width * (len(row) + 1)]), chunk)
-
     def _trim(self, job: _TrimJob) -> None:
         max_age, max_count = self._retention.max_age, self._retention.max_count
         unsaved: list[Any] = []
@@ -507,7 +503,7 @@ class SqliteWriter:
             nonlocal dropped
             self._conn.execute("BEGIN IMMEDIATE")
             # The counters first: a stream trimmed to nothing still knows its last id after a restart.
-            self._insert(_SAVE_STREAMS, "(?,?,?)", unsaved, 3)
+            insert_rows(self._conn, _SAVE_STREAMS, "(?,?,?)", unsaved, 3)
             index_tail(self._conn, self._seq)  # the trims find events through the per-stream index
             if max_age is not None:
                 dropped += self._conn.execute(_DROP_BY_AGE[0], (job.now - max_age,)).rowcount
