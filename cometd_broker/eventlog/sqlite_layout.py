@@ -6,11 +6,10 @@ writes the last few pages of the table and of the time index, however many strea
 The per-stream index, `stream_index`, is brought up to date in batches ("indexing the tail"):
 the events after `indexed_through` are found from the writer's list of them (in its process) or by
 scanning that tail (in another). A batch adds one row per stream it saw, listing that stream's new
-events (their seqs, as a JSON array), not one row per event: at point-to-point load a batch of
-8,192 events touches about as many streams as events, and one row each wrote index pages and WAL
-for every event. Before (3), that index had a
-row per event; before that (2), every event went into a (stream, id) index at once, each dirtying
-a leaf of its own (bench/sqlite_schema.py compares them).
+events (their seqs, as a JSON array), not one row per event: at point-to-point load each stream
+has a few events in a batch, and a row each wrote index pages and WAL for every event. Before (3),
+that index had a row per event; before that (2), every event went into a (stream, id) index at
+once, each dirtying a leaf of its own (bench/sqlite_schema.py compares them).
 """
 
 from __future__ import annotations
