@@ -124,11 +124,6 @@ def _index_at_start(conn: sqlite3.Connection) -> int:
     return last_seq
 
 
-def _next_id(previous: tuple[int, float] | None) -> int:
-    """The id a stream's next event gets, from its last (id, timestamp), None for a new stream."""
-    return 1 if previous is None else previous[0] + 1
-
-
 @dataclass(slots=True, eq=False)
 class _AppendJob:
     events: list[tuple[str, bytes]]  # (stream, payload), in order
@@ -368,34 +363,40 @@ class SqliteWriter:
         results: list[list[int]] = []  # per job: its ids
         now = self._clock()
         first_seq = seq = self._seq
-        for job in batch:
-            ids = []
-            for stream, payload in job.events:
-                previous = last.get(stream)
-                if stream not in before:
-                    before[stream] = previous
-                if previous is None:
-                    id_, ts = 1, now
-                else:
-                    # ts never goes backwards within a stream: age trimming drops a prefix.
-                    id_, ts = previous[0] + 1, (now if now > previous[1] else previous[1])
-                last[stream] = (id_, ts)
-                seq += 1
-                rows += (seq, stream, id_, ts, payload)
-                ids.append(id_)
-            results.append(ids)
-        self._seq = seq
+        tail = self._tail
+        listed: dict[str, int] = {}  # per stream: how many seqs it had in the tail (a failure unlists the rest)
+        # Each event is listed in the tail as it is numbered, before the commit, which readers may see as
+        # soon as it is made (see known_tail); they see none of it until the whole batch is listed.
+        with self._tail_lock:
+            for job in batch:
+                ids = []
+                for stream, payload in job.events:
+                    previous = last.get(stream)
+                    entry = tail.get(stream)
+                    if stream not in before:
+                        before[stream] = previous
+                        listed[stream] = 0 if entry is None else len(entry[1])
+                    if previous is None:
+                        id_, ts = 1, now
+                    else:
+                        # ts never goes backwards within a stream: age trimming drops a prefix.
+                        id_, ts = previous[0] + 1, (now if now > previous[1] else previous[1])
+                    last[stream] = (id_, ts)
+                    seq += 1
+                    rows += (seq, stream, id_, ts, payload)
+                    if entry is None:
+                        tail[stream] = (id_, [seq])
+                    else:
+                        entry[1].append(seq)
+                    ids.append(id_)
+                results.append(ids)
+            self._seq = self._listed_through = seq
         max_count = self._retention.max_count
         # Enforced in the same transaction so the file never holds more than max_count per stream.
         drops = [] if max_count is None else [
             (stream, last[stream][0] - max_count) for stream in before if last[stream][0] > max_count]
         # Drops find events through the per-stream index: one that reaches the tail indexes it first.
-        # A stream not in the tail yet starts it with this commit's first id.
-        tail = self._tail
-        index = any(upto >= (tail[stream][0] if stream in tail else _next_id(before[stream]))
-                    for stream, upto in drops)
-        # Listed before the commit, which readers may see as soon as it is made (see known_tail).
-        listed = self._list_in_tail(rows, before)
+        index = any(upto >= tail[stream][0] for stream, upto in drops)
         failure = self._run_transaction(lambda: self._write_events(rows, drops, index))
         if failure is not None:
             self._seq = first_seq
@@ -417,20 +418,6 @@ class SqliteWriter:
         self._settle_appends(batch, results, None)
         if self._unindexed >= self._index_batch:
             self._index_tail()
-
-    def _list_in_tail(self, rows: list[Any], streams: dict[str, Any]) -> dict[str, int]:
-        """Add a commit's events (`rows`, to `streams`) to the tail; how many seqs each stream had."""
-        tail = self._tail
-        with self._tail_lock:
-            self._listed_through = self._seq
-            listed = {stream: len(tail[stream][1]) if stream in tail else 0 for stream in streams}
-            for seq, stream, id_ in zip(rows[0::5], rows[1::5], rows[2::5], strict=True):
-                entry = tail.get(stream)
-                if entry is None:
-                    tail[stream] = (id_, [seq])
-                else:
-                    entry[1].append(seq)
-        return listed
 
     def _unlist(self, listed: dict[str, int]) -> None:
         """Take a failed commit's events out of the tail again (after `_seq` went back)."""
