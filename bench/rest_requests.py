@@ -140,7 +140,8 @@ def main() -> int:
     if args.serve_floor:
         serve_floor(args.serve_floor)
         return 0
-    os.sched_setaffinity(0, {int(LOADGEN_CORE)})
+    if int(LOADGEN_CORE) in os.sched_getaffinity(0):
+        os.sched_setaffinity(0, {int(LOADGEN_CORE)})  # the server is on the other core (run.py's `pinned`)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-users-") as tmp:
         users = Path(tmp) / "users.json"
