@@ -35,7 +35,7 @@ from cometd_broker.eventlog import (
     open_event_log,
     sqlite_layout,
 )
-from cometd_broker.eventlog.sqlite_layout import SCHEMA_VERSION
+from cometd_broker.eventlog.sqlite_layout import CACHED_STATEMENTS, MAX_ROWS, ROW_STEP, SCHEMA_VERSION, insert_rows
 from cometd_broker.eventlog.sqlite_writer import INDEX_BATCH
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -937,6 +937,33 @@ async def test_sqlite_reopened_with_smaller_max_count_trims_the_excess(tmp_path:
     assert await log.trim(now=0.0) == 6
     assert await log.bounds("/a") == (7, 10)
     await log.close()
+
+
+def test_sqlite_multi_row_inserts_take_exactly_their_rows_in_a_bounded_number_of_texts() -> None:
+    """Counts rounded up to a multiple of ROW_STEP (rows of NULLs the statement leaves out), so that every
+    size from 1 to MAX_ROWS stays in the statement cache; upserts too."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT NOT NULL)")
+    texts: set[str] = set()
+
+    class Counting:
+        def execute(self, sql: str, params: list[object]) -> sqlite3.Cursor:
+            texts.add(sql)
+            return conn.execute(sql, params)
+
+    upsert = "INSERT INTO t (a, b) {} ON CONFLICT (a) DO UPDATE SET b = excluded.b"
+    first = 0
+    for count in [*range(1, MAX_ROWS + 1), ROW_STEP + 1, 2 * MAX_ROWS + 7]:
+        params = [value for a in range(first, first + count) for value in (a, f"v{a}")]
+        insert_rows(Counting(), "INSERT INTO t (a, b) {}", "(?,?)", params, 2)  # type: ignore[arg-type]
+        assert conn.execute("SELECT COUNT(*), MAX(a) FROM t WHERE a >= ?", (first,)).fetchone() == (
+            count, first + count - 1), count
+        first += count
+    assert conn.execute("SELECT COUNT(*) FROM t WHERE b = 'v' || a").fetchone()[0] == first  # each row its own
+    assert len(texts) == ROW_STEP + -(-MAX_ROWS // ROW_STEP) - 1 <= CACHED_STATEMENTS // 2
+    insert_rows(Counting(), upsert, "(?,?)", [v for a in range(5, 40) for v in (a, "new")], 2)  # type: ignore[arg-type]
+    assert conn.execute("SELECT COUNT(*) FROM t WHERE b = 'new'").fetchone()[0] == 35
+    assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == first
 
 
 async def test_sqlite_failed_commit_hands_its_ids_out_again(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from .base import KEEP_ALL, UNKNOWN_BOUNDS, Bounds, Event, EventLogClosed, Retention, check_limit, new_epoch
 from .sqlite_checkpointer import CHECKPOINT_PERIOD, WAL_LIMIT, WalCheckpointer
 from .sqlite_layout import (
+    CACHED_STATEMENTS,
     INDEXED_SEQS,
     INDEXED_STREAMS,
     TAIL,
@@ -46,7 +47,8 @@ def _connect(path: str, synchronous: str) -> sqlite3.Connection:
     # readers run each statement in its own snapshot, so none holds the WAL back.
     # check_same_thread=False: connections are opened here and closed by the owner after their
     # thread has stopped; each is only ever used by one thread at a time.
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    # cached_statements: room for every text the multi-row INSERTs make (sqlite_layout.insert_rows).
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, cached_statements=CACHED_STATEMENTS)
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     return conn

@@ -15,6 +15,7 @@ once, each dirtying a leaf of its own (bench/sqlite_schema.py compares them).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -95,22 +96,40 @@ _SAVE_INDEXED_THROUGH = "UPDATE meta SET value = ? WHERE key = 'indexed_through'
 # a stream's first id there and its seqs, in order. Its ids are consecutive (a stream's next event gets
 # its last id + 1). No scan of the events, no grouping, no JSON made by SQLite: in a broker that work
 # was as much of the writer's time as its INSERTs. Rows in stream order, as above.
-_INSERT_INDEX_ROWS = "INSERT INTO stream_index (stream, last_id, first_id, last_seq, seqs) VALUES {}"
+_INSERT_INDEX_ROWS = "INSERT INTO stream_index (stream, last_id, first_id, last_seq, seqs) {}"
 
 # Rows per multi-row statement at most (5 parameters a row stays far below SQLite's 32766). A commit
-# of up to this many events is one INSERT and one upsert; each size's text is prepared once and then
-# found in the connection's statement cache (the sizes a steady load makes are few).
+# of up to this many events is one INSERT.
 MAX_ROWS = 1000
+# SQLite prepares a statement's text once while the connection's statement cache holds it
+# (CACHED_STATEMENTS texts, see sqlite.py), and a multi-row INSERT's text depends on its number of
+# rows. Commits of every size up to MAX_ROWS made as many texts: under load, hundreds, each prepared
+# again whenever the others had pushed it out (a third of the writer's time at 32,000 msg/s). So a
+# count above ROW_STEP is rounded up to a multiple of it, with rows of NULLs that the statement's
+# LIMIT leaves out: at most ROW_STEP + MAX_ROWS / ROW_STEP texts per statement.
+ROW_STEP = 32
+CACHED_STATEMENTS = 256
 
 
 def insert_rows(conn: sqlite3.Connection, template: str, row: str, params: list[Any], width: int) -> None:
-    """Run `template` with one `row` group per row of `params` (`width` each), in as few statements as
-    it takes."""
-    rows = ("," + row) * MAX_ROWS
+    """Run `template`, its `{}` replaced by a SELECT of one `row` group per row of `params` (`width` each),
+    in as few statements as it takes."""
     step = MAX_ROWS * width
     for start in range(0, len(params), step):
         chunk = params[start:start + step]
-        conn.execute(template.format(rows[1:len(chunk) // width * (len(row) + 1)]), chunk)
+        count = len(chunk) // width
+        size = count if count <= ROW_STEP else -(-count // ROW_STEP) * ROW_STEP
+        if size > count:
+            chunk += [None] * ((size - count) * width)
+        chunk.append(count)
+        conn.execute(template.format(_rows(row, size)), chunk)
+
+
+@functools.lru_cache(maxsize=CACHED_STATEMENTS)
+def _rows(row: str, size: int) -> str:
+    """`size` rows of `row`, of which the statement takes the first LIMIT (WHERE true: an upsert's
+    ON CONFLICT may follow, see SQLite's "parsing ambiguity")."""
+    return f"SELECT * FROM (VALUES {','.join([row] * size)}) WHERE true LIMIT ?"
 
 
 def index_known_tail(conn: sqlite3.Connection, tail: dict[str, tuple[int, list[int]]], through: int,

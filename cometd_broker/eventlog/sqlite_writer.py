@@ -63,9 +63,9 @@ from .sqlite_layout import (
 
 log = logging.getLogger("cometd_broker.eventlog")
 
-_INSERT_EVENTS = "INSERT INTO events (seq, stream, id, ts, payload) VALUES "
+_INSERT_EVENTS = "INSERT INTO events (seq, stream, id, ts, payload) {}"
 _SAVE_STREAMS = (
-    "INSERT INTO streams (stream, last_id, last_ts) VALUES {} "
+    "INSERT INTO streams (stream, last_id, last_ts) {} "
     "ON CONFLICT (stream) DO UPDATE SET last_id = excluded.last_id, last_ts = excluded.last_ts"
 )
 # Trims run with the tail indexed (see sqlite_layout.py): the per-stream index finds every event. An
@@ -433,10 +433,10 @@ class SqliteWriter:
         if len(rows) <= MAX_ROWS * 5 and not drops:
             # One statement is its own transaction (autocommit): no BEGIN and COMMIT, each of
             # which would release the GIL and wait to take it back from a busy loop.
-            insert_rows(self._conn, _INSERT_EVENTS + "{}", "(?,?,?,?,?)", rows, 5)
+            insert_rows(self._conn, _INSERT_EVENTS, "(?,?,?,?,?)", rows, 5)
         else:
             self._conn.execute("BEGIN IMMEDIATE")
-            insert_rows(self._conn, _INSERT_EVENTS + "{}", "(?,?,?,?,?)", rows, 5)
+            insert_rows(self._conn, _INSERT_EVENTS, "(?,?,?,?,?)", rows, 5)
             if index:
                 index_tail(self._conn, self._seq)
             for statement in _DROP_BY_COUNT:
