@@ -4,8 +4,10 @@
     python bench/sqlite_appends.py --checkpoints inline  # as SQLite does by itself: inside commits
     python bench/sqlite_appends.py --batch 40 --gap 0.005 --cache-mb 64   # a larger page cache for the writer
     python bench/sqlite_appends.py --batch 80 --gap 0.01 --checkpoint-period 1   # checkpoints every second
+    python bench/sqlite_appends.py --batch 1 --batch-max 1000 --gap 0     # sizes of a saturated group commit
 
-Appends `--appends` batches of `--batch` events to random streams of `--streams`, one batch every
+Appends `--appends` batches of `--batch` events (with `--batch-max`, of a size drawn from `--batch` to it
+for each, as a saturated broker's group commits vary) to random streams of `--streams`, one batch every
 `--gap` seconds, as a long-polling publisher's batches arrive, and reports the process's CPU per
 event (every thread: the loop, the writer, the checkpointer), the wall time, the append latency and
 the WAL's size. `inline` turns the checkpointer off and gives the writer's connection SQLite's own
@@ -41,10 +43,11 @@ async def run(args: argparse.Namespace, folder: str) -> str:
     if args.cache_mb:  # the writer's page cache (SQLite's default is 2 MiB); nothing has run on it yet
         log._writer._conn.execute(f"PRAGMA cache_size = -{args.cache_mb * 1024}")
     latencies = []
+    sizes = [random.randint(args.batch, max(args.batch, args.batch_max or 0)) for _ in range(args.appends)]
     wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(args.appends):
+    for size in sizes:
         started = time.perf_counter()
-        await log.append_many([(f"/p2p/{random.randrange(args.streams)}", PAYLOAD) for _ in range(args.batch)])
+        await log.append_many([(f"/p2p/{random.randrange(args.streams)}", PAYLOAD) for _ in range(size)])
         latencies.append((time.perf_counter() - started) * 1000)
         await asyncio.sleep(args.gap)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -52,7 +55,7 @@ async def run(args: argparse.Namespace, folder: str) -> str:
     stats = log.stats()
     await log.close()
     latencies.sort()
-    events = args.appends * args.batch
+    events = sum(sizes)
     return (f"{args.checkpoints}, checkpoint period {args.checkpoint_period} s, "
             f"cache {args.cache_mb or 'default'} MiB: {cpu / events * 1e6:.1f} us CPU per event (all threads), "
             f"{wall:.1f} s wall, "
@@ -66,6 +69,7 @@ def main() -> None:
     p.add_argument("--checkpoints", choices=("thread", "inline"), default="thread")
     p.add_argument("--appends", type=int, default=2000)
     p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--batch-max", type=int, help="draw each batch's size from --batch to this")
     p.add_argument("--streams", type=int, default=1000)
     p.add_argument("--gap", type=float, default=0.001, help="seconds between appends")
     p.add_argument("--checkpoint-period", type=float, default=CHECKPOINT_PERIOD,
