@@ -30,23 +30,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from loadgen import proc_cpu
 from run import HERE, LOADGEN_CORE, OURS, OURS_SQLITE, PY, ROOT, Server, free_port, make_users, start
 
-TICK = os.sysconf("SC_CLK_TCK")
 FLOOR = "floor"
 _LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.IGNORECASE)
 _COOKIE = re.compile(rb"\r\nset-cookie: *(JSESSIONID=[^;\r]+)", re.IGNORECASE)
 _CSRF = re.compile(rb"\r\nx-csrf-token: *([^\r]+)", re.IGNORECASE)
-# What GET /api/v2/me answers agent0 of make_users: the floor answers the same bytes.
+# The shape and size of what GET /api/v2/me answers agent0 of make_users (its uri names the server's port):
+# the floor answers this.
 ME = {"statusCode": 0, "user": {"id": "agent0", "userName": "agent0", "firstName": "Agent0", "lastName": "Bench",
                                 "roles": ["agent"], "uri": "http://127.0.0.1:8080/api/v2/users/agent0",
                                 "path": "/users/agent0", "employeeId": "101"}}
-
-
-def server_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 async def _answer(reader: asyncio.StreamReader) -> bytes:
@@ -68,6 +63,8 @@ async def _login(port: int) -> tuple[bytes, bytes]:
     body = b'{"operationName":"StartContactCenterSession","channels":["sms"]}'
     writer.write(_request(b"POST", b"/api/v2/me", cookie.group(1), csrf.group(1), body))
     head = await _answer(reader)
+    if not head.startswith(b"HTTP/1.1 200 "):
+        raise SystemExit(f"StartContactCenterSession refused: {head!r}")
     writer.close()
     return cookie.group(1), csrf.group(1)
 
@@ -103,9 +100,9 @@ async def measure(port: int, pid: int, kind: str, connections: int, seconds: flo
     done, stop = [0], asyncio.Event()
     tasks = [asyncio.create_task(_drive(port, requests, done, stop)) for _ in range(connections)]
     await asyncio.sleep(1.0)  # connections open, the loop warm
-    cpu, at, count = server_cpu(pid), time.monotonic(), done[0]
+    cpu, at, count = proc_cpu(pid), time.monotonic(), done[0]
     await asyncio.sleep(seconds)
-    cpu, took, count = server_cpu(pid) - cpu, time.monotonic() - at, done[0] - count
+    cpu, took, count = proc_cpu(pid) - cpu, time.monotonic() - at, done[0] - count
     stop.set()
     await asyncio.gather(*tasks)
     return {"requests_per_s": count / took, "server_cpu_pct": 100 * cpu / took, "us_per_request": 1e6 * cpu / count}
